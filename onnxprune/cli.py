@@ -1,0 +1,161 @@
+"""Command line: `onnxprune in.onnx out.onnx --ratio 0.3` and `onnxprune analyze in.onnx`.
+
+Exit codes: 0 done; 1 the masking oracle exceeded its tolerance (nothing written);
+2 bad input or options (one line on stderr, nothing written); 3 internal error.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+
+from .errors import OnnxPruneError
+
+EXIT_ORACLE, EXIT_INPUT, EXIT_INTERNAL = 1, 2, 3
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):  # argparse exits with 2 too; keep its usage line short
+        self.print_usage(sys.stderr)
+        raise OnnxPruneError(message)
+
+
+def _common(p):
+    p.add_argument("--input-shape", action="append", default=[], metavar="NAME:D1,D2,...",
+                   help="fix the shape of an input with dynamic dimensions (repeatable)")
+    p.add_argument("--exclude", action="append", default=[], metavar="PATTERN",
+                   help="node-name glob whose channels stay (repeatable)")
+
+
+def _prune_parser():
+    p = _Parser(prog="onnxprune", description="Structured pruning of ONNX models "
+                "(coupled channels, data-free). Also: 'onnxprune analyze IN'.")
+    p.add_argument("input", help="model to prune (never modified)")
+    p.add_argument("output", help="where to write the pruned model")
+    p.add_argument("--ratio", type=float, default=0.3, help="fraction of prunable channels to remove")
+    p.add_argument("--criterion", default="l1", help="saliency: l1, l2, random")
+    p.add_argument("--seed", type=int, default=0, help="seed of the random criterion and the oracle inputs")
+    p.add_argument("--scope", default="local", choices=["local", "global"],
+                   help="local: the same fraction in every group; global: one ranking across groups")
+    p.add_argument("--min-keep", default="0.1",
+                   help="floor per group: a count >= 1, or a fraction in (0, 1) (default 0.1)")
+    p.add_argument("--round-to", type=int, default=1, help="kept channel counts are multiples of N")
+    p.add_argument("--plan", help="apply this plan (JSON) instead of scoring")
+    p.add_argument("--plan-out", help="write the applied plan as JSON")
+    p.add_argument("--report", help="write the full report as JSON")
+    p.add_argument("--verify", action="store_true",
+                   help="run the masking oracle; exit 1 (and write nothing) above tolerance")
+    p.add_argument("--tolerance", type=float, default=1e-4, help="oracle tolerance (max relative diff)")
+    _common(p)
+    return p
+
+
+def _analyze_parser():
+    p = _Parser(prog="onnxprune analyze", description="Print the coupled channel groups; change nothing.")
+    p.add_argument("input")
+    p.add_argument("--json", action="store_true", help="print the groups as JSON")
+    _common(p)
+    return p
+
+
+def main(argv=None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    try:
+        if argv and argv[0] == "analyze":
+            return _analyze(_analyze_parser().parse_args(argv[1:]))
+        return _prune(_prune_parser().parse_args(argv))
+    except OnnxPruneError as e:
+        print(f"onnxprune: error: {e}", file=sys.stderr)
+        return EXIT_INPUT
+    except KeyboardInterrupt:
+        print("onnxprune: interrupted", file=sys.stderr)
+        return EXIT_INPUT
+    except Exception as e:  # never a traceback for users; ONNXPRUNE_DEBUG=1 shows it
+        if os.environ.get("ONNXPRUNE_DEBUG"):
+            raise
+        print(f"onnxprune: internal error: {type(e).__name__}: {e} "
+              "(set ONNXPRUNE_DEBUG=1 for a traceback)", file=sys.stderr)
+        return EXIT_INTERNAL
+
+
+def _same_file(a: str, b: str) -> bool:
+    if os.path.abspath(a) == os.path.abspath(b):
+        return True
+    return os.path.exists(b) and os.path.exists(a) and os.path.samefile(a, b)
+
+
+def _prune(args) -> int:
+    from .api import prune
+    from .io import save
+    from .model import parse_input_shapes
+    from .plan import Plan
+
+    if _same_file(args.input, args.output):
+        raise OnnxPruneError("output path equals the input path; the input is never overwritten")
+    plan = None
+    if args.plan:
+        try:
+            with open(args.plan) as f:
+                plan = Plan.from_json(f.read())
+        except OSError as e:
+            raise OnnxPruneError(f"cannot read plan {args.plan}: {e.strerror}") from None
+    for target in (args.output, args.report, args.plan_out):
+        if target and not os.path.isdir(os.path.dirname(os.path.abspath(target))):
+            raise OnnxPruneError(f"cannot write {target}: its directory does not exist")
+    slim, report = prune(args.input, args.ratio, criterion=args.criterion, seed=args.seed,
+                         scope=args.scope, min_keep=args.min_keep, round_to=args.round_to,
+                         exclude=args.exclude, input_shapes=parse_input_shapes(args.input_shape),
+                         plan=plan, verify=args.verify, tolerance=args.tolerance)
+    print(report.table())
+    if args.verify and not report.oracle_max_rel_diff <= args.tolerance:
+        print(f"onnxprune: masking oracle failed: max relative difference "
+              f"{report.oracle_max_rel_diff:.3e} > {args.tolerance:g}; nothing written", file=sys.stderr)
+        return EXIT_ORACLE
+    save(slim, args.output)
+    if args.report:
+        _write_text(args.report, report.to_json())
+    if args.plan_out:
+        _write_text(args.plan_out, report.plan.to_json())
+    print(f"wrote {args.output}")
+    return 0
+
+
+def _write_text(path: str, text: str) -> None:
+    tmp = path + ".tmp"
+    try:
+        with open(tmp, "w") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    except OSError as e:
+        raise OnnxPruneError(f"cannot write {path}: {e.strerror}") from None
+
+
+def _analyze(args) -> int:
+    from .api import analyze_model
+    from .model import parse_input_shapes
+    from .report import group_table
+
+    model, couplings = analyze_model(args.input, parse_input_shapes(args.input_shape), args.exclude)
+    rows = group_table(couplings, set())
+    if args.json:
+        print(json.dumps(rows, indent=1))
+        return 0
+    prunable = [r for r in rows if not r["frozen"]]
+    print(f"{len(model.graph.node)} nodes, {couplings.n_classes} channel classes, {len(rows)} groups "
+          f"({len(prunable)} prunable, {len(rows) - len(prunable)} frozen)")
+    for r in rows:
+        state = f"frozen: {r['frozen']}" if r["frozen"] else "prunable"
+        print(f"group {r['group']:4d}  {r['channels_before']:5d} ch  {state}")
+        print(f"    feed-in : {_names(r['feed_in'])}")
+        print(f"    feed-out: {_names(r['feed_out'])}")
+        if r["channelwise"]:
+            print(f"    channel-wise: {_names(r['channelwise'])}")
+    return 0
+
+
+def _names(names, limit: int = 6) -> str:
+    if not names:
+        return "-"
+    more = f" (+{len(names) - limit} more)" if len(names) > limit else ""
+    return ", ".join(names[:limit]) + more

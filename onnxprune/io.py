@@ -1,0 +1,52 @@
+"""Saving: atomic (temporary file, then rename), deterministic, external data past 2 GB."""
+from __future__ import annotations
+
+import os
+import tempfile
+
+import onnx
+
+from .errors import OnnxPruneError
+
+EXTERNAL_DATA_THRESHOLD = 1_800_000_000  # protobuf cannot hold more than 2 GB
+
+
+def save(proto: onnx.ModelProto, path: str) -> None:
+    path = os.fspath(path)
+    directory = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(directory):
+        raise OnnxPruneError(f"cannot write {path}: directory {directory} does not exist")
+    if not os.access(directory, os.W_OK):
+        raise OnnxPruneError(f"cannot write {path}: directory {directory} is not writable")
+    large = sum(t.ByteSize() for t in proto.graph.initializer) > EXTERNAL_DATA_THRESHOLD
+    data_name = os.path.basename(path) + ".data"
+    fd, tmp = tempfile.mkstemp(prefix=".onnxprune-", suffix=".onnx", dir=directory)
+    os.close(fd)
+    tmp_data = tmp + ".data"
+    try:
+        if large:
+            onnx.save_model(proto, tmp, save_as_external_data=True, all_tensors_to_one_file=True,
+                            location=os.path.basename(tmp_data), size_threshold=1024)
+            _relocate_external_data(tmp, data_name)
+            os.replace(tmp_data, os.path.join(directory, data_name))
+        else:
+            with open(tmp, "wb") as f:
+                f.write(proto.SerializeToString(deterministic=True))
+        os.replace(tmp, path)
+    except OSError as e:
+        raise OnnxPruneError(f"cannot write {path}: {e.strerror or e}") from None
+    finally:
+        for leftover in (tmp, tmp_data):
+            if os.path.exists(leftover):
+                os.remove(leftover)
+
+
+def _relocate_external_data(model_path: str, data_name: str) -> None:
+    """Point the saved model's external-data entries at the final data file name."""
+    m = onnx.load(model_path, load_external_data=False)
+    for t in m.graph.initializer:
+        for entry in t.external_data:
+            if entry.key == "location":
+                entry.value = data_name
+    with open(model_path, "wb") as f:
+        f.write(m.SerializeToString(deterministic=True))

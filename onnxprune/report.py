@@ -1,0 +1,100 @@
+"""Report: what was asked and what was obtained, as a table and as JSON."""
+from __future__ import annotations
+
+import json
+from collections import Counter
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from .cost import cost
+
+
+def model_stats(model) -> dict:
+    c = cost(model)
+    size = model.graph.ByteSize() + sum(a.nbytes for a in model.inits.values())
+    return {"params": c.params, "macs": c.macs, "bytes": int(size),
+            "ops": dict(Counter(n.op_type for n in model.graph.node))}
+
+
+def group_table(couplings, removed_classes) -> list[dict]:
+    removed = np.zeros(couplings.n_classes, dtype=bool)
+    removed[list(removed_classes)] = True
+    kept_indices: dict[int, dict[str, list[int]]] = {}
+    for p in couplings.producers:
+        cls = couplings.class_of[p.ids]
+        for gi in np.unique(couplings.group_of[cls]).tolist():
+            idx = np.flatnonzero((couplings.group_of[cls] == gi) & ~removed[cls])
+            kept_indices.setdefault(gi, {})[p.node] = idx.tolist()
+    rows = []
+    for g in couplings.groups:
+        rows.append({"group": g.index, "channels_before": g.width,
+                     "channels_after": int(g.width - removed[g.classes].sum()),
+                     "feed_in": g.feed_in, "feed_out": g.feed_out, "channelwise": g.channelwise,
+                     "frozen": g.frozen, "kept": kept_indices.get(g.index, {})})
+    return rows
+
+
+@dataclass
+class Report:
+    options: dict
+    before: dict
+    after: dict
+    groups: list[dict]
+    timings: dict = field(default_factory=dict)
+    oracle_max_rel_diff: float | None = None
+    notes: list[str] = field(default_factory=list)
+    plan: object = None          # the Plan that was applied
+    tolerance: float = 1e-4      # oracle tolerance the caller asked for
+
+    @property
+    def frozen_groups(self) -> list[dict]:
+        return [g for g in self.groups if g["frozen"]]
+
+    def to_dict(self) -> dict:
+        return {"options": self.options, "before": self.before, "after": self.after,
+                "timings_s": self.timings, "oracle_max_rel_diff": self.oracle_max_rel_diff,
+                "notes": self.notes,
+                "frozen": [{"group": g["group"], "channels": g["channels_before"], "reason": g["frozen"],
+                            "feed_in": g["feed_in"]} for g in self.frozen_groups],
+                "groups": self.groups}
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=1)
+
+    def table(self) -> str:
+        b, a = self.before, self.after
+        rows = [("Model", "Original", "Pruned")]
+        ops = sorted(set(b["ops"]) | set(a["ops"]))
+        for op in ops:
+            rows.append((op, str(b["ops"].get(op, 0)), str(a["ops"].get(op, 0))))
+        rows += [("Parameters", f"{b['params']:,}", f"{a['params']:,} ({_pct(a['params'], b['params'])})"),
+                 ("MACs", f"{b['macs']:,}", f"{a['macs']:,} ({_pct(a['macs'], b['macs'])})"),
+                 ("Model size", _size(b["bytes"]), f"{_size(a['bytes'])} ({_pct(a['bytes'], b['bytes'])})")]
+        prunable = [g for g in self.groups if not g["frozen"]]
+        rows += [("Groups", f"{len(self.groups)} ({len(self.frozen_groups)} frozen)", ""),
+                 ("Prunable channels", str(sum(g["channels_before"] for g in prunable)),
+                  str(sum(g["channels_after"] for g in prunable)))]
+        if self.oracle_max_rel_diff is not None:
+            rows.append(("Oracle max rel. diff", "", f"{self.oracle_max_rel_diff:.2e}"))
+        rows.append(("Pass time", "", f"{self.timings.get('total', 0):.2f} s"))
+        widths = [max(len(r[i]) for r in rows) for i in range(3)]
+        line = "+" + "+".join("-" * (w + 2) for w in widths) + "+"
+        out = [line]
+        for k, r in enumerate(rows):
+            out.append("| " + " | ".join(c.ljust(w) for c, w in zip(r, widths)) + " |")
+            if k in (0, len(ops)):  # rule under the header and under the op counts
+                out.append(line)
+        out.append(line)
+        return "\n".join(out)
+
+
+def _pct(new, old) -> str:
+    return f"{100.0 * new / old:.1f}%" if old else "-"
+
+
+def _size(n: int) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if n < 1024 or unit == "GiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.2f} {unit}"
+        n /= 1024

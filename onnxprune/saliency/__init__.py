@@ -1,0 +1,21 @@
+"""Score stage: one saliency per channel class. Every criterion has the same signature,
+`criterion(model, couplings, seed) -> np.ndarray` (length `couplings.n_classes`, higher
+means more important), and registers itself in CRITERIA."""
+from __future__ import annotations
+
+import numpy as np
+
+from ..errors import OnnxPruneError
+from .magnitude import l1, l2, random_scores
+
+CRITERIA = {"l1": l1, "l2": l2, "random": random_scores}
+
+
+def score(model, couplings, criterion: str = "l1", seed: int = 0) -> np.ndarray:
+    try:
+        fn = CRITERIA[criterion]
+    except KeyError:
+        raise OnnxPruneError(f"unknown criterion '{criterion}'; choose from {sorted(CRITERIA)}") from None
+    values = np.asarray(fn(model, couplings, seed=seed), dtype=np.float64)
+    assert values.shape == (couplings.n_classes,)
+    return values
