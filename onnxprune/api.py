@@ -13,15 +13,18 @@ from .model import Model, load
 from .plan import Plan, classes_from_plan, plan_from_classes
 from .report import Report, group_table, model_stats
 from .saliency import score
-from .verify import DEFAULT_TOLERANCE, check, masking_oracle, session
+from .runtime import model_session
+from .verify import DEFAULT_TOLERANCE, check, masking_oracle
 
 
-def rewrite(model: Model, couplings, removed_classes) -> Model:
-    """Rewrite stage: the passes, in order, on a copy of the model."""
+def rewrite(model: Model, couplings, removed_classes, folds=None) -> Model:
+    """Rewrite stage: the passes, in order, on a copy of the model. `folds` come from
+    passes.fold_removed_constants.plan_folds on the original model."""
     slim = model.copy()
     kept = couplings.kept_fn(removed_classes)
     passes.slice_initializers.run(slim, couplings.slices, kept)
     passes.update_attributes.run(slim, couplings.edits, kept)
+    passes.fold_removed_constants.run(slim, folds or {}, couplings, kept)
     passes.remove_dead_nodes.run(slim)
     passes.infer_shapes.run(slim)
     return slim
@@ -34,7 +37,7 @@ def analyze_model(source, input_shapes=None, exclude=()):
 
 def prune(source, ratio: float = 0.3, *, criterion: str = "l1", seed: int = 0, scope: str = "local",
           min_keep=0.1, round_to: int = 1, exclude=(), input_shapes=None, plan: Plan | None = None,
-          verify: bool = False, tolerance: float = DEFAULT_TOLERANCE):
+          verify: bool = False, tolerance: float = DEFAULT_TOLERANCE, fold: str = "exact"):
     """Prune a model (path or ModelProto). Returns (pruned ModelProto, Report).
     The input is never modified."""
     timings = {}
@@ -61,22 +64,27 @@ def prune(source, ratio: float = 0.3, *, criterion: str = "l1", seed: int = 0, s
         removed = classes_from_plan(couplings, plan)
     check_plan_classes(couplings, removed)
     lap("allocate")
-    slim = rewrite(model, couplings, removed)
+    if fold not in passes.fold_removed_constants.MODES:
+        raise OnnxPruneError(f"--fold must be one of {passes.fold_removed_constants.MODES}, got {fold!r}")
+    folds, fold_stats = passes.fold_removed_constants.plan_folds(model, couplings, removed, fold, seed)
+    lap("fold")
+    slim = rewrite(model, couplings, removed, folds)
     proto = slim.to_proto()
     lap("rewrite")
     check(proto)
     try:
-        sess = session(proto)
+        sess = model_session(slim)
     except Exception as e:
         raise OnnxPruneError(f"onnxruntime cannot load the pruned model: {str(e).splitlines()[0]}") from None
     del sess
-    oracle = masking_oracle(model, couplings, removed, proto) if verify else None
+    oracle = masking_oracle(model, couplings, removed, slim, folds, seed=seed) if verify else None
     lap("verify")
     timings["total"] = round(time.perf_counter() - start, 4)
-    options = {"ratio": ratio, "criterion": criterion if plan is None else "plan", "seed": seed,
+    notes = list(model.notes) + ([fold_stats.note()] if removed and fold != "none" else [])
+    options = {"ratio": ratio, "fold": fold, "criterion": criterion if plan is None else "plan", "seed": seed,
                "scope": scope, "min_keep": min_keep, "round_to": round_to, "exclude": list(exclude),
                "input_shapes": {k: list(v) for k, v in model.input_shapes.items()}}
     report = Report(options, model_stats(model), model_stats(slim), group_table(couplings, removed),
-                    timings, oracle, list(model.notes), plan_from_classes(couplings, removed, options),
+                    timings, oracle, notes, plan_from_classes(couplings, removed, options),
                     tolerance)
     return proto, report

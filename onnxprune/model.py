@@ -285,21 +285,15 @@ def _fold_constant_subgraphs(model: Model) -> None:
 
 
 def _evaluate_constant_nodes(model: Model, nodes) -> dict | None:
-    import onnxruntime as ort
+    from .runtime import run_named, session_from_parts
     needed = {t for n in nodes for t in n.input if t and t in model.inits}
     produced = [o for n in nodes for o in n.output if o]
-    g = onnx.helper.make_graph(
-        [copy.deepcopy(n) for n in nodes], "fold",
-        inputs=[], outputs=[onnx.helper.make_empty_tensor_value_info(o) for o in produced],
-        initializer=[numpy_helper.from_array(model.inits[t], t) for t in needed])
-    m = onnx.helper.make_model(g, opset_imports=model.opset_imports)
-    m.ir_version = model.ir_version
-    opts = ort.SessionOptions()
-    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-    opts.log_severity_level = 3
+    g = onnx.helper.make_graph([copy.deepcopy(n) for n in nodes], "fold", inputs=[],
+                               outputs=[onnx.helper.make_empty_tensor_value_info(o) for o in produced])
     try:
-        sess = ort.InferenceSession(m.SerializeToString(), opts, providers=["CPUExecutionProvider"])
-        return dict(zip(produced, sess.run(produced, {})))
+        sess = session_from_parts(g, {t: model.inits[t] for t in needed}, model.opset_imports,
+                                  model.ir_version, optimize=False)
+        return run_named(sess, {})
     except Exception:
         return None  # leave the nodes as they are; their channels are handled (or frozen) by rules
 
@@ -359,20 +353,11 @@ def _set_dims(vi, shape, exact_rank: bool = False) -> None:
 
 
 def _shapes_from_onnxruntime(model: Model, names) -> dict[str, tuple]:
-    """Run the model once on zeros with the missing tensors as extra outputs."""
-    import onnxruntime as ort
-    proto = model.to_proto()
-    known = set(model.output_names)
-    for name in names:
-        if name not in known:
-            proto.graph.output.append(onnx.helper.make_empty_tensor_value_info(name))
-    opts = ort.SessionOptions()
-    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-    opts.log_severity_level = 3
+    """Run the model once on random inputs with the missing tensors as extra outputs."""
+    from .runtime import model_session
     try:
-        sess = ort.InferenceSession(proto.SerializeToString(), opts, providers=["CPUExecutionProvider"])
-        feeds = random_inputs(model, np.random.default_rng(0), sess)
-        values = sess.run(list(names), feeds)
+        sess = model_session(model, optimize=False, outputs=names)
+        values = sess.run(list(names), random_inputs(model, np.random.default_rng(0), sess))
     except Exception as e:
         raise OnnxPruneError(f"cannot determine tensor shapes: shape inference is incomplete and "
                              f"onnxruntime cannot run the model ({str(e).splitlines()[0][:200]})") from None
@@ -391,7 +376,7 @@ def random_inputs(model: Model, rng: np.random.Generator, sess) -> dict[str, np.
         shape = model.input_shapes.get(inp.name) or tuple(d if isinstance(d, int) else 1 for d in inp.shape)
         dtype = _ORT_TYPES.get(inp.type, np.float32)
         if np.issubdtype(dtype, np.floating):
-            feeds[inp.name] = rng.standard_normal(shape).astype(dtype)
+            feeds[inp.name] = rng.uniform(-1.0, 1.0, shape).astype(dtype)
         elif dtype == np.bool_:
             feeds[inp.name] = rng.random(shape) < 0.5
         else:

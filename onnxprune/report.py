@@ -42,10 +42,18 @@ class Report:
     after: dict
     groups: list[dict]
     timings: dict = field(default_factory=dict)
-    oracle_max_rel_diff: float | None = None
+    oracle: object = None        # verify.OracleResult when --verify ran
     notes: list[str] = field(default_factory=list)
     plan: object = None          # the Plan that was applied
     tolerance: float = 1e-4      # oracle tolerance the caller asked for
+
+    @property
+    def oracle_max_rel_diff(self) -> float | None:
+        return None if self.oracle is None else self.oracle.max_rel_diff
+
+    @property
+    def oracle_passed(self) -> bool | None:
+        return None if self.oracle is None else self.oracle.passed(self.tolerance)
 
     @property
     def frozen_groups(self) -> list[dict]:
@@ -54,6 +62,8 @@ class Report:
     def to_dict(self) -> dict:
         return {"options": self.options, "before": self.before, "after": self.after,
                 "timings_s": self.timings, "oracle_max_rel_diff": self.oracle_max_rel_diff,
+                "oracle_noise": None if self.oracle is None else self.oracle.noise,
+                "oracle_passed": self.oracle_passed,
                 "notes": self.notes,
                 "frozen": [{"group": g["group"], "channels": g["channels_before"], "reason": g["frozen"],
                             "feed_in": g["feed_in"]} for g in self.frozen_groups],
@@ -75,8 +85,9 @@ class Report:
         rows += [("Groups", f"{len(self.groups)} ({len(self.frozen_groups)} frozen)", ""),
                  ("Prunable channels", str(sum(g["channels_before"] for g in prunable)),
                   str(sum(g["channels_after"] for g in prunable)))]
-        if self.oracle_max_rel_diff is not None:
-            rows.append(("Oracle max rel. diff", "", f"{self.oracle_max_rel_diff:.2e}"))
+        if self.oracle is not None:
+            rows.append(("Oracle max rel. diff", f"noise {self.oracle.noise:.1e}",
+                         f"{self.oracle.max_rel_diff:.2e} ({'pass' if self.oracle_passed else 'FAIL'})"))
         rows.append(("Pass time", "", f"{self.timings.get('total', 0):.2f} s"))
         widths = [max(len(r[i]) for r in rows) for i in range(3)]
         line = "+" + "+".join("-" * (w + 2) for w in widths) + "+"

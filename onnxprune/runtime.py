@@ -1,0 +1,77 @@
+"""onnxruntime sessions without serialising weights.
+
+Serialising a 100 MB model to protobuf for every session (the oracle, the fold pass and
+the shape fallback each need one) costs more than the analysis itself. Large
+initializers are declared as external data and handed to onnxruntime in memory.
+"""
+from __future__ import annotations
+
+import numpy as np
+import onnx
+from onnx import numpy_helper
+
+INLINE_LIMIT = 1024  # elements; smaller tensors (shape constants) stay in the proto
+
+
+def session_from_parts(graph: onnx.GraphProto, inits: dict, opset_imports, ir_version: int,
+                       optimize: bool = True, threads: int = 0, providers=("CPUExecutionProvider",),
+                       outputs=()):
+    import onnxruntime as ort
+    g = onnx.GraphProto()
+    g.CopyFrom(graph)
+    del g.initializer[:], g.value_info[:]
+    declared = {o.name for o in g.output}
+    g.output.extend(onnx.helper.make_empty_tensor_value_info(t) for t in outputs if t not in declared)
+    names, values = [], []
+    used = _referenced(g)  # onnxruntime drops unused initializers before injecting ours
+    for name, array in inits.items():
+        if name not in used:
+            continue
+        if array.size <= INLINE_LIMIT or array.dtype == object:
+            g.initializer.append(numpy_helper.from_array(array, name))
+            continue
+        t = g.initializer.add()
+        t.name = name
+        t.data_type = onnx.helper.np_dtype_to_tensor_dtype(array.dtype)
+        t.dims.extend(array.shape)
+        t.data_location = onnx.TensorProto.EXTERNAL
+        entry = t.external_data.add()
+        entry.key, entry.value = "location", "in-memory"
+        names.append(name)
+        values.append(ort.OrtValue.ortvalue_from_numpy(np.ascontiguousarray(array)))
+    m = onnx.helper.make_model(g, opset_imports=opset_imports)
+    m.ir_version = ir_version
+    opts = ort.SessionOptions()
+    opts.log_severity_level = 3
+    if not optimize:
+        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    if threads:
+        opts.intra_op_num_threads = threads
+    if names:
+        opts.add_external_initializers(names, values)
+    sess = ort.InferenceSession(m.SerializeToString(), opts, providers=list(providers))
+    sess._onnxprune_keepalive = values  # the session reads these buffers
+    return sess
+
+
+def _referenced(graph: onnx.GraphProto) -> set[str]:
+    names = {o.name for o in graph.output}
+    for n in graph.node:
+        names.update(n.input)
+        for a in n.attribute:
+            for sub in ([a.g] if a.type == onnx.AttributeProto.GRAPH else list(a.graphs)):
+                names |= _referenced(sub)
+    return names
+
+
+def model_session(model, optimize: bool = True, outputs=(), threads: int = 0):
+    """A session for an `onnxprune.model.Model`, optionally exposing extra tensors."""
+    return session_from_parts(model.graph, model.inits, model.opset_imports, model.ir_version,
+                              optimize=optimize, outputs=outputs, threads=threads)
+
+
+def run_named(sess, feeds) -> dict:
+    return dict(zip([o.name for o in sess.get_outputs()], sess.run(None, feeds)))
+
+
+__all__ = ["session_from_parts", "model_session", "run_named"]

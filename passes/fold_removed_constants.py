@@ -1,0 +1,183 @@
+"""Fold the constant output of removed channels into their consumers' biases.
+
+A removed channel is not zero: once its filters are gone it still carries a constant (the
+producer's bias, a BatchNormalization shift, sigmoid(0) = 0.5, ...). Dropping it changes
+the network (Tessier et al., METHODS.md §2); folding it keeps what can be kept.
+
+For each feed-out layer (Conv, ConvTranspose, Gemm) that reads removed channels:
+  1. run the original with the removed channels' feed-in filters zeroed, on two random
+     inputs: the removed channels' values must not depend on the input;
+  2. apply the layer, without bias, to those values alone: its contribution;
+  3. contribution equal at every output position -> add it to the bias (exact);
+     otherwise (zero padding reaches the border) -> `approx` mode adds the interior value,
+     `exact` mode drops it. Each case is counted for the report.
+`plan_folds` works on the original model; `run` applies the result after slicing.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import onnx
+
+from onnxprune.couplings import FEED_IN, FEED_OUT
+
+FOLDABLE = {"Conv": 2, "ConvTranspose": 2, "Gemm": 2}   # op type -> bias input index
+MODES = ("none", "exact", "approx")
+
+
+@dataclass
+class Fold:
+    node: str
+    delta: np.ndarray     # per output channel of the consumer, original indexing
+    exact: bool
+
+
+@dataclass
+class FoldStats:
+    exact: int = 0
+    approximate: int = 0
+    dropped: int = 0      # consumers whose removed inputs vary with the input, or unsupported ops
+
+    def note(self) -> str:
+        return (f"constants of removed channels: folded exactly into {self.exact} consumer(s), "
+                f"approximately into {self.approximate}, dropped at {self.dropped}")
+
+
+def plan_folds(model, couplings, removed_classes, mode: str = "exact", seed: int = 0):
+    stats = FoldStats()
+    if mode == "none" or not removed_classes:
+        return {}, stats
+    kept = couplings.kept_fn(removed_classes)
+    nodes = model.nodes_by_name()
+    uses = {}
+    for s in couplings.slices:
+        if s.role == FEED_OUT and not kept(s.ids).all():
+            node = nodes[s.node]
+            if node.op_type in FOLDABLE and node.input[0] in couplings.tensors:
+                uses[s.node] = node
+            else:
+                stats.dropped += 1
+    if not uses:
+        return {}, stats
+    values = _removed_channel_values(model, couplings, kept, [n.input[0] for n in uses.values()], seed)
+    folds = {}
+    contributions = _contributions(model, list(uses.values()), values)
+    for name, node in uses.items():
+        x = node.input[0]
+        if x not in values:
+            stats.dropped += 1
+            continue
+        y = contributions[name]
+        delta, exact = _bias_delta(node, y)
+        if delta is None or (not exact and mode == "exact"):
+            stats.dropped += 1
+            continue
+        folds[name] = Fold(name, delta, exact)
+        if exact:
+            stats.exact += 1
+        else:
+            stats.approximate += 1
+    return folds, stats
+
+
+def _removed_channel_values(model, couplings, kept, tensors, seed):
+    """Values of the removed channels (others zeroed) at each tensor, if input-independent."""
+    from onnxprune.model import random_inputs
+    from onnxprune.runtime import model_session, run_named
+
+    zeroed = model.copy()
+    zeroed_nodes = zeroed.nodes_by_name()
+    for s in couplings.slices:
+        if s.role != FEED_IN:
+            continue
+        mask = ~kept(s.ids)
+        if mask.any():
+            name = zeroed_nodes[s.node].input[s.input]
+            private = f"{name}__zeroed_{s.node}"
+            w = np.array(zeroed.inits.get(private, zeroed.inits[name]), copy=True)
+            np.moveaxis(w, s.axis, 0)[mask] = 0
+            zeroed.inits[private] = w
+            zeroed_nodes[s.node].input[s.input] = private
+    wanted = sorted(set(tensors))
+    sess = model_session(zeroed, outputs=wanted)
+    rng = np.random.default_rng(seed + 1)
+    runs = [run_named(sess, random_inputs(model, rng, sess)) for _ in range(2)]
+    values = {}
+    for t in wanted:
+        cmap = couplings.tensors[t]
+        removed = ~kept(cmap.ids)
+        shape = [1] * runs[0][t].ndim
+        shape[cmap.axis] = len(removed)
+        keep_removed = removed.reshape(shape)
+        a, b = runs[0][t] * keep_removed, runs[1][t] * keep_removed
+        scale = max(float(np.abs(a).max()), 1e-30)
+        if np.abs(a - b).max() <= 1e-6 * scale:
+            values[t] = a.astype(np.float32)
+    return values
+
+
+def _contributions(model, nodes, values):
+    """Each consumer applied, without bias, to the removed channels' values: one session."""
+    from onnxprune.runtime import run_named, session_from_parts
+
+    graph_nodes, inputs, outputs, feeds, inits = [], [], [], {}, {}
+    for k, node in enumerate(nodes):
+        x = node.input[0]
+        if x not in values:
+            continue
+        feed, out = f"x{k}", node.name
+        n = onnx.NodeProto()
+        n.CopyFrom(node)
+        del n.input[:], n.output[:]
+        n.input.extend([feed] + list(node.input[1:2]))
+        n.output.append(out)
+        graph_nodes.append(n)
+        inputs.append(onnx.helper.make_tensor_value_info(feed, onnx.TensorProto.FLOAT, values[x].shape))
+        outputs.append(onnx.helper.make_empty_tensor_value_info(out))
+        feeds[feed] = values[x]
+        inits[node.input[1]] = model.inits[node.input[1]]
+    g = onnx.helper.make_graph(graph_nodes, "contributions", inputs, outputs)
+    sess = session_from_parts(g, inits, model.opset_imports, model.ir_version)
+    return run_named(sess, feeds)
+
+
+def _bias_delta(node, y):
+    """Per-channel constant of a contribution, and whether it is the same everywhere."""
+    sample = y[0]
+    if node.op_type == "Gemm":
+        return sample.astype(np.float32), True
+    flat = sample.reshape(sample.shape[0], -1)
+    scale = max(float(np.abs(flat).max()), 1e-30)
+    exact = bool(np.abs(flat - flat[:, :1]).max() <= 1e-5 * scale)
+    centre = tuple(d // 2 for d in sample.shape[1:])
+    return sample[(slice(None),) + centre].astype(np.float32), exact
+
+
+def add_to_bias(model, node, delta: np.ndarray, suffix: str) -> None:
+    """bias += delta, on a private copy of the bias (it may be shared)."""
+    index = FOLDABLE[node.op_type]
+    has_bias = len(node.input) > index and node.input[index]
+    if has_bias:
+        bias = model.inits[node.input[index]]
+        new = (bias + delta.reshape(bias.shape) if bias.size == delta.size else bias + delta)
+    else:
+        new = delta
+    name = f"{node.name}__bias_{suffix}"
+    model.inits[name] = np.asarray(new, dtype=np.float32)
+    while len(node.input) <= index:
+        node.input.append("")
+    node.input[index] = name
+
+
+def run(model, folds, couplings, kept) -> None:
+    """After slicing: add each fold's delta, restricted to the consumer's kept outputs."""
+    if not folds:
+        return
+    nodes = model.nodes_by_name()
+    out_ids = {p.node: p.ids for p in couplings.producers}
+    for name, fold in folds.items():
+        delta = fold.delta
+        if name in out_ids:
+            delta = delta[kept(out_ids[name])]
+        add_to_bias(model, nodes[name], delta, "folded")

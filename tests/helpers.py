@@ -1,0 +1,129 @@
+"""Shared checks: a pruned model is valid, runs, is smaller, and matches the masking oracle."""
+from __future__ import annotations
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper
+
+import onnxprune
+from onnxprune.api import analyze_model
+
+OPSET = 17
+
+
+def prune_and_check(proto, ratio=0.5, *, expect_smaller=True, tolerance=1e-4, **kwargs):
+    """Prune with the oracle on; assert validity, oracle agreement and a MAC/param drop."""
+    slim, report = onnxprune.prune(proto, ratio, verify=True, **kwargs)
+    onnx.checker.check_model(slim, full_check=True)
+    assert report.oracle is not None
+    assert report.oracle.max_rel_diff <= tolerance, (report.oracle, report.frozen_groups)
+    if expect_smaller:
+        assert report.after["params"] < report.before["params"], report.frozen_groups
+    return slim, report
+
+
+def groups(proto, **kwargs):
+    _, couplings = analyze_model(proto, **kwargs)
+    return couplings.groups
+
+
+def prunable(proto, **kwargs):
+    return [g for g in groups(proto, **kwargs) if g.frozen is None and g.width > 1]
+
+
+def frozen_reasons(proto, **kwargs):
+    return [g.frozen for g in groups(proto, **kwargs) if g.frozen]
+
+
+# -- tiny graph builder ------------------------------------------------------------------
+class GraphBuilder:
+    """Build small float32 ONNX graphs by hand: `b.conv(x, 8)` returns the output name."""
+
+    def __init__(self, seed=0):
+        self.rng = np.random.default_rng(seed)
+        self.nodes, self.inits, self.inputs, self.count = [], [], [], 0
+
+    def name(self, prefix):
+        self.count += 1
+        return f"{prefix}{self.count}"
+
+    def input(self, name, shape):
+        self.inputs.append(helper.make_tensor_value_info(name, TensorProto.FLOAT, shape))
+        return name
+
+    def const(self, array, prefix="w"):
+        name = self.name(prefix)
+        self.inits.append(numpy_helper.from_array(np.asarray(array), name))
+        return name
+
+    def weight(self, shape, prefix="w"):
+        return self.const(self.rng.standard_normal(shape).astype(np.float32) * 0.3, prefix)
+
+    def op(self, op_type, inputs, n_outputs=1, **attrs):
+        outs = [self.name(op_type.lower() + "_") for _ in range(n_outputs)]
+        self.nodes.append(helper.make_node(op_type, list(inputs), outs, name=self.name(op_type), **attrs))
+        return outs[0] if n_outputs == 1 else outs
+
+    def conv(self, x, c_in, c_out, k=3, stride=1, pad=None, group=1, bias=True):
+        pad = k // 2 if pad is None else pad
+        ins = [x, self.weight((c_out, c_in // group, k, k))]
+        if bias:
+            ins.append(self.weight((c_out,), "b"))
+        return self.op("Conv", ins, kernel_shape=[k, k], strides=[stride, stride],
+                       pads=[pad] * 4, group=group)
+
+    def bn(self, x, c):
+        r = self.rng
+        return self.op("BatchNormalization", [
+            x, self.const(r.uniform(0.5, 1.5, c).astype(np.float32), "g"),
+            self.const(r.uniform(-0.2, 0.2, c).astype(np.float32), "beta"),
+            self.const(r.uniform(-0.5, 0.5, c).astype(np.float32), "mean"),
+            self.const(r.uniform(0.5, 2.0, c).astype(np.float32), "var")])
+
+    def model(self, outputs, opset=OPSET):
+        outs = [helper.make_tensor_value_info(o, TensorProto.FLOAT, None) for o in outputs]
+        g = helper.make_graph(self.nodes, "test", self.inputs, outs, self.inits)
+        m = helper.make_model(g, opset_imports=[helper.make_opsetid("", opset)])
+        m.ir_version = 8
+        return onnx.shape_inference.infer_shapes(m)
+
+    # -- added for tests/test_rules.py (new methods only) --------------------------------
+    def conv_transpose(self, x, c_in, c_out, k=2, stride=2, group=1, bias=True):
+        ins = [x, self.weight((c_in, c_out // group, k, k))]
+        if bias:
+            ins.append(self.weight((c_out,), "b"))
+        return self.op("ConvTranspose", ins, kernel_shape=[k, k], strides=[stride, stride],
+                       group=group)
+
+    def gemm(self, x, k, n, trans_b=1, bias=True):
+        ins = [x, self.weight((n, k) if trans_b else (k, n))]
+        if bias:
+            ins.append(self.weight((n,), "b"))
+        return self.op("Gemm", ins, transB=trans_b)
+
+    def constant_node(self, array, prefix="c"):
+        """A value held by a Constant node instead of an initializer."""
+        name = self.name(prefix)
+        self.nodes.append(helper.make_node("Constant", [], [name], name=self.name("Constant"),
+                                           value=numpy_helper.from_array(np.asarray(array))))
+        return name
+
+    def ints(self, values, prefix="i"):
+        return self.const(np.asarray(values, dtype=np.int64), prefix)
+
+    def floats(self, values, prefix="f"):
+        return self.const(np.asarray(values, dtype=np.float32), prefix)
+
+    def last(self):
+        """Name of the node added last."""
+        return self.nodes[-1].name
+
+    def model_with_domains(self, outputs, domains, opset=OPSET):
+        """Like `model`, with extra opset imports {domain: version} (custom operators);
+        `outputs` maps each output name to its shape, which inference may not reach."""
+        outs = [helper.make_tensor_value_info(o, TensorProto.FLOAT, s) for o, s in outputs.items()]
+        g = helper.make_graph(self.nodes, "test", self.inputs, outs, self.inits)
+        imports = [helper.make_opsetid("", opset)] + [helper.make_opsetid(d, v) for d, v in domains.items()]
+        m = helper.make_model(g, opset_imports=imports)
+        m.ir_version = 8
+        return onnx.shape_inference.infer_shapes(m)
