@@ -9,6 +9,7 @@ import argparse
 import json
 import os
 import sys
+import tempfile
 
 from .errors import OnnxPruneError
 
@@ -16,9 +17,8 @@ EXIT_ORACLE, EXIT_INPUT, EXIT_INTERNAL = 1, 2, 3
 
 
 class _Parser(argparse.ArgumentParser):
-    def error(self, message):  # argparse exits with 2 too; keep its usage line short
-        self.print_usage(sys.stderr)
-        raise OnnxPruneError(message)
+    def error(self, message):  # argparse exits with 2 too; ours is one line, no usage block
+        raise OnnxPruneError(f"{message} (see '{self.prog} --help')")
 
 
 def _common(p):
@@ -41,12 +41,15 @@ def _prune_parser():
     p.add_argument("--min-keep", default="0.1",
                    help="floor per group: a count >= 1, or a fraction in (0, 1) (default 0.1)")
     p.add_argument("--round-to", type=int, default=1, help="kept channel counts are multiples of N")
+    p.add_argument("--fold", default="exact", choices=["none", "exact", "approx"],
+                   help="constants carried by removed channels: fold into consumer biases where "
+                        "exact (default), also approximately (interior value), or drop")
     p.add_argument("--plan", help="apply this plan (JSON) instead of scoring")
     p.add_argument("--plan-out", help="write the applied plan as JSON")
     p.add_argument("--report", help="write the full report as JSON")
     p.add_argument("--verify", action="store_true",
-                   help="run the masking oracle; exit 1 (and write nothing) above tolerance")
-    p.add_argument("--tolerance", type=float, default=1e-4, help="oracle tolerance (max relative diff)")
+                   help="run the masking oracle; exit 1 (and write nothing) when it fails")
+    p.add_argument("--tolerance", type=float, default=1e-4, help="oracle tolerance: max relative difference, or 4x the measured float32 noise if larger")
     _common(p)
     return p
 
@@ -85,14 +88,36 @@ def _same_file(a: str, b: str) -> bool:
     return os.path.exists(b) and os.path.exists(a) and os.path.samefile(a, b)
 
 
+def _check_targets(args) -> None:
+    """Every path we will write: not the input, not each other, in a writable directory.
+    Checked before any work so that a bad path never leaves some files written."""
+    targets = [(flag, path) for flag, path in (("output", args.output), ("--report", args.report),
+                                               ("--plan-out", args.plan_out)) if path]
+    for i, (flag, path) in enumerate(targets):
+        if _same_file(args.input, path):
+            what = "output path" if flag == "output" else f"{flag} path"
+            raise OnnxPruneError(f"{what} equals the input path; the input is never overwritten")
+        for other_flag, other in targets[:i]:
+            if _same_file(other, path):
+                raise OnnxPruneError(f"{flag} path equals the {other_flag} path: {path}")
+        if os.path.isdir(path):
+            raise OnnxPruneError(f"cannot write {path}: it is a directory")
+        directory = os.path.dirname(os.path.abspath(path))
+        if not os.path.isdir(directory):
+            raise OnnxPruneError(f"cannot write {path}: its directory does not exist")
+        if not os.access(directory, os.W_OK | os.X_OK):
+            raise OnnxPruneError(f"cannot write {path}: directory {directory} is not writable")
+
+
 def _prune(args) -> int:
     from .api import prune
     from .io import save
     from .model import parse_input_shapes
     from .plan import Plan
 
-    if _same_file(args.input, args.output):
-        raise OnnxPruneError("output path equals the input path; the input is never overwritten")
+    if not args.tolerance >= 0:
+        raise OnnxPruneError(f"--tolerance must be >= 0, got {args.tolerance}")
+    _check_targets(args)
     plan = None
     if args.plan:
         try:
@@ -100,35 +125,57 @@ def _prune(args) -> int:
                 plan = Plan.from_json(f.read())
         except OSError as e:
             raise OnnxPruneError(f"cannot read plan {args.plan}: {e.strerror}") from None
-    for target in (args.output, args.report, args.plan_out):
-        if target and not os.path.isdir(os.path.dirname(os.path.abspath(target))):
-            raise OnnxPruneError(f"cannot write {target}: its directory does not exist")
     slim, report = prune(args.input, args.ratio, criterion=args.criterion, seed=args.seed,
                          scope=args.scope, min_keep=args.min_keep, round_to=args.round_to,
                          exclude=args.exclude, input_shapes=parse_input_shapes(args.input_shape),
-                         plan=plan, verify=args.verify, tolerance=args.tolerance)
+                         plan=plan, verify=args.verify, tolerance=args.tolerance, fold=args.fold)
     print(report.table())
-    if args.verify and not report.oracle_max_rel_diff <= args.tolerance:
+    if args.verify and not report.oracle_passed:
         print(f"onnxprune: masking oracle failed: max relative difference "
-              f"{report.oracle_max_rel_diff:.3e} > {args.tolerance:g}; nothing written", file=sys.stderr)
+              f"{report.oracle.max_rel_diff:.3e} > {args.tolerance:g} (float32 noise "
+              f"{report.oracle.noise:.1e}); nothing written", file=sys.stderr)
         return EXIT_ORACLE
-    save(slim, args.output)
-    if args.report:
-        _write_text(args.report, report.to_json())
-    if args.plan_out:
-        _write_text(args.plan_out, report.plan.to_json())
+    texts = [(args.report, report.to_json() if args.report else ""),
+             (args.plan_out, report.plan.to_json() if args.plan_out else "")]
+    staged = []  # report and plan go to temporary files first: a failure writes nothing
+    try:
+        for path, text in texts:
+            if path:
+                staged.append((_stage_text(path, text), path))
+        save(slim, args.output)
+        for tmp, path in staged:
+            _rename(tmp, path)
+    finally:
+        for tmp, _ in staged:
+            if os.path.exists(tmp):
+                os.remove(tmp)
     print(f"wrote {args.output}")
     return 0
 
 
-def _write_text(path: str, text: str) -> None:
-    tmp = path + ".tmp"
+def _stage_text(path: str, text: str) -> str:
+    """Write `text` to a temporary file next to `path`; the caller renames it into place."""
+    from .io import file_mode
+    directory = os.path.dirname(os.path.abspath(path))
     try:
-        with open(tmp, "w") as f:
+        fd, tmp = tempfile.mkstemp(prefix=".onnxprune-", suffix=".tmp", dir=directory)
+    except OSError as e:
+        raise OnnxPruneError(f"cannot write {path}: {e.strerror or e}") from None
+    try:
+        with os.fdopen(fd, "w") as f:
             f.write(text)
+        os.chmod(tmp, file_mode(path))
+    except OSError as e:
+        os.remove(tmp)
+        raise OnnxPruneError(f"cannot write {path}: {e.strerror or e}") from None
+    return tmp
+
+
+def _rename(tmp: str, path: str) -> None:
+    try:
         os.replace(tmp, path)
     except OSError as e:
-        raise OnnxPruneError(f"cannot write {path}: {e.strerror}") from None
+        raise OnnxPruneError(f"cannot write {path}: {e.strerror or e}") from None
 
 
 def _analyze(args) -> int:

@@ -20,10 +20,15 @@ def save(proto: onnx.ModelProto, path: str) -> None:
         raise OnnxPruneError(f"cannot write {path}: directory {directory} is not writable")
     large = sum(t.ByteSize() for t in proto.graph.initializer) > EXTERNAL_DATA_THRESHOLD
     data_name = os.path.basename(path) + ".data"
-    fd, tmp = tempfile.mkstemp(prefix=".onnxprune-", suffix=".onnx", dir=directory)
+    mode = file_mode(path)
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=".onnxprune-", suffix=".onnx", dir=directory)
+    except OSError as e:
+        raise OnnxPruneError(f"cannot write {path}: {e.strerror or e}") from None
     os.close(fd)
     tmp_data = tmp + ".data"
     try:
+        os.chmod(tmp, mode)  # mkstemp makes 0600 files; give the usual permissions
         if large:
             onnx.save_model(proto, tmp, save_as_external_data=True, all_tensors_to_one_file=True,
                             location=os.path.basename(tmp_data), size_threshold=1024)
@@ -39,6 +44,17 @@ def save(proto: onnx.ModelProto, path: str) -> None:
         for leftover in (tmp, tmp_data):
             if os.path.exists(leftover):
                 os.remove(leftover)
+
+
+def file_mode(path: str) -> int:
+    """Permissions for a file written at `path`: those of the file it replaces, else
+    0666 minus the umask (what open() would give)."""
+    try:
+        return os.stat(path).st_mode & 0o777
+    except OSError:
+        umask = os.umask(0)
+        os.umask(umask)
+        return 0o666 & ~umask
 
 
 def _relocate_external_data(model_path: str, data_name: str) -> None:
