@@ -71,6 +71,9 @@ def main(argv=None) -> int:
     except OnnxPruneError as e:
         print(f"onnxprune: error: {e}", file=sys.stderr)
         return EXIT_INPUT
+    except BrokenPipeError:  # `onnxprune analyze m.onnx | head`: the reader left, not an error
+        sys.stderr.close()
+        return 0
     except KeyboardInterrupt:
         print("onnxprune: interrupted", file=sys.stderr)
         return EXIT_INPUT

@@ -16,7 +16,7 @@ import numpy as np
 import onnx
 
 from .errors import OnnxPruneError
-from .model import Model
+from .model import Model, subgraph_reads
 
 FEED_IN, FEED_OUT, CHANNELWISE, BIAS = "feed_in", "feed_out", "channelwise", "bias"
 
@@ -194,6 +194,9 @@ def analyze(model: Model, exclude: tuple[str, ...] = ()) -> Couplings:
         if len(shape) >= 2:
             ctx.freeze(ctx.produce(_InputNode(name), name, shape[1], 1), "graph input")
     for node in model.graph.node:
+        for t in subgraph_reads(node):  # If/Loop/Scan bodies read outer tensors implicitly
+            if ctx.map(t) is not None:
+                ctx.freeze(ctx.map(t).ids, f"read inside the body of {node.op_type} {node.name}")
         if not any(ctx.map(t) is not None for t in node.input):
             continue  # constants and shape arithmetic carry no channels
         rule = RULES.get(node.op_type) if node.domain in ("", "ai.onnx") else None

@@ -17,9 +17,11 @@ from onnx import numpy_helper, shape_inference
 from .errors import OnnxPruneError
 
 MIN_OPSET = 11
-# Operators whose value differs run to run: never fold them into constants.
-_NONDETERMINISTIC = {"RandomNormal", "RandomUniform", "RandomNormalLike", "RandomUniformLike",
-                     "Multinomial", "Bernoulli"}
+# Never folded into constants: operators whose value differs run to run, and quantization
+# operators (folding DequantizeLinear would turn int8 weights into float32 ones).
+_NOT_FOLDED = {"RandomNormal", "RandomUniform", "RandomNormalLike", "RandomUniformLike",
+               "Multinomial", "Bernoulli", "QuantizeLinear", "DequantizeLinear",
+               "DynamicQuantizeLinear"}
 
 
 @dataclass
@@ -76,6 +78,17 @@ class Model:
         return Model(copy.deepcopy(self.graph), dict(self.inits),
                      dict(self.shapes), list(self.opset_imports), self.ir_version, dict(self.meta),
                      dict(self.input_shapes), list(self.notes))
+
+
+def subgraph_reads(node: onnx.NodeProto) -> set[str]:
+    """Names that the bodies of an If/Loop/Scan node read, outer-scope tensors included."""
+    names: set[str] = set()
+    for a in node.attribute:
+        for g in ([a.g] if a.type == onnx.AttributeProto.GRAPH else list(a.graphs)):
+            for n in g.node:
+                names.update(n.input)
+                names |= subgraph_reads(n)
+    return names
 
 
 # ---------------------------------------------------------------------------------------
@@ -154,8 +167,10 @@ def _check_input(proto: onnx.ModelProto) -> None:
     try:
         onnx.checker.check_model(proto)
     except onnx.checker.ValidationError as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else "invalid model"
-        raise OnnxPruneError(f"input fails the ONNX checker: {first}") from None
+        message = " ".join(str(e).split()) or "invalid model"
+        if len(message) > 400:
+            message = message[:400] + " ..."
+        raise OnnxPruneError(f"input fails the ONNX checker: {message}") from None
     except ValueError:
         pass  # >2 GB protos cannot be checked in memory; the output is checked instead
 
@@ -194,13 +209,27 @@ def _fix_input_shapes(model: Model, given: dict) -> dict[str, tuple]:
             elif axis == 0:
                 shape.append(1)  # a symbolic batch dimension does not change the analysis
             else:
-                sym = [dd.dim_param or "?" if not dd.HasField("dim_value") else str(dd.dim_value)
-                       for dd in dims]
                 raise OnnxPruneError(
-                    f"input '{inp.name}' has dynamic dimensions [{', '.join(sym)}]; fix them with "
-                    f"--input-shape {inp.name}:1,{','.join('3' if i == 1 else '224' for i in range(1, len(dims)))}")
+                    f"input '{inp.name}' has dynamic dimensions [{', '.join(_dim_names(dims))}]; fix "
+                    f"them with --input-shape {inp.name}:{','.join(_suggested_dims(dims))}")
         fixed[inp.name] = tuple(shape)
     return fixed
+
+
+def _dim_names(dims) -> list[str]:
+    return [str(d.dim_value) if d.HasField("dim_value") and d.dim_value > 0 else (d.dim_param or "?")
+            for d in dims]
+
+
+def _suggested_dims(dims) -> list[str]:
+    """Keep fixed dimensions; batch 1, channels 3, and 224 for other dynamic ones."""
+    out = []
+    for axis, d in enumerate(dims):
+        if d.HasField("dim_value") and d.dim_value > 0:
+            out.append(str(d.dim_value))
+        else:
+            out.append("1" if axis == 0 else "3" if axis == 1 and len(dims) == 4 else "224")
+    return out
 
 
 def _name_nodes(model: Model) -> None:
@@ -266,7 +295,7 @@ def _fold_constant_subgraphs(model: Model) -> None:
     outputs = set(model.output_names)
     foldable = []
     for n in model.graph.node:  # nodes are topologically sorted in a valid ONNX graph
-        if (n.op_type not in _NONDETERMINISTIC and n.domain in ("", "ai.onnx")
+        if (n.op_type not in _NOT_FOLDED and n.domain in ("", "ai.onnx")
                 and all(not t or t in const for t in n.input)
                 and not any(a.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS)
                             for a in n.attribute)
@@ -376,9 +405,10 @@ def random_inputs(model: Model, rng: np.random.Generator, sess) -> dict[str, np.
         shape = model.input_shapes.get(inp.name) or tuple(d if isinstance(d, int) else 1 for d in inp.shape)
         dtype = _ORT_TYPES.get(inp.type, np.float32)
         if np.issubdtype(dtype, np.floating):
-            feeds[inp.name] = rng.uniform(-1.0, 1.0, shape).astype(dtype)
+            value = rng.uniform(-1.0, 1.0, shape)
         elif dtype == np.bool_:
-            feeds[inp.name] = rng.random(shape) < 0.5
+            value = rng.random(shape) < 0.5
         else:
-            feeds[inp.name] = rng.integers(0, 2, shape).astype(dtype)
+            value = rng.integers(0, 2, shape)
+        feeds[inp.name] = np.asarray(value, dtype=dtype)  # rank-0 inputs must be arrays too
     return feeds

@@ -10,6 +10,8 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
+from .model import subgraph_reads
+
 INLINE_LIMIT = 1024  # elements; smaller tensors (shape constants) stay in the proto
 
 
@@ -23,7 +25,8 @@ def session_from_parts(graph: onnx.GraphProto, inits: dict, opset_imports, ir_ve
     declared = {o.name for o in g.output}
     g.output.extend(onnx.helper.make_empty_tensor_value_info(t) for t in outputs if t not in declared)
     names, values = [], []
-    used = _referenced(g)  # onnxruntime drops unused initializers before injecting ours
+    # onnxruntime drops unused initializers before injecting ours: pass only used ones
+    used = {o.name for o in g.output} | {t for n in g.node for t in list(n.input) + list(subgraph_reads(n))}
     for name, array in inits.items():
         if name not in used:
             continue
@@ -52,16 +55,6 @@ def session_from_parts(graph: onnx.GraphProto, inits: dict, opset_imports, ir_ve
     sess = ort.InferenceSession(m.SerializeToString(), opts, providers=list(providers))
     sess._onnxprune_keepalive = values  # the session reads these buffers
     return sess
-
-
-def _referenced(graph: onnx.GraphProto) -> set[str]:
-    names = {o.name for o in graph.output}
-    for n in graph.node:
-        names.update(n.input)
-        for a in n.attribute:
-            for sub in ([a.g] if a.type == onnx.AttributeProto.GRAPH else list(a.graphs)):
-                names |= _referenced(sub)
-    return names
 
 
 def model_session(model, optimize: bool = True, outputs=(), threads: int = 0):

@@ -3,6 +3,8 @@ Run after slicing, it drops branches that pruning disconnected and the originals
 initializers that were copied per user."""
 from __future__ import annotations
 
+from onnxprune.model import subgraph_reads
+
 
 def run(model) -> None:
     needed = set(model.output_names)
@@ -11,7 +13,7 @@ def run(model) -> None:
         if any(o in needed for o in node.output if o):
             live.append(node)
             needed.update(t for t in node.input if t)
-            needed.update(_subgraph_inputs(node))
+            needed.update(subgraph_reads(node))
     live.reverse()
     if len(live) != len(model.graph.node):
         del model.graph.node[:]
@@ -19,18 +21,3 @@ def run(model) -> None:
     graph_inputs = {i.name for i in model.graph.input}
     for name in [n for n in model.inits if n not in needed and n not in graph_inputs]:
         del model.inits[name]
-
-
-def _subgraph_inputs(node):
-    """Names read from the outer scope by If/Loop/Scan bodies."""
-    import onnx
-    names = set()
-    for a in node.attribute:
-        graphs = [a.g] if a.type == onnx.AttributeProto.GRAPH else list(a.graphs)
-        for g in graphs:
-            for n in g.node:
-                names.update(n.input)
-                for sub in n.attribute:
-                    if sub.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS):
-                        names.update(_subgraph_inputs(n))
-    return names

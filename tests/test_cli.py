@@ -180,8 +180,6 @@ def test_dynamic_input_with_input_shape(tmp_path):
     runs_in_ort(out, {"x": (1, 3, 8, 8)})
 
 
-@pytest.mark.xfail(strict=True, reason="model._fix_input_shapes suggests 'x:1,3,224,224' even when "
-                   "the channel dimension is fixed to another value, so the suggestion is rejected")
 def test_suggested_input_shape_is_accepted(tmp_path, capsys):
     b = GraphBuilder()
     x = b.input("x", ["N", 1, "H", "W"])
@@ -438,9 +436,6 @@ def test_bad_input(tmp_path, case, code, phrase):
     assert now == existing                                   # nothing created, nothing modified
 
 
-@pytest.mark.xfail(strict=True, reason="model._check_input keeps only the first line of the checker "
-                   "message, which ends at 'of node:' and drops the node name and the actual problem "
-                   "('is not output of any previous nodes')")
 def test_checker_message_names_the_node(tmp_path):
     src = case_checker_fails(tmp_path, None)[0]
     node = next(n.name for n in onnx.load(str(src)).graph.node if "undefined_tensor" in n.input)
@@ -559,18 +554,11 @@ def control_flow_net(kind: str):
     return m, outer
 
 
-CONTROL_FLOW_BUG = ("couplings.analyze ignores tensors that a subgraph reads from the outer scope: "
-                    "their channels are reported prunable and pruning them breaks the subgraph "
-                    "(If: 'pruned model fails the ONNX checker'; Loop: 'cannot determine tensor "
-                    "shapes'; both exit 2, Incompatible dimensions)")
-
-
 BROKEN_MODEL_SYMPTOMS = ("fails the ONNX checker", "cannot determine tensor shapes",
                          "cannot load the pruned model", "Incompatible dimensions", "InferenceError")
 
 
 @pytest.mark.parametrize("kind", ["If", "Loop"])
-@pytest.mark.xfail(strict=True, reason=CONTROL_FLOW_BUG)
 def test_control_flow_prunes_safely_or_refuses(tmp_path, kind):
     src, out, rep = tmp_path / "cf.onnx", tmp_path / "out.onnx", tmp_path / "r.json"
     proto, outer = control_flow_net(kind)
@@ -613,9 +601,6 @@ def test_control_flow_never_writes_a_broken_model(tmp_path, kind):
         assert not out.exists()
 
 
-@pytest.mark.xfail(strict=True, reason="model.random_inputs feeds a numpy.bool scalar (not an array) "
-                   "for a rank-0 bool input; onnxruntime rejects it: exit 3 'internal error: "
-                   "RuntimeError: Unable to handle object of type <class numpy.bool>'")
 def test_scalar_bool_input(tmp_path, capsys):
     b = GraphBuilder()
     x = b.input("x", [1, 3, 8, 8])
@@ -675,9 +660,6 @@ def test_qdq_channels_frozen(tmp_path):
     assert report["after"]["params"] < report["before"]["params"]
 
 
-@pytest.mark.xfail(strict=True, reason="model._fold_constant_subgraphs folds DequantizeLinear(int8 "
-                   "weight) into a float32 initializer: the output loses its quantized weights and "
-                   "grows (at --ratio 0 the file is larger than the input)")
 def test_qdq_weights_stay_quantized(tmp_path, capsys):
     src, out = tmp_path / "qdq.onnx", tmp_path / "out.onnx"
     onnx.save(qdq_net(), str(src))
