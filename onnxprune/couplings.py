@@ -192,7 +192,8 @@ def analyze(model: Model, exclude: tuple[str, ...] = ()) -> Couplings:
     for name in model.input_names:
         shape = model.input_shapes.get(name, ())
         if len(shape) >= 2:
-            ctx.freeze(ctx.produce(_InputNode(name), name, shape[1], 1), "graph input")
+            axis = _input_channel_axis(ctx, name, len(shape))
+            ctx.freeze(ctx.produce(_InputNode(name), name, shape[axis], axis), "graph input")
     for node in model.graph.node:
         for t in subgraph_reads(node):  # If/Loop/Scan bodies read outer tensors implicitly
             if ctx.map(t) is not None:
@@ -221,6 +222,14 @@ def analyze(model: Model, exclude: tuple[str, ...] = ()) -> Couplings:
     if exclude:
         _freeze_excluded(ctx, exclude)
     return _build(ctx)
+
+
+def _input_channel_axis(ctx: Context, name: str, rank: int) -> int:
+    """Axis 1 (NCHW) unless the input is read as features on its last axis (tokens)."""
+    for node, index in ctx.consumers.get(name, []):
+        if node.op_type in ("MatMul", "LayerNormalization") and index == 0:
+            return rank - 1
+    return 1
 
 
 class _InputNode:

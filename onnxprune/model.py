@@ -64,7 +64,7 @@ class Model:
         g.initializer.extend(numpy_helper.from_array(a, name) for name, a in self.inits.items())
         for inp in g.input:  # old exporters also list initializers as inputs: keep them in step
             if inp.name in self.inits:
-                _set_dims(inp, self.inits[inp.name].shape, exact_rank=True)
+                set_dims(inp, self.inits[inp.name].shape, exact_rank=True)
         if not with_shapes:
             del g.value_info[:]
         m = onnx.helper.make_model(g, opset_imports=self.opset_imports)
@@ -342,7 +342,7 @@ def infer_static_shapes(model: Model) -> dict[str, tuple]:
     del g.value_info[:]
     for inp in g.input:
         if inp.name in model.input_shapes:
-            _set_dims(inp, model.input_shapes[inp.name])
+            set_dims(inp, model.input_shapes[inp.name])
     # Large weights enter as typed inputs (no data): inference needs their shapes only,
     # and this keeps the proto far below protobuf's 2 GB limit.
     declared = {i.name for i in g.input}
@@ -370,7 +370,7 @@ def infer_static_shapes(model: Model) -> dict[str, tuple]:
     return shapes
 
 
-def _set_dims(vi, shape, exact_rank: bool = False) -> None:
+def set_dims(vi, shape, exact_rank: bool = False) -> None:
     if exact_rank:
         vi.type.tensor_type.shape.ClearField("dim")
         for _ in shape:
@@ -402,6 +402,8 @@ def random_inputs(model: Model, rng: np.random.Generator, sess) -> dict[str, np.
     """Random feeds of the fixed input shapes, typed as the session expects."""
     feeds = {}
     for inp in sess.get_inputs():
+        if inp.name in model.inits:
+            continue  # an initializer listed as an input keeps its own value
         shape = model.input_shapes.get(inp.name) or tuple(d if isinstance(d, int) else 1 for d in inp.shape)
         dtype = _ORT_TYPES.get(inp.type, np.float32)
         if np.issubdtype(dtype, np.floating):

@@ -154,21 +154,26 @@ def reduce(node, ctx):
 @rule("Resize", "Upsample")
 def resize(node, ctx):
     m = _input_map(node, ctx)
+    rank = len(ctx.shape(node.input[0]))
+    axes = ctx.attr(node, "axes")  # opset 18: scales and sizes list only these axes
+    axes = list(range(rank)) if axes is None else [_norm_axis(a, rank) for a in axes]
+    position = axes.index(m.axis) if m.axis in axes else None
     scales_index = 1 if node.op_type == "Upsample" else 2
     if len(node.input) > scales_index and node.input[scales_index]:
         scales = ctx.const(node.input[scales_index])
         require(scales is not None, "scales are computed at run time")
-        require(scales.size == 0 or scales[m.axis] == 1, "resizes along the channel axis")
+        require(scales.size == 0 or position is None or scales[position] == 1, "resizes along the channel axis")
     if node.op_type == "Resize" and len(node.input) > 3 and node.input[3]:
         sizes = ctx.const(node.input[3])
         require(sizes is not None, "sizes are computed at run time")
-        require(ctx.attr(node, "axes") is None, "Resize with an axes attribute and sizes")
+        if position is not None:
+            require(int(sizes[position]) == len(m.ids), "resizes along the channel axis")
 
-        def update_sizes(n, model, kept, sizes=sizes, ids=m.ids, axis=m.axis):
-            new = sizes.copy()
-            new[axis] = int(kept(ids).sum())
-            _set_input_constant(n, model, 3, new)
-        ctx.edit(node, update_sizes)
+            def update_sizes(n, model, kept, sizes=sizes, ids=m.ids, position=position):
+                new = sizes.copy()
+                new[position] = int(kept(ids).sum())
+                _set_input_constant(n, model, 3, new)
+            ctx.edit(node, update_sizes)
     ctx.out(node.output[0], m)
 
 
@@ -216,17 +221,23 @@ def elementwise(node, ctx):
     full = [m for i, m in mapped if len(m.ids) == width and aligned[i] == axis]
     require(len(full) > 0, "channels created by broadcasting")
     ids = full[0].ids
-    for m in full[1:]:
-        ctx.unify(ids, m.ids)
     for i, t in enumerate(node.input):
-        if not t or ctx.map(t) is not None:
+        if not t:
             continue
         shape = ctx.shape(t)
         local = axis - (rank - len(shape))
-        if local < 0 or shape[local] == 1 or width == 1:
-            continue  # a scalar or broadcast operand
-        require(ctx.const(t) is not None, f"operand {t} has one value per channel but is not a constant")
-        ctx.param(node, i, local, ids, CHANNELWISE)
+        size = shape[local] if local >= 0 else 1
+        require(size in (1, width), f"operand {t} has {size} entries on the channel axis, not 1 or {width}")
+        m = ctx.map(t)
+        if size == 1 or width == 1:
+            continue  # a scalar or broadcast operand couples nothing
+        if m is not None:
+            require(m.axis == local, f"operand {t} carries its channels on another axis")
+            if m is not ids:
+                ctx.unify(ids, m.ids)
+        else:
+            require(ctx.const(t) is not None, f"operand {t} has one value per channel but is not a constant")
+            ctx.param(node, i, local, ids, CHANNELWISE)
     ctx.out(node.output[0], ChannelMap(axis, ids))
 
 
@@ -539,13 +550,31 @@ def gather(node, ctx):
     ctx.out(node.output[0], ChannelMap(m.axis + (indices_rank - 1 if axis < m.axis else 0), m.ids))
 
 
-@rule("Expand", "Tile")
+@rule("Expand")
 def expand(node, ctx):
     m = _input_map(node, ctx)
     src, dst = ctx.shape(node.input[0]), ctx.shape(node.output[0])
     axis = m.axis + len(dst) - len(src)
-    require(dst[axis] == len(m.ids), f"{node.op_type} repeats channels")
+    require(dst[axis] == len(m.ids), "Expand repeats channels")
+    target = ctx.const(node.input[1])
+    require(target is not None, "Expand shape is computed at run time")
+    position = axis - (len(dst) - len(target))
+    if position >= 0 and target[position] == len(m.ids) and len(m.ids) > 1:
+        def update_shape(n, model, kept, ids=m.ids, target=target, position=position):
+            new = target.copy()
+            new[position] = int(kept(ids).sum())
+            _set_input_constant(n, model, 1, new)
+        ctx.edit(node, update_shape)
     ctx.out(node.output[0], ChannelMap(axis, m.ids))
+
+
+@rule("Tile")
+def tile(node, ctx):
+    m = _input_map(node, ctx)
+    repeats = ctx.const(node.input[1])
+    require(repeats is not None, "Tile repeats are computed at run time")
+    require(int(repeats[m.axis]) == 1, "Tile repeats channels")
+    ctx.out(node.output[0], m)
 
 
 @rule("Shape")
@@ -560,7 +589,8 @@ def shape(node, ctx):
         return
     for user, _ in ctx.consumers.get(node.output[0], []):
         index = ctx.const(user.input[1]) if user.op_type == "Gather" and len(user.input) > 1 else None
-        require(index is not None and ctx.attr(user, "axis", 0) == 0
-                and m.axis - start not in np.atleast_1d(index).tolist(),
+        read = [i + (end - start) if i < 0 else i for i in np.atleast_1d(index).tolist()] \
+            if index is not None else []
+        require(index is not None and ctx.attr(user, "axis", 0) == 0 and m.axis - start not in read,
                 "the channel count is read at run time")
 

@@ -10,7 +10,7 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
-from .model import subgraph_reads
+from .model import set_dims, subgraph_reads
 
 INLINE_LIMIT = 1024  # elements; smaller tensors (shape constants) stay in the proto
 
@@ -26,7 +26,8 @@ def session_from_parts(graph: onnx.GraphProto, inits: dict, opset_imports, ir_ve
     g.output.extend(onnx.helper.make_empty_tensor_value_info(t) for t in outputs if t not in declared)
     names, values = [], []
     # onnxruntime drops unused initializers before injecting ours: pass only used ones
-    used = {o.name for o in g.output} | {t for n in g.node for t in list(n.input) + list(subgraph_reads(n))}
+    used = ({o.name for o in g.output} | {i.name for i in g.input}
+            | {t for n in g.node for t in list(n.input) + list(subgraph_reads(n))})
     for name, array in inits.items():
         if name not in used:
             continue
@@ -42,6 +43,9 @@ def session_from_parts(graph: onnx.GraphProto, inits: dict, opset_imports, ir_ve
         entry.key, entry.value = "location", "in-memory"
         names.append(name)
         values.append(ort.OrtValue.ortvalue_from_numpy(np.ascontiguousarray(array)))
+    for inp in g.input:  # old exporters list initializers as inputs: keep shapes in step
+        if inp.name in inits:
+            set_dims(inp, inits[inp.name].shape, exact_rank=True)
     m = onnx.helper.make_model(g, opset_imports=opset_imports)
     m.ir_version = ir_version
     opts = ort.SessionOptions()

@@ -137,6 +137,8 @@ def _contributions(model, nodes, values):
         outputs.append(onnx.helper.make_empty_tensor_value_info(out))
         feeds[feed] = values[x]
         inits[node.input[1]] = model.inits[node.input[1]]
+    if not graph_nodes:
+        return {}
     g = onnx.helper.make_graph(graph_nodes, "contributions", inputs, outputs)
     sess = session_from_parts(g, inits, model.opset_imports, model.ir_version)
     return run_named(sess, feeds)

@@ -6,9 +6,10 @@ from __future__ import annotations
 import numpy as np
 
 from ..errors import OnnxPruneError
+from .bgsc import bgsc
 from .magnitude import l1, l2, random_scores
 
-CRITERIA = {"l1": l1, "l2": l2, "random": random_scores}
+CRITERIA = {"bgsc": bgsc, "l1": l1, "l2": l2, "random": random_scores}
 
 
 def score(model, couplings, criterion: str = "l1", seed: int = 0) -> np.ndarray:
