@@ -6,7 +6,7 @@ import time
 
 import passes
 
-from .budget import allocate, check_plan_classes, parse_min_keep
+from .budget import allocate, allocate_target, check_plan_classes, parse_min_keep
 from .couplings import analyze
 from .errors import OnnxPruneError
 from .model import Model, load
@@ -35,10 +35,22 @@ def analyze_model(source, input_shapes=None, exclude=()):
     return model, analyze(model, tuple(exclude))
 
 
-def prune(source, ratio: float = 0.3, *, criterion: str = "l1", seed: int = 0, scope: str = "local",
-          min_keep=0.1, round_to: int = 1, exclude=(), input_shapes=None, plan: Plan | None = None,
-          verify: bool = False, tolerance: float = DEFAULT_TOLERANCE, fold: str = "exact"):
+# Defaults per criterion: BGSC scores are comparable across groups (one bound, in the same
+# units everywhere), so it ranks globally, as DFPC does; magnitudes are not, so the
+# baselines thin every group by the same fraction.
+DEFAULT_SCOPE = {"bgsc": "global"}
+DEFAULT_RANKING = {"bgsc": "normalized"}
+
+
+def prune(source, ratio: float | None = None, *, criterion: str = "l1", seed: int = 0,
+          scope: str | None = None, ranking: str | None = None, target_macs: float | None = None,
+          target_params: float | None = None, coupled: str = "all", min_keep=0.1, round_to: int = 1,
+          exclude=(), input_shapes=None, plan: Plan | None = None, verify: bool = False,
+          tolerance: float = DEFAULT_TOLERANCE, fold: str = "exact"):
     """Prune a model (path or ModelProto). Returns (pruned ModelProto, Report).
+
+    The budget is one of: `ratio` (fraction of prunable channel classes, default 0.3),
+    `target_macs` or `target_params` (fraction of the original to keep), or a `plan`.
     The input is never modified."""
     timings = {}
     t = start = time.perf_counter()
@@ -50,18 +62,32 @@ def prune(source, ratio: float = 0.3, *, criterion: str = "l1", seed: int = 0, s
         t = now
 
     min_keep = parse_min_keep(min_keep)
-    if not 0 <= ratio < 1:
+    budgets = [b for b in (ratio, target_macs, target_params, plan) if b is not None]
+    if len(budgets) > 1:
+        raise OnnxPruneError("give one budget: --ratio, --target-macs, --target-params or --plan")
+    if not budgets:
+        ratio = 0.3
+    if ratio is not None and not 0 <= ratio < 1:
         raise OnnxPruneError(f"--ratio must be in [0, 1), got {ratio}")
+    scope = scope or DEFAULT_SCOPE.get(criterion, "local")
+    ranking = ranking or DEFAULT_RANKING.get(criterion, "raw")
     model = load(source, input_shapes)
     lap("load")
     couplings = analyze(model, tuple(exclude))
     lap("analyze")
-    if plan is None:
+    target = None
+    if plan is not None:
+        removed = classes_from_plan(couplings, plan)
+    else:
         scores = score(model, couplings, criterion, seed)
         lap("score")
-        removed = allocate(couplings, scores, ratio, scope, min_keep, round_to)
-    else:
-        removed = classes_from_plan(couplings, plan)
+        if ratio is not None:
+            removed = allocate(couplings, scores, ratio, scope, min_keep, round_to, ranking, coupled)
+        else:
+            metric, fraction = ("macs", target_macs) if target_macs is not None else ("params", target_params)
+            target = allocate_target(model, couplings, scores, metric, fraction, scope, ranking,
+                                     min_keep, round_to, coupled, fold != "none")
+            removed = target.removed
     check_plan_classes(couplings, removed)
     lap("allocate")
     if fold not in passes.fold_removed_constants.MODES:
@@ -81,8 +107,13 @@ def prune(source, ratio: float = 0.3, *, criterion: str = "l1", seed: int = 0, s
     lap("verify")
     timings["total"] = round(time.perf_counter() - start, 4)
     notes = list(model.notes) + ([fold_stats.note()] if removed and fold != "none" else [])
-    options = {"ratio": ratio, "fold": fold, "criterion": criterion if plan is None else "plan", "seed": seed,
-               "scope": scope, "min_keep": min_keep, "round_to": round_to, "exclude": list(exclude),
+    if target is not None:
+        notes.append(f"target {target.metric} {target.target:g}: reached {target.achieved:.4f}"
+                     + ("" if target.reached else " (not reachable within the group floors)"))
+    options = {"criterion": criterion if plan is None else "plan", "ratio": ratio,
+               "target_macs": target_macs, "target_params": target_params, "scope": scope,
+               "ranking": ranking, "coupled": coupled, "min_keep": min_keep, "round_to": round_to,
+               "fold": fold, "seed": seed, "exclude": list(exclude),
                "input_shapes": {k: list(v) for k, v in model.input_shapes.items()}}
     report = Report(options, model_stats(model), model_stats(slim), group_table(couplings, removed),
                     timings, oracle, notes, plan_from_classes(couplings, removed, options),

@@ -1,16 +1,29 @@
 """Allocate stage: which channel classes to remove under a budget.
 
-`--ratio r` removes a fraction r of the prunable classes, either the same fraction in every
-group (`local`) or by one ranking across groups (`global`), never below each group's floor
-(`min_keep`), with kept counts rounded to a multiple of `round_to` where the group allows.
+Budgets: `ratio` removes a fraction of the prunable classes; `target_macs` /
+`target_params` keep a fraction of the model's MACs / parameters, reached by removing
+classes one at a time in ranking order while tracking the exact cost of each removal.
+
+Ranking across groups (`scope="global"`): `raw` is the faithful DFPC list (raw scores,
+one global ranking); `normalized` divides each score by the mean score of its group
+first, which removes the scale biases of raw scores (spatial size, number of members).
+`scope="local"` removes the same fraction from every group. Every mode respects each
+group's floor (`min_keep`) and never empties a group.
 """
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import numpy as np
 
+from .couplings import Context
 from .errors import OnnxPruneError
+
+Context_attr = Context.attr
+
+RANKINGS = ("raw", "normalized")
+COUPLED = ("all", "only", "none")
 
 
 def parse_min_keep(value) -> float:
@@ -39,51 +52,241 @@ def rounded_keep(keep: int, width: int, floor: int, round_to: int) -> int:
     return min(candidates, key=lambda m: (abs(m - keep), -m))
 
 
-def prunable_groups(couplings):
-    return [g for g in couplings.groups if g.frozen is None and g.width > 1]
+def is_coupled(group) -> bool:
+    """Coupled channels: written by more than one layer (a residual stream, DFPC's DFCs
+    with several feed-ins). A plain conv -> BN -> ReLU -> conv pair is not coupled."""
+    return len(group.feed_in) > 1
+
+
+def prunable_groups(couplings, coupled: str = "all"):
+    if coupled not in COUPLED:
+        raise OnnxPruneError(f"coupled must be one of {COUPLED}, got {coupled!r}")
+    groups = [g for g in couplings.groups if g.frozen is None and g.width > 1]
+    if coupled == "only":
+        return [g for g in groups if is_coupled(g)]
+    if coupled == "none":
+        return [g for g in groups if not is_coupled(g)]
+    return groups
+
+
+def _check_options(scope, ranking, round_to):
+    if scope not in ("local", "global"):
+        raise OnnxPruneError(f"--scope must be 'local' or 'global', got {scope!r}")
+    if ranking not in RANKINGS:
+        raise OnnxPruneError(f"--ranking must be one of {RANKINGS}, got {ranking!r}")
+    if round_to < 1:
+        raise OnnxPruneError(f"--round-to must be >= 1, got {round_to}")
+
+
+def removal_order(groups, scores: np.ndarray, scope: str, ranking: str) -> np.ndarray:
+    """All prunable classes, least important first."""
+    classes = np.concatenate([g.classes for g in groups]) if groups else np.zeros(0, np.int64)
+    if scope == "local":
+        # rank within the group as a fraction of its width: groups are thinned evenly
+        key = np.concatenate([_rank_fraction(scores[g.classes]) for g in groups]) if groups else classes
+    elif ranking == "raw":
+        key = scores[classes]
+    else:
+        key = np.concatenate([scores[g.classes] / max(scores[g.classes].mean(), 1e-30) for g in groups])
+    return classes[np.argsort(key, kind="stable")]
+
+
+def _rank_fraction(values: np.ndarray) -> np.ndarray:
+    ranks = np.empty(len(values))
+    ranks[np.argsort(values, kind="stable")] = np.arange(1, len(values) + 1)
+    return ranks / len(values)
 
 
 def allocate(couplings, scores: np.ndarray, ratio: float, scope: str = "local",
-             min_keep: float = 0.1, round_to: int = 1) -> set[int]:
+             min_keep: float = 0.1, round_to: int = 1, ranking: str = "raw",
+             coupled: str = "all") -> set[int]:
+    """Remove a fraction `ratio` of the prunable classes."""
     if not 0 <= ratio < 1:
         raise OnnxPruneError(f"--ratio must be in [0, 1), got {ratio}")
-    if scope not in ("local", "global"):
-        raise OnnxPruneError(f"--scope must be 'local' or 'global', got {scope!r}")
-    if round_to < 1:
-        raise OnnxPruneError(f"--round-to must be >= 1, got {round_to}")
-    groups = prunable_groups(couplings)
-    keep = {}
+    _check_options(scope, ranking, round_to)
+    groups = prunable_groups(couplings, coupled)
     if scope == "local":
-        for g in groups:
-            floor = floor_of(g.width, min_keep)
-            keep[g.index] = max(floor, g.width - int(math.floor(ratio * g.width + 1e-9)))
+        keep = {g.index: max(floor_of(g.width, min_keep), g.width - int(math.floor(ratio * g.width + 1e-9)))
+                for g in groups}
     else:
-        keep = _global_keep(groups, scores, ratio, min_keep)
+        keep = _keep_from_order(groups, removal_order(groups, scores, scope, ranking), couplings,
+                                int(math.floor(ratio * sum(g.width for g in groups) + 1e-9)), min_keep)
     removed = set()
     for g in groups:
-        floor = floor_of(g.width, min_keep)
-        k = rounded_keep(keep[g.index], g.width, floor, round_to)
+        k = rounded_keep(keep[g.index], g.width, floor_of(g.width, min_keep), round_to)
         order = g.classes[np.argsort(scores[g.classes], kind="stable")]
         removed.update(order[:g.width - k].tolist())
     return removed
 
 
-def _global_keep(groups, scores, ratio, min_keep) -> dict[int, int]:
-    """One ranking across groups: remove the lowest scores first, skipping a group at its floor."""
-    total = sum(g.width for g in groups)
-    target = int(math.floor(ratio * total + 1e-9))
+def _keep_from_order(groups, order, couplings, n_remove, min_keep) -> dict[int, int]:
     keep = {g.index: g.width for g in groups}
     floors = {g.index: floor_of(g.width, min_keep) for g in groups}
-    entries = [(scores[c], g.index) for g in groups for c in g.classes]
-    entries.sort(key=lambda e: e[0])
     removed = 0
-    for _, gi in entries:
-        if removed >= target:
+    for c in order.tolist():
+        if removed >= n_remove:
             break
+        gi = int(couplings.group_of[c])
         if keep[gi] > floors[gi]:
             keep[gi] -= 1
             removed += 1
     return keep
+
+
+# -- budget targets ------------------------------------------------------------------------
+class CostTracker:
+    """Exact parameters and MACs of the pruned model as classes are removed one by one.
+
+    Every weighted tensor's size is the product of its kept counts along the axes that
+    hold channels; a layer's MACs are proportional to its weight's size (spatial sizes do
+    not change). A removal updates only the tensors its class touches, so each step costs
+    a few operations, and the tracked value equals what the rewritten model reports
+    (a tensor shared by users that need different cuts is counted once)."""
+
+    def __init__(self, model, couplings, fold: bool = True):
+        from .cost import cost
+        nodes = model.nodes_by_name()
+        base = cost(model)
+        self.params0, self.macs0 = base.params, base.macs
+        uses: dict[tuple, dict] = {}
+        for s in couplings.slices:
+            uses.setdefault((s.node, s.input), {})[s.axis] = s.ids
+        self.tensors, owner = [], {}
+        axis_class, axis_index = [], []
+        self.counts = []
+        for (node_name, index), axes in uses.items():
+            name = nodes[node_name].input[index]
+            array = model.inits[name]
+            counts_at = {}
+            for axis, ids in axes.items():
+                counts_at[axis] = len(self.counts)
+                self.counts.append(len(ids))
+                axis_class.append(couplings.class_of[ids])
+                axis_index.append(np.full(len(ids), counts_at[axis]))
+            is_owner = name not in owner and array.dtype.kind == "f"
+            owner.setdefault(name, True)
+            node = nodes[node_name]
+            mac_weight = index == 1 and node.op_type in ("Conv", "ConvTranspose", "Gemm", "MatMul")
+            macs = base.macs_by_node.get(node_name, 0) if mac_weight else 0
+            fixed = int(np.prod([d for a, d in enumerate(array.shape) if a not in axes]))
+            self.tensors.append({"axes": list(counts_at.values()), "fixed": fixed, "size0": int(array.size),
+                                 "params": is_owner, "macs_per_element": macs / max(array.size, 1)})
+        self.counts = np.array(self.counts, dtype=np.int64)
+        # class -> (axis slot, positions removed); slot -> tensors using it
+        classes = np.concatenate(axis_class) if axis_class else np.zeros(0, np.int64)
+        slots = np.concatenate(axis_index) if axis_index else np.zeros(0, np.int64)
+        pairs, hits = np.unique(np.stack([classes, slots]), axis=1, return_counts=True)
+        self.incidence: dict[int, list] = {}
+        for (c, slot), n in zip(pairs.T.tolist(), hits.tolist()):
+            self.incidence.setdefault(c, []).append((slot, n))
+        self.slot_tensors: dict[int, list] = {}
+        for t, tensor in enumerate(self.tensors):
+            for slot in tensor["axes"]:
+                self.slot_tensors.setdefault(slot, []).append(t)
+        self.sizes = np.array([self._size(t) for t in range(len(self.tensors))], dtype=np.float64)
+        self.params, self.macs = float(self.params0), float(self.macs0)
+        self.new_biases = self._new_biases(model, couplings, uses, nodes) if fold else []
+
+    def _new_biases(self, model, couplings, uses, nodes):
+        """Feed-out layers without a bias (and no BN after them to take the fold) gain one
+        once any of their inputs is removed: [input slot, output slot or None, width, active]."""
+        from passes.fold_removed_constants import FOLDABLE, following_batch_norm
+        slot_of = {}
+        for t, ((node_name, index), axes) in enumerate(uses.items()):
+            for axis, slot in zip(axes, self.tensors[t]["axes"]):
+                slot_of[(node_name, index, axis)] = slot
+        out = []
+        for (node_name, index), axes in uses.items():
+            node = nodes[node_name]
+            if node.op_type not in FOLDABLE or index != 1:
+                continue
+            if len(node.input) > 2 and node.input[2] or following_batch_norm(model, node) is not None:
+                continue
+            w = model.inits[node.input[1]]
+            in_axis, out_axis = {"Conv": (1, 0), "ConvTranspose": (0, 1)}.get(
+                node.op_type, (1, 0) if Context_attr(node, "transB") else (0, 1))
+            if (node_name, 1, in_axis) not in slot_of:
+                continue
+            out.append([slot_of[(node_name, 1, in_axis)], slot_of.get((node_name, 1, out_axis)),
+                        w.shape[out_axis], False])
+        return out
+
+    def _size(self, t) -> int:
+        tensor = self.tensors[t]
+        return tensor["fixed"] * int(np.prod([self.counts[s] for s in tensor["axes"]]))
+
+    def remove(self, cls: int) -> None:
+        touched, slots = set(), {}
+        for slot, n in self.incidence.get(cls, []):
+            self.counts[slot] -= n
+            slots[slot] = n
+            touched.update(self.slot_tensors[slot])
+        for bias in self.new_biases:  # a fold may create a bias: count it when it appears
+            in_slot, out_slot, width, active = bias
+            if out_slot in slots:
+                bias[2] = width = width - slots[out_slot]
+                if active:
+                    self.params -= slots[out_slot]
+            if in_slot in slots and not active:
+                bias[3] = True
+                self.params += width
+        for t in touched:
+            new = self._size(t)
+            delta = new - self.sizes[t]
+            self.sizes[t] = new
+            if self.tensors[t]["params"]:
+                self.params += delta
+            self.macs += delta * self.tensors[t]["macs_per_element"]
+
+
+@dataclass
+class TargetResult:
+    removed: set
+    target: float
+    metric: str
+    achieved: float        # fraction of the original metric kept, as tracked
+    reached: bool
+
+
+def allocate_target(model, couplings, scores: np.ndarray, metric: str, target: float,
+                    scope: str = "global", ranking: str = "raw", min_keep: float = 0.1,
+                    round_to: int = 1, coupled: str = "all", fold: bool = True) -> TargetResult:
+    """Remove classes in ranking order until `metric` ('macs' or 'params') is at most
+    `target` times the original; the last removal is the one that crosses the target."""
+    if not 0 < target <= 1:
+        raise OnnxPruneError(f"--target-{metric} must be in (0, 1], got {target}")
+    _check_options(scope, ranking, round_to)
+    groups = prunable_groups(couplings, coupled)
+    tracker = CostTracker(model, couplings, fold)
+    base = tracker.macs0 if metric == "macs" else tracker.params0
+    value = lambda: tracker.macs if metric == "macs" else tracker.params  # noqa: E731
+    keep = {g.index: g.width for g in groups}
+    floors = {g.index: floor_of(g.width, min_keep) for g in groups}
+    in_group = {g.index: [c for c in removal_order([g], scores, "global", "raw").tolist()] for g in groups}
+    removed: set[int] = set()
+    for c in removal_order(groups, scores, scope, ranking).tolist():
+        if value() <= target * base:
+            break
+        if c in removed:
+            continue
+        gi = int(couplings.group_of[c])
+        step = _step(keep[gi], round_to)
+        if keep[gi] - step < floors[gi]:
+            continue
+        # with round_to, a step removes the group's `step` least important remaining classes
+        chunk = [c] if step == 1 else [k for k in in_group[gi] if k not in removed][:step]
+        for k in chunk:
+            tracker.remove(k)
+            removed.add(k)
+        keep[gi] -= len(chunk)
+    achieved = value() / base if base else 1.0
+    return TargetResult(removed, target, metric, achieved, achieved <= target + 1e-12)
+
+
+def _step(keep: int, round_to: int) -> int:
+    if round_to <= 1:
+        return 1
+    return keep % round_to or round_to
 
 
 def check_plan_classes(couplings, removed: set[int]) -> None:

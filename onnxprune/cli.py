@@ -33,11 +33,20 @@ def _prune_parser():
                 "(coupled channels, data-free). Also: 'onnxprune analyze IN'.")
     p.add_argument("input", help="model to prune (never modified)")
     p.add_argument("output", help="where to write the pruned model")
-    p.add_argument("--ratio", type=float, default=0.3, help="fraction of prunable channels to remove")
-    p.add_argument("--criterion", default="l1", help="saliency: l1, l2, random")
+    budget = p.add_mutually_exclusive_group()
+    budget.add_argument("--ratio", type=float, help="fraction of prunable channels to remove (default 0.3)")
+    budget.add_argument("--target-macs", type=float, metavar="F", help="keep this fraction of the MACs")
+    budget.add_argument("--target-params", type=float, metavar="F", help="keep this fraction of the parameters")
+    p.add_argument("--criterion", default="l1", help="saliency: bgsc (data-free DFPC bound), l1, l2, random")
     p.add_argument("--seed", type=int, default=0, help="seed of the random criterion and the oracle inputs")
-    p.add_argument("--scope", default="local", choices=["local", "global"],
-                   help="local: the same fraction in every group; global: one ranking across groups")
+    p.add_argument("--scope", choices=["local", "global"],
+                   help="local: the same fraction in every group; global: one ranking across groups "
+                        "(default: global for bgsc, local otherwise)")
+    p.add_argument("--ranking", choices=["raw", "normalized"],
+                   help="global ranking: raw scores (faithful DFPC) or scores divided by their group's "
+                        "mean (default for bgsc: normalized)")
+    p.add_argument("--coupled", default="all", choices=["all", "only", "none"],
+                   help="prune all groups, only coupled ones (several feed-in layers), or none of those")
     p.add_argument("--min-keep", default="0.1",
                    help="floor per group: a count >= 1, or a fraction in (0, 1) (default 0.1)")
     p.add_argument("--round-to", type=int, default=1, help="kept channel counts are multiples of N")
@@ -58,6 +67,8 @@ def _analyze_parser():
     p = _Parser(prog="onnxprune analyze", description="Print the coupled channel groups; change nothing.")
     p.add_argument("input")
     p.add_argument("--json", action="store_true", help="print the groups as JSON")
+    p.add_argument("--criterion", help="also score channels: per-group score statistics and the "
+                   "Maximum Score Disagreement between feed-in layers")
     _common(p)
     return p
 
@@ -129,7 +140,9 @@ def _prune(args) -> int:
         except OSError as e:
             raise OnnxPruneError(f"cannot read plan {args.plan}: {e.strerror}") from None
     slim, report = prune(args.input, args.ratio, criterion=args.criterion, seed=args.seed,
-                         scope=args.scope, min_keep=args.min_keep, round_to=args.round_to,
+                         scope=args.scope, ranking=args.ranking, target_macs=args.target_macs,
+                         target_params=args.target_params, coupled=args.coupled,
+                         min_keep=args.min_keep, round_to=args.round_to,
                          exclude=args.exclude, input_shapes=parse_input_shapes(args.input_shape),
                          plan=plan, verify=args.verify, tolerance=args.tolerance, fold=args.fold)
     print(report.table())
@@ -188,6 +201,11 @@ def _analyze(args) -> int:
 
     model, couplings = analyze_model(args.input, parse_input_shapes(args.input_shape), args.exclude)
     rows = group_table(couplings, set())
+    if args.criterion:
+        from .diagnostics import group_diagnostics
+        from .saliency import score
+        for row, diag in zip(rows, group_diagnostics(model, couplings, score(model, couplings, args.criterion))):
+            row.update({k: v for k, v in diag.items() if k.startswith(("score_", "msd_"))})
     if args.json:
         print(json.dumps(rows, indent=1))
         return 0
@@ -201,6 +219,10 @@ def _analyze(args) -> int:
         print(f"    feed-out: {_names(r['feed_out'])}")
         if r["channelwise"]:
             print(f"    channel-wise: {_names(r['channelwise'])}")
+        if "score_min" in r:
+            msd = "-" if r["msd_max"] is None else f"{r['msd_max']:.2f} (mean {r['msd_mean']:.2f})"
+            print(f"    {args.criterion} scores: min {r['score_min']:.3g}  median {r['score_median']:.3g}  "
+                  f"max {r['score_max']:.3g}   max score disagreement: {msd}")
     return 0
 
 

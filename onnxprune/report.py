@@ -81,6 +81,10 @@ class Report:
         rows += [("Parameters", f"{b['params']:,}", f"{a['params']:,} ({_pct(a['params'], b['params'])})"),
                  ("MACs", f"{b['macs']:,}", f"{a['macs']:,} ({_pct(a['macs'], b['macs'])})"),
                  ("Model size", _size(b["bytes"]), f"{_size(a['bytes'])} ({_pct(a['bytes'], b['bytes'])})")]
+        for metric, key in (("macs", "target_macs"), ("params", "target_params")):
+            if self.options.get(key) is not None:
+                rows.append((f"Target {metric}", f"{self.options[key]:g}",
+                             f"achieved {a[metric] / max(b[metric], 1):.4f}"))
         prunable = [g for g in self.groups if not g["frozen"]]
         rows += [("Groups", f"{len(self.groups)} ({len(self.frozen_groups)} frozen)", ""),
                  ("Prunable channels", str(sum(g["channels_before"] for g in prunable)),

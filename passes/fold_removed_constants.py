@@ -156,10 +156,27 @@ def _bias_delta(node, y):
     return sample[(slice(None),) + centre].astype(np.float32), exact
 
 
+def following_batch_norm(model, node):
+    """The BatchNormalization that alone reads `node`'s output, if any."""
+    users = model.consumers().get(node.output[0], [])
+    if len(users) == 1 and users[0][0].op_type == "BatchNormalization" and users[0][1] == 0:
+        return users[0][0]
+    return None
+
+
 def add_to_bias(model, node, delta: np.ndarray, suffix: str) -> None:
-    """bias += delta, on a private copy of the bias (it may be shared)."""
+    """bias += delta, on a private copy of the bias (it may be shared). A layer without a
+    bias but followed by BatchNormalization takes it in the BN mean instead (mean -= delta,
+    exact), so folding adds no parameters."""
     index = FOLDABLE[node.op_type]
     has_bias = len(node.input) > index and node.input[index]
+    bn = None if has_bias else following_batch_norm(model, node)
+    if bn is not None:
+        mean = model.inits[bn.input[3]]
+        name = f"{bn.name}__mean_{suffix}"
+        model.inits[name] = np.asarray(mean - delta.reshape(mean.shape), dtype=np.float32)
+        bn.input[3] = name
+        return
     if has_bias:
         bias = model.inits[node.input[index]]
         new = (bias + delta.reshape(bias.shape) if bias.size == delta.size else bias + delta)

@@ -11,8 +11,11 @@ from onnxprune.api import analyze_model
 OPSET = 17
 
 
-def prune_and_check(proto, ratio=0.5, *, expect_smaller=True, tolerance=1e-4, **kwargs):
-    """Prune with the oracle on; assert validity, oracle agreement and a MAC/param drop."""
+def prune_and_check(proto, ratio=None, *, expect_smaller=True, tolerance=1e-4, **kwargs):
+    """Prune with the oracle on; assert validity, oracle agreement and a MAC/param drop.
+    The budget is `ratio` (0.5 when no other budget is given) or a plan/target in kwargs."""
+    if ratio is None and not {"plan", "target_macs", "target_params"} & set(kwargs):
+        ratio = 0.5
     slim, report = onnxprune.prune(proto, ratio, verify=True, **kwargs)
     onnx.checker.check_model(slim, full_check=True)
     assert report.oracle is not None
