@@ -1,0 +1,123 @@
+"""Budgets: ratios, floors, rounding, ranking modes, coupled-only ablation, and MAC /
+parameter targets met from below within one channel step."""
+import numpy as np
+import pytest
+
+import onnxprune
+from helpers import GraphBuilder, prune_and_check
+from onnxprune.api import analyze_model
+from onnxprune.budget import CostTracker, allocate, allocate_target, is_coupled, removal_order
+from onnxprune.plan import plan_from_classes
+from onnxprune.saliency import score
+
+
+def resnet_like(width=16, blocks=3, seed=0):
+    b = GraphBuilder(seed=seed)
+    x = b.input("x", [1, 3, 16, 16])
+    s = b.op("Relu", [b.bn(b.conv(x, 3, width), width)])
+    for _ in range(blocks):
+        h = b.op("Relu", [b.bn(b.conv(s, width, width), width)])
+        h = b.bn(b.conv(h, width, width), width)
+        s = b.op("Relu", [b.op("Add", [s, h])])
+    out = b.op("Gemm", [b.op("Flatten", [b.op("GlobalAveragePool", [s])]), b.weight((5, width)),
+                        b.weight((5,))], transB=1)
+    return b.model([out])
+
+
+@pytest.fixture(scope="module")
+def analysed():
+    model, couplings = analyze_model(resnet_like())
+    return model, couplings, score(model, couplings, "l1")
+
+
+@pytest.mark.parametrize("metric", ["macs", "params"])
+@pytest.mark.parametrize("target", [0.9, 0.7, 0.5, 0.3])
+@pytest.mark.parametrize("criterion", ["bgsc", "l1"])
+def test_target_met_from_below_within_one_step(metric, target, criterion):
+    proto = resnet_like()
+    _, report = prune_and_check(proto, criterion=criterion, **{f"target_{metric}": target})
+    achieved = report.after[metric] / report.before[metric]
+    assert achieved <= target + 1e-9
+    # one channel step: removing one channel of the widest layer pair costs at most this much
+    step = (2 * 16 * 9 + 16 * 9) / (16 * 16 * 9 * 6)
+    assert achieved >= target - 2 * step, achieved
+
+
+def test_tracker_equals_rewritten_model(analysed):
+    model, couplings, scores = analysed
+    result = allocate_target(model, couplings, scores, "macs", 0.6, fold=False)
+    plan = plan_from_classes(couplings, result.removed)
+    slim, report = onnxprune.prune(resnet_like(), plan=plan, fold="none")
+    assert report.after["macs"] / report.before["macs"] == pytest.approx(result.achieved, abs=1e-12)
+    tracker = CostTracker(model, couplings, fold=False)
+    for c in result.removed:
+        tracker.remove(c)
+    assert tracker.params == report.after["params"]
+
+
+def test_floor_is_respected_and_groups_never_empty(analysed):
+    model, couplings, scores = analysed
+    removed = allocate(couplings, scores, 0.99, scope="global", min_keep=3)
+    for g in couplings.groups:
+        if g.frozen is None:
+            assert g.width - len(set(g.classes.tolist()) & removed) >= min(3, g.width)
+
+
+@pytest.mark.parametrize("round_to", [4, 8])
+def test_round_to_gives_multiples(analysed, round_to):
+    model, couplings, scores = analysed
+    removed = allocate(couplings, scores, 0.4, round_to=round_to)
+    for g in couplings.groups:
+        if g.frozen is None:
+            assert (g.width - len(set(g.classes.tolist()) & removed)) % round_to == 0
+
+
+def test_local_scope_thins_every_group_equally(analysed):
+    model, couplings, scores = analysed
+    removed = allocate(couplings, scores, 0.5, scope="local")
+    kept = [g.width - len(set(g.classes.tolist()) & removed) for g in couplings.groups if g.frozen is None]
+    assert kept == [8] * len(kept)
+
+
+def test_normalized_ranking_differs_from_raw_on_scaled_groups(analysed):
+    model, couplings, scores = analysed
+    groups = [g for g in couplings.groups if g.frozen is None]
+    scaled = scores.copy()
+    scaled[groups[0].classes] *= 1000  # one group in much larger units
+    raw = removal_order(groups, scaled, "global", "raw")
+    norm = removal_order(groups, scaled, "global", "normalized")
+    first_raw = set(raw[:16].tolist())
+    assert not first_raw & set(groups[0].classes.tolist())         # raw never touches it early
+    assert set(norm[:16].tolist()) & set(groups[0].classes.tolist())  # normalised does
+
+
+@pytest.mark.parametrize("coupled", ["only", "none"])
+def test_coupled_ablation_prunes_only_the_chosen_groups(analysed, coupled):
+    model, couplings, scores = analysed
+    removed = allocate(couplings, scores, 0.5, coupled=coupled)
+    touched = {int(couplings.group_of[c]) for c in removed}
+    for gi in touched:
+        assert is_coupled(couplings.groups[gi]) == (coupled == "only")
+    assert touched
+
+
+def test_one_budget_only():
+    with pytest.raises(onnxprune.OnnxPruneError, match="one budget"):
+        onnxprune.prune(resnet_like(), 0.3, target_macs=0.5)
+    with pytest.raises(onnxprune.OnnxPruneError, match="target-macs"):
+        onnxprune.prune(resnet_like(), target_macs=1.5)
+
+
+def test_bgsc_default_is_global():
+    _, report = onnxprune.prune(resnet_like(), 0.3, criterion="bgsc")
+    assert report.options["scope"] == "global"
+    _, report = onnxprune.prune(resnet_like(), 0.3, criterion="l1")
+    assert report.options["scope"] == "local"
+
+
+def test_removal_order_contains_each_class_once(analysed):
+    model, couplings, scores = analysed
+    groups = [g for g in couplings.groups if g.frozen is None]
+    for scope, ranking in [("local", "raw"), ("global", "raw"), ("global", "normalized")]:
+        order = removal_order(groups, scores, scope, ranking)
+        assert sorted(order.tolist()) == sorted(np.concatenate([g.classes for g in groups]).tolist())
