@@ -58,8 +58,27 @@ def _prune_parser():
     p.add_argument("--report", help="write the full report as JSON")
     p.add_argument("--verify", action="store_true",
                    help="run the masking oracle; exit 1 (and write nothing) when it fails")
+    p.add_argument("--bench", action="store_true", help="time the input and the output (see 'onnxprune bench')")
+    _bench_options(p)
     p.add_argument("--tolerance", type=float, default=1e-4, help="oracle tolerance: max relative difference, or 4x the measured float32 noise if larger")
     _common(p)
+    return p
+
+
+def _bench_options(p):
+    p.add_argument("--provider", default="cpu", choices=["cpu", "cuda"], help="execution provider")
+    p.add_argument("--threads", type=int, default=1, help="intra-op threads")
+    p.add_argument("--batch", type=int, default=1, help="batch size")
+    p.add_argument("--warmup", type=int, default=5, help="untimed runs per model")
+    p.add_argument("--runs", type=int, default=30, help="timed runs per model (alternating)")
+
+
+def _bench_parser():
+    p = _Parser(prog="onnxprune bench", description="Latency of models in onnxruntime, compared "
+                "with the first one (alternating runs).")
+    p.add_argument("models", nargs="+")
+    _bench_options(p)
+    p.add_argument("--input-shape", action="append", default=[], metavar="NAME:D1,D2,...")
     return p
 
 
@@ -78,6 +97,8 @@ def main(argv=None) -> int:
     try:
         if argv and argv[0] == "analyze":
             return _analyze(_analyze_parser().parse_args(argv[1:]))
+        if argv and argv[0] == "bench":
+            return _bench(_bench_parser().parse_args(argv[1:]))
         return _prune(_prune_parser().parse_args(argv))
     except OnnxPruneError as e:
         print(f"onnxprune: error: {e}", file=sys.stderr)
@@ -166,6 +187,20 @@ def _prune(args) -> int:
             if os.path.exists(tmp):
                 os.remove(tmp)
     print(f"wrote {args.output}")
+    if args.bench:
+        _print_bench([args.input, args.output], args, report.options["input_shapes"])
+    return 0
+
+
+def _print_bench(models, args, input_shapes) -> None:
+    from .bench import compare, table
+    timings = compare(models, args.provider, args.threads, args.batch, args.warmup, args.runs, input_shapes)
+    print(table(timings, args.provider, args.threads, args.batch))
+
+
+def _bench(args) -> int:
+    from .model import parse_input_shapes
+    _print_bench(args.models, args, parse_input_shapes(args.input_shape))
     return 0
 
 

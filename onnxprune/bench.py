@@ -1,0 +1,110 @@
+"""Latency of ONNX models in onnxruntime, measured so that two models can be compared.
+
+One implementation behind `onnxprune bench A.onnx B.onnx`, `onnxprune in out --bench`
+and benchmarks/latency.py: a session per model (chosen provider, thread count, full
+graph optimisation), warm-up runs, then timed runs that alternate between the models
+(A B A B ...) so that machine drift hits all of them alike. Reported per model: median,
+p10 and p90 in milliseconds, and the speedup of each model over the first
+(median of the first / median of this one).
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import numpy as np
+import onnx
+
+from .errors import OnnxPruneError
+
+PROVIDERS = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider"}
+
+
+@dataclass
+class Timing:
+    name: str
+    median_ms: float
+    p10_ms: float
+    p90_ms: float
+    speedup: float  # median of the first model / median of this one
+
+
+def provider_available(provider: str) -> bool:
+    import onnxruntime as ort
+    return PROVIDERS[provider] in ort.get_available_providers()
+
+
+def _with_batch(proto: onnx.ModelProto, batch: int, input_shapes: dict) -> tuple[onnx.ModelProto, dict]:
+    """Feeds of the requested batch size; a fixed batch of 1 in the graph input is made
+    symbolic so that the same file serves every batch size."""
+    m = onnx.ModelProto()
+    m.CopyFrom(proto)
+    feeds = {}
+    inits = {t.name for t in m.graph.initializer}
+    for inp in m.graph.input:
+        if inp.name in inits:
+            continue
+        dims = inp.type.tensor_type.shape.dim
+        shape = list(input_shapes.get(inp.name) or [d.dim_value if d.dim_value > 0 else 1 for d in dims])
+        if batch != shape[0] and dims:
+            dims[0].ClearField("dim_value")
+            dims[0].dim_param = "batch"
+            shape[0] = batch
+        elem = inp.type.tensor_type.elem_type
+        dtype = onnx.helper.tensor_dtype_to_np_dtype(elem)
+        feeds[inp.name] = np.random.default_rng(0).random(shape).astype(dtype)
+    del m.graph.value_info[:]
+    return m, feeds
+
+
+def _session(proto, provider, threads):
+    import onnxruntime as ort
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = threads
+    opts.inter_op_num_threads = 1
+    opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    opts.log_severity_level = 3
+    return ort.InferenceSession(proto.SerializeToString(), opts, providers=[PROVIDERS[provider]])
+
+
+def compare(models, provider: str = "cpu", threads: int = 1, batch: int = 1, warmup: int = 5,
+            runs: int = 30, input_shapes: dict | None = None, names=None) -> list[Timing]:
+    """Time `models` (paths or ModelProtos) in alternation; the first is the reference."""
+    if provider not in PROVIDERS:
+        raise OnnxPruneError(f"--provider must be one of {sorted(PROVIDERS)}, got {provider!r}")
+    if not provider_available(provider):
+        raise OnnxPruneError(f"the {provider} execution provider is not available in this onnxruntime "
+                             "build (install onnxruntime-gpu on a machine with a GPU)")
+    from .model import read_proto
+    protos = [read_proto(m) for m in models]
+    names = names or [m if isinstance(m, str) else f"model{i}" for i, m in enumerate(models)]
+    sessions, feeds = [], []
+    for proto, name in zip(protos, names):
+        m, f = _with_batch(proto, batch, input_shapes or {})
+        try:
+            sessions.append(_session(m, provider, threads))
+            sessions[-1].run(None, f)
+        except Exception as e:
+            raise OnnxPruneError(f"cannot run {name} with batch {batch}: {str(e).splitlines()[0][:200]}") from None
+        feeds.append(f)
+    for _ in range(warmup):
+        for s, f in zip(sessions, feeds):
+            s.run(None, f)
+    times = [[] for _ in sessions]
+    for _ in range(runs):
+        for k, (s, f) in enumerate(zip(sessions, feeds)):
+            start = time.perf_counter()
+            s.run(None, f)
+            times[k].append(time.perf_counter() - start)
+    medians = [float(np.median(t)) for t in times]
+    return [Timing(name, 1e3 * med, 1e3 * float(np.percentile(t, 10)), 1e3 * float(np.percentile(t, 90)),
+                   medians[0] / med) for name, t, med in zip(names, times, medians)]
+
+
+def table(timings: list[Timing], provider: str, threads: int, batch: int) -> str:
+    lines = [f"onnxruntime {provider}, {threads} thread(s), batch {batch}, alternating runs",
+             f"{'model':40s} {'median ms':>10s} {'p10':>8s} {'p90':>8s} {'speedup':>8s}"]
+    for t in timings:
+        lines.append(f"{t.name[-40:]:40s} {t.median_ms:10.2f} {t.p10_ms:8.2f} {t.p90_ms:8.2f} {t.speedup:7.2f}x")
+    return "\n".join(lines)

@@ -1,0 +1,37 @@
+"""The latency harness: alternating runs, ratios to the first model, clean CUDA skip."""
+import pytest
+
+import onnxprune
+from onnxprune import bench
+from onnxprune.cli import main
+from test_budget import resnet_like
+
+
+def test_compare_two_models_reports_ratio(tmp_path):
+    proto = resnet_like(width=16)
+    slim, _ = onnxprune.prune(proto, 0.5)
+    timings = bench.compare([proto, slim], runs=5, warmup=1, names=["orig", "slim"])
+    assert [t.name for t in timings] == ["orig", "slim"]
+    assert timings[0].speedup == 1.0
+    assert all(t.p10_ms <= t.median_ms <= t.p90_ms for t in timings)
+
+
+def test_batch_size_is_applied_to_a_fixed_batch_model():
+    timings = bench.compare([resnet_like()], batch=4, runs=2, warmup=0)
+    assert timings[0].median_ms > 0
+
+
+def test_cuda_skips_cleanly_when_absent(capsys):
+    if bench.provider_available("cuda"):
+        pytest.skip("a CUDA provider is present: the skip path cannot be exercised")
+    with pytest.raises(onnxprune.OnnxPruneError, match="cuda execution provider is not available"):
+        bench.compare([resnet_like()], provider="cuda")
+
+
+def test_cli_bench(tmp_path, capsys):
+    import onnx
+    path = tmp_path / "m.onnx"
+    onnx.save(resnet_like(), str(path))
+    assert main(["bench", str(path), str(path), "--runs", "3", "--warmup", "1"]) == 0
+    out = capsys.readouterr().out
+    assert "speedup" in out and "1.00x" in out
