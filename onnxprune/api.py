@@ -9,6 +9,7 @@ import passes
 from .budget import allocate, allocate_target, check_plan_classes, parse_min_keep
 from .couplings import analyze
 from .errors import OnnxPruneError
+from .io import is_large
 from .model import Model, load
 from .plan import Plan, classes_from_plan, plan_from_classes
 from .report import Report, group_table, model_stats
@@ -42,16 +43,23 @@ DEFAULT_SCOPE = {"bgsc": "global"}
 DEFAULT_RANKING = {"bgsc": "normalized"}
 
 
-def prune(source, ratio: float | None = None, *, criterion: str = "l1", seed: int = 0,
-          scope: str | None = None, ranking: str | None = None, target_macs: float | None = None,
-          target_params: float | None = None, coupled: str = "all", min_keep=0.1, round_to: int = 1,
-          exclude=(), input_shapes=None, plan: Plan | None = None, verify: bool = False,
-          tolerance: float = DEFAULT_TOLERANCE, fold: str = "exact"):
+def prune(source, ratio: float | None = None, **options):
     """Prune a model (path or ModelProto). Returns (pruned ModelProto, Report).
 
     The budget is one of: `ratio` (fraction of prunable channel classes, default 0.3),
     `target_macs` or `target_params` (fraction of the original to keep), or a `plan`.
-    The input is never modified."""
+    The input is never modified. For models beyond protobuf's 2 GB, use `prune_model`
+    and `onnxprune.io.save_model`, which never build the whole proto."""
+    slim, report = prune_model(source, ratio, **options)
+    return slim.to_proto(), report
+
+
+def prune_model(source, ratio: float | None = None, *, criterion: str = "l1", seed: int = 0,
+                scope: str | None = None, ranking: str | None = None, target_macs: float | None = None,
+                target_params: float | None = None, coupled: str = "all", min_keep=0.1,
+                round_to: int = 1, exclude=(), input_shapes=None, plan: Plan | None = None,
+                verify: bool = False, tolerance: float = DEFAULT_TOLERANCE, fold: str = "exact"):
+    """`prune`, returning the pruned `Model` (graph + numpy weights) instead of a proto."""
     timings = {}
     t = start = time.perf_counter()
 
@@ -95,9 +103,9 @@ def prune(source, ratio: float | None = None, *, criterion: str = "l1", seed: in
     folds, fold_stats = passes.fold_removed_constants.plan_folds(model, couplings, removed, fold, seed)
     lap("fold")
     slim = rewrite(model, couplings, removed, folds)
-    proto = slim.to_proto()
     lap("rewrite")
-    check(proto)
+    if not is_large(slim):  # a >2 GB model is checked from its saved file (io.save_model)
+        check(slim.to_proto())
     try:
         sess = model_session(slim)
     except Exception as e:
@@ -118,4 +126,4 @@ def prune(source, ratio: float | None = None, *, criterion: str = "l1", seed: in
     report = Report(options, model_stats(model), model_stats(slim), group_table(couplings, removed),
                     timings, oracle, notes, plan_from_classes(couplings, removed, options),
                     tolerance)
-    return proto, report
+    return slim, report

@@ -145,8 +145,8 @@ def _check_targets(args) -> None:
 
 
 def _prune(args) -> int:
-    from .api import prune
-    from .io import save
+    from .api import prune_model as prune
+    from .io import save_model
     from .model import parse_input_shapes
     from .plan import Plan
 
@@ -179,7 +179,7 @@ def _prune(args) -> int:
         for path, text in texts:
             if path:
                 staged.append((_stage_text(path, text), path))
-        save(slim, args.output)
+        save_model(slim, args.output)
         for tmp, path in staged:
             _rename(tmp, path)
     finally:

@@ -4,6 +4,7 @@ from __future__ import annotations
 import os
 import tempfile
 
+import numpy as np
 import onnx
 
 from .errors import OnnxPruneError
@@ -11,13 +12,74 @@ from .errors import OnnxPruneError
 EXTERNAL_DATA_THRESHOLD = 1_800_000_000  # protobuf cannot hold more than 2 GB
 
 
-def save(proto: onnx.ModelProto, path: str) -> None:
+def is_large(model) -> bool:
+    """Whether a Model's weights need external data (and checks from the saved file)."""
+    return sum(a.nbytes for a in model.inits.values()) > EXTERNAL_DATA_THRESHOLD
+
+
+def save_model(model, path: str) -> None:
+    """Save a `Model`. Small ones go through `save`; large ones are streamed: each array is
+    written straight into the external-data file, so no >2 GB proto is ever built, then
+    the saved file gets the full ONNX check."""
+    if not is_large(model):
+        return save(model.to_proto(), path)
     path = os.fspath(path)
+    directory = _writable_directory(path)
+    data_name = os.path.basename(path) + ".data"
+    tmp_model = tmp_data = None
+    try:
+        fd, tmp_model = tempfile.mkstemp(prefix=".onnxprune-", suffix=".onnx", dir=directory)
+        os.close(fd)
+        tmp_data = tmp_model + ".data"
+        structure = model.to_proto(with_initializers=False)
+        with open(tmp_data, "wb") as f:
+            for name, array in model.inits.items():
+                structure.graph.initializer.append(_external_tensor(name, array, f, data_name))
+        with open(tmp_model, "wb") as f:
+            f.write(structure.SerializeToString(deterministic=True))
+        for tmp in (tmp_model, tmp_data):
+            os.chmod(tmp, file_mode(path))
+        os.replace(tmp_data, os.path.join(directory, data_name))
+        os.replace(tmp_model, path)
+    except OSError as e:
+        raise OnnxPruneError(f"cannot write {path}: {e.strerror or e}") from None
+    finally:
+        for leftover in (tmp_model, tmp_data):
+            if leftover and os.path.exists(leftover):
+                os.remove(leftover)
+    try:
+        onnx.checker.check_model(path, full_check=True)
+    except Exception as e:
+        raise OnnxPruneError(f"pruned model fails the ONNX checker: {str(e).splitlines()[0]}") from None
+
+
+def _external_tensor(name, array, f, location: str) -> onnx.TensorProto:
+    t = onnx.TensorProto()
+    t.name = name
+    t.data_type = onnx.helper.np_dtype_to_tensor_dtype(array.dtype)
+    t.dims.extend(array.shape)
+    offset = f.tell()
+    data = np.ascontiguousarray(array, dtype=array.dtype.newbyteorder("<"))
+    f.write(memoryview(data).cast("B") if data.size else b"")
+    t.data_location = onnx.TensorProto.EXTERNAL
+    for key, value in (("location", location), ("offset", str(offset)), ("length", str(f.tell() - offset))):
+        entry = t.external_data.add()
+        entry.key, entry.value = key, value
+    return t
+
+
+def _writable_directory(path: str) -> str:
     directory = os.path.dirname(os.path.abspath(path))
     if not os.path.isdir(directory):
         raise OnnxPruneError(f"cannot write {path}: directory {directory} does not exist")
     if not os.access(directory, os.W_OK):
         raise OnnxPruneError(f"cannot write {path}: directory {directory} is not writable")
+    return directory
+
+
+def save(proto: onnx.ModelProto, path: str) -> None:
+    path = os.fspath(path)
+    directory = _writable_directory(path)
     large = sum(t.ByteSize() for t in proto.graph.initializer) > EXTERNAL_DATA_THRESHOLD
     data_name = os.path.basename(path) + ".data"
     mode = file_mode(path)

@@ -58,10 +58,11 @@ class Model:
     def input_names(self) -> list[str]:
         return [i.name for i in self.graph.input if i.name not in self.inits]
 
-    def to_proto(self, with_shapes: bool = False) -> onnx.ModelProto:
+    def to_proto(self, with_shapes: bool = False, with_initializers: bool = True) -> onnx.ModelProto:
         g = copy.deepcopy(self.graph)
         del g.initializer[:]
-        g.initializer.extend(numpy_helper.from_array(a, name) for name, a in self.inits.items())
+        if with_initializers:
+            g.initializer.extend(numpy_helper.from_array(a, name) for name, a in self.inits.items())
         for inp in g.input:  # old exporters also list initializers as inputs: keep them in step
             if inp.name in self.inits:
                 set_dims(inp, self.inits[inp.name].shape, exact_rank=True)
@@ -94,8 +95,20 @@ def subgraph_reads(node: onnx.NodeProto) -> set[str]:
 # ---------------------------------------------------------------------------------------
 def read_proto(source) -> onnx.ModelProto:
     """A ModelProto from a path or a proto, with external data loaded; clear errors."""
+    proto, base = _read(source)
+    if base is not None:
+        try:
+            onnx.external_data_helper.load_external_data_for_model(proto, base)
+        except Exception as e:
+            raise OnnxPruneError(f"cannot load external data of {source}: {e}") from None
+    return proto
+
+
+def _read(source) -> tuple[onnx.ModelProto, str | None]:
+    """The proto with external-data tensors left as references (checked to exist), and the
+    folder their paths are relative to (None for an in-memory proto)."""
     if isinstance(source, onnx.ModelProto):
-        return source
+        return source, None
     path = os.fspath(source)
     if not os.path.exists(path):
         raise OnnxPruneError(f"input file not found: {path}")
@@ -111,13 +124,30 @@ def read_proto(source) -> onnx.ModelProto:
     if not proto.graph.node and not proto.graph.output:
         raise OnnxPruneError(f"{path} is not an ONNX model (no graph found)")
     base = os.path.dirname(os.path.abspath(path))
-    try:
-        onnx.external_data_helper.load_external_data_for_model(proto, base)
-    except (FileNotFoundError, OSError) as e:
-        raise OnnxPruneError(f"external data of {path} is missing or unreadable: {e}") from None
-    except Exception as e:
-        raise OnnxPruneError(f"cannot load external data of {path}: {e}") from None
-    return proto
+    for t in proto.graph.initializer:  # fail now, clearly, if a data file is missing
+        if t.data_location == onnx.TensorProto.EXTERNAL:
+            _external_array(t, base, path)
+    return proto, base
+
+
+def _external_array(t: onnx.TensorProto, base: str, path: str) -> np.ndarray:
+    """A read-only memory map of an external-data tensor: nothing is read until used, so a
+    model of several GB costs little memory until its weights are sliced."""
+    info = {e.key: e.value for e in t.external_data}
+    file = os.path.join(base, info.get("location", ""))
+    dtype = np.dtype(onnx.helper.tensor_dtype_to_np_dtype(t.data_type))
+    shape = tuple(t.dims)
+    offset = int(info.get("offset", 0))
+    nbytes = int(np.prod(shape)) * dtype.itemsize
+    if not os.path.isfile(file):
+        raise OnnxPruneError(f"cannot load external data of {path}: tensor {t.name} should be "
+                             f"stored in {file}, which is missing")
+    if os.path.getsize(file) < offset + nbytes:
+        raise OnnxPruneError(f"cannot load external data of {path}: {file} is too short for "
+                             f"tensor {t.name}")
+    if nbytes == 0:
+        return np.zeros(shape, dtype)
+    return np.memmap(file, dtype=dtype.newbyteorder("<"), mode="r", offset=offset, shape=shape)
 
 
 def parse_input_shapes(specs) -> dict[str, tuple]:
@@ -139,16 +169,16 @@ def parse_input_shapes(specs) -> dict[str, tuple]:
 
 def load(source, input_shapes: dict | None = None, check: bool = True) -> Model:
     """Load stage. Canonicalises constants (numerics unchanged) and fixes static shapes."""
-    proto = read_proto(source)
+    proto, base = _read(source)
     opset = next((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), None)
     if opset is None or opset < MIN_OPSET:
         raise OnnxPruneError(f"unsupported opset {opset}: onnxprune needs ai.onnx opset >= "
                              f"{MIN_OPSET} (convert with onnx.version_converter first)")
     if check:
-        _check_input(proto)
-    graph = copy.deepcopy(proto.graph)
-    inits = {t.name: numpy_helper.to_array(t) for t in graph.initializer}
-    del graph.initializer[:]
+        _check_input(proto if base is None else os.fspath(source))
+    graph = _structure_of(proto.graph)
+    inits = {t.name: _external_array(t, base, str(source)) if t.data_location == onnx.TensorProto.EXTERNAL
+             else numpy_helper.to_array(t) for t in proto.graph.initializer}
     model = Model(graph, inits, {}, list(proto.opset_import), proto.ir_version,
                   {k: getattr(proto, k) for k in ("producer_name", "producer_version", "domain",
                                                   "model_version", "doc_string")})
@@ -161,11 +191,29 @@ def load(source, input_shapes: dict | None = None, check: bool = True) -> Model:
     return model
 
 
-def _check_input(proto: onnx.ModelProto) -> None:
-    if not _small_enough_to_size(proto):
+def _structure_of(graph: onnx.GraphProto) -> onnx.GraphProto:
+    """A copy of the graph without its initializers (copying them would double the memory)."""
+    out = onnx.GraphProto()
+    for field, value in graph.ListFields():
+        if field.name == "initializer":
+            continue
+        target = getattr(out, field.name)
+        if hasattr(target, "extend"):
+            target.extend(value)
+        elif hasattr(target, "CopyFrom"):
+            target.CopyFrom(value)
+        else:
+            setattr(out, field.name, value)
+    return out
+
+
+def _check_input(proto_or_path) -> None:
+    """The ONNX checker, from the file when there is one (external data resolves against
+    the model's folder and nothing is loaded twice)."""
+    if isinstance(proto_or_path, onnx.ModelProto) and not _small_enough_to_size(proto_or_path):
         return  # checked on the output instead: protobuf cannot serialise > 2 GB
     try:
-        onnx.checker.check_model(proto)
+        onnx.checker.check_model(proto_or_path)
     except onnx.checker.ValidationError as e:
         message = " ".join(str(e).split()) or "invalid model"
         if len(message) > 400:

@@ -465,7 +465,7 @@ def test_internal_error_exits_3(tmp_path, model_path, capsys, monkeypatch):
 
     def boom(*a, **k):
         raise RuntimeError("boom")
-    monkeypatch.setattr(onnxprune.api, "prune", boom)
+    monkeypatch.setattr(onnxprune.api, "prune_model", boom)
     monkeypatch.delenv("ONNXPRUNE_DEBUG", raising=False)
     code, _, err = run_main(capsys, model_path, tmp_path / "out.onnx")
     assert code == 3
