@@ -1,0 +1,389 @@
+"""More architectures for exercising the pruner: channel shuffle, channels-last MLPs,
+encoder-decoders, detection necks and attention.
+
+Plain torch, randomly initialised, small (tests export and prune them in well under a
+second each). Every factory returns an eval-mode module; ``EXTRA`` maps a name to
+(factory, input shape). ``export(module, shape, dynamo=False)`` exports with named
+outputs ("out0", "out1", ...), BatchNormalization kept, and checks the export against
+torch.
+
+- ``shufflenet_v2``: ShuffleNetV2 units (torchvision topology): chunk/Split into two
+  halves, branch, Concat, channel shuffle as Reshape [N,g,C/g,H,W] -> Transpose -> Reshape.
+- ``convnext``: ConvNeXt blocks (depthwise 7x7, permute to NHWC, LayerNorm, Linear 4x,
+  GELU, Linear, layer scale, permute back, residual); LayerNorm2d stem/downsampling.
+- ``unet``: two-level U-Net, MaxPool down, ConvTranspose and nearest Resize up, Concat
+  skips, two graph outputs (segmentation map, auxiliary bottleneck head).
+- ``yolo_neck``: YOLOv8-style backbone (C2f with Split), SPPF, PAN neck with Resize and
+  Concat, three detection heads feeding three graph outputs.
+- ``vit``: ViT with HF-style attention (separate q/k/v Linear, view to heads,
+  Q.K^T, Softmax, .V, back to tokens, output projection), GELU MLP, pre-LayerNorm.
+"""
+
+import io
+import warnings
+
+import numpy as np
+import onnx
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+__all__ = ["EXTRA", "build_extra", "export", "shufflenet_v2", "convnext", "unet", "yolo_neck",
+           "vit", "channel_shuffle"]
+
+
+def conv_bn(cin, cout, k=1, stride=1, groups=1, act=nn.ReLU):
+    layers = [nn.Conv2d(cin, cout, k, stride, k // 2, groups=groups, bias=False), nn.BatchNorm2d(cout)]
+    if act is not None:
+        layers.append(act())
+    return nn.Sequential(*layers)
+
+
+# -- ShuffleNetV2 ---------------------------------------------------------------------------
+def channel_shuffle(x, groups: int):
+    """torchvision's channel shuffle: view [N, g, C/g, H, W], swap, view back."""
+    n, c, h, w = x.size()
+    x = x.view(n, groups, c // groups, h, w)
+    x = torch.transpose(x, 1, 2).contiguous()
+    return x.view(n, -1, h, w)
+
+
+class ShuffleUnit(nn.Module):
+    """ShuffleNetV2 unit. stride 1: split the input in halves, the first passes through,
+    the second goes through the branch. stride 2: both halves are branches of the input."""
+
+    def __init__(self, cin, cout, stride):
+        super().__init__()
+        self.stride = stride
+        half = cout // 2
+        if stride > 1:
+            self.branch1 = nn.Sequential(conv_bn(cin, cin, 3, stride, groups=cin, act=None),
+                                         conv_bn(cin, half, 1))
+        else:
+            assert cin == cout
+            self.branch1 = nn.Identity()
+        bin_ = cin if stride > 1 else half
+        self.branch2 = nn.Sequential(conv_bn(bin_, half, 1),
+                                     conv_bn(half, half, 3, stride, groups=half, act=None),
+                                     conv_bn(half, half, 1))
+
+    def forward(self, x):
+        if self.stride == 1:
+            x1, x2 = x.chunk(2, dim=1)
+            out = torch.cat((x1, self.branch2(x2)), dim=1)
+        else:
+            out = torch.cat((self.branch1(x), self.branch2(x)), dim=1)
+        return channel_shuffle(out, 2)
+
+
+def shufflenet_v2(num_classes=10, widths=(24, 48, 96, 128), repeats=(3, 2)):
+    stem = nn.Sequential(conv_bn(3, widths[0], 3, 2), nn.MaxPool2d(3, 2, 1))
+    stages, cin = [], widths[0]
+    for cout, n in zip(widths[1:-1], repeats):
+        stages.append(ShuffleUnit(cin, cout, 2))
+        stages += [ShuffleUnit(cout, cout, 1) for _ in range(n - 1)]
+        cin = cout
+    return nn.Sequential(stem, *stages, conv_bn(cin, widths[-1], 1), nn.AdaptiveAvgPool2d(1),
+                         nn.Flatten(), nn.Linear(widths[-1], num_classes)).eval()
+
+
+# -- ConvNeXt --------------------------------------------------------------------------------
+class LayerNorm2d(nn.LayerNorm):
+    """LayerNorm over the channels of an NCHW tensor (timm): permute, layer_norm, permute."""
+
+    def forward(self, x):
+        x = x.permute(0, 2, 3, 1)
+        x = F.layer_norm(x, self.normalized_shape, self.weight, self.bias, self.eps)
+        return x.permute(0, 3, 1, 2)
+
+
+class ConvNeXtBlock(nn.Module):
+    def __init__(self, dim, expansion=4, layer_scale=0.5):
+        super().__init__()
+        self.dwconv = nn.Conv2d(dim, dim, 7, padding=3, groups=dim)
+        self.norm = nn.LayerNorm(dim, eps=1e-6)
+        self.pwconv1 = nn.Linear(dim, expansion * dim)
+        self.act = nn.GELU()
+        self.pwconv2 = nn.Linear(expansion * dim, dim)
+        # random (not 1e-6 as at init) so that the branch matters in the tests
+        self.gamma = nn.Parameter(layer_scale * (0.5 + torch.rand(dim)))
+
+    def forward(self, x):
+        y = self.dwconv(x).permute(0, 2, 3, 1)              # NHWC
+        y = self.pwconv2(self.act(self.pwconv1(self.norm(y))))
+        y = (self.gamma * y).permute(0, 3, 1, 2)             # NCHW
+        return x + y
+
+
+class ConvNeXt(nn.Module):
+    def __init__(self, num_classes=10, dims=(16, 32), depths=(2, 1)):
+        super().__init__()
+        layers = [nn.Conv2d(3, dims[0], 4, 4), LayerNorm2d(dims[0], eps=1e-6)]
+        for i, (dim, depth) in enumerate(zip(dims, depths)):
+            if i > 0:
+                layers += [LayerNorm2d(dims[i - 1], eps=1e-6), nn.Conv2d(dims[i - 1], dim, 2, 2)]
+            layers += [ConvNeXtBlock(dim) for _ in range(depth)]
+        self.features = nn.Sequential(*layers)
+        self.norm = nn.LayerNorm(dims[-1], eps=1e-6)
+        self.head = nn.Linear(dims[-1], num_classes)
+
+    def forward(self, x):
+        x = self.features(x).mean([-2, -1])
+        return self.head(self.norm(x))
+
+
+def convnext(num_classes=10, dims=(16, 32), depths=(2, 1)):
+    return ConvNeXt(num_classes, dims, depths).eval()
+
+
+# -- U-Net -----------------------------------------------------------------------------------
+def double_conv(cin, cout):
+    return nn.Sequential(conv_bn(cin, cout, 3), conv_bn(cout, cout, 3))
+
+
+class UNet(nn.Module):
+    """enc1 -> pool -> enc2 -> pool -> bottleneck; up by ConvTranspose (level 2) and by
+    nearest Resize + 1x1 conv (level 1); Concat skips; outputs: segmentation, aux head."""
+
+    def __init__(self, cin=3, classes=2, width=8):
+        super().__init__()
+        w = width
+        self.enc1, self.enc2, self.mid = double_conv(cin, w), double_conv(w, 2 * w), double_conv(2 * w, 4 * w)
+        self.pool = nn.MaxPool2d(2)
+        self.up2 = nn.ConvTranspose2d(4 * w, 2 * w, 2, 2)
+        self.dec2 = double_conv(4 * w, 2 * w)
+        self.up1 = nn.Sequential(nn.Upsample(scale_factor=2, mode="nearest"), conv_bn(2 * w, w, 1))
+        self.dec1 = double_conv(2 * w, w)
+        self.seg = nn.Conv2d(w, classes, 1)
+        self.aux = nn.Conv2d(4 * w, classes, 1)
+
+    def forward(self, x):
+        e1 = self.enc1(x)
+        e2 = self.enc2(self.pool(e1))
+        m = self.mid(self.pool(e2))
+        d2 = self.dec2(torch.cat([self.up2(m), e2], 1))
+        d1 = self.dec1(torch.cat([self.up1(d2), e1], 1))
+        return self.seg(d1), self.aux(m)
+
+
+def unet(classes=2, width=8):
+    return UNet(3, classes, width).eval()
+
+
+# -- YOLO-style backbone and neck ------------------------------------------------------------
+def cbs(cin, cout, k=1, stride=1):
+    """Conv-BN-SiLU (SiLU exports as Sigmoid * x)."""
+    return conv_bn(cin, cout, k, stride, act=nn.SiLU)
+
+
+class Bottleneck(nn.Module):
+    def __init__(self, c, shortcut=True):
+        super().__init__()
+        self.cv1, self.cv2, self.add = cbs(c, c, 3), cbs(c, c, 3), shortcut
+
+    def forward(self, x):
+        y = self.cv2(self.cv1(x))
+        return x + y if self.add else y
+
+
+class C2f(nn.Module):
+    """YOLOv8 C2f: 1x1 conv, Split in two, n bottlenecks on the last piece, Concat all, 1x1."""
+
+    def __init__(self, cin, cout, n=1, shortcut=True):
+        super().__init__()
+        self.c = cout // 2
+        self.cv1 = cbs(cin, 2 * self.c)
+        self.m = nn.ModuleList(Bottleneck(self.c, shortcut) for _ in range(n))
+        self.cv2 = cbs((2 + n) * self.c, cout)
+
+    def forward(self, x):
+        y = list(self.cv1(x).split((self.c, self.c), 1))
+        y.extend(m(y[-1]) for m in self.m)
+        return self.cv2(torch.cat(y, 1))
+
+
+class SPPF(nn.Module):
+    def __init__(self, cin, cout, k=5):
+        super().__init__()
+        self.cv1, self.cv2 = cbs(cin, cin // 2), cbs(cin // 2 * 4, cout)
+        self.pool = nn.MaxPool2d(k, 1, k // 2)
+
+    def forward(self, x):
+        x = self.cv1(x)
+        y1 = self.pool(x)
+        y2 = self.pool(y1)
+        return self.cv2(torch.cat([x, y1, y2, self.pool(y2)], 1))
+
+
+class YoloNeck(nn.Module):
+    def __init__(self, outputs=8, w=8):
+        super().__init__()
+        self.stem = nn.Sequential(cbs(3, w, 3, 2), cbs(w, 2 * w, 3, 2), C2f(2 * w, 2 * w))
+        self.p4 = nn.Sequential(cbs(2 * w, 4 * w, 3, 2), C2f(4 * w, 4 * w))
+        self.p5 = nn.Sequential(cbs(4 * w, 8 * w, 3, 2), C2f(8 * w, 8 * w), SPPF(8 * w, 8 * w))
+        self.up = nn.Upsample(scale_factor=2, mode="nearest")
+        self.td4 = C2f(12 * w, 4 * w, shortcut=False)
+        self.td3 = C2f(6 * w, 2 * w, shortcut=False)
+        self.down3 = cbs(2 * w, 2 * w, 3, 2)
+        self.bu4 = C2f(6 * w, 4 * w, shortcut=False)
+        self.down4 = cbs(4 * w, 4 * w, 3, 2)
+        self.bu5 = C2f(12 * w, 8 * w, shortcut=False)
+        self.heads = nn.ModuleList(nn.Sequential(cbs(c, 2 * w, 3), nn.Conv2d(2 * w, outputs, 1))
+                                   for c in (2 * w, 4 * w, 8 * w))
+
+    def forward(self, x):
+        p3 = self.stem(x)
+        p4 = self.p4(p3)
+        p5 = self.p5(p4)
+        t4 = self.td4(torch.cat([self.up(p5), p4], 1))
+        n3 = self.td3(torch.cat([self.up(t4), p3], 1))
+        n4 = self.bu4(torch.cat([self.down3(n3), t4], 1))
+        n5 = self.bu5(torch.cat([self.down4(n4), p5], 1))
+        return tuple(h(f) for h, f in zip(self.heads, (n3, n4, n5)))
+
+
+def yolo_neck(outputs=8, width=8):
+    return YoloNeck(outputs, width).eval()
+
+
+# -- ViT ---------------------------------------------------------------------------------------
+class Attention(nn.Module):
+    """Multi-head self-attention as HF transformers writes it (separate q, k, v)."""
+
+    def __init__(self, dim, heads):
+        super().__init__()
+        self.heads, self.head_dim = heads, dim // heads
+        self.query, self.key, self.value = nn.Linear(dim, dim), nn.Linear(dim, dim), nn.Linear(dim, dim)
+        self.proj = nn.Linear(dim, dim)
+
+    def split_heads(self, x):
+        b, t, _ = x.shape
+        return x.view(b, t, self.heads, self.head_dim).permute(0, 2, 1, 3)   # [B, h, T, hd]
+
+    def forward(self, x):
+        q, k, v = self.split_heads(self.query(x)), self.split_heads(self.key(x)), self.split_heads(self.value(x))
+        scores = torch.matmul(q, k.transpose(-1, -2)) / self.head_dim ** 0.5
+        ctx = torch.matmul(scores.softmax(dim=-1), v)                         # [B, h, T, hd]
+        b, _, t, _ = ctx.shape
+        ctx = ctx.permute(0, 2, 1, 3).contiguous().view(b, t, self.heads * self.head_dim)
+        return self.proj(ctx)
+
+
+class FusedAttention(Attention):
+    """timm style: one qkv Linear, reshape [B, T, 3, h, hd], permute, unbind."""
+
+    def __init__(self, dim, heads):
+        super().__init__(dim, heads)
+        del self.query, self.key, self.value
+        self.qkv = nn.Linear(dim, 3 * dim)
+
+    def forward(self, x):
+        b, t, d = x.shape
+        qkv = self.qkv(x).reshape(b, t, 3, self.heads, self.head_dim).permute(2, 0, 3, 1, 4)
+        q, k, v = qkv.unbind(0)
+        scores = (q @ k.transpose(-2, -1)) * self.head_dim ** -0.5
+        ctx = (scores.softmax(dim=-1) @ v).transpose(1, 2).reshape(b, t, d)
+        return self.proj(ctx)
+
+
+class TransformerBlock(nn.Module):
+    def __init__(self, dim, heads, mlp_ratio=4, fused=False):
+        super().__init__()
+        self.norm1, self.norm2 = nn.LayerNorm(dim), nn.LayerNorm(dim)
+        self.attn = (FusedAttention if fused else Attention)(dim, heads)
+        self.fc1, self.act, self.fc2 = nn.Linear(dim, mlp_ratio * dim), nn.GELU(), nn.Linear(mlp_ratio * dim, dim)
+
+    def forward(self, x):
+        x = x + self.attn(self.norm1(x))
+        return x + self.fc2(self.act(self.fc1(self.norm2(x))))
+
+
+class ViT(nn.Module):
+    """Patch embedding (strided conv), learned position embedding, pre-LN blocks, final
+    LayerNorm, mean over tokens, linear head."""
+
+    def __init__(self, num_classes=10, image=16, patch=4, dim=32, depth=2, heads=4, fused=False):
+        super().__init__()
+        self.embed = nn.Conv2d(3, dim, patch, patch)
+        self.pos = nn.Parameter(0.1 * torch.randn(1, (image // patch) ** 2, dim))
+        self.blocks = nn.Sequential(*[TransformerBlock(dim, heads, fused=fused) for _ in range(depth)])
+        self.norm = nn.LayerNorm(dim)
+        self.head = nn.Linear(dim, num_classes)
+
+    def forward(self, x):
+        x = self.embed(x).flatten(2).transpose(1, 2) + self.pos          # [B, T, D]
+        x = self.norm(self.blocks(x))
+        return self.head(x.mean(1))
+
+
+def vit(num_classes=10, fused=False):
+    return ViT(num_classes, fused=fused).eval()
+
+
+# -- registry and export ----------------------------------------------------------------------
+EXTRA = {
+    "shufflenet_v2": (shufflenet_v2, (1, 3, 32, 32)),
+    "convnext": (convnext, (1, 3, 32, 32)),
+    "unet": (unet, (1, 3, 32, 32)),
+    "yolo_neck": (yolo_neck, (1, 3, 64, 64)),
+    "vit": (vit, (1, 3, 16, 16)),
+    "vit_fused_qkv": (lambda: vit(fused=True), (1, 3, 16, 16)),
+}
+
+
+@torch.no_grad()
+def _randomize(module, seed):
+    """Non-trivial BatchNorm statistics and affine parameters (a fresh BN is an identity)."""
+    g = torch.Generator().manual_seed(seed + 1)
+    for m in module.modules():
+        if isinstance(m, nn.BatchNorm2d):
+            c = m.num_features
+            m.running_mean.copy_(0.2 * (torch.rand(c, generator=g) - 0.5))
+            m.running_var.copy_(0.5 + torch.rand(c, generator=g))
+            m.weight.copy_(0.5 + torch.rand(c, generator=g))
+            m.bias.copy_(torch.rand(c, generator=g) - 0.5)
+        elif isinstance(m, nn.LayerNorm) and m.weight is not None:
+            m.weight.copy_(0.5 + torch.rand(m.weight.shape, generator=g))
+            m.bias.copy_(0.2 * (torch.rand(m.bias.shape, generator=g) - 0.5))
+    return module
+
+
+def build_extra(name, seed=0):
+    """Seeded module and its input shape."""
+    factory, shape = EXTRA[name]
+    torch.manual_seed(seed)
+    return _randomize(factory(), seed).eval(), shape
+
+
+def export(module, input_shape, dynamo=False, opset=None, check=True, seed=0):
+    """Export to ONNX with input "input" and outputs "out0", "out1", ...; static shapes,
+    BatchNormalization kept (legacy exporter: TrainingMode.PRESERVE, no constant folding
+    of BN; dynamo exporter: its graph optimiser may fuse BN, see `dynamo_kept_bn`).
+    Checks onnxruntime against torch when `check`."""
+    module.eval()
+    x = torch.randn(*input_shape, generator=torch.Generator().manual_seed(seed))
+    with torch.no_grad():
+        want = module(x)
+    want = list(want) if isinstance(want, (tuple, list)) else [want]
+    names = [f"out{i}" for i in range(len(want))]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        if dynamo:
+            program = torch.onnx.export(module, (x,), dynamo=True, opset_version=opset or 18,
+                                        input_names=["input"], output_names=names, verbose=False)
+            proto = program.model_proto
+        else:
+            buf = io.BytesIO()
+            torch.onnx.export(module, (x,), buf, dynamo=False, opset_version=opset or 17,
+                              input_names=["input"], output_names=names,
+                              training=torch.onnx.TrainingMode.PRESERVE, do_constant_folding=False)
+            proto = onnx.load_from_string(buf.getvalue())
+    if check:
+        import onnxruntime as ort
+        sess = ort.InferenceSession(proto.SerializeToString(), providers=["CPUExecutionProvider"])
+        got = sess.run(None, {sess.get_inputs()[0].name: x.numpy()})
+        for g, w in zip(got, want):
+            err = float(np.abs(g - w.numpy()).max() / max(1.0, float(w.abs().max())))
+            if not err <= 1e-4:
+                raise AssertionError(f"onnxruntime differs from torch: {err:.3g}")
+    return proto
