@@ -58,6 +58,7 @@ COMMAND = "python benchmarks/accuracy_digits.py"
 CRITERIA = {
     "bgsc-raw": {"criterion": "bgsc", "ranking": "raw"},
     "bgsc-normalized": {"criterion": "bgsc", "ranking": "normalized"},
+    "bgsc-position": {"criterion": "bgsc-position", "ranking": "raw"},
     "l1": {"criterion": "l1"},
     "l2": {"criterion": "l2"},
     "l1-global": {"criterion": "l1", "scope": "global", "ranking": "normalized"},

@@ -39,8 +39,8 @@ def analyze_model(source, input_shapes=None, exclude=()):
 # Defaults per criterion: BGSC scores are comparable across groups (one bound, in the same
 # units everywhere), so it ranks globally, as DFPC does; magnitudes are not, so the
 # baselines thin every group by the same fraction.
-DEFAULT_SCOPE = {"bgsc": "global"}
-DEFAULT_RANKING = {"bgsc": "normalized"}
+DEFAULT_SCOPE = {"bgsc": "global", "bgsc-position": "global"}
+DEFAULT_RANKING = {"bgsc": "normalized", "bgsc-position": "raw"}
 
 
 def prune(source, ratio: float | None = None, **options):

@@ -54,6 +54,9 @@ def session_from_parts(graph: onnx.GraphProto, inits: dict, opset_imports, ir_ve
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
     if threads:
         opts.intra_op_num_threads = threads
+    # Our sessions run a few times at most: packing weights for speed would only copy them
+    # (a second copy of a multi-GB model).
+    opts.add_session_config_entry("session.disable_prepacking", "1")
     if names:
         opts.add_external_initializers(names, values)
     sess = ort.InferenceSession(m.SerializeToString(), opts, providers=list(providers))

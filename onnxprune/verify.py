@@ -91,15 +91,21 @@ def masking_oracle(model, couplings, removed_classes, slim, folds=None, samples:
                    seed: int = 0) -> OracleResult:
     """Compare the pruned model (a Model) with the masked original on random inputs in [-1, 1]."""
     masked = masked_original(model, couplings, removed_classes, folds)
-    reference, unoptimized = model_session(masked), model_session(masked, optimize=False)
-    slim = model_session(slim)
     rng = np.random.default_rng(seed)
-    worst = noise = 0.0
-    for _ in range(samples):
-        feeds = random_inputs(model, rng, reference)
-        expected = reference.run(None, feeds)
-        worst = max(worst, max_relative_difference(expected, slim.run(None, feeds)))
-        noise = max(noise, max_relative_difference(expected, unoptimized.run(None, feeds)))
+    feeds = None
+    outputs = {}
+    # one session at a time: each holds (a view of) a full set of weights
+    for key, build in (("reference", lambda: model_session(masked)),
+                       ("unoptimized", lambda: model_session(masked, optimize=False)),
+                       ("slim", lambda: model_session(slim))):
+        sess = build()
+        if feeds is None:
+            feeds = [random_inputs(model, rng, sess) for _ in range(samples)]
+        outputs[key] = [sess.run(None, f) for f in feeds]
+        del sess
+    del masked
+    worst = max(max_relative_difference(e, s) for e, s in zip(outputs["reference"], outputs["slim"]))
+    noise = max(max_relative_difference(e, u) for e, u in zip(outputs["reference"], outputs["unoptimized"]))
     return OracleResult(worst, noise)
 
 

@@ -6,10 +6,11 @@ from __future__ import annotations
 import numpy as np
 
 from ..errors import OnnxPruneError
-from .bgsc import bgsc
+from .bgsc import bgsc, bgsc_per_position
 from .magnitude import l1, l2, random_scores
 
-CRITERIA = {"bgsc": bgsc, "l1": l1, "l2": l2, "random": random_scores}
+CRITERIA = {"bgsc": bgsc, "bgsc-position": bgsc_per_position, "l1": l1, "l2": l2,
+            "random": random_scores}
 
 
 def score(model, couplings, criterion: str = "l1", seed: int = 0) -> np.ndarray:

@@ -48,6 +48,14 @@ def bgsc(model, couplings, seed=0):
     return bgsc_details(model, couplings)["scores"]
 
 
+def bgsc_per_position(model, couplings, seed=0):
+    """The bound per input position of each feed-out: each feed-out's term divided by its
+    number of spatial positions. Removes the resolution bias of raw scores (channels in
+    high-resolution stages look more important) but keeps the weight of streams that feed
+    many layers."""
+    return bgsc_details(model, couplings)["scores_per_position"]
+
+
 def bgsc_details(model, couplings):
     """Scores per class, plus the per-feed-out contributions (for diagnostics and tests)."""
     builder = _BoundGraph(model, couplings)
@@ -55,6 +63,7 @@ def bgsc_details(model, couplings):
     consumers = model.consumers()
     bounds = builder.run([node.input[0] for node, _ in feed_outs.values()])
     scores = np.zeros(couplings.n_classes)
+    per_position = np.zeros(couplings.n_classes)
     per_feed_out = {}
     for name, (node, use) in feed_outs.items():
         x = node.input[0]
@@ -67,8 +76,11 @@ def bgsc_details(model, couplings):
         r = _transposed_bound(node, model, u.shape, consumers)
         contrib = (u.reshape(u.shape[0], -1) * r.reshape(r.shape[0], -1)).sum(axis=1)
         np.add.at(scores, couplings.class_of[cmap.ids], contrib)
+        positions = u[0].size if u.ndim > 1 else 1
+        np.add.at(per_position, couplings.class_of[cmap.ids], contrib / positions)
         per_feed_out[name] = (cmap.ids, contrib)
-    return {"scores": scores, "per_feed_out": per_feed_out, "notes": builder.notes}
+    return {"scores": scores, "scores_per_position": per_position, "per_feed_out": per_feed_out,
+            "notes": builder.notes}
 
 
 def _feed_out_uses(model, couplings):
