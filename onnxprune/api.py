@@ -51,7 +51,16 @@ def prune(source, ratio: float | None = None, **options):
     The input is never modified. For models beyond protobuf's 2 GB, use `prune_model`
     and `onnxprune.io.save_model`, which never build the whole proto."""
     slim, report = prune_model(source, ratio, **options)
-    return slim.to_proto(), report
+    proto = slim.to_proto()
+    if not checked_in_memory(slim) and not is_large(slim):
+        check(proto)
+    return proto, report
+
+
+def checked_in_memory(slim: Model) -> bool:
+    """Models saved with external data (large, or external in the input) are checked from
+    their saved file by io.save_model: building a proto only to check it doubles the memory."""
+    return not (is_large(slim) or slim.external_data)
 
 
 def prune_model(source, ratio: float | None = None, *, criterion: str = "l1", seed: int = 0,
@@ -104,7 +113,7 @@ def prune_model(source, ratio: float | None = None, *, criterion: str = "l1", se
     lap("fold")
     slim = rewrite(model, couplings, removed, folds)
     lap("rewrite")
-    if not is_large(slim):  # a >2 GB model is checked from its saved file (io.save_model)
+    if checked_in_memory(slim):
         check(slim.to_proto())
     try:
         sess = model_session(slim)

@@ -14,6 +14,7 @@ from __future__ import annotations
 import numpy as np
 
 from .couplings import FEED_IN
+from .saliency.magnitude import axis_norms
 
 
 def score_disagreement(model, couplings) -> dict[int, tuple[float, float]]:
@@ -22,8 +23,7 @@ def score_disagreement(model, couplings) -> dict[int, tuple[float, float]]:
     for s in couplings.slices:
         if s.role != FEED_IN:
             continue
-        w = model.inits[nodes[s.node].input[s.input]]
-        norms = np.abs(np.moveaxis(w, s.axis, 0).reshape(len(s.ids), -1)).sum(axis=1)
+        norms = axis_norms(model.inits[nodes[s.node].input[s.input]], s.axis)
         classes = couplings.class_of[s.ids]
         for g in np.unique(couplings.group_of[classes]).tolist():
             group = couplings.groups[g]

@@ -18,10 +18,11 @@ def is_large(model) -> bool:
 
 
 def save_model(model, path: str) -> None:
-    """Save a `Model`. Small ones go through `save`; large ones are streamed: each array is
-    written straight into the external-data file, so no >2 GB proto is ever built, then
+    """Save a `Model`. Small ones go through `save`; large ones, and models whose input kept
+    its weights in external data, are streamed: each array is written straight into the
+    external-data file `<out>.data`, so no large proto is ever built (nor its bytes), then
     the saved file gets the full ONNX check."""
-    if not is_large(model):
+    if not is_large(model) and not model.external_data:
         return save(model.to_proto(), path)
     path = os.fspath(path)
     directory = _writable_directory(path)

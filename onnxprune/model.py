@@ -34,6 +34,7 @@ class Model:
     meta: dict = field(default_factory=dict)   # producer_name etc., copied to the output
     input_shapes: dict[str, tuple] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)  # what loading changed, for the report
+    external_data: bool = False     # the input kept its weights in an external-data file
 
     # -- graph queries (recomputed on demand: passes edit the graph) --------------------
     def producers(self) -> dict[str, onnx.NodeProto]:
@@ -78,7 +79,7 @@ class Model:
         # Arrays are shared: passes replace initializers with new arrays, never edit in place.
         return Model(copy.deepcopy(self.graph), dict(self.inits),
                      dict(self.shapes), list(self.opset_imports), self.ir_version, dict(self.meta),
-                     dict(self.input_shapes), list(self.notes))
+                     dict(self.input_shapes), list(self.notes), self.external_data)
 
 
 def subgraph_reads(node: onnx.NodeProto) -> set[str]:
@@ -182,6 +183,7 @@ def load(source, input_shapes: dict | None = None, check: bool = True) -> Model:
     model = Model(graph, inits, {}, list(proto.opset_import), proto.ir_version,
                   {k: getattr(proto, k) for k in ("producer_name", "producer_version", "domain",
                                                   "model_version", "doc_string")})
+    model.external_data = any(t.data_location == onnx.TensorProto.EXTERNAL for t in proto.graph.initializer)
     model.input_shapes = _fix_input_shapes(model, dict(input_shapes or {}))
     _name_nodes(model)
     _constants_to_initializers(model)

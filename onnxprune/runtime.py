@@ -13,6 +13,26 @@ from onnx import numpy_helper
 from .model import set_dims, subgraph_reads
 
 INLINE_LIMIT = 1024  # elements; smaller tensors (shape constants) stay in the proto
+# Above this many bytes of weights, sessions take the weights as run-time inputs: onnxruntime
+# then reads the (memory-mapped) arrays in place instead of copying them — at the price of
+# constant-weight optimisations, which only matter for speed.
+WEIGHTS_AS_INPUTS_BYTES = 256 * 2**20
+
+
+class _WeightsFed:
+    """A session whose large weights are graph inputs, fed on every run."""
+
+    def __init__(self, sess, weights):
+        self._sess, self._weights = sess, weights
+
+    def get_inputs(self):
+        return [i for i in self._sess.get_inputs() if i.name not in self._weights]
+
+    def get_outputs(self):
+        return self._sess.get_outputs()
+
+    def run(self, names, feeds):
+        return self._sess.run(names, {**feeds, **self._weights})
 
 
 def session_from_parts(graph: onnx.GraphProto, inits: dict, opset_imports, ir_version: int,
@@ -24,7 +44,8 @@ def session_from_parts(graph: onnx.GraphProto, inits: dict, opset_imports, ir_ve
     del g.initializer[:], g.value_info[:]
     declared = {o.name for o in g.output}
     g.output.extend(onnx.helper.make_empty_tensor_value_info(t) for t in outputs if t not in declared)
-    names, values = [], []
+    names, values, fed = [], [], {}
+    as_inputs = sum(a.nbytes for a in inits.values()) > WEIGHTS_AS_INPUTS_BYTES
     # onnxruntime drops unused initializers before injecting ours: pass only used ones
     used = ({o.name for o in g.output} | {i.name for i in g.input}
             | {t for n in g.node for t in list(n.input) + list(subgraph_reads(n))})
@@ -33,6 +54,11 @@ def session_from_parts(graph: onnx.GraphProto, inits: dict, opset_imports, ir_ve
             continue
         if array.size <= INLINE_LIMIT or array.dtype == object:
             g.initializer.append(numpy_helper.from_array(array, name))
+            continue
+        if as_inputs:
+            g.input.append(onnx.helper.make_tensor_value_info(
+                name, onnx.helper.np_dtype_to_tensor_dtype(array.dtype), array.shape))
+            fed[name] = np.ascontiguousarray(array)
             continue
         t = g.initializer.add()
         t.name = name
@@ -61,7 +87,7 @@ def session_from_parts(graph: onnx.GraphProto, inits: dict, opset_imports, ir_ve
         opts.add_external_initializers(names, values)
     sess = ort.InferenceSession(m.SerializeToString(), opts, providers=list(providers))
     sess._onnxprune_keepalive = values  # the session reads these buffers
-    return sess
+    return _WeightsFed(sess, fed) if fed else sess
 
 
 def model_session(model, optimize: bool = True, outputs=(), threads: int = 0):

@@ -14,6 +14,7 @@ import onnx
 
 from .couplings import FEED_OUT
 from .errors import OnnxPruneError
+from .masking import mask_feed_out_inputs
 from .model import random_inputs
 from .runtime import model_session, run_named
 
@@ -29,30 +30,15 @@ def check(proto) -> None:
 
 
 def masked_original(model, couplings, removed_classes, folds=None):
-    """The original model with the feed-out weights of removed channels zeroed, and the
-    folded constants of removed channels (computed on the original) added to the biases."""
+    """The original model with the removed channels masked at every feed-out layer's input
+    (equivalent to zeroing the weights that read them), and the folded constants of removed
+    channels (computed on the original) added to the biases."""
     from passes.fold_removed_constants import add_to_bias
 
-    kept = couplings.kept_fn(removed_classes)
-    nodes = model.nodes_by_name()
-    masked = model.copy()
-    masked_nodes = masked.nodes_by_name()
-    for s in couplings.slices:
-        if s.role != FEED_OUT:
-            continue
-        mask = kept(s.ids)
-        if mask.all():
-            continue
-        source = nodes[s.node].input[s.input]
-        private = f"{source}__oracle_{s.node}"   # per user: a shared weight may be read elsewhere
-        w = np.array(masked.inits.get(private, masked.inits[source]), copy=True)
-        shape = [1] * w.ndim
-        shape[s.axis] = len(mask)
-        w *= mask.reshape(shape).astype(w.dtype)
-        masked.inits[private] = w
-        masked_nodes[s.node].input[s.input] = private
+    masked = mask_feed_out_inputs(model, couplings, couplings.kept_fn(removed_classes))
+    nodes = masked.nodes_by_name()
     for name, fold in (folds or {}).items():
-        add_to_bias(masked, masked_nodes[name], fold.delta, "oracle")
+        add_to_bias(masked, nodes[name], fold.delta, "oracle")
     return masked
 
 

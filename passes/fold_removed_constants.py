@@ -83,22 +83,11 @@ def plan_folds(model, couplings, removed_classes, mode: str = "exact", seed: int
 
 def _removed_channel_values(model, couplings, kept, tensors, seed):
     """Values of the removed channels (others zeroed) at each tensor, if input-independent."""
+    from onnxprune.masking import zero_feed_in_filters
     from onnxprune.model import random_inputs
     from onnxprune.runtime import model_session, run_named
 
-    zeroed = model.copy()
-    zeroed_nodes = zeroed.nodes_by_name()
-    for s in couplings.slices:
-        if s.role != FEED_IN:
-            continue
-        mask = ~kept(s.ids)
-        if mask.any():
-            name = zeroed_nodes[s.node].input[s.input]
-            private = f"{name}__zeroed_{s.node}"
-            w = np.array(zeroed.inits.get(private, zeroed.inits[name]), copy=True)
-            np.moveaxis(w, s.axis, 0)[mask] = 0
-            zeroed.inits[private] = w
-            zeroed_nodes[s.node].input[s.input] = private
+    zeroed = zero_feed_in_filters(model, couplings, kept)
     wanted = sorted(set(tensors))
     sess = model_session(zeroed, outputs=wanted)
     rng = np.random.default_rng(seed + 1)

@@ -1,0 +1,90 @@
+"""Masked copies of a model, made by inserting a Mul by a 0/1 channel mask instead of
+copying and zeroing weights (a multi-GB model would otherwise be duplicated).
+
+  * `mask_feed_out_inputs`: every feed-out layer reads its input with the removed channels
+    set to zero — the same as zeroing the weights that read them (x·0 adds +0 terms).
+    This is the masking oracle's reference.
+  * `zero_feed_in_filters`: every feed-in layer's removed output channels carry only their
+    bias — the same as zeroing those filters. The fold pass reads the constants of removed
+    channels from it.
+"""
+from __future__ import annotations
+
+import numpy as np
+import onnx
+
+from .couplings import FEED_IN, FEED_OUT, Context
+
+
+def _mask_shape(mask: np.ndarray, axis: int, rank: int) -> np.ndarray:
+    shape = [1] * rank
+    shape[axis] = len(mask)
+    return mask.astype(np.float32).reshape(shape)
+
+
+def _rebuild(model, inserted_before: dict, inserted_after: dict) -> None:
+    nodes = []
+    for n in model.graph.node:
+        nodes.extend(inserted_before.get(n.name, []))
+        nodes.append(n)
+        nodes.extend(inserted_after.get(n.name, []))
+    del model.graph.node[:]
+    model.graph.node.extend(nodes)
+
+
+def mask_feed_out_inputs(model, couplings, kept):
+    masked = model.copy()
+    layers = {s.node for s in couplings.slices if s.role == FEED_OUT and not kept(s.ids).all()}
+    before = {}
+    for node in masked.graph.node:
+        if node.name not in layers:
+            continue
+        x = node.input[0]
+        cmap = couplings.tensors[x]
+        mask_name, out = f"{x}__mask_{node.name}", f"{x}__masked_{node.name}"
+        masked.inits[mask_name] = _mask_shape(kept(cmap.ids), cmap.axis, len(model.shapes[x]))
+        before[node.name] = [onnx.helper.make_node("Mul", [x, mask_name], [out], name=f"{node.name}__mask")]
+        node.input[0] = out
+    _rebuild(masked, before, {})
+    return masked
+
+
+def zero_feed_in_filters(model, couplings, kept):
+    zeroed = model.copy()
+    layers = {s.node for s in couplings.slices if s.role == FEED_IN and not kept(s.ids).all()}
+    ids_of = {p.node: p for p in couplings.producers}
+    after = {}
+    for node in zeroed.graph.node:
+        if node.name not in layers or node.name not in ids_of:
+            continue
+        p = ids_of[node.name]
+        y = node.output[0]
+        rank = len(model.shapes[y])
+        axis = couplings.tensors[y].axis
+        keep = kept(p.ids)
+        raw, scaled = f"{y}__unmasked", f"{y}__kept_only"
+        node.output[0] = raw
+        zeroed.inits[f"{y}__keep"] = _mask_shape(keep, axis, rank)
+        bias = _bias_per_channel(node, zeroed, len(p.ids))
+        inserted = [onnx.helper.make_node("Mul", [raw, f"{y}__keep"], [y if bias is None else scaled],
+                                          name=f"{node.name}__zero_filters")]
+        if bias is not None:  # removed channels keep their bias: that is what zeroed filters give
+            zeroed.inits[f"{y}__removed_bias"] = _mask_shape(~keep, axis, rank) * \
+                _mask_shape(bias, axis, rank)
+            inserted.append(onnx.helper.make_node("Add", [scaled, f"{y}__removed_bias"], [y],
+                                                  name=f"{node.name}__keep_bias"))
+        after[node.name] = inserted
+    _rebuild(zeroed, {}, after)
+    return zeroed
+
+
+def _bias_per_channel(node, model, width: int):
+    """The constant each output channel has when its filter is zero, or None."""
+    if len(node.input) < 3 or not node.input[2]:
+        return None
+    b = np.asarray(model.inits[node.input[2]], dtype=np.float32)
+    if node.op_type == "Gemm":
+        b = b * Context.attr(node, "beta", 1.0)
+    if b.size not in (1, width):
+        return None  # a per-row (batch-shaped) Gemm bias: not a per-channel constant
+    return np.broadcast_to(b.reshape(-1), (width,)).copy()
