@@ -213,7 +213,7 @@ class CostTracker:
 
     def _size(self, t) -> int:
         tensor = self.tensors[t]
-        return tensor["fixed"] * int(np.prod([self.counts[s] for s in tensor["axes"]]))
+        return tensor["fixed"] * math.prod(int(self.counts[s]) for s in tensor["axes"])
 
     def remove(self, cls: int) -> None:
         touched, slots = set(), {}
