@@ -302,8 +302,10 @@ class ViT(nn.Module):
     """Patch embedding (strided conv), learned position embedding, pre-LN blocks, final
     LayerNorm, mean over tokens, linear head."""
 
-    def __init__(self, num_classes=10, image=16, patch=4, dim=32, depth=2, heads=4, fused=False):
+    def __init__(self, num_classes=10, image=16, patch=4, dim=32, depth=2, heads=4, fused=False,
+                 flatten=False):
         super().__init__()
+        self.flatten = flatten   # timm's x.flatten(2); the default reshapes with traced sizes
         self.embed = nn.Conv2d(3, dim, patch, patch)
         self.pos = nn.Parameter(0.1 * torch.randn(1, (image // patch) ** 2, dim))
         self.blocks = nn.Sequential(*[TransformerBlock(dim, heads, fused=fused) for _ in range(depth)])
@@ -311,13 +313,19 @@ class ViT(nn.Module):
         self.head = nn.Linear(dim, num_classes)
 
     def forward(self, x):
-        x = self.embed(x).flatten(2).transpose(1, 2) + self.pos          # [B, T, D]
+        x = self.embed(x)
+        if self.flatten:
+            x = x.flatten(2)
+        else:
+            b, c, h, w = x.shape
+            x = x.reshape(b, c, h * w)
+        x = x.transpose(1, 2) + self.pos                                   # [B, T, D]
         x = self.norm(self.blocks(x))
         return self.head(x.mean(1))
 
 
-def vit(num_classes=10, fused=False):
-    return ViT(num_classes, fused=fused).eval()
+def vit(num_classes=10, fused=False, flatten=False):
+    return ViT(num_classes, fused=fused, flatten=flatten).eval()
 
 
 # -- registry and export ----------------------------------------------------------------------
@@ -328,6 +336,7 @@ EXTRA = {
     "yolo_neck": (yolo_neck, (1, 3, 64, 64)),
     "vit": (vit, (1, 3, 16, 16)),
     "vit_fused_qkv": (lambda: vit(fused=True), (1, 3, 16, 16)),
+    "vit_flatten": (lambda: vit(flatten=True), (1, 3, 16, 16)),
 }
 
 
@@ -355,10 +364,13 @@ def build_extra(name, seed=0):
     return _randomize(factory(), seed).eval(), shape
 
 
-def export(module, input_shape, dynamo=False, opset=None, check=True, seed=0):
-    """Export to ONNX with input "input" and outputs "out0", "out1", ...; static shapes,
-    BatchNormalization kept (legacy exporter: TrainingMode.PRESERVE, no constant folding
-    of BN; dynamo exporter: its graph optimiser may fuse BN, see `dynamo_kept_bn`).
+def export(module, input_shape, dynamo=False, opset=None, check=True, seed=0, optimize=True):
+    """Export to ONNX with input "input" and outputs "out0", "out1", ...; static shapes.
+    Legacy exporter (dynamo=False): TrainingMode.PRESERVE keeps BatchNormalization as its own
+    node (the exporter only fuses Conv+BN in EVAL mode); constant folding on, so the shape
+    arithmetic of static views becomes constants (what `torch.onnx.export` users get).
+    Dynamo exporter: `optimize` as given (its optimiser fuses BatchNormalization into the
+    convs; optimize=False keeps BatchNormalization, with Shape/Expand/CastLike clutter).
     Checks onnxruntime against torch when `check`."""
     module.eval()
     x = torch.randn(*input_shape, generator=torch.Generator().manual_seed(seed))
@@ -370,13 +382,14 @@ def export(module, input_shape, dynamo=False, opset=None, check=True, seed=0):
         warnings.simplefilter("ignore")
         if dynamo:
             program = torch.onnx.export(module, (x,), dynamo=True, opset_version=opset or 18,
-                                        input_names=["input"], output_names=names, verbose=False)
+                                        input_names=["input"], output_names=names, verbose=False,
+                                        optimize=optimize)
             proto = program.model_proto
         else:
             buf = io.BytesIO()
             torch.onnx.export(module, (x,), buf, dynamo=False, opset_version=opset or 17,
                               input_names=["input"], output_names=names,
-                              training=torch.onnx.TrainingMode.PRESERVE, do_constant_folding=False)
+                              training=torch.onnx.TrainingMode.PRESERVE, do_constant_folding=True)
             proto = onnx.load_from_string(buf.getvalue())
     if check:
         import onnxruntime as ort

@@ -440,7 +440,8 @@ def _shapes_from_onnxruntime(model: Model, names) -> dict[str, tuple]:
     except Exception as e:
         raise OnnxPruneError(f"cannot determine tensor shapes: shape inference is incomplete and "
                              f"onnxruntime cannot run the model ({str(e).splitlines()[0][:200]})") from None
-    return {n: tuple(v.shape) for n, v in zip(names, values)}
+    # sequence-typed outputs (SplitToSequence) have no tensor shape: their users get frozen
+    return {n: tuple(v.shape) for n, v in zip(names, values) if hasattr(v, "shape")}
 
 
 _ORT_TYPES = {"tensor(float)": np.float32, "tensor(double)": np.float64, "tensor(float16)": np.float16,

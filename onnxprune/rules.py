@@ -119,9 +119,14 @@ def layer_normalization(node, ctx):
     m = _input_map(node, ctx)
     rank = len(ctx.shape(node.input[0]))
     first = _norm_axis(ctx.attr(node, "axis", -1), rank)
-    require(m.axis < first, "LayerNormalization normalises over the channel axis")
     require(all(not o or not ctx.consumers.get(o) for o in node.output[1:]),
             "mean / inverse std outputs are used")
+    if m.axis >= first:
+        # Every channel enters every output's mean and variance: none can be removed. The
+        # output keeps the same channels, on the same axis, so the layers after it (the
+        # Linear of a transformer or ConvNeXt MLP) are still analysed as channels-last.
+        ctx.freeze(m.ids, f"LayerNormalization {node.name}: LayerNormalization normalises "
+                          f"over the channel axis")
     ctx.out(node.output[0], m)
 
 
@@ -322,7 +327,10 @@ def gemm(node, ctx):
 @rule("MatMul")
 def matmul(node, ctx):
     a = _input_map(node, ctx, 0)
-    require(ctx.map(node.input[1]) is None, "MatMul of two activations (attention)")
+    b = ctx.map(node.input[1])
+    if b is not None:
+        _matmul_of_activations(node, ctx, a, b)
+        return
     w = ctx.const(node.input[1])
     require(w is not None and w.ndim == 2, "MatMul weight is not a constant matrix")
     rank = len(ctx.shape(node.input[0]))
@@ -333,6 +341,28 @@ def matmul(node, ctx):
     ctx.param(node, 1, 0, a.ids, FEED_OUT)
     out = ctx.produce(node, node.output[0], w.shape[1], rank - 1)
     ctx.param(node, 1, 1, out, FEED_IN)
+
+
+def _matmul_of_activations(node, ctx, a, b):
+    """Attention (Q.K^T, scores.V): a batched product of two activations. Channels on a batch
+    axis of both operands (the heads, once a Reshape has split them off) are matched position
+    by position, as by an elementwise op: head j of the output reads head j of each operand
+    only. Channels on a row, column or contracted axis mix with the other operand: frozen."""
+    sa, sb, so = ctx.shape(node.input[0]), ctx.shape(node.input[1]), ctx.shape(node.output[0])
+    require(len(sa) >= 3 and len(sb) >= 3 and a.axis < len(sa) - 2 and b.axis < len(sb) - 2,
+            "MatMul of two activations (attention) with channels on a matrix axis")
+    axis = a.axis + len(so) - len(sa)
+    require(axis == b.axis + len(so) - len(sb),
+            "MatMul of two activations (attention) with channels on different batch axes")
+    if len(a.ids) == len(b.ids):
+        if len(a.ids) > 1 and a.ids is not b.ids:
+            ctx.unify(a.ids, b.ids)
+        ids = a.ids
+    else:
+        require(min(len(a.ids), len(b.ids)) == 1,
+                f"MatMul of two activations (attention) with {len(a.ids)} and {len(b.ids)} heads")
+        ids = a.ids if len(a.ids) > 1 else b.ids   # a single head is broadcast: couples nothing
+    ctx.out(node.output[0], ChannelMap(axis, ids))
 
 
 # -- concatenate, split, slice -----------------------------------------------------------
@@ -397,6 +427,12 @@ def slice_(node, ctx):
     consts = [ctx.const(t) if len(node.input) > i and node.input[i] else None
               for i, t in enumerate(list(node.input) + [""] * 5) if 1 <= i <= 4]
     starts, ends, axes, steps = consts
+    if (starts is None or ends is None) and axes is not None and np.size(axes) == 1:
+        # Bounds computed from static shapes (torch exports `chunk` as Shape -> Gather -> Add
+        # -> Div -> Mul -> Slice): evaluated here; a cut of the channel axis writes them back
+        # as constants (update_bounds), and the Shape rule checked nothing else reads them.
+        starts = starts if starts is not None else _shape_value(node.input[1], ctx)
+        ends = ends if ends is not None else _shape_value(node.input[2], ctx)
     require(starts is not None and ends is not None, "Slice bounds are computed at run time")
     require(len(node.input) <= 3 or not node.input[3] or axes is not None, "Slice axes computed at run time")
     require(len(node.input) <= 4 or not node.input[4] or steps is not None, "Slice steps computed at run time")
@@ -446,14 +482,30 @@ def reshape(node, ctx):
     target = _static_target(node, ctx)
     require(len(dst) > a, "Reshape removes the channel axis")
     src_rest, dst_rest = int(np.prod(src[a + 1:])), int(np.prod(dst[a + 1:]))
-    if dst[a] == width and src_rest == dst_rest:
-        ids = m.ids                                  # trailing dims regrouped (squeeze-like)
-    elif dst[a] == width * src_rest and dst_rest == 1:
-        ids = np.repeat(m.ids, src_rest)             # flatten C×H×W into features
-    elif width == dst[a] * dst_rest and _blocks_constant(m.ids, dst[a]):
-        ids = m.ids[::dst_rest]                      # unflatten features back into channels
+    # Row-major: entry (c, q) of [channel, rest] is flat c * src_rest + q in both tensors.
+    if dst[a] % width == 0 and src_rest == dst[a] // width * dst_rest:
+        # merge: channel c owns entries c*r .. c*r+r-1 of the new axis. r = 1: trailing dims
+        # regrouped (squeeze-like); r = H*W: flatten C×H×W into features; r = g: the last
+        # Reshape of a channel shuffle, or heads merged back into features.
+        ids = np.repeat(m.ids, dst[a] // width)
+    elif width % dst[a] == 0 and dst_rest == width // dst[a] * src_rest:
+        # split: new channel i holds old channels i*b .. i*b+b-1, b = width // dst[a]
+        block = width // dst[a]
+        rows = m.ids.reshape(dst[a], block)
+        if len(dst) > a + 1 and block % dst[a + 1] == 0 and (
+                (dst[a + 1] == block and (dst[a] == 1 or _feeds_channel_shuffle(node, ctx, a)))
+                or _feeds_unbind(node, ctx, a)):
+            _split_into_groups(node, ctx, target, rows, dst[a + 1])
+            return
+        # Heads (or features back into channels): the block is removed whole, so one class
+        # per block; the axis after the channel axis then carries no channel information.
+        for j in range(1, block):
+            differ = rows[:, j] != rows[:, 0]
+            if differ.any():
+                ctx.unify(rows[differ, 0], rows[differ, j])
+        ids = rows[:, 0]
     else:
-        require(False, "Reshape regroups channels (channel shuffle or heads)")
+        require(False, "Reshape regroups channels with other axes")
     require(target[a] != 0 or dst[a] == src[a], "Reshape copies a dimension into the channel axis")
     require(target[a] != -2, "Reshape takes the channel count from another tensor's shape")
     require(target[a] < 0 or ctx.const(node.input[1]) is not None,
@@ -469,9 +521,69 @@ def reshape(node, ctx):
     ctx.out(node.output[0], ChannelMap(a, ids))
 
 
-def _blocks_constant(ids, blocks) -> bool:
-    rows = np.asarray(ids).reshape(blocks, -1)
-    return bool((rows == rows[:, :1]).all())
+def _feeds_channel_shuffle(node, ctx, a) -> bool:
+    """The Reshape output is read only by Transposes that swap axes a and a + 1: a channel
+    shuffle ([N, g, C/g, H, W] -> [N, C/g, g, H, W]), to be merged back by a Reshape."""
+    users = ctx.consumers.get(node.output[0], [])
+    for user, index in users:
+        perm = ctx.attr(user, "perm") if user.op_type == "Transpose" else None
+        if perm is None or len(perm) < a + 2 or perm[a] != a + 1 or perm[a + 1] != a:
+            return False
+    return bool(users)
+
+
+def _feeds_unbind(node, ctx, a) -> bool:
+    """The Reshape output is read only by Transposes that move axis a to the front, and those
+    only by Split / Gather / Slice of that axis: a fused projection taken apart (timm attention:
+    qkv [B, T, 3, h, hd] -> [3, B, h, T, hd] -> unbind(0) into q, k, v)."""
+    users = ctx.consumers.get(node.output[0], [])
+    for user, index in users:
+        perm = ctx.attr(user, "perm") if user.op_type == "Transpose" else None
+        if a == 0 or perm is None or perm[0] != a:
+            return False
+        parts = ctx.consumers.get(user.output[0], [])
+        for part, i in parts:
+            if part.op_type in ("Split", "Gather"):
+                axis = ctx.attr(part, "axis", 0)
+            elif part.op_type == "Slice" and len(part.input) > 3 and ctx.const(part.input[3]) is not None:
+                axes = ctx.const(part.input[3]).reshape(-1)
+                axis = int(axes[0]) if axes.size == 1 else None
+            else:
+                return False
+            if i != 0 or axis not in (0, -len(perm)):
+                return False
+        if not parts:
+            return False
+    return bool(users)
+
+
+def _split_into_groups(node, ctx, target, rows, k):
+    """[.., g*k*inner, ..] -> [.., g, k, inner.., ..] read as g groups (shuffle groups; the q, k
+    and v of a fused projection; g = 1: an inserted unit axis) of the same k channels (heads
+    when inner > 1). Channel j of every group is one class, and so is each block of `inner`
+    (a head is removed whole): every group keeps the same positions, so the pruned tensor
+    still splits into g equal groups and a shuffle that follows interleaves exactly the kept
+    channels. The channels move to axis a + 1; axis a keeps its size g."""
+    a = ctx.map(node.input[0]).axis
+    require(target[a + 1] != 0, "Reshape copies a dimension into the channel axis")
+    require(target[a + 1] != -2, "Reshape takes the channel count from another tensor's shape")
+    require(target[a + 1] < 0 or ctx.const(node.input[1]) is not None,
+            "Reshape target with a literal channel count is computed at run time")
+    rows = rows.reshape(rows.shape[0], k, -1)
+    for r in rows[1:]:
+        ctx.unify(rows[0].reshape(-1), r.reshape(-1))
+    for j in range(1, rows.shape[2]):
+        ctx.unify(rows[0, :, 0], rows[0, :, j])
+    ids = rows[0, :, 0]
+
+    def update_target(n, model, kept, ids=ids, a=a, target=target):
+        if target[a + 1] <= 0:
+            return  # -1 follows the input by itself
+        new = np.array(target, dtype=np.int64)
+        new[a + 1] = int(kept(ids).sum())
+        _set_input_constant(n, model, 1, new)
+    ctx.edit(node, update_target)
+    ctx.out(node.output[0], ChannelMap(a + 1, ids))
 
 
 def _static_target(node, ctx) -> list[int]:
@@ -591,6 +703,93 @@ def shape(node, ctx):
         index = ctx.const(user.input[1]) if user.op_type == "Gather" and len(user.input) > 1 else None
         read = [i + (end - start) if i < 0 else i for i in np.atleast_1d(index).tolist()] \
             if index is not None else []
-        require(index is not None and ctx.attr(user, "axis", 0) == 0 and m.axis - start not in read,
+        if index is not None and ctx.attr(user, "axis", 0) == 0 and m.axis - start not in read:
+            continue  # reads other dimensions only
+        # The count may only be used to cut this very tensor along its channels (torch's
+        # `chunk`): the Slice rule replaces those bounds by constants, the stale count dies.
+        require(user.op_type in _SHAPE_ARITHMETIC and all(
+                    _only_channel_slice_bounds(o, node.input[0], m.axis, ctx) for o in user.output if o),
                 "the channel count is read at run time")
+
+
+_SHAPE_ARITHMETIC = ("Gather", "Slice", "Concat", "Unsqueeze", "Squeeze", "Cast", "Identity",
+                     "Add", "Sub", "Mul", "Div")
+
+
+def _only_channel_slice_bounds(tensor, source, axis, ctx, depth=0) -> bool:
+    """Every use of `tensor` (an integer value computed from the shape of `source`) ends,
+    through shape arithmetic, as the start or end of a Slice of `source` along `axis` alone."""
+    users = ctx.consumers.get(tensor, [])
+    if depth > 16 or not users or tensor in ctx.model.output_names:
+        return False
+    for user, index in users:
+        if user.domain not in ("", "ai.onnx"):
+            return False
+        if user.op_type == "Slice" and index in (1, 2) and user.input[0] == source:
+            axes = ctx.const(user.input[3]) if len(user.input) > 3 and user.input[3] else None
+            if axes is None or axes.size != 1 or \
+                    _norm_axis(int(axes.reshape(-1)[0]), len(ctx.shape(source))) != axis:
+                return False
+        elif user.op_type in _SHAPE_ARITHMETIC and (index == 0 or user.op_type in
+                                                    ("Concat", "Add", "Sub", "Mul", "Div")):
+            if not all(_only_channel_slice_bounds(o, source, axis, ctx, depth + 1)
+                       for o in user.output if o):
+                return False
+        else:
+            return False
+    return True
+
+
+def _shape_value(tensor, ctx, depth=0):
+    """The value of a small integer tensor computed from constants and static shapes by the
+    operators of _SHAPE_ARITHMETIC (and Shape); None when anything else takes part."""
+    value = ctx.const(tensor)
+    if value is not None:
+        return np.asarray(value)
+    node = ctx.model.producers().get(tensor) if depth < 16 else None
+    if node is None or node.domain not in ("", "ai.onnx"):
+        return None
+    if node.op_type == "Shape":
+        dims = np.asarray(ctx.shape(node.input[0]), dtype=np.int64)
+        start, end = ctx.attr(node, "start", 0), ctx.attr(node, "end", len(dims))
+        return dims[start:end]
+    if node.op_type not in _SHAPE_ARITHMETIC:
+        return None
+    ins = [_shape_value(t, ctx, depth + 1) if t else None for t in node.input]
+    op = node.op_type
+    if ins[0] is None or (op in ("Gather", "Add", "Sub", "Mul", "Div") and ins[1] is None):
+        return None
+    x = ins[0]
+    if op in ("Identity", "Cast"):
+        return x if op == "Identity" else x.astype(onnx.helper.tensor_dtype_to_np_dtype(ctx.attr(node, "to")))
+    if op == "Gather":
+        return np.take(x, ins[1].astype(np.int64), axis=ctx.attr(node, "axis", 0))
+    if op in ("Add", "Sub", "Mul"):
+        return {"Add": np.add, "Sub": np.subtract, "Mul": np.multiply}[op](x, ins[1])
+    if op == "Div":
+        y = ins[1]
+        if x.dtype.kind in "iu" and y.dtype.kind in "iu":  # integer Div truncates toward zero
+            return (np.sign(x) * np.sign(y) * (np.abs(x) // np.abs(y))).astype(np.result_type(x, y))
+        return x / y
+    if op == "Concat":
+        if any(v is None for v in ins):
+            return None
+        return np.concatenate([np.atleast_1d(v) for v in ins], axis=ctx.attr(node, "axis", 0))
+    axes = ctx.attr(node, "axes")
+    if axes is None and len(ins) > 1 and ins[1] is not None:
+        axes = ins[1].tolist()
+    if op == "Unsqueeze":
+        return None if axes is None else np.expand_dims(x, tuple(int(a) for a in np.atleast_1d(axes)))
+    if op == "Squeeze":
+        return np.squeeze(x) if axes is None else np.squeeze(x, tuple(int(a) for a in np.atleast_1d(axes)))
+    if op == "Slice":
+        if any(v is None for v in ins[1:3]) or any(t and v is None for t, v in zip(node.input[3:], ins[3:])):
+            return None
+        axes_ = ins[3].tolist() if len(ins) > 3 and ins[3] is not None else list(range(len(ins[1])))
+        steps = ins[4].tolist() if len(ins) > 4 and ins[4] is not None else [1] * len(axes_)
+        index = [slice(None)] * x.ndim
+        for k, a in enumerate(axes_):
+            index[a] = slice(int(ins[1][k]), int(ins[2][k]), int(steps[k]))
+        return x[tuple(index)]
+    return None
 

@@ -271,7 +271,14 @@ class _BoundGraph:
     _op_ConvTranspose = _op_Conv
 
     def _op_MatMul(self, node):  # channels on a batch or row axis
-        self._emit("MatMul", [node.input[0], self._abs_weight(node.input[1])], [node.output[0]])
+        if node.input[1] in self.model.inits:
+            return self._emit("MatMul", [node.input[0], self._abs_weight(node.input[1])], [node.output[0]])
+        # Two activations (attention): bilinear, no Lipschitz bound; the product of the two
+        # bounds stands in for it, so heads still rank by the magnitude that flows through.
+        self.notes.add("MatMul of two activations: product of bounds used (no Lipschitz bound)")
+        a, b = (t if self._is_activation(t) else self._const(np.abs(self.model.inits[t]), "mm")
+                for t in node.input[:2])
+        self._emit("MatMul", [a, b], [node.output[0]])
 
     def _op_BatchNormalization(self, node):
         gamma, var = (self.model.inits[node.input[i]] for i in (1, 4))
