@@ -109,7 +109,7 @@ class Runner:
     def run(self, model, proto, label, target, seed=0, **kwargs):
         budget = {"target_macs": target} if self.budget == "target_macs" else {"ratio": round(1 - target, 6)}
         t = time.perf_counter()
-        slim, report = onnxprune.prune(proto, seed=seed, **budget, **kwargs)
+        slim, report = onnxprune.prune(proto, seed=seed, round_to=1, **budget, **kwargs)  # finest steps
         prune_s = time.perf_counter() - t
         correct = accuracy(slim, self.x, self.y)
         b, a = report.before, report.after

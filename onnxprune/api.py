@@ -6,7 +6,7 @@ import time
 
 import passes
 
-from .budget import allocate, allocate_target, check_plan_classes, parse_min_keep
+from .budget import allocate, allocate_target, check_plan_classes, default_round_to, parse_min_keep
 from .couplings import analyze
 from .errors import OnnxPruneError
 from .io import is_large
@@ -26,7 +26,7 @@ def rewrite(model: Model, couplings, removed_classes, folds=None) -> Model:
     passes.slice_initializers.run(slim, couplings.slices, kept)
     passes.update_attributes.run(slim, couplings.edits, kept)
     passes.fold_removed_constants.run(slim, folds or {}, couplings, kept)
-    passes.remove_dead_nodes.run(slim)
+    passes.remove_dead_nodes.run(slim, keep=passes.remove_dead_nodes.dead_nodes(model))
     passes.infer_shapes.run(slim)
     return slim
 
@@ -66,7 +66,7 @@ def checked_in_memory(slim: Model) -> bool:
 def prune_model(source, ratio: float | None = None, *, criterion: str = "l1", seed: int = 0,
                 scope: str | None = None, ranking: str | None = None, target_macs: float | None = None,
                 target_params: float | None = None, coupled: str = "all", min_keep=0.1,
-                round_to: int = 1, exclude=(), input_shapes=None, plan: Plan | None = None,
+                round_to: int | None = None, exclude=(), input_shapes=None, plan: Plan | None = None,
                 verify: bool = False, tolerance: float = DEFAULT_TOLERANCE, fold: str = "exact"):
     """`prune`, returning the pruned `Model` (graph + numpy weights) instead of a proto."""
     timings = {}
@@ -86,6 +86,7 @@ def prune_model(source, ratio: float | None = None, *, criterion: str = "l1", se
         ratio = 0.3
     if ratio is not None and not 0 <= ratio < 1:
         raise OnnxPruneError(f"--ratio must be in [0, 1), got {ratio}")
+    round_to = default_round_to() if round_to is None else round_to
     scope = scope or DEFAULT_SCOPE.get(criterion, "local")
     ranking = ranking or DEFAULT_RANKING.get(criterion, "raw")
     model = load(source, input_shapes)
@@ -115,12 +116,14 @@ def prune_model(source, ratio: float | None = None, *, criterion: str = "l1", se
     lap("rewrite")
     if checked_in_memory(slim):
         check(slim.to_proto())
-    try:
-        sess = model_session(slim)
+    try:  # the pruned model must run in onnxruntime; with --verify the oracle runs it
+        if verify:
+            oracle = masking_oracle(model, couplings, removed, slim, folds, seed=seed)
+        else:
+            oracle = None
+            model_session(slim)
     except Exception as e:
-        raise OnnxPruneError(f"onnxruntime cannot load the pruned model: {str(e).splitlines()[0]}") from None
-    del sess
-    oracle = masking_oracle(model, couplings, removed, slim, folds, seed=seed) if verify else None
+        raise OnnxPruneError(f"onnxruntime cannot run the pruned model: {str(e).splitlines()[0]}") from None
     lap("verify")
     timings["total"] = round(time.perf_counter() - start, 4)
     notes = list(model.notes) + ([fold_stats.note()] if removed and fold != "none" else [])

@@ -26,6 +26,20 @@ RANKINGS = ("raw", "normalized")
 COUPLED = ("all", "only", "none")
 
 
+def default_round_to() -> int:
+    """The channel multiple that keeps onnxruntime's blocked (NCHWc) CPU convolutions on
+    their fast path: its kernels work in blocks of 16 channels with AVX-512 and of 8 with
+    AVX2, and a misaligned width sends a conv to the slow plain kernel with layout reorders
+    around it — pruned models then run slower than the original (measured in
+    benchmarks/results/latency_summary.md)."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            flags = f.read()
+    except OSError:
+        return 8
+    return 16 if "avx512f" in flags else 8
+
+
 def parse_min_keep(value) -> float:
     """An integer >= 1 is a channel count; a number in (0, 1) a fraction of the group."""
     try:
@@ -196,11 +210,12 @@ class CostTracker:
             for axis, slot in zip(axes, self.tensors[t]["axes"]):
                 slot_of[(node_name, index, axis)] = slot
         out = []
+        consumers = model.consumers()
         for (node_name, index), axes in uses.items():
             node = nodes[node_name]
             if node.op_type not in FOLDABLE or index != 1:
                 continue
-            if len(node.input) > 2 and node.input[2] or following_batch_norm(model, node) is not None:
+            if len(node.input) > 2 and node.input[2] or following_batch_norm(model, node, consumers) is not None:
                 continue
             w = model.inits[node.input[1]]
             in_axis, out_axis = {"Conv": (1, 0), "ConvTranspose": (0, 1)}.get(

@@ -110,6 +110,7 @@ class Context:
         self.slices: list[SliceUse] = []
         self.edits: list[Edit] = []
         self.producers: list[Producer] = []
+        self.segments: list[tuple[str, np.ndarray]] = []
         self.consumers = model.consumers()
 
     # -- queries ------------------------------------------------------------------------
@@ -161,6 +162,11 @@ class Context:
             raise RuleError(f"input {name} has {self.model.inits[name].shape[axis]} entries on "
                             f"axis {axis}, expected {len(ids)}")
         self.slices.append(SliceUse(node.name, input_index, axis, np.asarray(ids), role))
+
+    def segment(self, node, ids: np.ndarray) -> None:
+        """`ids` are a part of a tensor cut out by `node` (Split, Slice): the part must keep
+        at least one channel, so its classes form groups of their own."""
+        self.segments.append((node.name, np.asarray(ids)))
 
     def edit(self, node, apply: Callable) -> None:
         self.edits.append(Edit(node.name, apply))
@@ -284,12 +290,17 @@ def _build(ctx: Context) -> Couplings:
         for c in np.unique(class_of[ids]).tolist():
             frozen.setdefault(c, reason)
     c = Couplings(class_of, n_classes, ctx.maps, ctx.slices, ctx.edits, ctx.producers, frozen)
-    c.groups, c.group_of = _groups(c)
+    segments = [set() for _ in range(n_classes)]
+    for k, (node, ids) in enumerate(ctx.segments):
+        for cls in np.unique(class_of[ids]).tolist():
+            segments[cls].add(k)
+    c.groups, c.group_of = _groups(c, segments)
     return c
 
 
-def _groups(c: Couplings):
-    """Group classes by (feed-in layers, feed-out layers, frozen reason)."""
+def _groups(c: Couplings, segments):
+    """Group classes by (feed-in layers, feed-out layers, the Split/Slice parts they are in,
+    frozen reason)."""
     members: dict[str, list[set]] = {FEED_IN: [set() for _ in range(c.n_classes)],
                                      FEED_OUT: [set() for _ in range(c.n_classes)],
                                      CHANNELWISE: [set() for _ in range(c.n_classes)]}
@@ -308,10 +319,10 @@ def _groups(c: Couplings):
     by_key: dict[tuple, list[int]] = {}
     for cls in range(c.n_classes):
         key = (tuple(sorted(members[FEED_IN][cls])), tuple(sorted(members[FEED_OUT][cls])),
-               c.frozen.get(cls))
+               c.frozen.get(cls), tuple(sorted(segments[cls])))
         by_key.setdefault(key, []).append(cls)
     groups, group_of = [], np.zeros(c.n_classes, dtype=np.int64)
-    for i, ((fin, fout, reason), classes) in enumerate(by_key.items()):
+    for i, ((fin, fout, reason, _), classes) in enumerate(by_key.items()):
         cw = sorted(set().union(*(members[CHANNELWISE][k] for k in classes)))
         groups.append(Group(i, np.asarray(classes, dtype=np.int64), list(fin), list(fout), cw, reason))
         group_of[classes] = i

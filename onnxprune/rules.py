@@ -405,6 +405,7 @@ def split(node, ctx):
     segments = [m.ids[bounds[k]:bounds[k + 1]] for k in range(len(sizes))]
     for o, seg in zip(node.output, segments):
         ctx.out(o, ChannelMap(axis, seg))
+        ctx.segment(node, seg)
 
     def update_split(n, model, kept, segments=segments):
         new = np.array([int(kept(s).sum()) for s in segments], dtype=np.int64)
@@ -445,6 +446,7 @@ def slice_(node, ctx):
     require(step == 1, "Slice of the channel axis with a step other than 1")
     start, stop, _ = slice(int(starts[k]), int(ends[k])).indices(shape[m.axis])
     ctx.out(node.output[0], ChannelMap(m.axis, m.ids[start:stop]))
+    ctx.segment(node, m.ids[start:stop])
 
     def update_bounds(n, model, kept, k=k, start=start, stop=stop, ids=m.ids,
                       starts=starts, ends=ends):

@@ -145,9 +145,9 @@ def _bias_delta(node, y):
     return sample[(slice(None),) + centre].astype(np.float32), exact
 
 
-def following_batch_norm(model, node):
+def following_batch_norm(model, node, consumers=None):
     """The BatchNormalization that alone reads `node`'s output, if any."""
-    users = model.consumers().get(node.output[0], [])
+    users = (consumers if consumers is not None else model.consumers()).get(node.output[0], [])
     if len(users) == 1 and users[0][0].op_type == "BatchNormalization" and users[0][1] == 0:
         return users[0][0]
     return None
@@ -158,6 +158,9 @@ def add_to_bias(model, node, delta: np.ndarray, suffix: str) -> None:
     bias but followed by BatchNormalization takes it in the BN mean instead (mean -= delta,
     exact), so folding adds no parameters."""
     index = FOLDABLE[node.op_type]
+    if node.op_type == "Gemm":  # Gemm adds beta * C
+        beta = next((a.f for a in node.attribute if a.name == "beta"), 1.0)
+        delta = delta / beta if beta != 0 else delta * 0
     has_bias = len(node.input) > index and node.input[index]
     bn = None if has_bias else following_batch_norm(model, node)
     if bn is not None:

@@ -89,7 +89,7 @@ def model_path(tmp_path):
 def test_prune_happy_path(tmp_path, model_path):
     before = sha(model_path)
     out, rep, plan = tmp_path / "out.onnx", tmp_path / "r.json", tmp_path / "p.json"
-    code, stdout, stderr = run_cli(model_path, out, "--ratio", "0.5", "--verify",
+    code, stdout, stderr = run_cli(model_path, out, "--ratio", "0.5", "--round-to", "1", "--verify",
                                    "--report", rep, "--plan-out", plan)
     assert code == 0, stderr
     assert stderr == ""
@@ -133,7 +133,7 @@ def test_prune_happy_path(tmp_path, model_path):
 def test_deterministic_and_plan_roundtrip(tmp_path, model_path, capsys):
     a, b, c = tmp_path / "a.onnx", tmp_path / "b.onnx", tmp_path / "c.onnx"
     plan = tmp_path / "plan.json"
-    args = ["--ratio", "0.4", "--criterion", "l2"]
+    args = ["--ratio", "0.4", "--criterion", "l2", "--round-to", "1"]
     assert run_main(capsys, model_path, a, *args, "--plan-out", plan)[0] == 0
     assert run_main(capsys, model_path, b, *args)[0] == 0
     assert a.read_bytes() == b.read_bytes()
@@ -565,7 +565,7 @@ def test_control_flow_prunes_safely_or_refuses(tmp_path, kind):
     onnx.checker.check_model(proto, full_check=True)
     onnx.save(proto, str(src))
     before = sha(src)
-    code, stdout, stderr = run_cli(src, out, "--ratio", "0.5", "--verify", "--report", rep)
+    code, stdout, stderr = run_cli(src, out, "--ratio", "0.5", "--round-to", "1", "--verify", "--report", rep)
     assert sha(src) == before
     assert "Traceback" not in stderr
     if code == 0:
@@ -590,7 +590,7 @@ def test_control_flow_never_writes_a_broken_model(tmp_path, kind):
     """Whatever the analysis decides, no invalid model is written and nothing crashes."""
     src, out = tmp_path / "cf.onnx", tmp_path / "out.onnx"
     onnx.save(control_flow_net(kind)[0], str(src))
-    code, _, stderr = run_cli(src, out, "--ratio", "0.5", "--verify")
+    code, _, stderr = run_cli(src, out, "--ratio", "0.5", "--round-to", "1", "--verify")
     assert code in (0, 2), stderr
     assert "Traceback" not in stderr
     if code == 0:
@@ -609,7 +609,7 @@ def test_scalar_bool_input(tmp_path, capsys):
     h = b.op("Where", ["flag", h, b.op("Neg", [h])])
     src, out = tmp_path / "flag.onnx", tmp_path / "out.onnx"
     onnx.save(b.model([b.conv(h, 8, 4)]), str(src))
-    code, _, err = run_main(capsys, src, out, "--ratio", "0.5", "--verify")
+    code, _, err = run_main(capsys, src, out, "--ratio", "0.5", "--round-to", "1", "--verify")
     assert code == 0, err
 
 
@@ -639,7 +639,7 @@ def test_qdq_channels_frozen(tmp_path):
     src, out, rep = tmp_path / "qdq.onnx", tmp_path / "out.onnx", tmp_path / "r.json"
     onnx.save(qdq_net(), str(src))
     before = sha(src)
-    code, stdout, stderr = run_cli(src, out, "--ratio", "0.5", "--verify", "--report", rep)
+    code, stdout, stderr = run_cli(src, out, "--ratio", "0.5", "--round-to", "1", "--verify", "--report", rep)
     assert code == 0, stderr
     assert sha(src) == before
     slim = onnx.load(str(out))

@@ -11,6 +11,8 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
+
+import onnxprune
 from onnx import TensorProto, helper, numpy_helper
 
 from helpers import GraphBuilder, frozen_reasons, groups, prunable, prune_and_check
@@ -876,18 +878,20 @@ def test_split_on_spatial_axis_passes_through(ratio):
     assert param(slim, sp, 1).tolist() == [3, 5]
 
 
-def test_split_segment_pruned_to_zero():
-    """A group spanning both segments of a Split (re-joined by Concat) may lose every channel of
-    one segment: the Split sizes must still be valid."""
+def test_split_parts_keep_a_channel_each():
+    """A group spanning both parts of a Split (re-joined by Concat) is cut into one group per
+    part, so no part can lose every channel (a 0-channel tensor breaks onnxruntime); a plan
+    that empties a part is refused."""
     b = GraphBuilder()
     h, c1 = stem(b, 8)
     p, q = b.op("Split", [h, b.ints([2, 6])], n_outputs=2, axis=1)
     h = b.op("Concat", [b.op("Relu", [p]), b.op("Sigmoid", [q])], axis=1)
     y, _ = head(b, h, 8)
     proto = b.model([y])
-    ps = prunable(proto)
-    assert len(ps) == 1 and ps[0].width == 8
-    prune_and_check(proto, plan=Plan({c1: [0, 1, 5]}))
+    assert sorted(g.width for g in prunable(proto)) == [2, 6]
+    with pytest.raises(OnnxPruneError, match="removes every channel of group"):
+        onnxprune.prune(proto, plan=Plan({c1: [0, 1, 5]}))
+    prune_and_check(proto, plan=Plan({c1: [0, 5]}))
 
 
 @pytest.mark.parametrize("ratio", RATIOS)
@@ -1310,14 +1314,16 @@ def test_opset11_model(ratio):
     y = b.gemm(h, 8, 5)
     proto = b.model([y], opset=11)
     ps = prunable(proto)
-    # both Split segments go from the same Conv to the same Conv: one group of 8
-    assert sorted(p.width for p in ps) == [8, 8]
-    assert group_of(ps, c1).feed_out == [c2]
+    # both Split parts go from the same Conv to the same Conv, but each part must keep a
+    # channel: one group per part (4 + 4), and the second conv's output
+    assert sorted(p.width for p in ps) == [4, 4, 8]
+    assert all(g.feed_out == [c2] for g in ps if g.feed_in == [c1])
     slim, report = prune_and_check(proto, ratio)
-    k = keep(8, ratio)
+    k, half = keep(8, ratio), keep(4, ratio)
     removed = set(report.plan.removed[c1])
     assert attr(slim, sp, "split") == [len({0, 1, 2, 3} - removed), len({4, 5, 6, 7} - removed)]
-    assert param(slim, c2, 1).shape == (k, k, 3, 3)
+    assert attr(slim, sp, "split") == [half, half]
+    assert param(slim, c2, 1).shape == (k, 2 * half, 3, 3)
 
 
 # =========================================================================================
