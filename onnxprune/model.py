@@ -196,16 +196,16 @@ def load(source, input_shapes: dict | None = None, check: bool = True) -> Model:
 def _structure_of(graph: onnx.GraphProto) -> onnx.GraphProto:
     """A copy of the graph without its initializers (copying them would double the memory)."""
     out = onnx.GraphProto()
-    for field, value in graph.ListFields():
-        if field.name == "initializer":
+    for descriptor, value in graph.ListFields():
+        if descriptor.name == "initializer":
             continue
-        target = getattr(out, field.name)
+        target = getattr(out, descriptor.name)
         if hasattr(target, "extend"):
             target.extend(value)
         elif hasattr(target, "CopyFrom"):
             target.CopyFrom(value)
         else:
-            setattr(out, field.name, value)
+            setattr(out, descriptor.name, value)
     return out
 
 

@@ -12,7 +12,6 @@ from dataclasses import dataclass
 import numpy as np
 import onnx
 
-from .couplings import FEED_OUT
 from .errors import OnnxPruneError
 from .masking import mask_feed_out_inputs
 from .model import random_inputs
@@ -81,15 +80,13 @@ def masking_oracle(model, couplings, removed_classes, slim, folds=None, samples:
     feeds = None
     outputs = {}
     # one session at a time: each holds (a view of) a full set of weights
-    for key, build in (("reference", lambda: model_session(masked)),
-                       ("unoptimized", lambda: model_session(masked, optimize=False)),
-                       ("slim", lambda: model_session(slim))):
-        sess = build()
+    for key, which, optimize in (("reference", masked, True), ("unoptimized", masked, False),
+                                 ("slim", slim, True)):
+        sess = model_session(which, optimize=optimize)
         if feeds is None:
             feeds = [random_inputs(model, rng, sess) for _ in range(samples)]
         outputs[key] = [sess.run(None, f) for f in feeds]
         del sess
-    del masked
     worst = max(max_relative_difference(e, s) for e, s in zip(outputs["reference"], outputs["slim"]))
     noise = max(max_relative_difference(e, u) for e, u in zip(outputs["reference"], outputs["unoptimized"]))
     return OracleResult(worst, noise)

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 import numpy as np
 import onnx
 
-from onnxprune.couplings import FEED_IN, FEED_OUT
+from onnxprune.couplings import FEED_OUT
 
 FOLDABLE = {"Conv": 2, "ConvTranspose": 2, "Gemm": 2}   # op type -> bias input index
 MODES = ("none", "exact", "approx")

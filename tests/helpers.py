@@ -1,6 +1,8 @@
 """Shared checks: a pruned model is valid, runs, is smaller, and matches the masking oracle."""
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
@@ -37,6 +39,36 @@ def prunable(proto, **kwargs):
 
 def frozen_reasons(proto, **kwargs):
     return [g.frozen for g in groups(proto, **kwargs) if g.frozen]
+
+
+# -- small readers of a (pruned) ModelProto, shared by the rule and architecture tests ----
+def node(proto, name):
+    return next(n for n in proto.graph.node if n.name == name)
+
+
+def tensor(proto, name):
+    for t in proto.graph.initializer:
+        if t.name == name:
+            return numpy_helper.to_array(t)
+    raise KeyError(name)
+
+
+def param(proto, node_name, index):
+    """The initializer that `node_name` reads as input `index`."""
+    return tensor(proto, node(proto, node_name).input[index])
+
+
+def keep(width, ratio):
+    """Channels a group of `width` keeps under the default local budget (min_keep 0.1)."""
+    return max(math.ceil(0.1 * width), width - int(math.floor(ratio * width + 1e-9)))
+
+
+def group_of(gs, feed_in):
+    """The group whose feed-in layers are exactly `feed_in` (a name or a list)."""
+    want = sorted([feed_in] if isinstance(feed_in, str) else feed_in)
+    found = [g for g in gs if sorted(g.feed_in) == want]
+    assert len(found) == 1, (feed_in, gs)
+    return found[0]
 
 
 # -- tiny graph builder ------------------------------------------------------------------

@@ -10,14 +10,14 @@ static shapes); the torch models in models/zoo_extra.py check them on real expor
 legacy exporter (dynamo=False) and, for part of them, the dynamo exporter.
 """
 import functools
-import math
 
 import numpy as np
 import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from helpers import GraphBuilder, groups, prunable, prune_and_check
+from helpers import GraphBuilder, group_of, groups, keep, param, prunable, prune_and_check
+from helpers import tensor as init
 from onnxprune.api import analyze_model
 from onnxprune.model import load
 
@@ -28,27 +28,12 @@ LN_REASON = "LayerNormalization normalises over the channel axis"
 
 
 # -- readers ------------------------------------------------------------------------------------
-def node(proto, name):
-    return next(n for n in proto.graph.node if n.name == name)
 
 
-def init(proto, name):
-    return next(numpy_helper.to_array(t) for t in proto.graph.initializer if t.name == name)
 
 
-def param(proto, node_name, index):
-    return init(proto, node(proto, node_name).input[index])
 
 
-def keep(width, ratio):
-    return max(math.ceil(0.1 * width), width - int(math.floor(ratio * width + 1e-9)))
-
-
-def group_of(gs, feed_in):
-    want = sorted([feed_in] if isinstance(feed_in, str) else feed_in)
-    found = [g for g in gs if sorted(g.feed_in) == want]
-    assert len(found) == 1, (feed_in, gs)
-    return found[0]
 
 
 def reasons(gs):

@@ -11,7 +11,7 @@ import pytest
 
 from helpers import GraphBuilder
 from onnxprune.api import analyze_model
-from onnxprune.saliency.bgsc import bgsc, bgsc_details
+from onnxprune.saliency.bgsc import bgsc
 
 
 # -- explicit operators ------------------------------------------------------------------

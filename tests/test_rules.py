@@ -5,7 +5,6 @@ Every test builds a tiny graph by hand, checks the channel groups the analysis f
 where something is prunable prunes it with the masking oracle on (`prune_and_check`) and
 checks that the attributes and shape constants of the pruned model followed the cut.
 """
-import math
 
 import numpy as np
 import onnx
@@ -13,9 +12,10 @@ import onnxruntime as ort
 import pytest
 
 import onnxprune
-from onnx import TensorProto, helper, numpy_helper
+from onnx import TensorProto, helper
 
-from helpers import GraphBuilder, frozen_reasons, groups, prunable, prune_and_check
+from helpers import (GraphBuilder, frozen_reasons, group_of, groups, keep, node, param, prunable,
+                     prune_and_check, tensor)
 from onnxprune.errors import OnnxPruneError
 from onnxprune.plan import Plan
 from onnxprune.rules import ELEMENTWISE_UNARY
@@ -26,20 +26,10 @@ ORT_FAIL = ort.capi.onnxruntime_pybind11_state.Fail
 
 
 # -- small readers of the pruned model ----------------------------------------------------
-def node(proto, name):
-    return next(n for n in proto.graph.node if n.name == name)
 
 
-def tensor(proto, name):
-    for t in proto.graph.initializer:
-        if t.name == name:
-            return numpy_helper.to_array(t)
-    raise KeyError(name)
 
 
-def param(proto, node_name, index):
-    """The initializer that `node_name` reads as input `index`."""
-    return tensor(proto, node(proto, node_name).input[index])
 
 
 def attr(proto, node_name, key, default=None):
@@ -49,17 +39,8 @@ def attr(proto, node_name, key, default=None):
     return default
 
 
-def keep(width, ratio):
-    """Channels a group of `width` keeps under the default local budget (min_keep 0.1)."""
-    return max(math.ceil(0.1 * width), width - int(math.floor(ratio * width + 1e-9)))
 
 
-def group_of(gs, feed_in):
-    """The group whose feed-in layers are exactly `feed_in` (a name or a list)."""
-    want = sorted([feed_in] if isinstance(feed_in, str) else feed_in)
-    found = [g for g in gs if sorted(g.feed_in) == want]
-    assert len(found) == 1, (feed_in, gs)
-    return found[0]
 
 
 def row(report, feed_in):
