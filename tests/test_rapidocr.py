@@ -42,3 +42,13 @@ def test_recognition_attention_is_frozen_with_reasons(rapidocr_models):
     assert "Softmax" in reasons
     prunable = [g for g in couplings.groups if g.frozen is None and g.width > 1]
     assert len(prunable) >= 20
+
+
+@pytest.mark.parametrize("name", ["det", "rec"])
+def test_paddle_models_bgsc_mac_target(rapidocr_models, name):
+    file, shapes = MODELS[name]
+    slim, report = onnxprune.prune(os.path.join(rapidocr_models, file), criterion="bgsc",
+                                   target_macs=0.8, input_shapes=shapes, verify=True)
+    achieved = report.after["macs"] / report.before["macs"]
+    assert 0.7 < achieved <= 0.8
+    assert report.oracle_passed, report.oracle

@@ -222,7 +222,8 @@ class _BoundGraph:
         if not acts and op not in ("Conv", "Gemm", "MatMul", "ConvTranspose"):
             self.nodes.append(node)  # constants and shape arithmetic: unchanged
             return
-        if node.name in self.producers and op in ("Conv", "ConvTranspose", "Gemm", "MatMul"):
+        if (node.name in self.producers and op in ("Conv", "ConvTranspose", "Gemm", "MatMul")
+                and len(node.input) > 1 and node.input[1] in self.model.inits):
             return self._feed_in(node)
         handler = getattr(self, f"_op_{op}", None)
         if handler is not None:
