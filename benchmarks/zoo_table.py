@@ -1,7 +1,7 @@
 """The zoo table: per model, MACs and parameters before/after at ratios 0.3 and 0.5,
 groups, frozen groups and why, masking-oracle error, pass wall time.
 
-    python benchmarks/zoo_table.py [--models ...] [--criterion l1]
+    python benchmarks/zoo_table.py [--models ...] [--criterion l1] [--round-to 1]
 
 Zoo models are our torch definitions (random init, BN kept, randomised BN statistics) at
 the small test input sizes of models/export.py; PP-OCRv4 models come from the
@@ -39,13 +39,15 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--models", nargs="+", default=DEFAULT)
     ap.add_argument("--criterion", default="l1")
+    ap.add_argument("--round-to", type=int, default=1, help="1: the ratio applies exactly")
     args = ap.parse_args()
     import onnxprune
     rows = []
     for name in args.models:
         source, shapes = load(name)
         for ratio in (0.3, 0.5):
-            slim, r = onnxprune.prune(source, ratio, criterion=args.criterion, input_shapes=shapes, verify=True)
+            slim, r = onnxprune.prune(source, ratio, criterion=args.criterion, input_shapes=shapes,
+                                      round_to=args.round_to, verify=True)
             frozen = Counter(g["frozen"] for g in r.frozen_groups)
             rows.append({"model": name, "ratio": ratio, "input": r.options["input_shapes"],
                          "macs": [r.before["macs"], r.after["macs"]],
