@@ -72,7 +72,10 @@ class Model:
         m = onnx.helper.make_model(g, opset_imports=self.opset_imports)
         m.ir_version = self.ir_version
         for k, v in self.meta.items():
-            setattr(m, k, v)
+            if k == "metadata_props":  # e.g. PP-OCR's character dictionary: must survive
+                onnx.helper.set_model_props(m, dict(v))
+            else:
+                setattr(m, k, v)
         return m
 
     def copy(self) -> "Model":
@@ -181,8 +184,9 @@ def load(source, input_shapes: dict | None = None, check: bool = True) -> Model:
     inits = {t.name: _external_array(t, base, str(source)) if t.data_location == onnx.TensorProto.EXTERNAL
              else numpy_helper.to_array(t) for t in proto.graph.initializer}
     model = Model(graph, inits, {}, list(proto.opset_import), proto.ir_version,
-                  {k: getattr(proto, k) for k in ("producer_name", "producer_version", "domain",
-                                                  "model_version", "doc_string")})
+                  {**{k: getattr(proto, k) for k in ("producer_name", "producer_version", "domain",
+                                                     "model_version", "doc_string")},
+                   "metadata_props": [(p.key, p.value) for p in proto.metadata_props]})
     model.external_data = any(t.data_location == onnx.TensorProto.EXTERNAL for t in proto.graph.initializer)
     model.input_shapes = _fix_input_shapes(model, dict(input_shapes or {}))
     _name_nodes(model)

@@ -74,3 +74,10 @@ def test_ratio_zero_changes_nothing():
 
 def test_groups_have_one_class_per_channel():
     assert sum(g.width for g in groups(residual_net())) == 3 + 8 + 8 + 4
+
+
+def test_model_metadata_is_kept():
+    proto = residual_net()
+    onnx.helper.set_model_props(proto, {"character": "abc", "note": "kept"})
+    slim, _ = onnxprune.prune(proto, 0.5)
+    assert {p.key: p.value for p in slim.metadata_props} == {"character": "abc", "note": "kept"}
