@@ -189,10 +189,11 @@ class CostTracker:
         # class -> (axis slot, positions removed); slot -> tensors using it
         classes = np.concatenate(axis_class) if axis_class else np.zeros(0, np.int64)
         slots = np.concatenate(axis_index) if axis_index else np.zeros(0, np.int64)
-        pairs, hits = np.unique(np.stack([classes, slots]), axis=1, return_counts=True)
+        n_slots = max(len(self.counts), 1)
+        keys, hits = np.unique(classes * n_slots + slots, return_counts=True)
         self.incidence: dict[int, list] = {}
-        for (c, slot), n in zip(pairs.T.tolist(), hits.tolist()):
-            self.incidence.setdefault(c, []).append((slot, n))
+        for key, n in zip(keys.tolist(), hits.tolist()):
+            self.incidence.setdefault(key // n_slots, []).append((key % n_slots, n))
         self.slot_tensors: dict[int, list] = {}
         for t, tensor in enumerate(self.tensors):
             for slot in tensor["axes"]:

@@ -16,7 +16,7 @@ INLINE_LIMIT = 1024  # elements; smaller tensors (shape constants) stay in the p
 # Above this many bytes of weights, sessions take the weights as run-time inputs: onnxruntime
 # then reads the (memory-mapped) arrays in place instead of copying them — at the price of
 # constant-weight optimisations, which only matter for speed.
-WEIGHTS_AS_INPUTS_BYTES = 256 * 2**20
+WEIGHTS_AS_INPUTS_BYTES = 64 * 2**20
 
 
 class _WeightsFed:
@@ -36,7 +36,7 @@ class _WeightsFed:
 
 
 def session_from_parts(graph: onnx.GraphProto, inits: dict, opset_imports, ir_version: int,
-                       optimize: bool = True, threads: int = 0, providers=("CPUExecutionProvider",),
+                       optimize: bool | str = True, threads: int = 0, providers=("CPUExecutionProvider",),
                        outputs=()):
     import onnxruntime as ort
     g = onnx.GraphProto()
@@ -76,7 +76,9 @@ def session_from_parts(graph: onnx.GraphProto, inits: dict, opset_imports, ir_ve
     m.ir_version = ir_version
     opts = ort.SessionOptions()
     opts.log_severity_level = 3
-    if not optimize:
+    if optimize == "basic":  # one-off runs: skip the layout transforms, which cost more than they save
+        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
+    elif not optimize:
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
     if threads:
         opts.intra_op_num_threads = threads
@@ -90,7 +92,7 @@ def session_from_parts(graph: onnx.GraphProto, inits: dict, opset_imports, ir_ve
     return _WeightsFed(sess, fed) if fed else sess
 
 
-def model_session(model, optimize: bool = True, outputs=(), threads: int = 0):
+def model_session(model, optimize: bool | str = True, outputs=(), threads: int = 0):
     """A session for an `onnxprune.model.Model`, optionally exposing extra tensors."""
     return session_from_parts(model.graph, model.inits, model.opset_imports, model.ir_version,
                               optimize=optimize, outputs=outputs, threads=threads)

@@ -193,7 +193,7 @@ class _BoundGraph:
         inits = dict(self.model.inits)
         inits.update(self.inits)
         sess = session_from_parts(g, inits, self.model.opset_imports, self.model.ir_version,
-                                  outputs=sorted(set(wanted)))
+                                  optimize="basic", outputs=sorted(set(wanted)))
         feeds = {i.name: np.ones(self.model.input_shapes[i.name], dtype=np.float32)
                  for i in sess.get_inputs()}
         return run_named(sess, feeds)
