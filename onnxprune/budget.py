@@ -20,8 +20,6 @@ import numpy as np
 from .couplings import Context
 from .errors import OnnxPruneError
 
-Context_attr = Context.attr
-
 RANKINGS = ("raw", "normalized")
 COUPLED = ("all", "only", "none")
 
@@ -220,7 +218,7 @@ class CostTracker:
                 continue
             w = model.inits[node.input[1]]
             in_axis, out_axis = {"Conv": (1, 0), "ConvTranspose": (0, 1)}.get(
-                node.op_type, (1, 0) if Context_attr(node, "transB") else (0, 1))
+                node.op_type, (1, 0) if Context.attr(node, "transB") else (0, 1))
             if (node_name, 1, in_axis) not in slot_of:
                 continue
             out.append([slot_of[(node_name, 1, in_axis)], slot_of.get((node_name, 1, out_axis)),
@@ -275,10 +273,13 @@ def allocate_target(model, couplings, scores: np.ndarray, metric: str, target: f
     groups = prunable_groups(couplings, coupled)
     tracker = CostTracker(model, couplings, fold)
     base = tracker.macs0 if metric == "macs" else tracker.params0
-    value = lambda: tracker.macs if metric == "macs" else tracker.params  # noqa: E731
+
+    def value():
+        return tracker.macs if metric == "macs" else tracker.params
+
     keep = {g.index: g.width for g in groups}
     floors = {g.index: floor_of(g.width, min_keep) for g in groups}
-    in_group = {g.index: [c for c in removal_order([g], scores, "global", "raw").tolist()] for g in groups}
+    in_group = {g.index: removal_order([g], scores, "global", "raw").tolist() for g in groups}
     removed: set[int] = set()
     for c in removal_order(groups, scores, scope, ranking).tolist():
         if value() <= target * base:

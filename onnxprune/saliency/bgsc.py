@@ -93,7 +93,9 @@ def _transposed_bound(node, model, u_shape, consumers=None):
     """r_b with channels first, shaped like the feed-out input seen channels-first."""
     w = np.abs(model.inits[node.input[1]].astype(np.float64))
     w = _scaled_by_following_bn(node, model, w, consumers)
-    attr = lambda name, default=None: Context.attr(node, name, default)  # noqa: E731
+
+    def attr(name, default=None):
+        return Context.attr(node, name, default)
     if node.op_type == "Gemm":
         k_axis = 1 if attr("transB", 0) else 0
         r = w.sum(axis=1 - k_axis) * abs(attr("alpha", 1.0))
