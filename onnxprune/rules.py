@@ -247,13 +247,18 @@ def elementwise(node, ctx):
 
 
 # -- consume and produce: layers with weights --------------------------------------------
-@rule("Conv")
-def conv(node, ctx):
+def _conv_inputs(node, ctx):
+    """Input channel map, constant weight and group count of a Conv or ConvTranspose."""
     x = _input_map(node, ctx)
     w = ctx.const(node.input[1])
-    require(w is not None, "Conv weight is computed at run time")
-    require(x.axis == 1, "Conv input channel axis is not 1")
-    group = ctx.attr(node, "group", 1)
+    require(w is not None, f"{node.op_type} weight is computed at run time")
+    require(x.axis == 1, f"{node.op_type} input channel axis is not 1")
+    return x, w, ctx.attr(node, "group", 1)
+
+
+@rule("Conv")
+def conv(node, ctx):
+    x, w, group = _conv_inputs(node, ctx)
     c_in, c_out, per_group = len(x.ids), w.shape[0], w.shape[1]
     if group == 1:
         ctx.param(node, 1, 1, x.ids, FEED_OUT)
@@ -286,11 +291,7 @@ def _unify_across_groups(ctx, ids, group):
 
 @rule("ConvTranspose")
 def conv_transpose(node, ctx):
-    x = _input_map(node, ctx)
-    w = ctx.const(node.input[1])
-    require(w is not None, "ConvTranspose weight is computed at run time")
-    require(x.axis == 1, "ConvTranspose input channel axis is not 1")
-    group = ctx.attr(node, "group", 1)
+    x, w, group = _conv_inputs(node, ctx)
     c_in, per_group_out = w.shape[0], w.shape[1]
     if group == 1:
         ctx.param(node, 1, 0, x.ids, FEED_OUT)

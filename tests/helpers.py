@@ -163,3 +163,16 @@ class GraphBuilder:
         m = helper.make_model(g, opset_imports=imports)
         m.ir_version = 8
         return onnx.shape_inference.infer_shapes(m)
+
+
+def residual_net(b=None, x_shape=(1, 3, 8, 8)):
+    """conv-bn-relu x2 with a residual add, pooled into a Gemm: two prunable groups."""
+    b = b or GraphBuilder()
+    x = b.input("x", list(x_shape))
+    h = b.op("Relu", [b.bn(b.conv(x, 3, 8), 8)])
+    y = b.op("Relu", [b.bn(b.conv(h, 8, 8), 8)])
+    y = b.bn(b.conv(y, 8, 8), 8)
+    s = b.op("Relu", [b.op("Add", [h, y])])
+    p = b.op("Flatten", [b.op("GlobalAveragePool", [s])])
+    out = b.op("Gemm", [p, b.weight((4, 8)), b.weight((4,))], transB=1)
+    return b.model([out])

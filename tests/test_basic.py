@@ -4,19 +4,7 @@ import onnx
 import pytest
 
 import onnxprune
-from helpers import GraphBuilder, groups, prune_and_check, prunable
-
-
-def residual_net():
-    b = GraphBuilder()
-    x = b.input("x", [1, 3, 8, 8])
-    h = b.op("Relu", [b.bn(b.conv(x, 3, 8), 8)])
-    y = b.op("Relu", [b.bn(b.conv(h, 8, 8), 8)])
-    y = b.bn(b.conv(y, 8, 8), 8)
-    s = b.op("Relu", [b.op("Add", [h, y])])
-    p = b.op("Flatten", [b.op("GlobalAveragePool", [s])])
-    out = b.op("Gemm", [p, b.weight((4, 8)), b.weight((4,))], transB=1)
-    return b.model([out])
+from helpers import groups, prune_and_check, prunable, residual_net
 
 
 def test_residual_add_couples_both_branches():

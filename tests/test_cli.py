@@ -19,7 +19,7 @@ import onnxruntime as ort
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from helpers import GraphBuilder
+from helpers import GraphBuilder, residual_net
 from onnxprune import cli
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -55,17 +55,7 @@ def assert_one_line_error(err: str, phrase: str, prefix: str = "onnxprune: error
         assert phrase in lines[0], (phrase, err)
 
 
-def net(b=None, x_shape=(1, 3, 8, 8)):
-    """conv-bn-relu x2 with a residual add, pooled into a Gemm: two prunable groups."""
-    b = b or GraphBuilder()
-    x = b.input("x", list(x_shape))
-    h = b.op("Relu", [b.bn(b.conv(x, 3, 8), 8)])
-    y = b.op("Relu", [b.bn(b.conv(h, 8, 8), 8)])
-    y = b.bn(b.conv(y, 8, 8), 8)
-    s = b.op("Relu", [b.op("Add", [h, y])])
-    p = b.op("Flatten", [b.op("GlobalAveragePool", [s])])
-    out = b.op("Gemm", [p, b.weight((4, 8)), b.weight((4,))], transB=1)
-    return b.model([out])
+net = residual_net
 
 
 def runs_in_ort(path, shapes=None):

@@ -254,16 +254,6 @@ def test_matmul_constant_weight(ratio, shape):
     assert param(slim, m2, 1).shape == (k, 6)
 
 
-def test_matmul_of_two_activations_is_frozen():
-    b = GraphBuilder()
-    x = b.input("x", [1, 4, 8])
-    q = b.op("MatMul", [x, b.weight((8, 8))])
-    k = b.op("MatMul", [x, b.weight((8, 8))])
-    att = b.op("MatMul", [q, b.op("Transpose", [k], perm=[0, 2, 1])])
-    proto = b.model([att])
-    assert any("MatMul of two activations" in r for r in frozen_reasons(proto))
-
-
 # =========================================================================================
 # Normalisations and parametric activations
 # =========================================================================================
