@@ -35,3 +35,9 @@ def test_cli_bench(tmp_path, capsys):
     assert main(["bench", str(path), str(path), "--runs", "3", "--warmup", "1"]) == 0
     out = capsys.readouterr().out
     assert "speedup" in out and "1.00x" in out
+
+
+def test_sessions_stop_spinning_between_alternating_runs():
+    # An idle pool that keeps spinning steals a core from the next model in the series.
+    session = bench._session(resnet_like(), "cpu", threads=2)
+    assert session.get_session_options().get_session_config_entry("session.force_spinning_stop") == "1"
