@@ -64,6 +64,33 @@ def rounded_keep(keep: int, width: int, floor: int, round_to: int) -> int:
     return min(candidates, key=lambda m: (abs(m - keep), -m))
 
 
+def class_multiplicity(couplings) -> np.ndarray:
+    """Channels each class stands for in one tensor: 1, except in the couplings of a
+    grouped convolution or a channel shuffle, where a class is the same position in
+    every group (G channels)."""
+    mult = np.ones(couplings.n_classes, dtype=np.int64)
+    for p in couplings.producers:
+        cls, count = np.unique(couplings.class_of[p.ids], return_counts=True)
+        mult[cls] = np.maximum(mult[cls], count)
+    return mult
+
+
+def group_round_to(group, multiplicity: np.ndarray, round_to: int) -> int:
+    """The multiple the kept class count of `group` is rounded to.
+
+    For a grouped conv the count is a width per conv group, and onnxruntime blocks that
+    width: rounding it to round_to keeps a blocked grouped conv blocked. But a conv group
+    narrower than round_to (RegNetY's 8, ResNeXt-50's 4 and 8) runs on the plain kernel
+    whatever is kept, and rounding it to round_to would forbid pruning it at all, leaving
+    the MAC budget to the dense layers around it. There we allow halves: measured at MAC
+    targets 0.5 and 0.7, RegNetY-400MF ran 1.33x / 1.18x faster with those convs left
+    whole and 1.59x / 1.27x with halves; ResNeXt-50 1.76x / 1.35x and 1.85x / 1.35x
+    (benchmarks/RESULTS.md, section 5)."""
+    if round_to <= 1 or group.width >= round_to or multiplicity[group.classes].max() <= 1:
+        return round_to
+    return max(1, group.width // 2)
+
+
 def is_coupled(group) -> bool:
     """Coupled channels: written by more than one layer (a residual stream, DFPC's DFCs
     with several feed-ins). A plain conv -> BN -> ReLU -> conv pair is not coupled."""
@@ -124,8 +151,10 @@ def allocate(couplings, scores: np.ndarray, ratio: float, scope: str = "local",
         keep = _keep_from_order(groups, removal_order(groups, scores, scope, ranking), couplings,
                                 int(math.floor(ratio * sum(g.width for g in groups) + 1e-9)), min_keep)
     removed = set()
+    multiplicity = class_multiplicity(couplings)
     for g in groups:
-        k = rounded_keep(keep[g.index], g.width, floor_of(g.width, min_keep), round_to)
+        k = rounded_keep(keep[g.index], g.width, floor_of(g.width, min_keep),
+                         group_round_to(g, multiplicity, round_to))
         order = g.classes[np.argsort(scores[g.classes], kind="stable")]
         removed.update(order[:g.width - k].tolist())
     return removed
@@ -280,6 +309,8 @@ def allocate_target(model, couplings, scores: np.ndarray, metric: str, target: f
     keep = {g.index: g.width for g in groups}
     floors = {g.index: floor_of(g.width, min_keep) for g in groups}
     in_group = {g.index: removal_order([g], scores, "global", "raw").tolist() for g in groups}
+    multiplicity = class_multiplicity(couplings)
+    steps = {g.index: group_round_to(g, multiplicity, round_to) for g in groups}
     removed: set[int] = set()
     for c in removal_order(groups, scores, scope, ranking).tolist():
         if value() <= target * base:
@@ -287,7 +318,7 @@ def allocate_target(model, couplings, scores: np.ndarray, metric: str, target: f
         if c in removed:
             continue
         gi = int(couplings.group_of[c])
-        step = _step(keep[gi], round_to)
+        step = _step(keep[gi], steps[gi])
         if keep[gi] - step < floors[gi]:
             continue
         # with round_to, a step removes the group's `step` least important remaining classes

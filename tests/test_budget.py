@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 import onnxprune
-from helpers import GraphBuilder, prune_and_check
+from helpers import GraphBuilder, node, param, prune_and_check
 from onnxprune.api import analyze_model
 from onnxprune.budget import CostTracker, allocate, allocate_target, is_coupled, removal_order
 from onnxprune.plan import plan_from_classes
@@ -70,6 +70,44 @@ def test_round_to_gives_multiples(analysed, round_to):
     for g in couplings.groups:
         if g.frozen is None:
             assert (g.width - len(set(g.classes.tolist()) & removed)) % round_to == 0
+
+
+def grouped_net(conv_groups):
+    """A RegNet-style block: 1x1 conv -> grouped 3x3 conv (32 channels in `conv_groups`
+    groups) -> 1x1 conv, then a Gemm head."""
+    b = GraphBuilder(seed=1)
+    x = b.input("x", [1, 8, 12, 12])
+    h = b.op("Relu", [b.bn(b.conv(x, 8, 32, k=1), 32)])
+    h = b.op("Relu", [b.bn(b.conv(h, 32, 32, group=conv_groups), 32)])
+    h = b.op("Relu", [b.bn(b.conv(h, 32, 32, k=1), 32)])
+    out = b.op("Gemm", [b.op("Flatten", [b.op("GlobalAveragePool", [h])]), b.weight((5, 32)),
+                        b.weight((5,))], transB=1)
+    return b.model([out])
+
+
+def grouped_conv_widths(slim):
+    conv = next(n for n in slim.graph.node if n.op_type == "Conv"
+                and next(a.i for a in n.attribute if a.name == "group") > 1)
+    w = param(slim, conv.name, 1)
+    return w.shape[1], w.shape[0] // next(a.i for a in conv.attribute if a.name == "group")
+
+
+@pytest.mark.parametrize("budget", [{"ratio": 0.5}, {"target_macs": 0.5}])
+def test_conv_groups_narrower_than_round_to_are_halved_not_frozen(budget):
+    # 4 groups of 8: round_to 16 cannot hold inside a group, and the conv runs on plain
+    # kernels anyway, so each group may keep 8 or 4 of its channels
+    slim, _ = prune_and_check(grouped_net(4), round_to=16, criterion="l1", **budget)
+    per_group_in, per_group_out = grouped_conv_widths(slim)
+    assert {per_group_in, per_group_out} <= {4, 8}
+    assert min(per_group_in, per_group_out) == 4
+
+
+def test_conv_groups_as_wide_as_round_to_stay_multiples_of_it():
+    # 2 groups of 16 with round_to 8: per-group widths stay multiples of 8 (blocked kernels)
+    slim, _ = prune_and_check(grouped_net(2), round_to=8, criterion="l1", ratio=0.5)
+    per_group_in, per_group_out = grouped_conv_widths(slim)
+    assert per_group_in % 8 == 0 and per_group_out % 8 == 0
+    assert min(per_group_in, per_group_out) == 8
 
 
 def test_local_scope_thins_every_group_equally(analysed):
