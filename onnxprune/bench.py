@@ -64,7 +64,7 @@ def _with_batch(proto: onnx.ModelProto, batch: int, input_shapes: dict) -> tuple
     return m, feeds
 
 
-def _session(proto, provider, threads):
+def _session(proto, provider, threads, stop_spinning=True):
     import onnxruntime as ort
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = threads
@@ -72,13 +72,17 @@ def _session(proto, provider, threads):
     opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     opts.log_severity_level = 3
-    opts.add_session_config_entry("session.force_spinning_stop", "1")  # see the module docstring
+    if stop_spinning:  # see the module docstring
+        opts.add_session_config_entry("session.force_spinning_stop", "1")
     return ort.InferenceSession(proto.SerializeToString(), opts, providers=[PROVIDERS[provider]])
 
 
 def compare(models, provider: str = "cpu", threads: int = 1, batch: int = 1, warmup: int = 5,
-            runs: int = 30, input_shapes: dict | None = None, names=None) -> list[Timing]:
-    """Time `models` (paths or ModelProtos) in alternation; the first is the reference."""
+            runs: int = 30, input_shapes: dict | None = None, names=None,
+            stop_spinning: bool = True) -> list[Timing]:
+    """Time `models` (paths or ModelProtos) in alternation; the first is the reference.
+    `stop_spinning=False` only exists to measure what the option prevents
+    (benchmarks/thread_spinning.py)."""
     if provider not in PROVIDERS:
         raise OnnxPruneError(f"--provider must be one of {sorted(PROVIDERS)}, got {provider!r}")
     if not provider_available(provider):
@@ -91,7 +95,7 @@ def compare(models, provider: str = "cpu", threads: int = 1, batch: int = 1, war
     for proto, name in zip(protos, names):
         m, f = _with_batch(proto, batch, input_shapes or {})
         try:
-            sessions.append(_session(m, provider, threads))
+            sessions.append(_session(m, provider, threads, stop_spinning))
             sessions[-1].run(None, f)
         except Exception as e:
             raise OnnxPruneError(f"cannot run {name} with batch {batch}: {str(e).splitlines()[0][:200]}") from None
