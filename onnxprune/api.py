@@ -115,7 +115,7 @@ def prune_model(source, ratio: float | None = None, *, criterion: str = "l1", se
     slim = rewrite(model, couplings, removed, folds)
     lap("rewrite")
     if checked_in_memory(slim):
-        check(slim.to_proto())
+        check(slim.to_proto().SerializeToString())  # the checker would serialise a proto itself, more slowly
     try:  # the pruned model must run in onnxruntime; with --verify the oracle runs it
         if verify:
             oracle = masking_oracle(model, couplings, removed, slim, folds, seed=seed)

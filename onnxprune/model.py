@@ -99,7 +99,7 @@ def subgraph_reads(node: onnx.NodeProto) -> set[str]:
 # ---------------------------------------------------------------------------------------
 def read_proto(source) -> onnx.ModelProto:
     """A ModelProto from a path or a proto, with external data loaded; clear errors."""
-    proto, base = _read(source)
+    proto, base, _ = _read(source)
     if base is not None:
         try:
             onnx.external_data_helper.load_external_data_for_model(proto, base)
@@ -108,11 +108,12 @@ def read_proto(source) -> onnx.ModelProto:
     return proto
 
 
-def _read(source) -> tuple[onnx.ModelProto, str | None]:
-    """The proto with external-data tensors left as references (checked to exist), and the
-    folder their paths are relative to (None for an in-memory proto)."""
+def _read(source) -> tuple[onnx.ModelProto, str | None, bytes | None]:
+    """The proto with external-data tensors left as references (checked to exist), the
+    folder their paths are relative to, and the file's bytes (both None for an in-memory
+    proto): the checker reads those bytes instead of reading the file a second time."""
     if isinstance(source, onnx.ModelProto):
-        return source, None
+        return source, None, None
     path = os.fspath(source)
     if not os.path.exists(path):
         raise OnnxPruneError(f"input file not found: {path}")
@@ -121,7 +122,10 @@ def _read(source) -> tuple[onnx.ModelProto, str | None]:
     if os.path.getsize(path) == 0:
         raise OnnxPruneError(f"input file is empty: {path}")
     try:
-        proto = onnx.load(path, load_external_data=False)
+        with open(path, "rb") as f:
+            data = f.read()
+        proto = onnx.ModelProto()
+        proto.ParseFromString(data)
     except Exception as e:  # protobuf raises DecodeError and friends
         raise OnnxPruneError(f"{path} is not a readable ONNX model ({type(e).__name__}: "
                              f"{str(e).splitlines()[0] if str(e) else 'cannot parse'})") from None
@@ -131,7 +135,7 @@ def _read(source) -> tuple[onnx.ModelProto, str | None]:
     for t in proto.graph.initializer:  # fail now, clearly, if a data file is missing
         if t.data_location == onnx.TensorProto.EXTERNAL:
             _external_array(t, base, path)
-    return proto, base
+    return proto, base, data
 
 
 def _external_array(t: onnx.TensorProto, base: str, path: str) -> np.ndarray:
@@ -173,13 +177,16 @@ def parse_input_shapes(specs) -> dict[str, tuple]:
 
 def load(source, input_shapes: dict | None = None, check: bool = True) -> Model:
     """Load stage. Canonicalises constants (numerics unchanged) and fixes static shapes."""
-    proto, base = _read(source)
+    proto, base, data = _read(source)
     opset = next((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), None)
     if opset is None or opset < MIN_OPSET:
         raise OnnxPruneError(f"unsupported opset {opset}: onnxprune needs ai.onnx opset >= "
                              f"{MIN_OPSET} (convert with onnx.version_converter first)")
     if check:
-        _check_input(proto if base is None else os.fspath(source))
+        external = any(t.data_location == onnx.TensorProto.EXTERNAL for t in proto.graph.initializer)
+        # external data resolves against the model's folder, so such a model is checked from its path
+        _check_input(proto if base is None else os.fspath(source) if external else data)
+    del data
     graph = _structure_of(proto.graph)
     inits = {t.name: _external_array(t, base, str(source)) if t.data_location == onnx.TensorProto.EXTERNAL
              else numpy_helper.to_array(t) for t in proto.graph.initializer}
@@ -214,8 +221,8 @@ def _structure_of(graph: onnx.GraphProto) -> onnx.GraphProto:
 
 
 def _check_input(proto_or_path) -> None:
-    """The ONNX checker, from the file when there is one (external data resolves against
-    the model's folder and nothing is loaded twice)."""
+    """The ONNX checker, on the file's bytes or path when there is one (an in-memory proto
+    has to be serialised first)."""
     if isinstance(proto_or_path, onnx.ModelProto) and not _small_enough_to_size(proto_or_path):
         return  # checked on the output instead: protobuf cannot serialise > 2 GB
     try:
