@@ -7,6 +7,7 @@
         [--no-plot] [--no-inspect] [--cache DIR]
     python benchmarks/latency.py --probe-nchwc      # which widths onnxruntime runs as NCHWc
     python benchmarks/latency.py --replot benchmarks/results/latency.json
+    python benchmarks/latency.py --pivot benchmarks/results/latency.json   # compact table
 
 For each model: export it from the zoo at SIZE×SIZE (torch, random init, BN kept,
 batch dimension fixed to 1; onnxprune.bench.compare makes it symbolic for larger
@@ -199,6 +200,26 @@ def plot(rows, path, title) -> None:
     print(f"plot in {os.path.relpath(path, ROOT)}")
 
 
+def pivot(rows) -> str:
+    """One line per (model, round_to, coupled, threads, batch), one column per MAC target:
+    'latency speedup (efficiency)', bold where the pruned model is slower."""
+    targets = sorted({r["target"] for r in rows}, reverse=True)
+    keys = list(dict.fromkeys((r["model"], r["round_to"], r["coupled"], r["threads"], r["batch"]) for r in rows))
+    lines = ["| model | round_to | coupled | threads | batch | orig ms | " + " | ".join(f"{t:g}" for t in targets) + " |",
+             "|---" * (6 + len(targets)) + "|"]
+    for key in keys:
+        cell = {r["target"]: r for r in rows if (r["model"], r["round_to"], r["coupled"], r["threads"], r["batch"]) == key}
+        first = next(iter(cell.values()))
+        row = []
+        for t in targets:
+            r = cell.get(t)
+            text = f"{r['speedup']:.2f}× ({r['efficiency']:.2f})" if r else "–"
+            row.append(f"**{text}**" if r and r["speedup"] < 1 else text)
+        lines.append(f"| {key[0]} | {key[1]} | {key[2]} | {key[3]} | {key[4]} | {first['orig_median_ms']:.1f} | "
+                     + " | ".join(row) + " |")
+    return "\n".join(lines)
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--models", nargs="+", default=["resnet50", "mobilenet_v2"])
@@ -228,6 +249,8 @@ def main(argv=None) -> int:
     ap.add_argument("--probe-nchwc", action="store_true",
                     help="only report which channel counts onnxruntime runs with NCHWc kernels")
     ap.add_argument("--replot", metavar="JSON", help="only redraw the PNG of a recorded latency*.json")
+    ap.add_argument("--pivot", metavar="JSON", help="only print a recorded latency*.json as one line per "
+                    "configuration and one column per MAC target: latency speedup (efficiency)")
     args = ap.parse_args(argv)
     if args.probe_nchwc:
         import onnxruntime
@@ -235,6 +258,9 @@ def main(argv=None) -> int:
         with open(os.path.join(RESULTS, "latency_nchwc_probe.json"), "w") as f:
             json.dump({"onnxruntime": onnxruntime.__version__, "machine": platform.processor() or platform.machine(),
                        "rows": rows}, f, indent=1)
+        return 0
+    if args.pivot:
+        print(pivot(json.load(open(args.pivot))["rows"]))
         return 0
     if args.replot:
         rec = json.load(open(args.replot))
