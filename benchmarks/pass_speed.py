@@ -4,8 +4,9 @@
         [--criterion l1|bgsc] [--ratio 0.3 | --target-macs 0.5] [--cache DIR]
 
 Exports each model (torch, random init, BN kept) at SIZE×SIZE, saves it, then runs the
-whole `onnxprune in out --ratio 0.3` path in-process REPEAT times: load from disk,
-analyze, score, allocate, fold, rewrite, verify (checker + onnxruntime session), save.
+whole `onnxprune in out --ratio 0.3` path in-process REPEAT times, as the CLI runs it: load
+from disk, analyze, score, allocate, fold, rewrite, verify (an onnxruntime session on the
+output), save (serialise, ONNX checker on those bytes, write).
 Each model is pruned in a fresh child process, so that its peak resident memory
 (VmHWM) is the pruning's own and not torch's export: the table gives the resident size
 after `import onnxprune, onnxruntime` (baseline) and the peak; `cpu` is the process CPU
@@ -43,16 +44,17 @@ def _memory_mb() -> tuple[float, float]:
 
 def child(src: str, dst: str, repeat: int, ratio, target_macs, criterion: str) -> None:
     """Prune `src` REPEAT times in this (fresh) process; print one JSON line."""
-    import onnxprune
-    from onnxprune.io import save
+    from onnxprune.api import prune_model
+    from onnxprune.io import save_model
     import onnxruntime  # noqa: F401  (part of the baseline, not of the pass)
     baseline = _memory_mb()[0]
     runs = []
     for _ in range(repeat):
         start, cpu = time.perf_counter(), time.process_time()
-        slim, report = onnxprune.prune(src, ratio, criterion=criterion, target_macs=target_macs)
+        # what the CLI does: the checker runs on the bytes being saved
+        slim, report = prune_model(src, ratio, criterion=criterion, target_macs=target_macs, check_output=False)
         t_save = time.perf_counter()
-        save(slim, dst)
+        save_model(slim, dst, check=True)
         end = time.perf_counter()
         runs.append(dict(report.timings, save=end - t_save, end_to_end=end - start,
                          cpu=time.process_time() - cpu))

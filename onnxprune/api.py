@@ -67,8 +67,11 @@ def prune_model(source, ratio: float | None = None, *, criterion: str = "l1", se
                 scope: str | None = None, ranking: str | None = None, target_macs: float | None = None,
                 target_params: float | None = None, coupled: str = "all", min_keep=0.1,
                 round_to: int | None = None, exclude=(), input_shapes=None, plan: Plan | None = None,
-                verify: bool = False, tolerance: float = DEFAULT_TOLERANCE, fold: str = "exact"):
-    """`prune`, returning the pruned `Model` (graph + numpy weights) instead of a proto."""
+                verify: bool = False, tolerance: float = DEFAULT_TOLERANCE, fold: str = "exact",
+                check_output: bool = True):
+    """`prune`, returning the pruned `Model` (graph + numpy weights) instead of a proto.
+    `check_output=False` leaves the ONNX checker to `io.save_model(..., check=True)`, which
+    runs it on the bytes it is about to write (the CLI: one serialisation instead of two)."""
     timings = {}
     t = start = time.perf_counter()
 
@@ -114,7 +117,7 @@ def prune_model(source, ratio: float | None = None, *, criterion: str = "l1", se
     lap("fold")
     slim = rewrite(model, couplings, removed, folds)
     lap("rewrite")
-    if checked_in_memory(slim):
+    if check_output and checked_in_memory(slim):
         check(slim.to_proto().SerializeToString())  # the checker would serialise a proto itself, more slowly
     try:  # the pruned model must run in onnxruntime; with --verify the oracle runs it
         if verify:

@@ -17,13 +17,14 @@ def is_large(model) -> bool:
     return sum(a.nbytes for a in model.inits.values()) > EXTERNAL_DATA_THRESHOLD
 
 
-def save_model(model, path: str) -> None:
-    """Save a `Model`. Small ones go through `save`; large ones, and models whose input kept
-    its weights in external data, are streamed: each array is written straight into the
-    external-data file `<out>.data`, so no large proto is ever built (nor its bytes), then
-    the saved file gets the full ONNX check."""
+def save_model(model, path: str, check: bool = False) -> None:
+    """Save a `Model`. Small ones go through `save` (with `check`, the bytes are checked
+    before anything is written); large ones, and models whose input kept its weights in
+    external data, are streamed: each array is written straight into the external-data
+    file `<out>.data`, so no large proto is ever built (nor its bytes), then the saved file
+    always gets the full ONNX check."""
     if not is_large(model) and not model.external_data:
-        return save(model.to_proto(), path)
+        return save(model.to_proto(), path, check)
     path = os.fspath(path)
     directory = _writable_directory(path)
     data_name = os.path.basename(path) + ".data"
@@ -78,7 +79,8 @@ def _writable_directory(path: str) -> str:
     return directory
 
 
-def save(proto: onnx.ModelProto, path: str) -> None:
+def save(proto: onnx.ModelProto, path: str, check: bool = False) -> None:
+    """Atomic save; with `check`, the serialised bytes pass the full ONNX check first."""
     path = os.fspath(path)
     directory = _writable_directory(path)
     large = sum(t.ByteSize() for t in proto.graph.initializer) > EXTERNAL_DATA_THRESHOLD
@@ -98,8 +100,12 @@ def save(proto: onnx.ModelProto, path: str) -> None:
             _relocate_external_data(tmp, data_name)
             os.replace(tmp_data, os.path.join(directory, data_name))
         else:
+            data = proto.SerializeToString(deterministic=True)
+            if check:
+                from .verify import check as check_bytes
+                check_bytes(data)
             with open(tmp, "wb") as f:
-                f.write(proto.SerializeToString(deterministic=True))
+                f.write(data)
         os.replace(tmp, path)
     except OSError as e:
         raise OnnxPruneError(f"cannot write {path}: {e.strerror or e}") from None

@@ -450,6 +450,25 @@ def test_oracle_failure_exits_1_and_writes_nothing(tmp_path, model_path, capsys,
     assert sorted(p.name for p in tmp_path.iterdir()) == ["model.onnx"]
 
 
+def test_output_failing_the_checker_exits_2_and_writes_nothing(tmp_path, model_path, capsys, monkeypatch):
+    """The CLI checks the pruned model's bytes while saving, before anything is written
+    (onnxruntime's own check in the verify stage is switched off to reach it)."""
+    import onnxprune.api
+    import passes.infer_shapes
+    real = passes.infer_shapes.run
+    monkeypatch.setattr(onnxprune.api, "model_session", lambda slim: None)
+
+    def dangling(slim):
+        real(slim)
+        slim.graph.node[-1].input.append("undefined_tensor")
+    monkeypatch.setattr(passes.infer_shapes, "run", dangling)
+    out, rep = tmp_path / "out.onnx", tmp_path / "r.json"
+    code, _, err = run_main(capsys, model_path, out, "--report", rep)
+    assert code == 2
+    assert_one_line_error(err, "pruned model fails the ONNX checker")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model.onnx"]
+
+
 def test_internal_error_exits_3(tmp_path, model_path, capsys, monkeypatch):
     import onnxprune.api
 
