@@ -23,6 +23,7 @@ import numpy as np
 import onnx
 
 from .errors import OnnxPruneError
+from .model import dim_names, suggested_dims
 
 PROVIDERS = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider"}
 
@@ -52,6 +53,10 @@ def _with_batch(proto: onnx.ModelProto, batch: int, input_shapes: dict) -> tuple
         if inp.name in inits:
             continue
         dims = inp.type.tensor_type.shape.dim
+        if inp.name not in input_shapes and any(d.dim_value <= 0 for d in list(dims)[1:]):
+            # timing a guessed size (1 × 1 images) would measure nothing useful
+            raise OnnxPruneError(f"input '{inp.name}' has dynamic dimensions [{', '.join(dim_names(dims))}]; "
+                                 f"give its size with --input-shape {inp.name}:{','.join(suggested_dims(dims))}")
         shape = list(input_shapes.get(inp.name) or [d.dim_value if d.dim_value > 0 else 1 for d in dims])
         if batch != shape[0] and dims:
             dims[0].ClearField("dim_value")

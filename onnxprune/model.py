@@ -271,18 +271,18 @@ def _fix_input_shapes(model: Model, given: dict) -> dict[str, tuple]:
                 shape.append(1)  # a symbolic batch dimension does not change the analysis
             else:
                 raise OnnxPruneError(
-                    f"input '{inp.name}' has dynamic dimensions [{', '.join(_dim_names(dims))}]; fix "
-                    f"them with --input-shape {inp.name}:{','.join(_suggested_dims(dims))}")
+                    f"input '{inp.name}' has dynamic dimensions [{', '.join(dim_names(dims))}]; fix "
+                    f"them with --input-shape {inp.name}:{','.join(suggested_dims(dims))}")
         fixed[inp.name] = tuple(shape)
     return fixed
 
 
-def _dim_names(dims) -> list[str]:
+def dim_names(dims) -> list[str]:
     return [str(d.dim_value) if d.HasField("dim_value") and d.dim_value > 0 else (d.dim_param or "?")
             for d in dims]
 
 
-def _suggested_dims(dims) -> list[str]:
+def suggested_dims(dims) -> list[str]:
     """Keep fixed dimensions; batch 1, channels 3, and 224 for other dynamic ones."""
     out = []
     for axis, d in enumerate(dims):

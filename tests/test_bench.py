@@ -44,3 +44,14 @@ def test_sessions_stop_spinning_between_alternating_runs():
     kept = bench._session(resnet_like(), "cpu", threads=2, stop_spinning=False).get_session_options()
     with pytest.raises(RuntimeError, match="does not have configuration"):
         kept.get_session_config_entry("session.force_spinning_stop")
+
+
+def test_dynamic_image_size_needs_an_input_shape():
+    # a guessed 1x1 image would time nothing useful: say which size to give instead
+    proto = resnet_like()
+    dims = proto.graph.input[0].type.tensor_type.shape.dim
+    dims[2].dim_param, dims[3].dim_param = "h", "w"
+    with pytest.raises(onnxprune.OnnxPruneError, match=r"dynamic dimensions \[1, 3, h, w\].*--input-shape x:1,3,"):
+        bench.compare([proto])
+    timings = bench.compare([proto], input_shapes={"x": (1, 3, 16, 16)}, runs=2, warmup=0)
+    assert timings[0].median_ms > 0
