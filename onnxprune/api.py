@@ -8,6 +8,7 @@ import passes
 
 from .budget import allocate, allocate_target, check_plan_classes, default_round_to, parse_min_keep
 from .couplings import analyze
+from .density import allocate_density
 from .errors import OnnxPruneError
 from .io import is_large
 from .model import Model, load
@@ -41,6 +42,9 @@ def analyze_model(source, input_shapes=None, exclude=()):
 # baselines thin every group by the same fraction.
 DEFAULT_SCOPE = {"bgsc": "global", "bgsc-position": "global"}
 DEFAULT_RANKING = {"bgsc": "normalized", "bgsc-position": "raw"}
+# rank: one ranking of channel classes decides how many each group keeps and which;
+# density: PreCrop layer densities decide how many, the criterion which (onnxprune/density.py)
+ALLOCATORS = ("rank", "density")
 
 
 def prune(source, ratio: float | None = None, **options):
@@ -68,7 +72,7 @@ def prune_model(source, ratio: float | None = None, *, criterion: str = "l1", se
                 target_params: float | None = None, coupled: str = "all", min_keep=0.1,
                 round_to: int | None = None, exclude=(), input_shapes=None, plan: Plan | None = None,
                 verify: bool = False, tolerance: float = DEFAULT_TOLERANCE, fold: str = "exact",
-                check_output: bool = True):
+                allocator: str = "rank", check_output: bool = True):
     """`prune`, returning the pruned `Model` (graph + numpy weights) instead of a proto.
     `check_output=False` leaves the ONNX checker to `io.save_model(..., check=True)`, which
     runs it on the bytes it is about to write (the CLI: one serialisation instead of two)."""
@@ -89,6 +93,10 @@ def prune_model(source, ratio: float | None = None, *, criterion: str = "l1", se
         ratio = 0.3
     if ratio is not None and not 0 <= ratio < 1:
         raise OnnxPruneError(f"--ratio must be in [0, 1), got {ratio}")
+    if allocator not in ALLOCATORS:
+        raise OnnxPruneError(f"--allocator must be one of {ALLOCATORS}, got {allocator!r}")
+    if allocator == "density" and target_macs is None and target_params is None:
+        raise OnnxPruneError("--allocator density needs a cost budget: --target-macs or --target-params")
     round_to = default_round_to() if round_to is None else round_to
     scope = scope or DEFAULT_SCOPE.get(criterion, "local")
     ranking = ranking or DEFAULT_RANKING.get(criterion, "raw")
@@ -106,8 +114,12 @@ def prune_model(source, ratio: float | None = None, *, criterion: str = "l1", se
             removed = allocate(couplings, scores, ratio, scope, min_keep, round_to, ranking, coupled)
         else:
             metric, fraction = ("macs", target_macs) if target_macs is not None else ("params", target_params)
-            target = allocate_target(model, couplings, scores, metric, fraction, scope, ranking,
-                                     min_keep, round_to, coupled, fold != "none")
+            if allocator == "density":
+                target = allocate_density(model, couplings, scores, metric, fraction, min_keep, round_to,
+                                          coupled, fold != "none")
+            else:
+                target = allocate_target(model, couplings, scores, metric, fraction, scope, ranking,
+                                         min_keep, round_to, coupled, fold != "none")
             removed = target.removed
     check_plan_classes(couplings, removed)
     lap("allocate")
@@ -135,7 +147,7 @@ def prune_model(source, ratio: float | None = None, *, criterion: str = "l1", se
                      + ("" if target.reached else " (not reachable within the group floors)"))
     options = {"criterion": criterion if plan is None else "plan", "ratio": ratio,
                "target_macs": target_macs, "target_params": target_params, "scope": scope,
-               "ranking": ranking, "coupled": coupled, "min_keep": min_keep, "round_to": round_to,
+               "ranking": ranking, "allocator": allocator, "coupled": coupled, "min_keep": min_keep, "round_to": round_to,
                "fold": fold, "seed": seed, "exclude": list(exclude),
                "input_shapes": {k: list(v) for k, v in model.input_shapes.items()}}
     report = Report(options, model_stats(model), model_stats(slim), group_table(couplings, removed),

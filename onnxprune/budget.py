@@ -258,6 +258,27 @@ class CostTracker:
         tensor = self.tensors[t]
         return tensor["fixed"] * math.prod(int(self.counts[s]) for s in tensor["axes"])
 
+    def preview(self, classes) -> tuple[float, float, float]:
+        """What removing `classes` would change, without removing them: (params, MACs, sum
+        over the layers' weights of log(new size / old size)). Biases a fold would add are
+        left out of the params; `remove` counts them."""
+        slots: dict[int, int] = {}
+        for cls in classes:
+            for slot, n in self.incidence.get(cls, []):
+                slots[slot] = slots.get(slot, 0) + n
+        touched = {t for slot in slots for t in self.slot_tensors[slot]}
+        d_params = d_macs = d_log = 0.0
+        for t in touched:
+            tensor = self.tensors[t]
+            new = tensor["fixed"] * math.prod(int(self.counts[s]) - slots.get(s, 0) for s in tensor["axes"])
+            delta = new - self.sizes[t]
+            if tensor["params"]:
+                d_params += delta
+            if tensor["macs_per_element"]:
+                d_macs += delta * tensor["macs_per_element"]
+                d_log += math.log(max(new, 1) / self.sizes[t])
+        return d_params, d_macs, d_log
+
     def remove(self, cls: int) -> None:
         touched, slots = set(), {}
         for slot, n in self.incidence.get(cls, []):

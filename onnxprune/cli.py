@@ -45,6 +45,10 @@ def _prune_parser():
     p.add_argument("--ranking", choices=["raw", "normalized"],
                    help="global ranking: raw scores (faithful DFPC) or scores divided by their group's "
                         "mean (default for bgsc: normalized)")
+    p.add_argument("--allocator", default="rank", choices=["rank", "density"],
+                   help="with --target-macs/--target-params: 'rank' removes channels in score order; "
+                        "'density' sets each group's count from layer densities (PreCrop) and lets "
+                        "the criterion pick the channels")
     p.add_argument("--coupled", default="all", choices=["all", "only", "none"],
                    help="prune all groups, only coupled ones (several feed-in layers), or none of those")
     p.add_argument("--min-keep", default="0.1",
@@ -166,7 +170,7 @@ def _prune(args) -> int:
     slim, report = prune(args.input, args.ratio, criterion=args.criterion, seed=args.seed,
                          scope=args.scope, ranking=args.ranking, target_macs=args.target_macs,
                          target_params=args.target_params, coupled=args.coupled,
-                         min_keep=args.min_keep, round_to=args.round_to,
+                         min_keep=args.min_keep, round_to=args.round_to, allocator=args.allocator,
                          exclude=args.exclude, input_shapes=parse_input_shapes(args.input_shape),
                          plan=plan, verify=args.verify, tolerance=args.tolerance, fold=args.fold,
                          check_output=False)  # save_model checks the bytes it writes

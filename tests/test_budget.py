@@ -159,3 +159,42 @@ def test_removal_order_contains_each_class_once(analysed):
     for scope, ranking in [("local", "raw"), ("global", "raw"), ("global", "normalized")]:
         order = removal_order(groups, scores, scope, ranking)
         assert sorted(order.tolist()) == sorted(np.concatenate([g.classes for g in groups]).tolist())
+
+
+# -- the density (PreCrop) allocator ------------------------------------------------------
+@pytest.mark.parametrize("metric", ["macs", "params"])
+@pytest.mark.parametrize("target", [0.8, 0.5])
+def test_density_allocator_meets_the_target_from_below(metric, target):
+    _, report = prune_and_check(resnet_like(), criterion="bgsc", allocator="density", **{f"target_{metric}": target})
+    achieved = report.after[metric] / report.before[metric]
+    assert target - 0.05 <= achieved <= target + 1e-9
+
+
+def test_density_allocator_thins_the_cheapest_layers_in_log_density_per_mac():
+    # A wide block next to a narrow one: removing a channel of the wide block loses less
+    # log-density per MAC saved, so the density allocator thins it first.
+    b = GraphBuilder(seed=3)
+    x = b.input("x", [1, 3, 16, 16])
+    h = b.op("Relu", [b.bn(b.conv(x, 3, 64), 64)])
+    h = b.op("Relu", [b.bn(b.conv(h, 64, 8), 8)])
+    out = b.op("Gemm", [b.op("Flatten", [b.op("GlobalAveragePool", [b.conv(h, 8, 16)])]), b.weight((5, 16)),
+                        b.weight((5,))], transB=1)
+    slim, report = prune_and_check(b.model([out]), criterion="l1", allocator="density", target_macs=0.8)
+    kept = {g["channels_before"]: g["channels_after"] for g in report.groups if not g["frozen"]}
+    assert kept[64] < 64 and kept[8] == 8, kept
+
+
+def test_density_allocator_rounds_and_differs_from_ranking(analysed):
+    model, couplings, scores = analysed
+    from onnxprune.density import allocate_density
+    dense = allocate_density(model, couplings, scores, "macs", 0.5, round_to=4)
+    ranked = allocate_target(model, couplings, scores, "macs", 0.5, round_to=4)
+    for g in couplings.groups:
+        if g.frozen is None:
+            assert (g.width - len(set(g.classes.tolist()) & dense.removed)) % 4 == 0
+    assert dense.removed != ranked.removed
+
+
+def test_density_allocator_needs_a_cost_budget():
+    with pytest.raises(onnxprune.OnnxPruneError, match="--allocator density needs a cost budget"):
+        onnxprune.prune(resnet_like(), 0.3, allocator="density")

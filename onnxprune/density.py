@@ -1,0 +1,98 @@
+"""Per-group channel counts from layer densities (PreCrop, METHODS.md §4), for a MAC or
+parameter target; the saliency criterion only picks which channels fill each count.
+
+PreCrop keeps what a structurally pruned network can learn by maximising Σ_l log p_l,
+p_l being the fraction of layer l's weight that is kept, under the budget. In channel
+terms a conv's density is the product of the kept fractions of its input and output
+groups, so a group that many layers read or write (a residual stream) costs many log
+terms per channel removed, and the optimum thins the intra-block channels first.
+
+Solved greedily, which suits the exact, integer, rounded problem: repeatedly take the
+step (one class, or the group's `round_to` step) whose removal loses the least Σ log p
+per unit of the budget metric it saves, as previewed on the CostTracker, until the
+target is met. A step only changes the priority of the groups sharing a weight with it.
+"""
+from __future__ import annotations
+
+import heapq
+
+import numpy as np
+
+from .budget import (CostTracker, TargetResult, _step, class_multiplicity, floor_of, group_round_to,
+                     prunable_groups, removal_order)
+from .errors import OnnxPruneError
+
+
+def allocate_density(model, couplings, scores: np.ndarray, metric: str, target: float,
+                     min_keep: float = 0.1, round_to: int = 1, coupled: str = "all",
+                     fold: bool = True) -> TargetResult:
+    if not 0 < target <= 1:
+        raise OnnxPruneError(f"--target-{metric} must be in (0, 1], got {target}")
+    groups = prunable_groups(couplings, coupled)
+    tracker = CostTracker(model, couplings, fold)
+    base = tracker.macs0 if metric == "macs" else tracker.params0
+
+    def value():
+        return tracker.macs if metric == "macs" else tracker.params
+
+    multiplicity = class_multiplicity(couplings)
+    order = {g.index: removal_order([g], scores, "global", "raw").tolist() for g in groups}
+    steps = {g.index: group_round_to(g, multiplicity, round_to) for g in groups}
+    floors = {g.index: floor_of(g.width, min_keep) for g in groups}
+    keep = {g.index: g.width for g in groups}
+    taken = {g.index: 0 for g in groups}   # classes of the group removed so far, in `order`
+
+    def next_chunk(gi):
+        step = _step(keep[gi], steps[gi])
+        if keep[gi] - step < floors[gi]:
+            return None
+        return order[gi][taken[gi]:taken[gi] + step]
+
+    def priority(gi):
+        chunk = next_chunk(gi)
+        if not chunk:
+            return None
+        d_params, d_macs, d_log = tracker.preview(chunk)
+        saved = -(d_macs if metric == "macs" else d_params)
+        return -d_log / saved if saved > 0 else None
+
+    neighbours = _groups_sharing_weights(tracker, couplings, groups)
+    current, heap = {}, []
+
+    def refresh(gi):
+        current[gi] = priority(gi)
+        if current[gi] is not None:
+            heapq.heappush(heap, (current[gi], gi))
+
+    for g in groups:
+        refresh(g.index)
+    removed: set[int] = set()
+    while heap and value() > target * base:
+        p, gi = heapq.heappop(heap)
+        if current.get(gi) != p:
+            continue  # stale entry: the group's priority changed since it was pushed
+        chunk = next_chunk(gi)
+        for c in chunk:
+            tracker.remove(c)
+            removed.add(c)
+        keep[gi] -= len(chunk)
+        taken[gi] += len(chunk)
+        for h in neighbours[gi]:
+            refresh(h)
+    achieved = value() / base if base else 1.0
+    return TargetResult(removed, target, metric, achieved, achieved <= target + 1e-12)
+
+
+def _groups_sharing_weights(tracker, couplings, groups) -> dict[int, list[int]]:
+    """For each group, the groups (itself included) whose classes touch a weight it touches."""
+    prunable = {g.index for g in groups}
+    tensors_of = {}
+    for g in groups:
+        tensors_of[g.index] = {t for c in g.classes.tolist() for slot, _ in tracker.incidence.get(c, [])
+                               for t in tracker.slot_tensors[slot]}
+    groups_of_tensor: dict[int, set] = {}
+    for gi, tensors in tensors_of.items():
+        for t in tensors:
+            groups_of_tensor.setdefault(t, set()).add(gi)
+    return {gi: sorted({h for t in tensors for h in groups_of_tensor[t]} & prunable | {gi})
+            for gi, tensors in tensors_of.items()}
