@@ -20,6 +20,8 @@ Each model is pruned with the library API at MAC targets T (fraction of MACs kep
     l1, l2           criterion="l1"/"l2", library defaults (scope local: every group thinned evenly)
     l1-global        criterion="l1", scope="global", ranking="normalized" (extra: separates the
                      criterion from the allocation)
+    bgsc-density,    allocator="density": per-group counts from PreCrop layer densities, the
+    l1-density       criterion only picks which channels (onnxprune/density.py)
     random           criterion="random", seeds 0..S-1: mean and sample std (ddof=1)
     ablation         bgsc (library-default ranking) with only coupled groups (residual streams,
                      DFCs with >1 feed-in) or only intra-block groups prunable: the keyword
@@ -62,6 +64,8 @@ CRITERIA = {
     "l1": {"criterion": "l1"},
     "l2": {"criterion": "l2"},
     "l1-global": {"criterion": "l1", "scope": "global", "ranking": "normalized"},
+    "bgsc-density": {"criterion": "bgsc", "allocator": "density"},
+    "l1-density": {"criterion": "l1", "allocator": "density"},
 }
 ABLATION = {"bgsc coupled-only": "only", "bgsc intra-block-only": "none"}
 
