@@ -2,7 +2,7 @@
 
     python benchmarks/latency.py [--models resnet50 mobilenet_v2] [--targets 0.5]
         [--threads 1 2] [--batches 1] [--runs 15] [--runs-batched 5] [--warmup 3]
-        [--round-to 8] [--coupled all] [--criterion bgsc] [--size 224]
+        [--round-to 16] [--coupled all] [--criterion bgsc] [--size 224]
         [--provider cpu|cuda] [--repeat 1] [--batch-configs MODEL:BATCH ...] [--tag NAME]
         [--no-plot] [--no-inspect] [--cache DIR]
     python benchmarks/latency.py --probe-nchwc      # which widths onnxruntime runs as NCHWc
@@ -224,7 +224,7 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--models", nargs="+", default=["resnet50", "mobilenet_v2"])
     ap.add_argument("--targets", nargs="+", type=float, default=[0.5])
-    ap.add_argument("--threads", nargs="+", type=int, default=[2])
+    ap.add_argument("--threads", nargs="+", type=int, default=[1, 2])
     ap.add_argument("--batches", nargs="+", type=int, default=[1])
     ap.add_argument("--runs", type=int, default=15, help="timed runs per model at batch 1")
     ap.add_argument("--runs-batched", type=int, default=5, help="timed runs per model at batch > 1")
@@ -232,7 +232,8 @@ def main(argv=None) -> int:
     ap.add_argument("--repeat", type=int, default=1,
                     help="independent alternating runs per config; rows give the median over repeats "
                          "(and the min/max speedup)")
-    ap.add_argument("--round-to", nargs="+", type=int, default=[1], dest="round_to")
+    ap.add_argument("--round-to", nargs="+", type=int, default=None, dest="round_to",
+                    help="default: the library's default for this CPU (16 with AVX-512, else 8)")
     ap.add_argument("--coupled", nargs="+", default=["all"], choices=["all", "only", "none"])
     ap.add_argument("--criterion", default="bgsc")
     ap.add_argument("--fold", default="exact")
@@ -241,6 +242,7 @@ def main(argv=None) -> int:
     ap.add_argument("--batch-configs", nargs="*", default=None, metavar="MODEL:BATCH",
                     help="restrict batches > 1 to these models (e.g. resnet50:8); default: every model")
     ap.add_argument("--tag", default="", help="results go to latency_TAG.{json,md,png}")
+    ap.add_argument("--results", default=RESULTS, help="folder for the results (default benchmarks/results)")
     ap.add_argument("--no-plot", action="store_true")
     ap.add_argument("--no-inspect", action="store_true",
                     help="skip counting NCHWc / plain convs and reorders in onnxruntime's optimised graph")
@@ -252,10 +254,13 @@ def main(argv=None) -> int:
     ap.add_argument("--pivot", metavar="JSON", help="only print a recorded latency*.json as one line per "
                     "configuration and one column per MAC target: latency speedup (efficiency)")
     args = ap.parse_args(argv)
+    if args.round_to is None:
+        from onnxprune.budget import default_round_to
+        args.round_to = [default_round_to()]
     if args.probe_nchwc:
         import onnxruntime
         rows = nchwc_probe()
-        with open(os.path.join(RESULTS, "latency_nchwc_probe.json"), "w") as f:
+        with open(os.path.join(args.results, "latency_nchwc_probe.json"), "w") as f:
             json.dump({"onnxruntime": onnxruntime.__version__, "machine": platform.processor() or platform.machine(),
                        "rows": rows}, f, indent=1)
         return 0
@@ -276,7 +281,7 @@ def main(argv=None) -> int:
     from models import build
 
     stem = "latency" + (f"_{args.tag}" if args.tag else "") + ("_cuda" if args.provider == "cuda" else "")
-    os.makedirs(RESULTS, exist_ok=True)
+    os.makedirs(args.results, exist_ok=True)
     meta = {"date": time.strftime("%Y-%m-%d %H:%M"), "command": "python benchmarks/latency.py "
             + " ".join(argv if argv is not None else sys.argv[1:]),
             "machine": f"{platform.machine()}, {os.cpu_count()} cores, {platform.processor() or ''}".strip(", "),
@@ -286,7 +291,7 @@ def main(argv=None) -> int:
     if not bench.provider_available(args.provider):
         meta["status"] = f"not measured: no {args.provider.upper()} provider " \
                          f"(available: {', '.join(onnxruntime.get_available_providers())})"
-        with open(os.path.join(RESULTS, stem + ".json"), "w") as f:
+        with open(os.path.join(args.results, stem + ".json"), "w") as f:
             json.dump({**meta, "rows": []}, f, indent=1)
         print(meta["status"])
         return 0
@@ -379,7 +384,7 @@ def main(argv=None) -> int:
                                  "slower": bool(speedup < 1.0 and info["target"] <= 0.9)})
         del variants
 
-    with open(os.path.join(RESULTS, stem + ".json"), "w") as f:
+    with open(os.path.join(args.results, stem + ".json"), "w") as f:
         json.dump({**meta, "rows": rows}, f, indent=1)
     md = [f"# Latency: {meta['command']}", "",
           f"{meta['date']}, {meta['machine']}, onnxruntime {meta['onnxruntime']} {args.provider}, "
@@ -397,12 +402,12 @@ def main(argv=None) -> int:
                   f"{r['mac_speedup']:.2f}x | {r['speedup']:.2f}x{_spread(r)}{flag} | {r['efficiency']:.2f} | "
                   f"{r['alignment']['mult8']:.2f} / {r['alignment']['mult16']:.2f} | {_ort_cell(r)} |")
     md += ["", "Raw tables (bench.table):", "", "```"] + ["\n\n".join(tables)] + ["```", ""]
-    with open(os.path.join(RESULTS, stem + ".md"), "w") as f:
+    with open(os.path.join(args.results, stem + ".md"), "w") as f:
         f.write("\n".join(md))
-    print(f"recorded in benchmarks/results/{stem}.json and .md")
+    print(f"recorded in {os.path.join(args.results, stem)}.json and .md")
 
     if not args.no_plot and rows:
-        plot(rows, os.path.join(RESULTS, stem + ".png"),
+        plot(rows, os.path.join(args.results, stem + ".png"),
              f"onnxprune {args.criterion}, onnxruntime {args.provider}, {args.size}×{args.size}")
     return 0
 

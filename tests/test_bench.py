@@ -55,3 +55,37 @@ def test_dynamic_image_size_needs_an_input_shape():
         bench.compare([proto])
     timings = bench.compare([proto], input_shapes={"x": (1, 3, 16, 16)}, runs=2, warmup=0)
     assert timings[0].median_ms > 0
+
+
+# -- benchmarks/latency.py, the study script on top of the harness --------------------------
+def _latency_script():
+    import importlib.util
+    from pathlib import Path
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "latency.py"
+    spec = importlib.util.spec_from_file_location("latency_script", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_latency_script_records_speedup_and_efficiency(tmp_path, capsys):
+    import json
+    latency = _latency_script()
+    assert latency.main(["--models", "resnet18", "--size", "32", "--targets", "0.5", "--threads", "1",
+                         "--runs", "3", "--warmup", "1", "--cache", "", "--no-plot", "--results", str(tmp_path)]) == 0
+    record = json.loads((tmp_path / "latency.json").read_text())
+    (row,) = record["rows"]
+    assert row["round_to"] == onnxprune.budget.default_round_to()
+    assert row["mac_fraction"] <= 0.5 and row["mac_speedup"] >= 2.0
+    assert row["speedup"] > 0 and row["efficiency"] == pytest.approx(row["speedup"] / row["mac_speedup"], abs=1e-3)
+    assert row["ops_added"] == {}  # pruning adds no operator
+    assert "| resnet18 |" in latency.pivot(record["rows"])
+
+
+def test_latency_script_records_cuda_as_not_measured(tmp_path, capsys):
+    import json
+    if bench.provider_available("cuda"):
+        pytest.skip("a CUDA provider is present")
+    assert _latency_script().main(["--provider", "cuda", "--results", str(tmp_path)]) == 0
+    record = json.loads((tmp_path / "latency_cuda.json").read_text())
+    assert record["status"].startswith("not measured: no CUDA provider") and record["rows"] == []
