@@ -439,6 +439,16 @@ def test_help_exits_zero():
     assert code == 0 and "--ratio" in stdout and "--input-shape" in stdout
 
 
+def test_prune_with_bench_reports_the_efficiency(tmp_path, model_path, capsys):
+    code, out, _ = run_main(capsys, model_path, tmp_path / "out.onnx", "--ratio", "0.5", "--round-to", "1", "--bench",
+                            "--runs", "3", "--warmup", "1")
+    assert code == 0
+    speedup, mac_speedup, efficiency = map(float, re.search(
+        r"latency speedup ([\d.]+)x for a MAC speedup of ([\d.]+)x: efficiency ([\d.]+)", out).groups())
+    assert mac_speedup > 1 and efficiency == pytest.approx(speedup / mac_speedup, abs=0.01)
+    assert "alternating runs" in out
+
+
 # -- exit codes 1 and 3, and failures while writing (injected in-process) ------------------
 def test_oracle_failure_exits_1_and_writes_nothing(tmp_path, model_path, capsys, monkeypatch):
     from onnxprune import verify
