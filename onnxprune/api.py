@@ -6,7 +6,8 @@ import time
 
 import passes
 
-from .budget import allocate, allocate_target, check_plan_classes, default_round_to, parse_min_keep
+from .budget import (allocate, allocate_target, check_plan_classes, default_round_to, kept_whole_by_rounding,
+                     parse_min_keep)
 from .couplings import analyze
 from .density import allocate_density
 from .errors import OnnxPruneError
@@ -145,6 +146,12 @@ def prune_model(source, ratio: float | None = None, *, criterion: str = "l1", se
     if target is not None:
         notes.append(f"target {target.metric} {target.target:g}: reached {target.achieved:.4f}"
                      + ("" if target.reached else " (not reachable within the group floors)"))
+    if plan is None:
+        whole = kept_whole_by_rounding(couplings, round_to, min_keep, coupled)
+        if whole:
+            widths = ", ".join(str(g.width) for g in whole[:8]) + (", ..." if len(whole) > 8 else "")
+            notes.append(f"--round-to {round_to} keeps {len(whole)} group(s) whole whatever the budget "
+                         f"(widths {widths}: no smaller multiple fits); --round-to 1 lets them shrink")
     options = {"criterion": criterion if plan is None else "plan", "ratio": ratio,
                "target_macs": target_macs, "target_params": target_params, "scope": scope,
                "ranking": ranking, "allocator": allocator, "coupled": coupled, "min_keep": min_keep, "round_to": round_to,

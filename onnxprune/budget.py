@@ -91,6 +91,19 @@ def group_round_to(group, multiplicity: np.ndarray, round_to: int) -> int:
     return max(1, group.width // 2)
 
 
+def kept_whole_by_rounding(couplings, round_to: int, min_keep: float, coupled: str = "all") -> list:
+    """Prunable groups that `round_to` keeps whole whatever the budget: no multiple of
+    their rounding step lies between their floor and their width (a group of 8 under 16)."""
+    multiplicity = class_multiplicity(couplings)
+    whole = []
+    for g in prunable_groups(couplings, coupled):
+        step = group_round_to(g, multiplicity, round_to)
+        floor = floor_of(g.width, min_keep)
+        if step > 1 and not any(m >= floor for m in range(step, g.width, step)):
+            whole.append(g)
+    return whole
+
+
 def is_coupled(group) -> bool:
     """Coupled channels: written by more than one layer (a residual stream, DFPC's DFCs
     with several feed-ins). A plain conv -> BN -> ReLU -> conv pair is not coupled."""

@@ -175,6 +175,8 @@ def _prune(args) -> int:
                          plan=plan, verify=args.verify, tolerance=args.tolerance, fold=args.fold,
                          check_output=False)  # save_model checks the bytes it writes
     print(report.table())
+    for note in report.notes:
+        print(f"note: {note}")
     if args.verify and not report.oracle_passed:
         print(f"onnxprune: masking oracle failed: max relative difference "
               f"{report.oracle.max_rel_diff:.3e} > {args.tolerance:g} (float32 noise "

@@ -198,3 +198,18 @@ def test_density_allocator_rounds_and_differs_from_ranking(analysed):
 def test_density_allocator_needs_a_cost_budget():
     with pytest.raises(onnxprune.OnnxPruneError, match="--allocator density needs a cost budget"):
         onnxprune.prune(resnet_like(), 0.3, allocator="density")
+
+
+def test_groups_that_rounding_keeps_whole_are_reported():
+    # widths 16 (prunable to 8) and 4 (no multiple of 8 below it): only the 4 is named
+    b = GraphBuilder(seed=2)
+    x = b.input("x", [1, 3, 8, 8])
+    h = b.op("Relu", [b.conv(x, 3, 16)])
+    h = b.op("Relu", [b.conv(h, 16, 4)])
+    out = b.op("Flatten", [b.op("GlobalAveragePool", [b.conv(h, 4, 6)])])
+    proto = b.model([out])
+    _, report = onnxprune.prune(proto, 0.5, round_to=8)
+    (note,) = [n for n in report.notes if n.startswith("--round-to")]
+    assert "keeps 1 group(s) whole" in note and "widths 4:" in note
+    _, report = onnxprune.prune(proto, 0.5, round_to=1)
+    assert not [n for n in report.notes if n.startswith("--round-to")]
