@@ -132,10 +132,12 @@ def _check_options(scope, ranking, round_to):
 
 def removal_order(groups, scores: np.ndarray, scope: str, ranking: str) -> np.ndarray:
     """All prunable classes, least important first."""
-    classes = np.concatenate([g.classes for g in groups]) if groups else np.zeros(0, np.int64)
+    if not groups:
+        return np.zeros(0, np.int64)
+    classes = np.concatenate([g.classes for g in groups])
     if scope == "local":
         # rank within the group as a fraction of its width: groups are thinned evenly
-        key = np.concatenate([_rank_fraction(scores[g.classes]) for g in groups]) if groups else classes
+        key = np.concatenate([_rank_fraction(scores[g.classes]) for g in groups])
     elif ranking == "raw":
         key = scores[classes]
     else:

@@ -9,7 +9,8 @@ closed-form r_b) must agree to float32 precision.
 import numpy as np
 import pytest
 
-from helpers import GraphBuilder
+import onnxprune
+from helpers import GraphBuilder, prune_and_check
 from onnxprune.api import analyze_model
 from onnxprune.saliency.bgsc import bgsc
 
@@ -155,3 +156,24 @@ def test_bgsc_prunes_with_oracle():
     from helpers import prune_and_check
     _, proto, _ = network()
     prune_and_check(proto, 0.5, criterion="bgsc")
+
+
+# -- graphs found by fuzzing bgsc (session 2): nothing to prune, nothing to bound ----------
+def test_bgsc_on_a_model_with_nothing_prunable():
+    # the conv's channels are the graph output: frozen; no layer reads them
+    b = GraphBuilder()
+    out = b.conv(b.input("x", [1, 3, 8, 8]), 3, 4)
+    for budget in ({"ratio": 0.5}, {"target_macs": 0.5}):
+        slim, report = onnxprune.prune(b.model([out]), criterion="bgsc", verify=True, **budget)
+        assert report.after == report.before and report.oracle.max_rel_diff == 0
+
+
+def test_bgsc_bounds_a_grouped_conv_transpose_that_is_not_a_producer():
+    # a ConvTranspose with 2 outputs per group writing a graph output: its channels are
+    # frozen, but the bound graph still has to run it as a ConvTranspose, not as a Conv
+    b = GraphBuilder()
+    x = b.input("x", [1, 3, 8, 8])
+    h = b.op("Relu", [b.conv(x, 3, 8)])
+    up = b.conv_transpose(b.op("ReduceMean", [h], axes=[2, 3], keepdims=1), 8, 16, group=8)
+    y = b.conv(b.op("Relu", [b.conv(h, 8, 8)]), 8, 6)   # a prunable group beside it
+    prune_and_check(b.model([up, y]), criterion="bgsc", ratio=0.5)

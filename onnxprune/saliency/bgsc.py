@@ -189,6 +189,8 @@ class _BoundGraph:
         self.model_producer = model.producers()
 
     def run(self, wanted):
+        if not wanted:
+            return {}  # no layer reads a channel: nothing to bound (and no output to ask for)
         for node in self.model.graph.node:
             self._bound(node)
         g = helper.make_graph(self.nodes, "bound", list(self.model.graph.input), [])
@@ -267,9 +269,9 @@ class _BoundGraph:
         self._emit(node.op_type, inputs, [node.output[0]], **attrs)
 
     # -- one bound rule per operator ------------------------------------------------------
-    def _op_Conv(self, node):  # depthwise (channel-wise): |K|, no bias
+    def _op_Conv(self, node):  # depthwise (channel-wise), or writing frozen channels: |K|, no bias
         attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
-        self._emit("Conv", [node.input[0], self._abs_weight(node.input[1])], [node.output[0]], **attrs)
+        self._emit(node.op_type, [node.input[0], self._abs_weight(node.input[1])], [node.output[0]], **attrs)
 
     _op_ConvTranspose = _op_Conv
 
