@@ -177,3 +177,17 @@ def test_bgsc_bounds_a_grouped_conv_transpose_that_is_not_a_producer():
     up = b.conv_transpose(b.op("ReduceMean", [h], axes=[2, 3], keepdims=1), 8, 16, group=8)
     y = b.conv(b.op("Relu", [b.conv(h, 8, 8)]), 8, 6)   # a prunable group beside it
     prune_and_check(b.model([up, y]), criterion="bgsc", ratio=0.5)
+
+
+def test_bgsc_bound_of_a_broadcasting_gate_product_keeps_the_output_shape():
+    # sigmoid(1 channel) * sigmoid(8 channels): the bound keeps one operand and scales it,
+    # so it must be expanded to the product's 8 channels before the next conv reads it
+    b = GraphBuilder()
+    x = b.input("x", [1, 3, 8, 8])
+    h = b.op("Relu", [b.conv(x, 3, 8)])
+    wide = b.op("Sigmoid", [h])
+    narrow = b.op("Sigmoid", [b.conv(h, 8, 1)])
+    cat = b.op("Concat", [b.op("Mul", [narrow, wide]), h], axis=1)   # 16 channels, not 9
+    s = b.op("Add", [cat, b.conv(h, 8, 16)])
+    y = b.conv(b.op("Relu", [b.conv(s, 16, 8)]), 8, 4)
+    prune_and_check(b.model([y]), criterion="bgsc", ratio=0.5)

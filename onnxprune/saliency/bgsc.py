@@ -212,10 +212,26 @@ class _BoundGraph:
         self.nodes.append(helper.make_node(op, inputs, outputs, **attrs))
 
     def _scale(self, node, x, factor):
+        out = self._bound_name(node, [x])
         if factor == 1.0:
-            self._emit("Identity", [x], [node.output[0]])
+            self._emit("Identity", [x], [out])
         else:
-            self._emit("Mul", [x, self._const(factor, "k")], [node.output[0]])
+            self._emit("Mul", [x, self._const(factor, "k")], [out])
+        self._expand_to_output(node, out)
+
+    def _bound_name(self, node, terms):
+        """Where the bound of `terms` goes: the node's output, or a temporary when the node
+        broadcasts them with an operand the bound leaves out (a gate, or a constant with
+        more channels or positions); `_expand_to_output` then gives it the output's shape."""
+        shapes = [self.model.shapes.get(t) for t in terms]
+        target = self.model.shapes.get(node.output[0])
+        if target is None or any(s is None for s in shapes) or tuple(np.broadcast_shapes(*shapes)) == tuple(target):
+            return node.output[0]
+        return f"__bound_partial_{node.name}"
+
+    def _expand_to_output(self, node, bound):
+        if bound != node.output[0]:
+            self._emit("Expand", [bound, self._shape_const(node.output[0])], [node.output[0]])
 
     def _is_activation(self, t):
         return bool(t) and t in self.c.tensors
@@ -332,13 +348,15 @@ class _BoundGraph:
         self.nodes.append(n)
 
     def _sum(self, node, terms, scale=1.0):
-        out = node.output[0] if scale == 1.0 else f"__bound_sum_{node.name}"
+        final = self._bound_name(node, terms)
+        out = final if scale == 1.0 else f"__bound_sum_{node.name}"
         if len(terms) == 1:
             self._emit("Identity", terms, [out])
         else:
             self._emit("Sum", terms, [out])
         if scale != 1.0:
-            self._emit("Mul", [out, self._const(scale, "k")], [node.output[0]])
+            self._emit("Mul", [out, self._const(scale, "k")], [final])
+        self._expand_to_output(node, final)
 
     def _op_Add(self, node):  # |Δ(a ± b)| ≤ |Δa| + |Δb|; constants carry no error
         self._sum(node, [t for t in node.input if self._is_activation(t)])
