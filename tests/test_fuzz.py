@@ -193,3 +193,35 @@ def test_minimiser_shrinks_a_failing_graph():
     small = fg.minimise(gen.proto, has_split, deadline_s=60)
     assert has_split(small) and len(small.graph.node) < len(gen.proto.graph.node)
     fg.check_valid(small)
+
+
+# -- target budgets, rounding and the density allocator ---------------------------------------
+# run_case prunes by ratio with round_to=1; these options take other code paths (the cost
+# tracker, per-group rounding steps, the density heap), where bgsc bugs hid until session 2.
+BUDGET_OPTIONS = [
+    {"criterion": "bgsc", "target_macs": 0.5, "round_to": 4},
+    {"criterion": "bgsc", "target_params": 0.5, "round_to": 2, "allocator": "density"},
+    {"criterion": "l1", "target_macs": 0.6, "round_to": 1, "allocator": "density"},
+]
+
+
+@pytest.mark.parametrize("first", [1000, 1030])
+def test_fuzz_target_budgets(first):
+    import onnxprune
+    failures = []
+    for seed in range(first, first + 30):
+        proto = fg.generate(seed, MAX_NODES).proto
+        for options in BUDGET_OPTIONS:
+            try:
+                slim, report = onnxprune.prune(proto, verify=True, **options)
+            except onnxprune.OnnxPruneError as e:
+                if str(e).startswith(tuple(fg.SELF_CHECK_REFUSALS)):
+                    failures.append(f"seed {seed} {options}: {e}")
+                continue
+            except Exception as e:  # noqa: BLE001
+                failures.append(f"seed {seed} {options}: {type(e).__name__}: {e}")
+                continue
+            onnx.checker.check_model(slim, full_check=True)
+            if report.oracle.max_rel_diff > fg.TOLERANCE:
+                failures.append(f"seed {seed} {options}: oracle {report.oracle.max_rel_diff:.2e}")
+    assert not failures, "\n".join(failures)
