@@ -549,3 +549,11 @@ def test_helper_model_shapes_from_onnxruntime_past_an_unknown_op():
     assert any("unsupported operator Gelu (domain com.microsoft)" in r for r in reasons(gs))
     assert group_of(gs, "conv4").frozen is None
     check_prune(proto, 0.5)
+
+
+@pytest.mark.parametrize("name", ["shufflenet_v2", "convnext", "unet", "yolo_neck", "vit", "vit_fused_qkv"])
+def test_bgsc_mac_target_on_each_architecture(name):
+    """The data-free criterion's bound graph on every architecture above (shuffles, channels-
+    last LayerNorm, ConvTranspose up-sampling, SiLU written as x*sigmoid(x), attention)."""
+    _, report = prune_and_check(exported(name), criterion="bgsc", target_macs=0.6)
+    assert report.after["macs"] <= 0.6 * report.before["macs"]

@@ -1,5 +1,5 @@
 """Model tier: reference architectures exported from torch, pruned at 0.3 and 0.5 with
-l1 and random. Each must stay valid, run, lose MACs, and match the masking oracle.
+l1 and random, and to half their MACs with bgsc. Each must stay valid, run, lose MACs, and match the masking oracle.
 The default tier covers one model per architectural feature; `-m zoo` adds the deep
 and wide variants (ResNet-101/152, DenseNet-121, EfficientNet-B1..B4, ResNeXt-50)."""
 import functools
@@ -38,6 +38,14 @@ def _check(name, ratio, criterion, keep_bn=True):
 @pytest.mark.parametrize("name", DEFAULT_TIER)
 def test_zoo_default(name, ratio, criterion):
     _check(name, ratio, criterion)
+
+
+@pytest.mark.parametrize("allocator", ["rank", "density"])
+@pytest.mark.parametrize("name", DEFAULT_TIER)
+def test_zoo_bgsc_mac_target(name, allocator):
+    """The data-free criterion with a MAC target (both allocators), oracle on."""
+    _, report = prune_and_check(exported(name), criterion="bgsc", target_macs=0.5, allocator=allocator)
+    assert 0.45 <= report.after["macs"] / report.before["macs"] <= 0.5
 
 
 @pytest.mark.parametrize("name", ["resnet18", "mobilenet_v2", "efficientnet_b0", "densenet_small"])
