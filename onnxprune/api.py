@@ -154,8 +154,8 @@ def prune_model(source, ratio: float | None = None, *, criterion: str = "l1", se
                          f"(widths {widths}: no smaller multiple fits); --round-to 1 lets them shrink")
     options = {"criterion": criterion if plan is None else "plan", "ratio": ratio,
                "target_macs": target_macs, "target_params": target_params, "scope": scope,
-               "ranking": ranking, "allocator": allocator, "coupled": coupled, "min_keep": min_keep, "round_to": round_to,
-               "fold": fold, "seed": seed, "exclude": list(exclude),
+               "ranking": ranking, "allocator": allocator, "coupled": coupled, "min_keep": min_keep,
+               "round_to": round_to, "fold": fold, "seed": seed, "exclude": list(exclude),
                "input_shapes": {k: list(v) for k, v in model.input_shapes.items()}}
     report = Report(options, model_stats(model), model_stats(slim), group_table(couplings, removed),
                     timings, oracle, notes, plan_from_classes(couplings, removed, options),
