@@ -4,8 +4,9 @@ One implementation behind `onnxprune bench A.onnx B.onnx`, `onnxprune in out --b
 and benchmarks/latency.py: a session per model (chosen provider, thread count, full
 graph optimisation), warm-up runs, then timed runs that alternate between the models
 (A B A B ...) so that machine drift hits all of them alike. Reported per model: median,
-p10 and p90 in milliseconds, and the speedup of each model over the first
-(median of the first / median of this one).
+p10 and p90 in milliseconds, the speedup of each model over the first (median of the
+first / median of this one), its MACs (onnxprune's cost model) and the efficiency =
+speedup / MAC speedup.
 
 Each session stops its thread pool's spinning as soon as its run returns
 (`session.force_spinning_stop`). Without that, in an alternating series the idle pool of
@@ -35,6 +36,8 @@ class Timing:
     p10_ms: float
     p90_ms: float
     speedup: float  # median of the first model / median of this one
+    macs: int | None = None        # per sample, from onnxprune's cost model (None if it cannot load)
+    efficiency: float | None = None  # speedup / (MACs of the first model / MACs of this one)
 
 
 def provider_available(provider: str) -> bool:
@@ -115,13 +118,33 @@ def compare(models, provider: str = "cpu", threads: int = 1, batch: int = 1, war
             s.run(None, f)
             times[k].append(time.perf_counter() - start)
     medians = [float(np.median(t)) for t in times]
-    return [Timing(name, 1e3 * med, 1e3 * float(np.percentile(t, 10)), 1e3 * float(np.percentile(t, 90)),
-                   medians[0] / med) for name, t, med in zip(names, times, medians)]
+    timings = [Timing(name, 1e3 * med, 1e3 * float(np.percentile(t, 10)), 1e3 * float(np.percentile(t, 90)),
+                      medians[0] / med) for name, t, med in zip(names, times, medians)]
+    for timing, proto in zip(timings, protos):
+        timing.macs = _macs(proto, input_shapes or {})
+        if timing.macs and timings[0].macs:
+            timing.efficiency = timing.speedup * timing.macs / timings[0].macs
+    return timings
+
+
+def _macs(proto, input_shapes):
+    """MACs per sample (batch 1), or None for a model onnxprune cannot load."""
+    from .cost import cost
+    from .model import load
+    try:
+        return cost(load(proto, input_shapes, check=False)).macs
+    except OnnxPruneError:
+        return None
 
 
 def table(timings: list[Timing], provider: str, threads: int, batch: int) -> str:
     lines = [f"onnxruntime {provider}, {threads} thread(s), batch {batch}, alternating runs",
-             f"{'model':40s} {'median ms':>10s} {'p10':>8s} {'p90':>8s} {'speedup':>8s}"]
+             f"{'model':40s} {'median ms':>10s} {'p10':>8s} {'p90':>8s} {'speedup':>8s} {'MMACs':>10s} "
+             f"{'efficiency':>10s}"]
     for t in timings:
-        lines.append(f"{t.name[-40:]:40s} {t.median_ms:10.2f} {t.p10_ms:8.2f} {t.p90_ms:8.2f} {t.speedup:7.2f}x")
+        macs = f"{t.macs / 1e6:10.2f}" if t.macs is not None else f"{'-':>10s}"
+        eff = f"{t.efficiency:10.2f}" if t.efficiency is not None else f"{'-':>10s}"
+        lines.append(f"{t.name[-40:]:40s} {t.median_ms:10.2f} {t.p10_ms:8.2f} {t.p90_ms:8.2f} {t.speedup:7.2f}x "
+                     f"{macs} {eff}")
+    lines.append("efficiency = speedup / MAC speedup (MACs of the first model / MACs of this one)")
     return "\n".join(lines)

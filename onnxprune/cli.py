@@ -198,18 +198,14 @@ def _prune(args) -> int:
                 os.remove(tmp)
     print(f"wrote {args.output}")
     if args.bench:
-        timings = _print_bench([args.input, args.output], args, report.options["input_shapes"])
-        mac_speedup = report.before["macs"] / max(report.after["macs"], 1)
-        print(f"latency speedup {timings[1].speedup:.2f}x for a MAC speedup of {mac_speedup:.2f}x: "
-              f"efficiency {timings[1].speedup / mac_speedup:.2f}")
+        _print_bench([args.input, args.output], args, report.options["input_shapes"])
     return 0
 
 
-def _print_bench(models, args, input_shapes):
+def _print_bench(models, args, input_shapes) -> None:
     from .bench import compare, table
     timings = compare(models, args.provider, args.threads, args.batch, args.warmup, args.runs, input_shapes)
     print(table(timings, args.provider, args.threads, args.batch))
-    return timings
 
 
 def _bench(args) -> int:

@@ -14,6 +14,9 @@ def test_compare_two_models_reports_ratio(tmp_path):
     assert [t.name for t in timings] == ["orig", "slim"]
     assert timings[0].speedup == 1.0
     assert all(t.p10_ms <= t.median_ms <= t.p90_ms for t in timings)
+    # MACs from the cost model, and efficiency = speedup / MAC speedup
+    assert timings[1].macs < timings[0].macs
+    assert timings[1].efficiency == pytest.approx(timings[1].speedup * timings[1].macs / timings[0].macs)
 
 
 def test_batch_size_is_applied_to_a_fixed_batch_model():

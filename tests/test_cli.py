@@ -441,12 +441,14 @@ def test_help_exits_zero():
 
 def test_prune_with_bench_reports_the_efficiency(tmp_path, model_path, capsys):
     code, out, _ = run_main(capsys, model_path, tmp_path / "out.onnx", "--ratio", "0.5", "--round-to", "1", "--bench",
-                            "--runs", "3", "--warmup", "1")
+                            "--runs", "3", "--warmup", "1", "--report", tmp_path / "r.json")
     assert code == 0
-    speedup, mac_speedup, efficiency = map(float, re.search(
-        r"latency speedup ([\d.]+)x for a MAC speedup of ([\d.]+)x: efficiency ([\d.]+)", out).groups())
-    assert mac_speedup > 1 and efficiency == pytest.approx(speedup / mac_speedup, abs=0.01)
-    assert "alternating runs" in out
+    report = json.loads((tmp_path / "r.json").read_text())
+    mac_speedup = report["before"]["macs"] / report["after"]["macs"]
+    row = out.strip().splitlines()[-2].split()   # the pruned model's line of the bench table
+    speedup, mmacs, efficiency = float(row[-3].rstrip("x")), float(row[-2]), float(row[-1])
+    assert mac_speedup > 1 and mmacs == pytest.approx(report["after"]["macs"] / 1e6, abs=0.01)
+    assert efficiency == pytest.approx(speedup / mac_speedup, abs=0.01)
 
 
 # -- exit codes 1 and 3, and failures while writing (injected in-process) ------------------
