@@ -348,23 +348,68 @@ def allocate_target(model, couplings, scores: np.ndarray, metric: str, target: f
     multiplicity = class_multiplicity(couplings)
     steps = {g.index: group_round_to(g, multiplicity, round_to) for g in groups}
     removed: set[int] = set()
+
+    def next_chunk(gi):
+        step = _step(keep[gi], steps[gi])
+        if keep[gi] - step < floors[gi]:
+            return None
+        return [k for k in in_group[gi] if k not in removed][:step]
+
+    def apply(chunk):
+        for k in chunk:
+            tracker.remove(k)
+            removed.add(k)
+        keep[int(couplings.group_of[chunk[0]])] -= len(chunk)
+
+    goal = target * base
+    deferred = set()   # groups whose next step would overshoot the target
     for c in removal_order(groups, scores, scope, ranking).tolist():
-        if value() <= target * base:
+        if value() <= goal:
             break
         if c in removed:
             continue
         gi = int(couplings.group_of[c])
-        step = _step(keep[gi], steps[gi])
-        if keep[gi] - step < floors[gi]:
+        chunk = next_chunk(gi)
+        if chunk is None:
             continue
-        # with round_to, a step removes the group's `step` least important remaining classes
-        chunk = [c] if step == 1 else [k for k in in_group[gi] if k not in removed][:step]
-        for k in chunk:
-            tracker.remove(k)
-            removed.add(k)
-        keep[gi] -= len(chunk)
+        if steps[gi] == 1:
+            chunk = [c]
+        # with round_to, a step removes the group's `step` least important remaining classes;
+        # a step that would overshoot waits while smaller ones further down may fit
+        elif overshoots(tracker, metric, goal, chunk):
+            deferred.add(gi)
+            continue
+        apply(chunk)
+    if value() > goal and deferred:
+        apply(closest_landing(tracker, metric, goal, [c for gi in sorted(deferred) if (c := next_chunk(gi))]))
     achieved = value() / base if base else 1.0
     return TargetResult(removed, target, metric, achieved, achieved <= target + 1e-12)
+
+
+# A step may take the metric below the target by this fraction of the original before
+# smaller steps further down the ranking are tried first.
+FINAL_STEP_SLACK = 0.01
+
+
+def overshoots(tracker, metric: str, goal: float, chunk) -> bool:
+    """Whether removing `chunk` would take the metric more than FINAL_STEP_SLACK below
+    `goal`: a coarse `round_to` step of a wide or much-used group. Asking for 0.9 of the
+    MACs of a small model could otherwise return 0.5."""
+    return _after(tracker, metric, chunk) < goal - FINAL_STEP_SLACK * _base(tracker, metric)
+
+
+def closest_landing(tracker, metric: str, goal: float, chunks: list) -> list:
+    """Of steps that all overshoot, the one that lands closest to `goal`."""
+    return max(chunks, key=lambda c: _after(tracker, metric, c))
+
+
+def _after(tracker, metric, chunk) -> float:
+    d_params, d_macs, _ = tracker.preview(chunk)
+    return (tracker.macs + d_macs) if metric == "macs" else (tracker.params + d_params)
+
+
+def _base(tracker, metric) -> float:
+    return tracker.macs0 if metric == "macs" else tracker.params0
 
 
 def _step(keep: int, round_to: int) -> int:

@@ -18,8 +18,8 @@ import heapq
 
 import numpy as np
 
-from .budget import (CostTracker, TargetResult, _step, class_multiplicity, floor_of, group_round_to,
-                     prunable_groups, removal_order)
+from .budget import (CostTracker, TargetResult, _step, class_multiplicity, closest_landing, floor_of,
+                     group_round_to, overshoots, prunable_groups, removal_order)
 from .errors import OnnxPruneError
 
 
@@ -67,11 +67,9 @@ def allocate_density(model, couplings, scores: np.ndarray, metric: str, target: 
     for g in groups:
         refresh(g.index)
     removed: set[int] = set()
-    while heap and value() > target * base:
-        p, gi = heapq.heappop(heap)
-        if current.get(gi) != p:
-            continue  # stale entry: the group's priority changed since it was pushed
-        chunk = next_chunk(gi)
+    deferred = set()
+
+    def apply(gi, chunk):
         for c in chunk:
             tracker.remove(c)
             removed.add(c)
@@ -79,6 +77,21 @@ def allocate_density(model, couplings, scores: np.ndarray, metric: str, target: 
         taken[gi] += len(chunk)
         for h in neighbours[gi]:
             refresh(h)
+
+    while heap and value() > target * base:
+        p, gi = heapq.heappop(heap)
+        if current.get(gi) != p:
+            continue  # stale entry: the group's priority changed since it was pushed
+        chunk = next_chunk(gi)
+        if steps[gi] > 1 and overshoots(tracker, metric, target * base, chunk):
+            deferred.add(gi)  # waits while smaller steps of other groups may fit
+            continue
+        apply(gi, chunk)
+    if value() > target * base and deferred:
+        chunks = {gi: c for gi in sorted(deferred) if (c := next_chunk(gi))}
+        if chunks:
+            best = closest_landing(tracker, metric, target * base, list(chunks.values()))
+            apply(next(gi for gi, c in chunks.items() if c is best), best)
     achieved = value() / base if base else 1.0
     return TargetResult(removed, target, metric, achieved, achieved <= target + 1e-12)
 

@@ -188,10 +188,11 @@ def test_density_allocator_rounds_and_differs_from_ranking(analysed):
     model, couplings, scores = analysed
     from onnxprune.density import allocate_density
     dense = allocate_density(model, couplings, scores, "macs", 0.5, round_to=4)
-    ranked = allocate_target(model, couplings, scores, "macs", 0.5, round_to=4)
     for g in couplings.groups:
         if g.frozen is None:
             assert (g.width - len(set(g.classes.tolist()) & dense.removed)) % 4 == 0
+    dense = allocate_density(model, couplings, scores, "macs", 0.5, round_to=1)
+    ranked = allocate_target(model, couplings, scores, "macs", 0.5, round_to=1)
     assert dense.removed != ranked.removed
 
 
@@ -213,3 +214,13 @@ def test_groups_that_rounding_keeps_whole_are_reported():
     assert "keeps 1 group(s) whole" in note and "widths 4:" in note
     _, report = onnxprune.prune(proto, 0.5, round_to=1)
     assert not [n for n in report.notes if n.startswith("--round-to")]
+
+
+def test_a_step_that_overshoots_waits_for_smaller_ones():
+    # round_to 8 on 16-wide groups: every step halves a group, and halving the residual
+    # stream alone removes half the MACs. Asking for 0.9 must take an intra-block half
+    # (0.84), not the stream's first (0.50, what the plain ranking order gave).
+    for allocator in ("rank", "density"):
+        _, report = onnxprune.prune(resnet_like(width=16), target_macs=0.9, round_to=8, criterion="l1",
+                                    allocator=allocator)
+        assert 0.8 < report.after["macs"] / report.before["macs"] <= 0.9, allocator
