@@ -363,6 +363,9 @@ def allocate_target(model, couplings, scores: np.ndarray, metric: str, target: f
 
     goal = target * base
     deferred = set()   # groups whose next step would overshoot the target
+    # a class's cost only falls as other groups shrink: twice its first cost bounds it, so
+    # the exact preview is only needed once a step could reach below the target
+    class_cost = {g.index: -_delta(tracker, metric, [int(g.classes[0])]) for g in groups if steps[g.index] > 1}
     for c in removal_order(groups, scores, scope, ranking).tolist():
         if value() <= goal:
             break
@@ -376,7 +379,8 @@ def allocate_target(model, couplings, scores: np.ndarray, metric: str, target: f
             chunk = [c]
         # with round_to, a step removes the group's `step` least important remaining classes;
         # a step that would overshoot waits while smaller ones further down may fit
-        elif overshoots(tracker, metric, goal, chunk):
+        elif (value() - 2 * len(chunk) * class_cost[gi] < goal - FINAL_STEP_SLACK * base
+              and overshoots(tracker, metric, goal, chunk)):
             deferred.add(gi)
             continue
         apply(chunk)
@@ -404,8 +408,12 @@ def closest_landing(tracker, metric: str, goal: float, chunks: list) -> list:
 
 
 def _after(tracker, metric, chunk) -> float:
+    return (tracker.macs if metric == "macs" else tracker.params) + _delta(tracker, metric, chunk)
+
+
+def _delta(tracker, metric, chunk) -> float:
     d_params, d_macs, _ = tracker.preview(chunk)
-    return (tracker.macs + d_macs) if metric == "macs" else (tracker.params + d_params)
+    return d_macs if metric == "macs" else d_params
 
 
 def _base(tracker, metric) -> float:
