@@ -63,6 +63,13 @@ def head(b, h, c_in, c_out=4):
     return y, b.last()
 
 
+def only_group(proto, feed_in, feed_out):
+    """The model's one prunable group, checked to run from `feed_in` to `feed_out`."""
+    ps = prunable(proto)
+    assert len(ps) == 1 and ps[0].feed_in == [feed_in] and ps[0].feed_out == [feed_out], ps
+    return ps[0]
+
+
 def stem(b, c=8, shape=(1, 3, 8, 8)):
     """Graph input -> Conv(3 -> c): the channels under test, fed in by one Conv."""
     x = b.input("x", list(shape))
@@ -174,9 +181,7 @@ def test_conv_transpose_depthwise(ratio, multiplier):
     ct = b.last()
     y, c3 = head(b, b.op("Relu", [h]), 8 * multiplier, 4)
     proto = b.model([y])
-    ps = prunable(proto)
-    assert len(ps) == 1 and ps[0].feed_in == [c1] and ps[0].feed_out == [c3]
-    assert ct in ps[0].channelwise
+    assert ct in only_group(proto, c1, c3).channelwise
     slim, _ = prune_and_check(proto, ratio)
     k = keep(8, ratio)
     assert attr(slim, ct, "group") == k
@@ -211,8 +216,7 @@ def test_gemm(ratio, trans_b, bias_shape):
     y = b.gemm(h, 12, 5, trans_b=trans_b)
     g2 = b.last()
     proto = b.model([y])
-    ps = prunable(proto)
-    assert len(ps) == 1 and ps[0].width == 12 and ps[0].feed_in == [g1] and ps[0].feed_out == [g2]
+    assert only_group(proto, g1, g2).width == 12
     slim, _ = prune_and_check(proto, ratio)
     k = keep(12, ratio)
     assert param(slim, g1, 1).shape == ((k, 16) if trans_b else (16, k))
@@ -275,9 +279,8 @@ def _norm_net(kind):
 @pytest.mark.parametrize("kind", ["bn", "in"])
 def test_normalization_params_are_sliced(ratio, kind):
     proto, c1, norm, c2 = _norm_net(kind)
-    ps = prunable(proto)
-    assert len(ps) == 1 and ps[0].feed_in == [c1] and ps[0].feed_out == [c2]
-    assert ps[0].channelwise == [norm]
+    g = only_group(proto, c1, c2)
+    assert g.channelwise == [norm]
     slim, _ = prune_and_check(proto, ratio)
     k = keep(8, ratio)
     n_params = 5 if kind == "bn" else 3
@@ -334,8 +337,7 @@ def test_elementwise_unary_passes_channels_through(op, ratio):
         run(proto, {"x": np.zeros((1, 3, 8, 8), np.float32)})
     except Exception as e:  # pragma: no cover - depends on the onnxruntime build
         pytest.skip(f"onnxruntime does not run {op}: {str(e).splitlines()[0]}")
-    ps = prunable(proto)
-    assert len(ps) == 1 and ps[0].width == 8 and ps[0].feed_in == [c1] and ps[0].feed_out == [c2]
+    assert only_group(proto, c1, c2).width == 8
     slim, _ = prune_and_check(proto, ratio)
     assert param(slim, c2, 1).shape == (4, keep(8, ratio), 3, 3)
 
@@ -351,8 +353,7 @@ def test_identity_cast_dropout_pass_through(ratio):
     h = b.op("Dropout", [h, b.floats(0.5)], n_outputs=2)[0]  # unused mask output
     y, c2 = head(b, h, 8)
     proto = b.model([y])
-    ps = prunable(proto)
-    assert len(ps) == 1 and ps[0].width == 8 and ps[0].feed_in == [c1] and ps[0].feed_out == [c2]
+    assert only_group(proto, c1, c2).width == 8
     slim, _ = prune_and_check(proto, ratio)
     assert param(slim, c2, 1).shape == (4, keep(8, ratio), 3, 3)
 
@@ -367,8 +368,7 @@ def test_boolean_unary_and_where(ratio):
     h = b.op("Where", [ok, h, b.floats(0.0)])
     y, c2 = head(b, h, 8)
     proto = b.model([y])
-    ps = prunable(proto)
-    assert len(ps) == 1 and ps[0].feed_in == [c1] and ps[0].feed_out == [c2]
+    only_group(proto, c1, c2)
     prune_and_check(proto, ratio)
 
 
@@ -383,8 +383,7 @@ def test_clip_with_constant_bounds(ratio, opset, as_constant_nodes):
     h = b.op("Clip", [h, lo, hi])
     y, c2 = head(b, h, 8)
     proto = b.model([y], opset=opset)
-    ps = prunable(proto)
-    assert len(ps) == 1 and ps[0].feed_in == [c1] and ps[0].feed_out == [c2]
+    only_group(proto, c1, c2)
     slim, _ = prune_and_check(proto, ratio)
     assert param(slim, c2, 1).shape == (4, keep(8, ratio), 3, 3)
     assert not [n for n in slim.graph.node if n.op_type == "Constant"]
@@ -397,8 +396,7 @@ def test_swish_as_mul_of_sigmoid(ratio):
     h = b.op("Mul", [h, b.op("Sigmoid", [h])])
     y, c2 = head(b, h, 8)
     proto = b.model([y])
-    ps = prunable(proto)
-    assert len(ps) == 1 and ps[0].width == 8 and ps[0].feed_in == [c1] and ps[0].feed_out == [c2]
+    assert only_group(proto, c1, c2).width == 8
     prune_and_check(proto, ratio)
 
 
@@ -416,8 +414,7 @@ def test_pooling(op, ratio):
         h = b.op(op, [h], kernel_shape=[2, 2], strides=[2, 2])
     y, c2 = head(b, h, 8)
     proto = b.model([y])
-    ps = prunable(proto)
-    assert len(ps) == 1 and ps[0].feed_in == [c1] and ps[0].feed_out == [c2]
+    only_group(proto, c1, c2)
     slim, _ = prune_and_check(proto, ratio)
     assert param(slim, c2, 1).shape == (4, keep(8, ratio), 3, 3)
 
@@ -450,8 +447,7 @@ def test_reduce_over_spatial_axes(op, keepdims, opset, ratio):
         y = b.gemm(h, 8, 4)
         c2 = b.last()
     proto = b.model([y], opset=opset)
-    ps = prunable(proto)
-    assert len(ps) == 1 and ps[0].feed_in == [c1] and ps[0].feed_out == [c2]
+    only_group(proto, c1, c2)
     slim, _ = prune_and_check(proto, ratio)
     w = param(slim, c2, 1)
     assert w.shape[1] == keep(8, ratio)
@@ -498,8 +494,7 @@ def test_resize_scales(ratio):
     h = b.op("Resize", [h, "", b.floats([1, 1, 2, 2])], mode="nearest")
     y, c2 = head(b, h, 8)
     proto = b.model([y])
-    ps = prunable(proto)
-    assert len(ps) == 1 and ps[0].feed_in == [c1] and ps[0].feed_out == [c2]
+    only_group(proto, c1, c2)
     prune_and_check(proto, ratio)
 
 
@@ -523,8 +518,7 @@ def test_resize_sizes_channel_entry_updated(ratio):
     h2 = b.op("Resize", [b.op("Relu", [h]), "", "", sizes], mode="nearest")  # shares the constant
     y, c2 = head(b, h2, 8)
     proto = b.model([y])
-    ps = prunable(proto)
-    assert len(ps) == 1 and ps[0].feed_in == [c1] and ps[0].feed_out == [c2]
+    only_group(proto, c1, c2)
     slim, _ = prune_and_check(proto, ratio)
     k = keep(8, ratio)
     assert param(slim, rs, 3).tolist() == [1, k, 16, 16]
@@ -581,8 +575,7 @@ def test_pad_spatial(ratio, form):
         opset = 18
     y, c2 = head(b, h, 8)
     proto = b.model([y], opset=opset)
-    ps = prunable(proto)
-    assert len(ps) == 1 and ps[0].feed_in == [c1] and ps[0].feed_out == [c2]
+    only_group(proto, c1, c2)
     slim, _ = prune_and_check(proto, ratio)
     assert param(slim, c2, 1).shape == (4, keep(8, ratio), 3, 3)
 
@@ -1208,8 +1201,7 @@ def test_weights_in_constant_nodes(ratio):
     c2 = b.last()
     proto = b.model([y])
     assert not proto.graph.initializer
-    ps = prunable(proto)
-    assert len(ps) == 1 and ps[0].feed_in == [c1] and ps[0].feed_out == [c2]
+    only_group(proto, c1, c2)
     slim, _ = prune_and_check(proto, ratio)
     k = keep(8, ratio)
     assert param(slim, c1, 1).shape == (k, 3, 3, 3) and param(slim, c2, 1).shape == (4, k, 3, 3)
@@ -1259,8 +1251,7 @@ def test_weight_computed_from_constants_is_folded(ratio):
     y = b.op("Conv", [b.op("Relu", [h]), w], kernel_shape=[3, 3], pads=[1, 1, 1, 1])
     c2 = b.last()
     proto = b.model([y])
-    ps = prunable(proto)
-    assert len(ps) == 1 and ps[0].feed_in == [c1] and ps[0].feed_out == [c2]
+    only_group(proto, c1, c2)
     slim, report = prune_and_check(proto, ratio)
     assert any("folded" in n for n in report.notes)
     assert param(slim, c2, 1).shape == (4, keep(8, ratio), 3, 3)
@@ -1395,8 +1386,7 @@ def test_expand_and_tile_over_spatial_axes(op, shape, ratio):
     h = b.op("Sub", [h, g])
     y, c2 = head(b, h, 8)
     proto = b.model([y])
-    ps = prunable(proto)
-    assert len(ps) == 1 and ps[0].feed_in == [c1] and ps[0].feed_out == [c2]
+    only_group(proto, c1, c2)
     prune_and_check(proto, ratio)
 
 
@@ -1424,8 +1414,7 @@ def test_layer_normalization_over_spatial_axes(ratio):
     h = b.op("LayerNormalization", [h, b.floats(np.ones((8, 8))), b.floats(np.zeros((8, 8)))], axis=2)
     y, c2 = head(b, h, 8)
     proto = b.model([y])
-    ps = prunable(proto)
-    assert len(ps) == 1 and ps[0].feed_in == [c1] and ps[0].feed_out == [c2]
+    only_group(proto, c1, c2)
     prune_and_check(proto, ratio)
 
 
@@ -1484,8 +1473,7 @@ def test_flatten_then_reshape_back_to_channels(ratio):
     rs = b.last()
     y, c2 = head(b, b.op("Relu", [h]), 8)
     proto = b.model([y])
-    ps = prunable(proto)
-    assert len(ps) == 1 and ps[0].feed_in == [c1] and ps[0].feed_out == [c2]
+    only_group(proto, c1, c2)
     slim, _ = prune_and_check(proto, ratio)
     assert param(slim, rs, 1).tolist() == [1, keep(8, ratio), 4, 4]
 
