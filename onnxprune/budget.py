@@ -97,9 +97,8 @@ def kept_whole_by_rounding(couplings, round_to: int, min_keep: float, coupled: s
     multiplicity = class_multiplicity(couplings)
     whole = []
     for g in prunable_groups(couplings, coupled):
-        step = group_round_to(g, multiplicity, round_to)
-        floor = floor_of(g.width, min_keep)
-        if step > 1 and not any(m >= floor for m in range(step, g.width, step)):
+        step, floor = group_round_to(g, multiplicity, round_to), floor_of(g.width, min_keep)
+        if step > 1 and rounded_keep(floor, g.width, floor, step) == g.width:
             whole.append(g)
     return whole
 
@@ -269,23 +268,30 @@ class CostTracker:
                         w.shape[out_axis], False])
         return out
 
-    def _size(self, t) -> int:
+    def _size(self, t, fewer=None) -> int:
+        """Size of tensor t, with `fewer[slot]` entries less on its channel axes."""
         tensor = self.tensors[t]
-        return tensor["fixed"] * math.prod(int(self.counts[s]) for s in tensor["axes"])
+        if fewer is None:
+            return tensor["fixed"] * math.prod(int(self.counts[s]) for s in tensor["axes"])
+        return tensor["fixed"] * math.prod(int(self.counts[s]) - fewer.get(s, 0) for s in tensor["axes"])
+
+    def _slots(self, classes) -> dict[int, int]:
+        """Channel-axis slot -> entries that removing `classes` takes from it."""
+        slots: dict[int, int] = {}
+        for cls in classes:
+            for slot, n in self.incidence.get(cls, []):
+                slots[slot] = slots.get(slot, 0) + n
+        return slots
 
     def preview(self, classes) -> tuple[float, float, float]:
         """What removing `classes` would change, without removing them: (params, MACs, sum
         over the layers' weights of log(new size / old size)). Biases a fold would add are
         left out of the params; `remove` counts them."""
-        slots: dict[int, int] = {}
-        for cls in classes:
-            for slot, n in self.incidence.get(cls, []):
-                slots[slot] = slots.get(slot, 0) + n
-        touched = {t for slot in slots for t in self.slot_tensors[slot]}
+        slots = self._slots(classes)
         d_params = d_macs = d_log = 0.0
-        for t in touched:
+        for t in {t for slot in slots for t in self.slot_tensors[slot]}:
             tensor = self.tensors[t]
-            new = tensor["fixed"] * math.prod(int(self.counts[s]) - slots.get(s, 0) for s in tensor["axes"])
+            new = self._size(t, slots)
             delta = new - self.sizes[t]
             if tensor["params"]:
                 d_params += delta
@@ -295,11 +301,10 @@ class CostTracker:
         return d_params, d_macs, d_log
 
     def remove(self, cls: int) -> None:
-        touched, slots = set(), {}
-        for slot, n in self.incidence.get(cls, []):
+        slots = self._slots([cls])
+        for slot, n in slots.items():
             self.counts[slot] -= n
-            slots[slot] = n
-            touched.update(self.slot_tensors[slot])
+        touched = {t for slot in slots for t in self.slot_tensors[slot]}
         for bias in self.new_biases:  # a fold may create a bias: count it when it appears
             in_slot, out_slot, width, active = bias
             if out_slot in slots:
