@@ -138,7 +138,10 @@ class Gen:
         w = np.arange(1, len(cands) + 1, dtype=float) ** 2
         return cands[self.rng.choice(len(cands), p=w / w.sum())]
 
-    def add(self, t):
+    def add(self, t, op=None):
+        """Offer tensor t to later generators; `op` is recorded for the coverage report."""
+        if op is not None:
+            self.ops.append(op)
         self.pool.append(t)
         return t
 
@@ -273,8 +276,7 @@ class Gen:
         value = r.uniform(0.5, 1.5, shape) if op == "Mul" else r.uniform(-0.5, 0.5, shape)
         c = b.const(value.astype(np.float32), "pc")
         y = b.op(op, [x, c] if r.random() < 0.7 else [c, x], [s])
-        self.ops.append(f"channel_const:{op}")
-        return self.add(y)
+        return self.add(y, f"channel_const:{op}")
 
     def se(self):
         r, b = self.rng, self.b
@@ -287,8 +289,7 @@ class Gen:
         g = self.conv(g, kind="ordinary", c_out=c, k=1, stride=1, pad=0, add=False)
         g = self.act(g, kind=r.choice(["Sigmoid", "Sigmoid", "HardSigmoid"]), add=False)
         y = b.op("Mul", [x, g] if r.random() < 0.7 else [g, x], [(n, c, h, w)])
-        self.ops.append("SE")
-        return self.add(y)
+        return self.add(y, "SE")
 
     def spatial_gate(self):
         r, b = self.rng, self.b
@@ -297,8 +298,7 @@ class Gen:
         g = self.conv(x, kind="ordinary", c_out=1, k=int(r.choice([1, 3])), stride=1, pad="same", add=False)
         g = self.act(g, kind="Sigmoid", add=False)
         y = b.op("Mul", [x, g] if r.random() < 0.7 else [g, x], [(n, c, h, w)])
-        self.ops.append("spatial_gate")
-        return self.add(y)
+        return self.add(y, "spatial_gate")
 
     def concat(self):
         r = self.rng
@@ -321,8 +321,7 @@ class Gen:
             ins.append(third)
         total = sum(self.shape(t)[1] for t in ins)
         y = self.b.op("Concat", ins, [(n, total, h, w)], axis=int(r.choice([1, -3])))
-        self.ops.append(f"Concat:{len(ins)}")
-        return self.add(y)
+        return self.add(y, f"Concat:{len(ins)}")
 
     def split(self):
         r, b = self.rng, self.b
@@ -363,8 +362,7 @@ class Gen:
         if r.random() < 0.3:
             ins.append(b.const(np.array([1], np.int64), "sp"))
         y = b.op("Slice", ins, [(n, stop - start, h, w)])
-        self.ops.append("Slice")
-        return self.add(y)
+        return self.add(y, "Slice")
 
     def pool_op(self):
         r, b = self.rng, self.b
@@ -380,8 +378,7 @@ class Gen:
             if op == "AveragePool":
                 attrs["count_include_pad"] = int(r.integers(0, 2))
         y = b.op(op, [x], [out], **attrs)
-        self.ops.append(str(op))
-        return self.add(y)
+        return self.add(y, str(op))
 
     def reduce_mean(self):
         x = self.pick(lambda s: s[2] * s[3] > 1)
@@ -389,8 +386,7 @@ class Gen:
             return None
         n, c, h, w = self.shape(x)
         y = self.b.op("ReduceMean", [x], [(n, c, 1, 1)], axes=[2, 3], keepdims=1)
-        self.ops.append("ReduceMean")
-        return self.add(y)
+        return self.add(y, "ReduceMean")
 
     def resize(self):
         r, b = self.rng, self.b
@@ -406,8 +402,7 @@ class Gen:
             ins = [x, "", "", b.const(np.array(out, np.int64), "sz")]
             kind = "sizes"
         y = b.op("Resize", ins, [out], mode="nearest")
-        self.ops.append(f"Resize:{kind}")
-        return self.add(y)
+        return self.add(y, f"Resize:{kind}")
 
     def pad(self):
         r, b = self.rng, self.b
@@ -422,8 +417,7 @@ class Gen:
         if mode == "constant" and r.random() < 0.5:
             ins.append(b.const(np.float32(r.uniform(-1, 1)), "pv"))
         y = b.op("Pad", ins, [(n, c, h + p[0] + p[2], w + p[1] + p[3])], mode=mode)
-        self.ops.append(f"Pad:{mode}")
-        return self.add(y)
+        return self.add(y, f"Pad:{mode}")
 
     def conv_transpose(self):
         r, b = self.rng, self.b
@@ -446,8 +440,7 @@ class Gen:
         wo = (w - 1) * s - 2 * pads[1] + k
         y = b.op("ConvTranspose", ins, [(n, c_out, ho, wo)], kernel_shape=[k, k], strides=[s, s],
                  pads=pads, group=group)
-        self.ops.append("ConvTranspose:" + ("depthwise" if depthwise else "ordinary"))
-        return self.add(y)
+        return self.add(y, "ConvTranspose:" + ("depthwise" if depthwise else "ordinary"))
 
     def unknown(self):
         r, b = self.rng, self.b
@@ -462,8 +455,7 @@ class Gen:
             if h % 2 or w % 2 or 4 * c > MAX_C:
                 return None
             y = b.op("SpaceToDepth", [x], [(n, 4 * c, h // 2, w // 2)], blocksize=2)
-        self.ops.append(f"unknown:{kind}")
-        return self.add(y)
+        return self.add(y, f"unknown:{kind}")
 
     # -- extras beyond the classic CNN zoo: channel bookkeeping edge cases ---------------
     def split_merge(self):
@@ -503,8 +495,7 @@ class Gen:
                 if r.random() < 0.3:
                     outs = outs[::-1]
                 y = b.op("Concat", outs, [(n, sum(self.shape(o)[1] for o in outs), h, w)], axis=1)
-        self.ops.append(f"split_merge:{kind}")
-        return self.add(y)
+        return self.add(y, f"split_merge:{kind}")
 
     def channelwise(self, x):
         """A shape-preserving channel-wise op (or none) on x."""
@@ -550,8 +541,7 @@ class Gen:
             out = b.op("Slice", [out, b.const(np.array([0], np.int64), "st"),
                                  b.const(np.array([keep], np.int64), "en"),
                                  b.const(np.array([1], np.int64), "ax")], [(n, keep, h, w)])
-        self.ops.append("ghost")
-        return self.add(out)
+        return self.add(out, "ghost")
 
     def broadcast_binary(self):
         """x[1,C,H,W] op y[1,C,1,1] where y is computed (a pooled branch): unify by broadcast."""
@@ -566,8 +556,7 @@ class Gen:
             g = self.conv(g, kind="ordinary", c_out=c, k=1, stride=1, pad=0, add=False)
         op = self.choice(["Add", "Sub", "Mul"])
         y = b.op(op, [x, g] if r.random() < 0.5 else [g, x], [(n, c, h, w)])
-        self.ops.append(f"broadcast_binary:{op}")
-        return self.add(y)
+        return self.add(y, f"broadcast_binary:{op}")
 
     def const_operand(self):
         """Elementwise op with constants of various shapes: full [1,C,H,W], [C,H,W], [C,1,1],
@@ -587,8 +576,7 @@ class Gen:
         k = b.const(np.asarray(value, np.float32), "k")
         ins = [x, k] if kind in ("PRelu", "Div") or r.random() < 0.6 else [k, x]
         y = b.op(kind, ins, [(n, c, h, w)])
-        self.ops.append(f"const_operand:{kind}{list(shape)}")
-        return self.add(y)
+        return self.add(y, f"const_operand:{kind}{list(shape)}")
 
     def norm(self):
         """InstanceNormalization, LayerNormalization over H, W, or a Softmax (over channels:
@@ -606,8 +594,7 @@ class Gen:
                      [(n, c, h, w)], axis=2)
         else:
             y = b.op("Softmax", [x], [(n, c, h, w)], axis=1 if kind == "Softmax1" else 3)
-        self.ops.append(f"norm:{kind}")
-        return self.add(y)
+        return self.add(y, f"norm:{kind}")
 
     def matmul_pointwise(self):
         """Transpose to NHWC, MatMul with a [C, C'] weight (+ bias Add), Transpose back."""
@@ -620,8 +607,7 @@ class Gen:
         if r.random() < 0.5:
             y = b.op("Add", [y, b.weight((c2,), scale=0.2, prefix="b")], [(n, h, w, c2)])
         y = b.op("Transpose", [y], [(n, c2, h, w)], perm=[0, 3, 1, 2])
-        self.ops.append("matmul_pointwise")
-        return self.add(y)
+        return self.add(y, "matmul_pointwise")
 
     def shuffle(self):
         """ShuffleNet channel shuffle: Reshape [1,g,C/g,H,W] -> Transpose -> Reshape back."""
@@ -635,8 +621,7 @@ class Gen:
                  [(n, g, c // g, h, w)])
         y = b.op("Transpose", [y], [(n, c // g, g, h, w)], perm=[0, 2, 1, 3, 4])
         y = b.op("Reshape", [y, b.const(np.array([n, c, h, w], np.int64), "shp")], [(n, c, h, w)])
-        self.ops.append("shuffle")
-        return self.add(y)
+        return self.add(y, "shuffle")
 
     def reshape_head(self):
         """Reshape (not Flatten) of C x H x W into features, with a literal or -1 target."""
@@ -672,8 +657,7 @@ class Gen:
         y = b.op("Slice", [x, b.const(np.array(starts, np.int64), "st"), b.const(np.array(ends, np.int64), "en"),
                            b.const(np.array([1], np.int64), "ax"), b.const(np.array([step], np.int64), "sp")],
                  [(n, out, h, w)])
-        self.ops.append(f"odd_slice:{step}")
-        return self.add(y)
+        return self.add(y, f"odd_slice:{step}")
 
     def grouped_conv_transpose(self):
         """ConvTranspose with 1 < group < C (not depthwise): must freeze."""
@@ -685,8 +669,7 @@ class Gen:
         c_out = self.chan(mult=2)
         y = b.op("ConvTranspose", [x, b.weight((c, c_out // 2, 2, 2))], [(n, c_out, 2 * h, 2 * w)],
                  kernel_shape=[2, 2], strides=[2, 2], group=2)
-        self.ops.append("ConvTranspose:grouped")
-        return self.add(y)
+        return self.add(y, "ConvTranspose:grouped")
 
     def head(self):
         """GAP (or ReduceMean) -> Flatten -> Gemm [-> act -> Gemm], or Flatten(C x H x W) -> Gemm."""
