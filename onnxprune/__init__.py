@@ -4,4 +4,4 @@ from .errors import OnnxPruneError
 from .plan import Plan
 
 __all__ = ["prune", "analyze_model", "rewrite", "Plan", "OnnxPruneError"]
-__version__ = "0.1.0"
+__version__ = "0.2.0"

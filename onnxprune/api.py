@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import time
 
-import passes
-
+from . import passes
 from .budget import (allocate, allocate_target, check_plan_classes, default_round_to, kept_whole_by_rounding,
                      parse_min_keep)
 from .couplings import analyze
@@ -13,6 +12,7 @@ from .density import allocate_density
 from .errors import OnnxPruneError
 from .io import is_large
 from .model import Model, load
+from .pipeline import REWRITE_PASSES, Step, run_passes
 from .plan import Plan, classes_from_plan, plan_from_classes
 from .report import Report, group_table, model_stats
 from .saliency import score
@@ -24,12 +24,9 @@ def rewrite(model: Model, couplings, removed_classes, folds=None) -> Model:
     """Rewrite stage: the passes, in order, on a copy of the model. `folds` come from
     passes.fold_removed_constants.plan_folds on the original model."""
     slim = model.copy()
-    kept = couplings.kept_fn(removed_classes)
-    passes.slice_initializers.run(slim, couplings.slices, kept)
-    passes.update_attributes.run(slim, couplings.edits, kept)
-    passes.fold_removed_constants.run(slim, folds or {}, couplings, kept)
-    passes.remove_dead_nodes.run(slim, keep=passes.remove_dead_nodes.dead_nodes(model))
-    passes.infer_shapes.run(slim)
+    step = Step(couplings, couplings.kept_fn(removed_classes), folds or {},
+                frozenset(passes.remove_dead_nodes.dead_nodes(model)))
+    run_passes(slim, REWRITE_PASSES, step)
     return slim
 
 
@@ -105,11 +102,13 @@ def prune_model(source, ratio: float | None = None, *, criterion: str = "l1", se
     lap("load")
     couplings = analyze(model, tuple(exclude))
     lap("analyze")
-    target = None
+    target, score_notes = None, []
     if plan is not None:
         removed = classes_from_plan(couplings, plan)
     else:
-        scores = score(model, couplings, criterion, seed)
+        scored = score(model, couplings, criterion, seed)
+        couplings = couplings.with_frozen(scored.frozen)   # what the criterion cannot score stays
+        scores, score_notes = scored.values, [f"{criterion}: {n}" for n in scored.notes]
         lap("score")
         if ratio is not None:
             removed = allocate(couplings, scores, ratio, scope, min_keep, round_to, ranking, coupled)
@@ -142,7 +141,7 @@ def prune_model(source, ratio: float | None = None, *, criterion: str = "l1", se
         raise OnnxPruneError(f"onnxruntime cannot run the pruned model: {str(e).splitlines()[0]}") from None
     lap("verify")
     timings["total"] = round(time.perf_counter() - start, 4)
-    notes = list(model.notes) + ([fold_stats.note()] if removed and fold != "none" else [])
+    notes = list(model.notes) + score_notes + ([fold_stats.note()] if removed and fold != "none" else [])
     if target is not None:
         notes.append(f"target {target.metric} {target.target:g}: reached {target.achieved:.4f}"
                      + ("" if target.reached else " (not reachable within the group floors)"))

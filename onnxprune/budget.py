@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .couplings import Context
+from .cost import CostTracker
 from .errors import OnnxPruneError
 
 RANKINGS = ("raw", "normalized")
@@ -189,140 +189,6 @@ def _keep_from_order(groups, order, couplings, n_remove, min_keep) -> dict[int, 
 
 
 # -- budget targets ------------------------------------------------------------------------
-class CostTracker:
-    """Exact parameters and MACs of the pruned model as classes are removed one by one.
-
-    Every weighted tensor's size is the product of its kept counts along the axes that
-    hold channels; a layer's MACs are proportional to its weight's size (spatial sizes do
-    not change). A removal updates only the tensors its class touches, so each step costs
-    a few operations, and the tracked value equals what the rewritten model reports
-    (a tensor shared by users that need different cuts is counted once)."""
-
-    def __init__(self, model, couplings, fold: bool = True):
-        from .cost import cost
-        nodes = model.nodes_by_name()
-        base = cost(model)
-        self.params0, self.macs0 = base.params, base.macs
-        uses: dict[tuple, dict] = {}
-        for s in couplings.slices:
-            uses.setdefault((s.node, s.input), {})[s.axis] = s.ids
-        self.tensors, owner = [], {}
-        axis_class, axis_index = [], []
-        self.counts = []
-        for (node_name, index), axes in uses.items():
-            name = nodes[node_name].input[index]
-            array = model.inits[name]
-            counts_at = {}
-            for axis, ids in axes.items():
-                counts_at[axis] = len(self.counts)
-                self.counts.append(len(ids))
-                axis_class.append(couplings.class_of[ids])
-                axis_index.append(np.full(len(ids), counts_at[axis]))
-            is_owner = name not in owner and array.dtype.kind == "f"
-            owner.setdefault(name, True)
-            node = nodes[node_name]
-            mac_weight = index == 1 and node.op_type in ("Conv", "ConvTranspose", "Gemm", "MatMul")
-            macs = base.macs_by_node.get(node_name, 0) if mac_weight else 0
-            fixed = int(np.prod([d for a, d in enumerate(array.shape) if a not in axes]))
-            self.tensors.append({"axes": list(counts_at.values()), "fixed": fixed, "size0": int(array.size),
-                                 "params": is_owner, "macs_per_element": macs / max(array.size, 1)})
-        self.counts = np.array(self.counts, dtype=np.int64)
-        # class -> (axis slot, positions removed); slot -> tensors using it
-        classes = np.concatenate(axis_class) if axis_class else np.zeros(0, np.int64)
-        slots = np.concatenate(axis_index) if axis_index else np.zeros(0, np.int64)
-        n_slots = max(len(self.counts), 1)
-        keys, hits = np.unique(classes * n_slots + slots, return_counts=True)
-        self.incidence: dict[int, list] = {}
-        for key, n in zip(keys.tolist(), hits.tolist()):
-            self.incidence.setdefault(key // n_slots, []).append((key % n_slots, n))
-        self.slot_tensors: dict[int, list] = {}
-        for t, tensor in enumerate(self.tensors):
-            for slot in tensor["axes"]:
-                self.slot_tensors.setdefault(slot, []).append(t)
-        self.sizes = np.array([self._size(t) for t in range(len(self.tensors))], dtype=np.float64)
-        self.params, self.macs = float(self.params0), float(self.macs0)
-        self.new_biases = self._new_biases(model, couplings, uses, nodes) if fold else []
-
-    def _new_biases(self, model, couplings, uses, nodes):
-        """Feed-out layers without a bias (and no BN after them to take the fold) gain one
-        once any of their inputs is removed: [input slot, output slot or None, width, active]."""
-        from passes.fold_removed_constants import FOLDABLE, following_batch_norm
-        slot_of = {}
-        for t, ((node_name, index), axes) in enumerate(uses.items()):
-            for axis, slot in zip(axes, self.tensors[t]["axes"]):
-                slot_of[(node_name, index, axis)] = slot
-        out = []
-        consumers = model.consumers()
-        for (node_name, index), axes in uses.items():
-            node = nodes[node_name]
-            if node.op_type not in FOLDABLE or index != 1:
-                continue
-            if len(node.input) > 2 and node.input[2] or following_batch_norm(model, node, consumers) is not None:
-                continue
-            w = model.inits[node.input[1]]
-            in_axis, out_axis = {"Conv": (1, 0), "ConvTranspose": (0, 1)}.get(
-                node.op_type, (1, 0) if Context.attr(node, "transB") else (0, 1))
-            if (node_name, 1, in_axis) not in slot_of:
-                continue
-            out.append([slot_of[(node_name, 1, in_axis)], slot_of.get((node_name, 1, out_axis)),
-                        w.shape[out_axis], False])
-        return out
-
-    def _size(self, t, fewer=None) -> int:
-        """Size of tensor t, with `fewer[slot]` entries less on its channel axes."""
-        tensor = self.tensors[t]
-        if fewer is None:
-            return tensor["fixed"] * math.prod(int(self.counts[s]) for s in tensor["axes"])
-        return tensor["fixed"] * math.prod(int(self.counts[s]) - fewer.get(s, 0) for s in tensor["axes"])
-
-    def _slots(self, classes) -> dict[int, int]:
-        """Channel-axis slot -> entries that removing `classes` takes from it."""
-        slots: dict[int, int] = {}
-        for cls in classes:
-            for slot, n in self.incidence.get(cls, []):
-                slots[slot] = slots.get(slot, 0) + n
-        return slots
-
-    def preview(self, classes) -> tuple[float, float, float]:
-        """What removing `classes` would change, without removing them: (params, MACs, sum
-        over the layers' weights of log(new size / old size)). Biases a fold would add are
-        left out of the params; `remove` counts them."""
-        slots = self._slots(classes)
-        d_params = d_macs = d_log = 0.0
-        for t in {t for slot in slots for t in self.slot_tensors[slot]}:
-            tensor = self.tensors[t]
-            new = self._size(t, slots)
-            delta = new - self.sizes[t]
-            if tensor["params"]:
-                d_params += delta
-            if tensor["macs_per_element"]:
-                d_macs += delta * tensor["macs_per_element"]
-                d_log += math.log(max(new, 1) / self.sizes[t])
-        return d_params, d_macs, d_log
-
-    def remove(self, cls: int) -> None:
-        slots = self._slots([cls])
-        for slot, n in slots.items():
-            self.counts[slot] -= n
-        touched = {t for slot in slots for t in self.slot_tensors[slot]}
-        for bias in self.new_biases:  # a fold may create a bias: count it when it appears
-            in_slot, out_slot, width, active = bias
-            if out_slot in slots:
-                bias[2] = width = width - slots[out_slot]
-                if active:
-                    self.params -= slots[out_slot]
-            if in_slot in slots and not active:
-                bias[3] = True
-                self.params += width
-        for t in touched:
-            new = self._size(t)
-            delta = new - self.sizes[t]
-            self.sizes[t] = new
-            if self.tensors[t]["params"]:
-                self.params += delta
-            self.macs += delta * self.tensors[t]["macs_per_element"]
-
-
 @dataclass
 class TargetResult:
     removed: set

@@ -1,57 +1,22 @@
-"""Analyze stage: channel identities, coupled channel classes and their groups (DFCs).
+"""Analyze stage: coupled channel classes and their groups (DFCs).
 
-Every channel of every producer (Conv/Gemm/MatMul output, graph input, unknown op)
-gets an integer identity. Each operator's rule (`rules.py`) says how identities flow
-from its inputs to its outputs, which identities must be unified, which initializer
-axes read or write them, and which attributes depend on the kept channels. A union-
-find over identities then yields channel classes: channels removed together.
+Each operator's channel rule (onnxprune/ops/) says how channel identities flow through
+it; a union-find over identities then yields channel classes (channels removed
+together), and classes with the same feed-in and feed-out layers form a group — a Data
+Flow Coupling of the DFPC paper.
 """
 from __future__ import annotations
 
 import traceback
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Callable
 
 import numpy as np
-import onnx
 
-from .errors import OnnxPruneError
-from .model import Model, subgraph_reads
-
-FEED_IN, FEED_OUT, CHANNELWISE, BIAS = "feed_in", "feed_out", "channelwise", "bias"
-
-
-@dataclass
-class ChannelMap:
-    """Which channel identity sits at each position of one axis of a tensor.
-    Identities may repeat: a flattened C×H×W feature vector repeats each channel H·W times."""
-    axis: int
-    ids: np.ndarray
-
-
-@dataclass
-class SliceUse:
-    """Initializer input `input` of `node` has channels `ids` along `axis`."""
-    node: str
-    input: int
-    axis: int
-    ids: np.ndarray
-    role: str
-
-
-@dataclass
-class Edit:
-    """An attribute or shape constant of `node` that depends on the kept channels.
-    `apply(node, model, kept)` updates it; `kept(ids)` is a boolean mask."""
-    node: str
-    apply: Callable
-
-
-@dataclass
-class Producer:
-    node: str
-    output: str
-    ids: np.ndarray
+from .channels import (BIAS, CHANNELWISE, FEED_IN, FEED_OUT, ChannelMap, Context, Edit, Producer,
+                       RuleError, SliceUse)
+from .graph import is_default_domain, subgraph_reads
+from .ops import REGISTRY
 
 
 @dataclass
@@ -80,11 +45,22 @@ class Couplings:
     frozen: dict[int, str]               # class -> reason
     groups: list[Group] = field(default_factory=list)
     group_of: np.ndarray = None          # class -> group index
+    segments: list = field(default_factory=list)  # class -> Split/Slice parts it is in
 
     def kept_fn(self, removed_classes) -> Callable[[np.ndarray], np.ndarray]:
         keep = np.ones(self.n_classes, dtype=bool)
         keep[np.asarray(sorted(removed_classes), dtype=np.int64)] = False
         return lambda ids: keep[self.class_of[np.asarray(ids, dtype=np.int64)]]
+
+    def with_frozen(self, frozen: dict[int, str]) -> "Couplings":
+        """The same couplings with more classes frozen (a criterion that cannot score them,
+        e.g. bgsc next to an operator without a bound); groups are formed again."""
+        if all(c in self.frozen for c in frozen):
+            return self
+        merged = {**frozen, **self.frozen}
+        out = replace(self, frozen=merged)
+        out.groups, out.group_of = _groups(out, self.segments)
+        return out
 
     def class_sizes(self) -> np.ndarray:
         """Channels per class, counted over producer outputs."""
@@ -94,106 +70,7 @@ class Couplings:
         return sizes
 
 
-class RuleError(Exception):
-    """Raised by a rule that cannot handle this node: its channels get frozen."""
-
-
-class Context:
-    """What a rule sees: shapes, constants, channel maps, and the calls that record facts."""
-
-    def __init__(self, model: Model):
-        self.model = model
-        self.maps: dict[str, ChannelMap] = {}
-        self.next_id = 0
-        self.pairs: list[tuple[np.ndarray, np.ndarray]] = []
-        self.frozen: list[tuple[np.ndarray, str]] = []
-        self.slices: list[SliceUse] = []
-        self.edits: list[Edit] = []
-        self.producers: list[Producer] = []
-        self.segments: list[tuple[str, np.ndarray]] = []
-        self.consumers = model.consumers()
-
-    # -- queries ------------------------------------------------------------------------
-    def map(self, tensor: str) -> ChannelMap | None:
-        return self.maps.get(tensor) if tensor else None
-
-    def shape(self, tensor: str) -> tuple:
-        try:
-            return self.model.shapes[tensor]
-        except KeyError:
-            raise RuleError(f"no static shape for tensor {tensor}") from None
-
-    def const(self, tensor: str) -> np.ndarray | None:
-        return self.model.inits.get(tensor) if tensor else None
-
-    @staticmethod
-    def attr(node: onnx.NodeProto, name: str, default=None):
-        for a in node.attribute:
-            if a.name == name:
-                return onnx.helper.get_attribute_value(a)
-        return default
-
-    # -- facts ---------------------------------------------------------------------------
-    def fresh(self, n: int) -> np.ndarray:
-        ids = np.arange(self.next_id, self.next_id + n, dtype=np.int64)
-        self.next_id += n
-        return ids
-
-    def out(self, tensor: str, cmap: ChannelMap) -> None:
-        if tensor:
-            self.maps[tensor] = cmap
-
-    def unify(self, a: np.ndarray, b: np.ndarray) -> None:
-        if len(a) != len(b):
-            raise RuleError(f"cannot couple {len(a)} with {len(b)} channels")
-        self.pairs.append((np.asarray(a), np.asarray(b)))
-
-    def freeze(self, ids: np.ndarray, reason: str) -> None:
-        if len(ids):
-            self.frozen.append((np.asarray(ids), reason))
-
-    def param(self, node, input_index: int, axis: int, ids: np.ndarray, role: str) -> None:
-        name = node.input[input_index] if input_index < len(node.input) else ""
-        if not name:
-            return
-        if name not in self.model.inits:
-            raise RuleError(f"input {input_index} ({name}) is not a constant")
-        if self.model.inits[name].shape[axis] != len(ids):
-            raise RuleError(f"input {name} has {self.model.inits[name].shape[axis]} entries on "
-                            f"axis {axis}, expected {len(ids)}")
-        self.slices.append(SliceUse(node.name, input_index, axis, np.asarray(ids), role))
-
-    def segment(self, node, ids: np.ndarray) -> None:
-        """`ids` are a part of a tensor cut out by `node` (Split, Slice): the part must keep
-        at least one channel, so its classes form groups of their own."""
-        self.segments.append((node.name, np.asarray(ids)))
-
-    def edit(self, node, apply: Callable) -> None:
-        self.edits.append(Edit(node.name, apply))
-
-    def produce(self, node, output: str, n: int, axis: int) -> np.ndarray:
-        ids = self.fresh(n)
-        self.producers.append(Producer(node.name, output, ids))
-        self.out(output, ChannelMap(axis, ids))
-        return ids
-
-    def freeze_node(self, node, reason: str) -> None:
-        """Unknown or unsupported use: freeze every channel touching the node; its outputs
-        become new frozen channels (axis 1) so that later layers are still analysed."""
-        for t in node.input:
-            m = self.map(t)
-            if m is not None:
-                self.freeze(m.ids, reason)
-        for o in node.output:
-            shape = self.model.shapes.get(o)
-            if o and shape is not None and len(shape) >= 2:
-                ids = self.produce(node, o, shape[1], 1)
-                self.freeze(ids, reason)
-
-
 def analyze(model: Model, exclude: tuple[str, ...] = ()) -> Couplings:
-    from .rules import RULES
-
     ctx = Context(model)
     for name in model.input_names:
         shape = model.input_shapes.get(name, ())
@@ -206,14 +83,14 @@ def analyze(model: Model, exclude: tuple[str, ...] = ()) -> Couplings:
                 ctx.freeze(ctx.map(t).ids, f"read inside the body of {node.op_type} {node.name}")
         if not any(ctx.map(t) is not None for t in node.input):
             continue  # constants and shape arithmetic carry no channels
-        rule = RULES.get(node.op_type) if node.domain in ("", "ai.onnx") else None
-        if rule is None:
+        spec = REGISTRY.get(node.op_type) if is_default_domain(node) else None
+        if spec is None:
             ctx.freeze_node(node, f"unsupported operator {node.op_type}"
                             + (f" (domain {node.domain})" if node.domain not in ("", "ai.onnx") else ""))
             continue
         mark = (len(ctx.pairs), len(ctx.slices), len(ctx.edits), len(ctx.producers))
         try:
-            rule(node, ctx)
+            spec.channels(node, ctx)
         except RuleError as e:
             _rollback(ctx, mark)
             ctx.freeze_node(node, f"{node.op_type} {node.name}: {e}")
@@ -294,6 +171,7 @@ def _build(ctx: Context) -> Couplings:
     for k, (node, ids) in enumerate(ctx.segments):
         for cls in np.unique(class_of[ids]).tolist():
             segments[cls].add(k)
+    c.segments = segments
     c.groups, c.group_of = _groups(c, segments)
     return c
 
@@ -327,14 +205,3 @@ def _groups(c: Couplings, segments):
         groups.append(Group(i, np.asarray(classes, dtype=np.int64), list(fin), list(fout), cw, reason))
         group_of[classes] = i
     return groups, group_of
-
-
-def require(condition: bool, reason: str) -> None:
-    """Rules call this for every assumption they make: a failed one freezes, never guesses."""
-    if not condition:
-        raise RuleError(reason)
-
-
-__all__ = ["ChannelMap", "SliceUse", "Edit", "Producer", "Group", "Couplings", "Context",
-           "RuleError", "analyze", "require", "FEED_IN", "FEED_OUT", "CHANNELWISE", "BIAS",
-           "OnnxPruneError"]

@@ -13,12 +13,12 @@ from __future__ import annotations
 
 import numpy as np
 
-from .couplings import FEED_IN
+from .channels import FEED_IN
 from .saliency.magnitude import axis_norms
 
 
 def score_disagreement(model, couplings) -> dict[int, tuple[float, float]]:
-    nodes = model.nodes_by_name()
+    nodes = model.index().nodes
     per_group: dict[int, dict[str, np.ndarray]] = {}
     for s in couplings.slices:
         if s.role != FEED_IN:

@@ -13,7 +13,8 @@ from __future__ import annotations
 import numpy as np
 import onnx
 
-from .couplings import FEED_IN, FEED_OUT, Context
+from .channels import FEED_IN, FEED_OUT
+from .ops import layer_of
 
 
 def _mask_shape(mask: np.ndarray, axis: int, rank: int) -> np.ndarray:
@@ -80,11 +81,10 @@ def zero_feed_in_filters(model, couplings, kept):
 
 def _bias_per_channel(node, model, width: int):
     """The constant each output channel has when its filter is zero, or None."""
-    if len(node.input) < 3 or not node.input[2]:
+    layer = layer_of(node)
+    if layer is None or layer.bias is None or len(node.input) <= layer.bias or not node.input[layer.bias]:
         return None
-    b = np.asarray(model.inits[node.input[2]], dtype=np.float32)
-    if node.op_type == "Gemm":
-        b = b * Context.attr(node, "beta", 1.0)
+    b = np.asarray(model.inits[node.input[layer.bias]], dtype=np.float32) * layer.bias_scale(node)
     if b.size not in (1, width):
         return None  # a per-row (batch-shaped) Gemm bias: not a per-channel constant
     return np.broadcast_to(b.reshape(-1), (width,)).copy()

@@ -3,6 +3,8 @@
 `Model` keeps the graph structure in a `GraphProto` whose initializer list is empty;
 the weights live in `Model.inits` as numpy arrays (the single source of truth), so
 passes slice arrays, not protobufs, and a >2 GB model is never serialised whole.
+`load` reads a file or proto, runs the load passes (onnxprune/pipeline.py: naming,
+inlining, constants, constant folding, shapes) and returns a Model.
 """
 from __future__ import annotations
 
@@ -12,16 +14,12 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import onnx
-from onnx import numpy_helper, shape_inference
+from onnx import numpy_helper
 
 from .errors import OnnxPruneError
+from .graph import GraphIndex, set_dims
 
 MIN_OPSET = 11
-# Never folded into constants: operators whose value differs run to run, and quantization
-# operators (folding DequantizeLinear would turn int8 weights into float32 ones).
-_NOT_FOLDED = {"RandomNormal", "RandomUniform", "RandomNormalLike", "RandomUniformLike",
-               "Multinomial", "Bernoulli", "QuantizeLinear", "DequantizeLinear",
-               "DynamicQuantizeLinear"}
 
 
 @dataclass
@@ -35,21 +33,19 @@ class Model:
     input_shapes: dict[str, tuple] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)  # what loading changed, for the report
     external_data: bool = False     # the input kept its weights in an external-data file
+    functions: list = field(default_factory=list)   # model-local functions, inlined at load
+    _index: GraphIndex | None = field(default=None, repr=False, compare=False)
 
-    # -- graph queries (recomputed on demand: passes edit the graph) --------------------
-    def producers(self) -> dict[str, onnx.NodeProto]:
-        return {o: n for n in self.graph.node for o in n.output if o}
+    # -- graph queries ---------------------------------------------------------------------
+    def index(self) -> GraphIndex:
+        """Producers, consumers and nodes by name, built once while the graph is unchanged.
+        Whoever edits the graph calls `touch()` (the pass pipeline does, after each pass)."""
+        if self._index is None:
+            self._index = GraphIndex.of(self.graph)
+        return self._index
 
-    def consumers(self) -> dict[str, list[tuple[onnx.NodeProto, int]]]:
-        users: dict[str, list] = {}
-        for n in self.graph.node:
-            for i, t in enumerate(n.input):
-                if t:
-                    users.setdefault(t, []).append((n, i))
-        return users
-
-    def nodes_by_name(self) -> dict[str, onnx.NodeProto]:
-        return {n.name: n for n in self.graph.node}
+    def touch(self) -> None:
+        self._index = None
 
     @property
     def output_names(self) -> list[str]:
@@ -82,18 +78,7 @@ class Model:
         # Arrays are shared: passes replace initializers with new arrays, never edit in place.
         return Model(copy.deepcopy(self.graph), dict(self.inits),
                      dict(self.shapes), list(self.opset_imports), self.ir_version, dict(self.meta),
-                     dict(self.input_shapes), list(self.notes), self.external_data)
-
-
-def subgraph_reads(node: onnx.NodeProto) -> set[str]:
-    """Names that the bodies of an If/Loop/Scan node read, outer-scope tensors included."""
-    names: set[str] = set()
-    for a in node.attribute:
-        for g in ([a.g] if a.type == onnx.AttributeProto.GRAPH else list(a.graphs)):
-            for n in g.node:
-                names.update(n.input)
-                names |= subgraph_reads(n)
-    return names
+                     dict(self.input_shapes), list(self.notes), self.external_data, list(self.functions))
 
 
 # ---------------------------------------------------------------------------------------
@@ -194,13 +179,11 @@ def load(source, input_shapes: dict | None = None, check: bool = True) -> Model:
                   {**{k: getattr(proto, k) for k in ("producer_name", "producer_version", "domain",
                                                      "model_version", "doc_string")},
                    "metadata_props": [(p.key, p.value) for p in proto.metadata_props]})
+    model.functions = list(proto.functions)
     model.external_data = any(t.data_location == onnx.TensorProto.EXTERNAL for t in proto.graph.initializer)
     model.input_shapes = _fix_input_shapes(model, dict(input_shapes or {}))
-    _name_nodes(model)
-    _constants_to_initializers(model)
-    _bypass_identity_of_initializers(model)
-    _fold_constant_subgraphs(model)
-    model.shapes = infer_static_shapes(model)
+    from .pipeline import LOAD_PASSES, run_passes
+    run_passes(model, LOAD_PASSES)
     return model
 
 
@@ -293,186 +276,3 @@ def suggested_dims(dims) -> list[str]:
     return out
 
 
-def _name_nodes(model: Model) -> None:
-    """Give unnamed or duplicate-named nodes a unique name: the analysis keys on names."""
-    seen = set()
-    for i, n in enumerate(model.graph.node):
-        if not n.name or n.name in seen:
-            base = n.name or f"{n.op_type}_{i}"
-            name, k = base, 0
-            while name in seen:
-                k += 1
-                name = f"{base}_{k}"
-            n.name = name
-        seen.add(n.name)
-
-
-def _constants_to_initializers(model: Model) -> None:
-    keep = []
-    for n in model.graph.node:
-        if n.op_type == "Constant" and n.domain in ("", "ai.onnx") and n.output[0] not in model.output_names:
-            model.inits[n.output[0]] = _constant_value(n)
-        else:
-            keep.append(n)
-    _replace_nodes(model, keep)
-
-
-def _constant_value(node: onnx.NodeProto) -> np.ndarray:
-    a = node.attribute[0]
-    if a.name == "value":
-        return numpy_helper.to_array(a.t)
-    if a.name == "value_float":
-        return np.array(a.f, dtype=np.float32)
-    if a.name == "value_floats":
-        return np.array(list(a.floats), dtype=np.float32)
-    if a.name == "value_int":
-        return np.array(a.i, dtype=np.int64)
-    if a.name == "value_ints":
-        return np.array(list(a.ints), dtype=np.int64)
-    raise OnnxPruneError(f"Constant node {node.name} has an unsupported attribute {a.name}")
-
-
-def _bypass_identity_of_initializers(model: Model) -> None:
-    """Identity(initializer) -> the initializer itself (torch shares de-duplicated weights
-    this way). Sharing is kept: the slicing pass copies a shared tensor when users disagree."""
-    outputs = set(model.output_names)
-    rename, keep = {}, []
-    for n in model.graph.node:
-        if n.op_type == "Identity" and n.input[0] in model.inits and n.output[0] not in outputs:
-            rename[n.output[0]] = n.input[0]
-        else:
-            keep.append(n)
-    for n in keep:
-        for i, t in enumerate(n.input):
-            if t in rename:
-                n.input[i] = rename[t]
-    _replace_nodes(model, keep)
-
-
-def _fold_constant_subgraphs(model: Model) -> None:
-    """Evaluate nodes whose inputs are all constant (Paddle computes weights this way) with
-    onnxruntime, optimisations off, so folded values are exactly what the runtime computes."""
-    const = set(model.inits)
-    outputs = set(model.output_names)
-    foldable = []
-    for n in model.graph.node:  # nodes are topologically sorted in a valid ONNX graph
-        if (n.op_type not in _NOT_FOLDED and n.domain in ("", "ai.onnx")
-                and all(not t or t in const for t in n.input)
-                and not any(a.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS)
-                            for a in n.attribute)
-                and not any(o in outputs for o in n.output)):
-            foldable.append(n)
-            const.update(o for o in n.output if o)
-    if not foldable:
-        return
-    values = _evaluate_constant_nodes(model, foldable)
-    if values is None:
-        return
-    folded = {id(n) for n in foldable}
-    model.inits.update(values)
-    _replace_nodes(model, [n for n in model.graph.node if id(n) not in folded])
-    model.notes.append(f"folded {len(foldable)} constant node(s) into initializers")
-
-
-def _evaluate_constant_nodes(model: Model, nodes) -> dict | None:
-    from .runtime import run_named, session_from_parts
-    needed = {t for n in nodes for t in n.input if t and t in model.inits}
-    produced = [o for n in nodes for o in n.output if o]
-    g = onnx.helper.make_graph([copy.deepcopy(n) for n in nodes], "fold", inputs=[],
-                               outputs=[onnx.helper.make_empty_tensor_value_info(o) for o in produced])
-    try:
-        sess = session_from_parts(g, {t: model.inits[t] for t in needed}, model.opset_imports,
-                                  model.ir_version, optimize=False)
-        return run_named(sess, {})
-    except Exception:
-        return None  # leave the nodes as they are; their channels are handled (or frozen) by rules
-
-
-def _replace_nodes(model: Model, nodes) -> None:
-    nodes = list(nodes)
-    del model.graph.node[:]
-    model.graph.node.extend(nodes)
-
-
-# ---------------------------------------------------------------------------------------
-def infer_static_shapes(model: Model) -> dict[str, tuple]:
-    """Static shape of every tensor: onnx shape inference first, onnxruntime for the rest."""
-    shapes = {name: tuple(a.shape) for name, a in model.inits.items()}
-    shapes.update(model.input_shapes)
-    g = copy.deepcopy(model.graph)
-    del g.value_info[:]
-    for inp in g.input:
-        if inp.name in model.input_shapes:
-            set_dims(inp, model.input_shapes[inp.name])
-    # Large weights enter as typed inputs (no data): inference needs their shapes only,
-    # and this keeps the proto far below protobuf's 2 GB limit.
-    declared = {i.name for i in g.input}
-    small = []
-    for name, a in model.inits.items():
-        if a.size <= 64 and a.dtype.kind in "iu":
-            small.append(numpy_helper.from_array(a, name))
-        elif name not in declared:
-            g.input.append(onnx.helper.make_tensor_value_info(
-                name, onnx.helper.np_dtype_to_tensor_dtype(a.dtype), a.shape))
-    g.initializer.extend(small)
-    m = onnx.helper.make_model(g, opset_imports=model.opset_imports)
-    m.ir_version = model.ir_version
-    try:
-        inferred = shape_inference.infer_shapes(m, data_prop=True)
-        for vi in list(inferred.graph.value_info) + list(inferred.graph.output):
-            dims = vi.type.tensor_type.shape.dim
-            if vi.type.tensor_type.HasField("shape") and all(d.HasField("dim_value") for d in dims):
-                shapes.setdefault(vi.name, tuple(d.dim_value for d in dims))
-    except Exception:
-        pass
-    missing = [o for n in model.graph.node for o in n.output if o and o not in shapes]
-    if missing:
-        shapes.update(_shapes_from_onnxruntime(model, missing))
-    return shapes
-
-
-def set_dims(vi, shape, exact_rank: bool = False) -> None:
-    if exact_rank:
-        vi.type.tensor_type.shape.ClearField("dim")
-        for _ in shape:
-            vi.type.tensor_type.shape.dim.add()
-    dims = vi.type.tensor_type.shape.dim
-    for d, s in zip(dims, shape):
-        d.ClearField("dim_param")
-        d.dim_value = s
-
-
-def _shapes_from_onnxruntime(model: Model, names) -> dict[str, tuple]:
-    """Run the model once on random inputs with the missing tensors as extra outputs."""
-    from .runtime import model_session
-    try:
-        sess = model_session(model, optimize=False, outputs=names)
-        values = sess.run(list(names), random_inputs(model, np.random.default_rng(0), sess))
-    except Exception as e:
-        raise OnnxPruneError(f"cannot determine tensor shapes: shape inference is incomplete and "
-                             f"onnxruntime cannot run the model ({str(e).splitlines()[0][:200]})") from None
-    # sequence-typed outputs (SplitToSequence) have no tensor shape: their users get frozen
-    return {n: tuple(v.shape) for n, v in zip(names, values) if hasattr(v, "shape")}
-
-
-_ORT_TYPES = {"tensor(float)": np.float32, "tensor(double)": np.float64, "tensor(float16)": np.float16,
-              "tensor(int64)": np.int64, "tensor(int32)": np.int32, "tensor(bool)": np.bool_,
-              "tensor(uint8)": np.uint8, "tensor(int8)": np.int8}
-
-
-def random_inputs(model: Model, rng: np.random.Generator, sess) -> dict[str, np.ndarray]:
-    """Random feeds of the fixed input shapes, typed as the session expects."""
-    feeds = {}
-    for inp in sess.get_inputs():
-        if inp.name in model.inits:
-            continue  # an initializer listed as an input keeps its own value
-        shape = model.input_shapes.get(inp.name) or tuple(d if isinstance(d, int) else 1 for d in inp.shape)
-        dtype = _ORT_TYPES.get(inp.type, np.float32)
-        if np.issubdtype(dtype, np.floating):
-            value = rng.uniform(-1.0, 1.0, shape)
-        elif dtype == np.bool_:
-            value = rng.random(shape) < 0.5
-        else:
-            value = rng.integers(0, 2, shape)
-        feeds[inp.name] = np.asarray(value, dtype=dtype)  # rank-0 inputs must be arrays too
-    return feeds

@@ -10,7 +10,7 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
-from .model import set_dims, subgraph_reads
+from .graph import set_dims, subgraph_reads
 
 INLINE_LIMIT = 1024  # elements; smaller tensors (shape constants) stay in the proto
 # Above this many bytes of weights, sessions take the weights as run-time inputs: onnxruntime
@@ -102,4 +102,25 @@ def run_named(sess, feeds) -> dict:
     return dict(zip([o.name for o in sess.get_outputs()], sess.run(None, feeds)))
 
 
-__all__ = ["session_from_parts", "model_session", "run_named"]
+
+_ORT_TYPES = {"tensor(float)": np.float32, "tensor(double)": np.float64, "tensor(float16)": np.float16,
+              "tensor(int64)": np.int64, "tensor(int32)": np.int32, "tensor(bool)": np.bool_,
+              "tensor(uint8)": np.uint8, "tensor(int8)": np.int8}
+
+
+def random_inputs(model: Model, rng: np.random.Generator, sess) -> dict[str, np.ndarray]:
+    """Random feeds of the fixed input shapes, typed as the session expects."""
+    feeds = {}
+    for inp in sess.get_inputs():
+        if inp.name in model.inits:
+            continue  # an initializer listed as an input keeps its own value
+        shape = model.input_shapes.get(inp.name) or tuple(d if isinstance(d, int) else 1 for d in inp.shape)
+        dtype = _ORT_TYPES.get(inp.type, np.float32)
+        if np.issubdtype(dtype, np.floating):
+            value = rng.uniform(-1.0, 1.0, shape)
+        elif dtype == np.bool_:
+            value = rng.random(shape) < 0.5
+        else:
+            value = rng.integers(0, 2, shape)
+        feeds[inp.name] = np.asarray(value, dtype=dtype)  # rank-0 inputs must be arrays too
+    return feeds

@@ -14,8 +14,7 @@ import onnx
 
 from .errors import OnnxPruneError
 from .masking import mask_feed_out_inputs
-from .model import random_inputs
-from .runtime import model_session, run_named
+from .runtime import model_session, random_inputs, run_named
 
 DEFAULT_TOLERANCE = 1e-4
 
@@ -32,10 +31,10 @@ def masked_original(model, couplings, removed_classes, folds=None):
     """The original model with the removed channels masked at every feed-out layer's input
     (equivalent to zeroing the weights that read them), and the folded constants of removed
     channels (computed on the original) added to the biases."""
-    from passes.fold_removed_constants import add_to_bias
+    from .passes.fold_removed_constants import add_to_bias
 
     masked = mask_feed_out_inputs(model, couplings, couplings.kept_fn(removed_classes))
-    nodes = masked.nodes_by_name()
+    nodes = masked.index().nodes
     for name, fold in (folds or {}).items():
         add_to_bias(masked, nodes[name], fold.delta, "oracle")
     return masked

@@ -1,6 +1,9 @@
-"""Graph rewrite passes, one per file. Each is `run(model, ...) -> None`, editing the
-`onnxprune.model.Model` it is given (a copy of the original, made by the caller)."""
-from . import (fold_removed_constants, infer_shapes, remove_dead_nodes, slice_initializers,
+"""Graph passes, one per file, each `run(model, step) -> None` (see onnxprune/pipeline.py,
+which lists them in order). Installed as `onnxprune.passes`."""
+from . import (bypass_identity, constants_to_initializers, fold_constants, fold_removed_constants,
+               infer_shapes, inline_functions, name_nodes, remove_dead_nodes, slice_initializers,
                update_attributes)
 
-__all__ = ["fold_removed_constants", "infer_shapes", "remove_dead_nodes", "slice_initializers", "update_attributes"]
+__all__ = ["bypass_identity", "constants_to_initializers", "fold_constants", "fold_removed_constants",
+           "infer_shapes", "inline_functions", "name_nodes", "remove_dead_nodes", "slice_initializers",
+           "update_attributes"]

@@ -20,9 +20,11 @@ from dataclasses import dataclass
 import numpy as np
 import onnx
 
-from onnxprune.couplings import FEED_OUT
+from onnxprune.runtime import model_session, random_inputs, run_named, session_from_parts
 
-FOLDABLE = {"Conv": 2, "ConvTranspose": 2, "Gemm": 2}   # op type -> bias input index
+from onnxprune.channels import FEED_OUT
+from onnxprune.ops import layer_of
+
 MODES = ("none", "exact", "approx")
 
 
@@ -49,12 +51,12 @@ def plan_folds(model, couplings, removed_classes, mode: str = "exact", seed: int
     if mode == "none" or not removed_classes:
         return {}, stats
     kept = couplings.kept_fn(removed_classes)
-    nodes = model.nodes_by_name()
+    nodes = model.index().nodes
     uses = {}
     for s in couplings.slices:
         if s.role == FEED_OUT and not kept(s.ids).all():
             node = nodes[s.node]
-            if node.op_type in FOLDABLE and node.input[0] in couplings.tensors:
+            if foldable(node) and node.input[0] in couplings.tensors:
                 uses[s.node] = node
             else:
                 stats.dropped += 1
@@ -84,8 +86,6 @@ def plan_folds(model, couplings, removed_classes, mode: str = "exact", seed: int
 def _removed_channel_values(model, couplings, kept, tensors, seed):
     """Values of the removed channels (others zeroed) at each tensor, if input-independent."""
     from onnxprune.masking import zero_feed_in_filters
-    from onnxprune.model import random_inputs
-    from onnxprune.runtime import model_session, run_named
 
     zeroed = zero_feed_in_filters(model, couplings, kept)
     wanted = sorted(set(tensors))
@@ -108,8 +108,6 @@ def _removed_channel_values(model, couplings, kept, tensors, seed):
 
 def _contributions(model, nodes, values):
     """Each consumer applied, without bias, to the removed channels' values: one session."""
-    from onnxprune.runtime import run_named, session_from_parts
-
     graph_nodes, inputs, outputs, feeds, inits = [], [], [], {}, {}
     for k, node in enumerate(nodes):
         x = node.input[0]
@@ -145,24 +143,22 @@ def _bias_delta(node, y):
     return sample[(slice(None),) + centre].astype(np.float32), exact
 
 
-def following_batch_norm(model, node, consumers=None):
-    """The BatchNormalization that alone reads `node`'s output, if any."""
-    users = (consumers if consumers is not None else model.consumers()).get(node.output[0], [])
-    if len(users) == 1 and users[0][0].op_type == "BatchNormalization" and users[0][1] == 0:
-        return users[0][0]
-    return None
+def foldable(node) -> bool:
+    """A constant can be folded into this layer's bias (it has a bias input)."""
+    layer = layer_of(node)
+    return layer is not None and layer.bias is not None
 
 
 def add_to_bias(model, node, delta: np.ndarray, suffix: str) -> None:
     """bias += delta, on a private copy of the bias (it may be shared). A layer without a
     bias but followed by BatchNormalization takes it in the BN mean instead (mean -= delta,
     exact), so folding adds no parameters."""
-    index = FOLDABLE[node.op_type]
-    if node.op_type == "Gemm":  # Gemm adds beta * C
-        beta = next((a.f for a in node.attribute if a.name == "beta"), 1.0)
-        delta = delta / beta if beta != 0 else delta * 0
+    layer = layer_of(node)
+    index = layer.bias
+    beta = layer.bias_scale(node)  # Gemm adds beta * C
+    delta = delta / beta if beta != 0 else delta * 0
     has_bias = len(node.input) > index and node.input[index]
-    bn = None if has_bias else following_batch_norm(model, node)
+    bn = None if has_bias else model.index().sole_user(node.output[0], "BatchNormalization")
     if bn is not None:
         mean = model.inits[bn.input[3]]
         name = f"{bn.name}__mean_{suffix}"
@@ -181,14 +177,14 @@ def add_to_bias(model, node, delta: np.ndarray, suffix: str) -> None:
     node.input[index] = name
 
 
-def run(model, folds, couplings, kept) -> None:
+def run(model, step) -> None:
     """After slicing: add each fold's delta, restricted to the consumer's kept outputs."""
-    if not folds:
+    if not step.folds:
         return
-    nodes = model.nodes_by_name()
-    out_ids = {p.node: p.ids for p in couplings.producers}
-    for name, fold in folds.items():
+    nodes = model.index().nodes
+    out_ids = {p.node: p.ids for p in step.couplings.producers}
+    for name, fold in step.folds.items():
         delta = fold.delta
         if name in out_ids:
-            delta = delta[kept(out_ids[name])]
+            delta = delta[step.kept(out_ids[name])]
         add_to_bias(model, nodes[name], delta, "folded")

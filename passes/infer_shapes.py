@@ -1,9 +1,10 @@
-"""Recompute every static shape of the rewritten model (stale value_info is dropped first)."""
+"""Recompute every static shape (stale value_info is dropped first): at load, and after
+the rewrite changed channel counts."""
 from __future__ import annotations
 
-from onnxprune.model import infer_static_shapes
+from onnxprune.shapes import infer_static_shapes
 
 
-def run(model) -> None:
+def run(model, step) -> None:
     del model.graph.value_info[:]
     model.shapes = infer_static_shapes(model)

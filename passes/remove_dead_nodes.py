@@ -6,7 +6,7 @@ same graph shape (it fuses a Pad into a MaxPool wrongly once the Pad's dead seco
 reader is gone — onnxruntime 1.31; found by our fuzzer)."""
 from __future__ import annotations
 
-from onnxprune.model import subgraph_reads
+from onnxprune.graph import replace_nodes, subgraph_reads
 
 
 def dead_nodes(model) -> set[str]:
@@ -20,12 +20,10 @@ def dead_nodes(model) -> set[str]:
     return {n.name for n in model.graph.node} - live
 
 
-def run(model, keep=frozenset()) -> None:
-    dead = dead_nodes(model) - set(keep)
+def run(model, step) -> None:
+    dead = dead_nodes(model) - set(step.dead_in_input)
     if dead:
-        nodes = [n for n in model.graph.node if n.name not in dead]
-        del model.graph.node[:]
-        model.graph.node.extend(nodes)
+        replace_nodes(model.graph, [n for n in model.graph.node if n.name not in dead])
     needed = {t for n in model.graph.node for t in list(n.input) + list(subgraph_reads(n))}
     needed |= set(model.output_names) | {i.name for i in model.graph.input}
     for name in [n for n in model.inits if n not in needed]:

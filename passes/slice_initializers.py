@@ -12,10 +12,10 @@ from collections import defaultdict
 import numpy as np
 
 
-def run(model, slices, kept) -> None:
-    cuts = _cuts_per_use(slices, kept)
-    nodes = model.nodes_by_name()
-    users_of = model.consumers()
+def run(model, step) -> None:
+    cuts = _cuts_per_use(step.couplings.slices, step.kept)
+    index = model.index()
+    nodes, users_of = index.nodes, index.consumers
     outputs = set(model.output_names)
     by_tensor = defaultdict(list)
     for (node, index), axis_masks in cuts.items():

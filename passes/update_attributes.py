@@ -4,7 +4,7 @@ recorded its own update (an `Edit`) during analysis; this pass applies them."""
 from __future__ import annotations
 
 
-def run(model, edits, kept) -> None:
-    nodes = model.nodes_by_name()
-    for edit in edits:
-        edit.apply(nodes[edit.node], model, kept)
+def run(model, step) -> None:
+    nodes = model.index().nodes
+    for edit in step.couplings.edits:
+        edit.apply(nodes[edit.node], model, step.kept)

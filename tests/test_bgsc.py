@@ -127,7 +127,7 @@ def explicit_scores(b, t):
 def test_fast_bgsc_equals_explicit_matrices(pool, seed):
     b, proto, t = network(pool, seed)
     model, couplings = analyze_model(proto)
-    fast = bgsc(model, couplings)
+    fast = bgsc(model, couplings).values
     expected = explicit_scores(b, t)
     for p in couplings.producers:
         if p.node in expected:
@@ -142,7 +142,7 @@ def test_bn_folded_and_unfolded_give_the_same_scores(name):
 
     def by_producer(proto):
         model, couplings = analyze_model(proto)
-        s = bgsc(model, couplings)
+        s = bgsc(model, couplings).values
         return {(p.node, i): s[couplings.class_of[p.ids[i]]] for p in couplings.producers
                 for i in range(len(p.ids))}
     kept, folded = by_producer(build(name, keep_bn=True)), by_producer(build(name, keep_bn=False))

@@ -27,7 +27,7 @@ def resnet_like(width=16, blocks=3, seed=0):
 @pytest.fixture(scope="module")
 def analysed():
     model, couplings = analyze_model(resnet_like())
-    return model, couplings, score(model, couplings, "l1")
+    return model, couplings, score(model, couplings, "l1").values
 
 
 @pytest.mark.parametrize("metric", ["macs", "params"])

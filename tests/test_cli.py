@@ -466,14 +466,14 @@ def test_output_failing_the_checker_exits_2_and_writes_nothing(tmp_path, model_p
     """The CLI checks the pruned model's bytes while saving, before anything is written
     (onnxruntime's own check in the verify stage is switched off to reach it)."""
     import onnxprune.api
-    import passes.infer_shapes
-    real = passes.infer_shapes.run
+    import onnxprune.passes.infer_shapes as infer_shapes
+    real = infer_shapes.run
     monkeypatch.setattr(onnxprune.api, "model_session", lambda slim: None)
 
-    def dangling(slim):
-        real(slim)
+    def dangling(slim, step):
+        real(slim, step)
         slim.graph.node[-1].input.append("undefined_tensor")
-    monkeypatch.setattr(passes.infer_shapes, "run", dangling)
+    monkeypatch.setattr(infer_shapes, "run", dangling)
     out, rep = tmp_path / "out.onnx", tmp_path / "r.json"
     code, _, err = run_main(capsys, model_path, out, "--report", rep)
     assert code == 2

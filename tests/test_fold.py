@@ -11,10 +11,10 @@ from helpers import GraphBuilder
 from onnxprune.api import analyze_model, rewrite
 from onnxprune.budget import allocate
 from onnxprune.couplings import FEED_IN, FEED_OUT
-from onnxprune.model import random_inputs
+from onnxprune.runtime import random_inputs
 from onnxprune.runtime import model_session
 from onnxprune.saliency import score
-from passes.fold_removed_constants import plan_folds
+from onnxprune.passes.fold_removed_constants import plan_folds
 
 
 def net(k2=1, pad2=0, gate=False):
@@ -35,7 +35,7 @@ def producer_zeroed_reference(model, couplings, removed, folded):
     get their removed input columns zeroed (their constant was dropped)."""
     kept = couplings.kept_fn(removed)
     ref = model.copy()
-    nodes = ref.nodes_by_name()
+    nodes = ref.index().nodes
     for s in couplings.slices:
         mask = ~kept(s.ids)
         if not mask.any() or s.role not in (FEED_IN, FEED_OUT):
@@ -58,7 +58,7 @@ def second_conv(model):
 
 def _prepare(proto, ratio=0.5, mode="exact"):
     model, couplings = analyze_model(proto)
-    removed = allocate(couplings, score(model, couplings, "l1"), ratio)
+    removed = allocate(couplings, score(model, couplings, "l1").values, ratio)
     folds, stats = plan_folds(model, couplings, removed, mode)
     return model, couplings, removed, folds, stats
 

@@ -1,4 +1,4 @@
-"""One test (or a small parametrized set) per operator rule in onnxprune/rules.py, plus the
+"""One test (or a small parametrized set) per operator rule in onnxprune/ops/, plus the
 canonicalisation done at load time (onnxprune/model.py).
 
 Every test builds a tiny graph by hand, checks the channel groups the analysis finds, and
@@ -18,7 +18,7 @@ from helpers import (GraphBuilder, frozen_reasons, group_of, groups, keep, node,
                      prune_and_check, tensor)
 from onnxprune.errors import OnnxPruneError
 from onnxprune.plan import Plan
-from onnxprune.rules import ELEMENTWISE_UNARY
+from onnxprune.ops.elementwise import UNARY as ELEMENTWISE_UNARY
 
 RATIOS = [0.3, 0.5]
 INT64_MAX = np.iinfo(np.int64).max

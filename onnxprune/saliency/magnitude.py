@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..couplings import FEED_IN, FEED_OUT
+from ..channels import FEED_IN, FEED_OUT
 
 
 def axis_norms(w: np.ndarray, axis: int, power: int = 1, chunk_bytes: int = 64 * 2**20) -> np.ndarray:
@@ -25,7 +25,7 @@ def axis_norms(w: np.ndarray, axis: int, power: int = 1, chunk_bytes: int = 64 *
 
 def _per_class(model, couplings, power: int) -> np.ndarray:
     totals = {role: np.zeros(couplings.n_classes) for role in (FEED_IN, FEED_OUT)}
-    nodes = model.nodes_by_name()
+    nodes = model.index().nodes
     for s in couplings.slices:
         if s.role not in totals:
             continue

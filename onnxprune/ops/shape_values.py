@@ -1,0 +1,120 @@
+"""Shape arithmetic evaluated by hand: small integer tensors computed from constants and
+static shapes (torch exports `chunk` as Shape -> Gather -> Add -> Div -> Mul -> Slice, and
+computes Reshape targets from Shape). The channel rules use these to accept bounds and
+targets that only look computed at run time, and to make sure a channel count read from a
+Shape is only used to cut that very tensor."""
+from __future__ import annotations
+
+import numpy as np
+import onnx
+
+from ..channels import norm_axis
+from ..graph import attr
+
+
+def trace_shape_entries(tensor, ctx, depth=0):
+    """Entries of a run-time shape vector: ints for constants, 0-like markers (-2) for values
+    read from another tensor's shape at a non-channel axis. None when not traceable."""
+    value = ctx.const(tensor)
+    if value is not None:
+        return [int(v) for v in np.atleast_1d(value)]
+    producer = ctx.index.producers.get(tensor) if depth < 6 else None
+    if producer is None:
+        return None
+    if producer.op_type == "Concat":
+        parts = [trace_shape_entries(t, ctx, depth + 1) for t in producer.input]
+        return None if any(p is None for p in parts) else sum(parts, [])
+    if producer.op_type in ("Unsqueeze", "Squeeze", "Cast", "Identity"):
+        return trace_shape_entries(producer.input[0], ctx, depth + 1)
+    if producer.op_type == "Gather":
+        shape_node = ctx.index.producers.get(producer.input[0])
+        index = ctx.const(producer.input[1])
+        if shape_node is not None and shape_node.op_type == "Shape" and index is not None:
+            source = ctx.map(shape_node.input[0])
+            idx = [int(i) for i in np.atleast_1d(index)]
+            if source is not None and source.axis in idx:
+                return None  # reads the channel count: the target would not follow
+            return [-2] * len(idx)
+    return None
+
+
+SHAPE_ARITHMETIC = ("Gather", "Slice", "Concat", "Unsqueeze", "Squeeze", "Cast", "Identity",
+                     "Add", "Sub", "Mul", "Div")
+
+
+def only_channel_slice_bounds(tensor, source, axis, ctx, depth=0) -> bool:
+    """Every use of `tensor` (an integer value computed from the shape of `source`) ends,
+    through shape arithmetic, as the start or end of a Slice of `source` along `axis` alone."""
+    users = ctx.consumers.get(tensor, [])
+    if depth > 16 or not users or tensor in ctx.model.output_names:
+        return False
+    for user, index in users:
+        if user.domain not in ("", "ai.onnx"):
+            return False
+        if user.op_type == "Slice" and index in (1, 2) and user.input[0] == source:
+            axes = ctx.const(user.input[3]) if len(user.input) > 3 and user.input[3] else None
+            if axes is None or axes.size != 1 or \
+                    norm_axis(int(axes.reshape(-1)[0]), len(ctx.shape(source))) != axis:
+                return False
+        elif user.op_type in SHAPE_ARITHMETIC and (index == 0 or user.op_type in
+                                                    ("Concat", "Add", "Sub", "Mul", "Div")):
+            if not all(only_channel_slice_bounds(o, source, axis, ctx, depth + 1)
+                       for o in user.output if o):
+                return False
+        else:
+            return False
+    return True
+
+
+def shape_value(tensor, ctx, depth=0):
+    """The value of a small integer tensor computed from constants and static shapes by the
+    operators of SHAPE_ARITHMETIC (and Shape); None when anything else takes part."""
+    value = ctx.const(tensor)
+    if value is not None:
+        return np.asarray(value)
+    node = ctx.index.producers.get(tensor) if depth < 16 else None
+    if node is None or node.domain not in ("", "ai.onnx"):
+        return None
+    if node.op_type == "Shape":
+        dims = np.asarray(ctx.shape(node.input[0]), dtype=np.int64)
+        start, end = attr(node, "start", 0), attr(node, "end", len(dims))
+        return dims[start:end]
+    if node.op_type not in SHAPE_ARITHMETIC:
+        return None
+    ins = [shape_value(t, ctx, depth + 1) if t else None for t in node.input]
+    op = node.op_type
+    if ins[0] is None or (op in ("Gather", "Add", "Sub", "Mul", "Div") and ins[1] is None):
+        return None
+    x = ins[0]
+    if op in ("Identity", "Cast"):
+        return x if op == "Identity" else x.astype(onnx.helper.tensor_dtype_to_np_dtype(attr(node, "to")))
+    if op == "Gather":
+        return np.take(x, ins[1].astype(np.int64), axis=attr(node, "axis", 0))
+    if op in ("Add", "Sub", "Mul"):
+        return {"Add": np.add, "Sub": np.subtract, "Mul": np.multiply}[op](x, ins[1])
+    if op == "Div":
+        y = ins[1]
+        if x.dtype.kind in "iu" and y.dtype.kind in "iu":  # integer Div truncates toward zero
+            return (np.sign(x) * np.sign(y) * (np.abs(x) // np.abs(y))).astype(np.result_type(x, y))
+        return x / y
+    if op == "Concat":
+        if any(v is None for v in ins):
+            return None
+        return np.concatenate([np.atleast_1d(v) for v in ins], axis=attr(node, "axis", 0))
+    axes = attr(node, "axes")
+    if axes is None and len(ins) > 1 and ins[1] is not None:
+        axes = ins[1].tolist()
+    if op == "Unsqueeze":
+        return None if axes is None else np.expand_dims(x, tuple(int(a) for a in np.atleast_1d(axes)))
+    if op == "Squeeze":
+        return np.squeeze(x) if axes is None else np.squeeze(x, tuple(int(a) for a in np.atleast_1d(axes)))
+    if op == "Slice":
+        if any(v is None for v in ins[1:3]) or any(t and v is None for t, v in zip(node.input[3:], ins[3:])):
+            return None
+        axes_ = ins[3].tolist() if len(ins) > 3 and ins[3] is not None else list(range(len(ins[1])))
+        steps = ins[4].tolist() if len(ins) > 4 and ins[4] is not None else [1] * len(axes_)
+        index = [slice(None)] * x.ndim
+        for k, a in enumerate(axes_):
+            index[a] = slice(int(ins[1][k]), int(ins[2][k]), int(steps[k]))
+        return x[tuple(index)]
+    return None
