@@ -21,7 +21,7 @@ class Step:
 
 
 # Canonicalise a freshly read model; numerics unchanged.
-LOAD_PASSES = (passes.name_nodes, passes.inline_functions, passes.constants_to_initializers,
+LOAD_PASSES = (passes.inline_functions, passes.name_nodes, passes.constants_to_initializers,
                passes.bypass_identity, passes.fold_constants, passes.infer_shapes)
 # Turn a plan into a smaller model.
 REWRITE_PASSES = (passes.slice_initializers, passes.update_attributes, passes.fold_removed_constants,

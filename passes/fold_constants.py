@@ -31,6 +31,9 @@ GENERATORS = {"ConstantOfShape", "Expand", "Tile", "Range", "Resize", "Upsample"
 
 def run(model, step) -> None:
     large = large_results(model, foldable_nodes(model, set()))
+    if large:
+        model.notes.append(f"left {len(large)} constant value(s) unfolded: each would hold over "
+                           f"{GROWTH_LIMIT_BYTES >> 20} MB more than it reads")
     nodes = foldable_nodes(model, large)
     if not nodes:
         return
@@ -41,9 +44,6 @@ def run(model, step) -> None:
     gone = {id(n) for n in nodes}
     replace_nodes(model.graph, [n for n in model.graph.node if id(n) not in gone])
     model.notes.append(f"folded {len(nodes)} constant node(s) into initializers")
-    if large:
-        model.notes.append(f"left constant node(s) unfolded whose values would be large "
-                           f"(over {GROWTH_LIMIT_BYTES >> 20} MB more than they read): {len(large)}")
 
 
 def foldable_nodes(model, excluded: set[str]) -> list:

@@ -3,6 +3,7 @@ operators (the channels at the same position of two activations are one class)."
 from __future__ import annotations
 
 import numpy as np
+from onnx import TensorProto
 
 from ..channels import CHANNELWISE, ChannelMap, input_map, require
 from ..graph import attr
@@ -23,6 +24,17 @@ def _selu_bound(b, node):
     b.scale(node, node.input[0], gamma * max(1.0, alpha))
 
 
+def _cast_bound(b, node):
+    """A cast between floating types changes nothing a bound sees; a cast to an integer or
+    boolean type rounds or thresholds: no bound."""
+    if attr(node, "to") in FLOAT_TYPES:
+        return b.scale(node, node.input[0], 1.0)
+    b.unbounded(node)
+
+
+FLOAT_TYPES = {TensorProto.FLOAT, TensorProto.DOUBLE, TensorProto.FLOAT16, TensorProto.BFLOAT16}
+
+
 def _hard_sigmoid_bound(b, node):
     b.scale(node, node.input[0], abs(attr(node, "alpha", 0.2)))
 
@@ -39,7 +51,7 @@ UNARY = {
     "ThresholdedRelu": Lipschitz(1.0), "Abs": Lipschitz(1.0), "Neg": Lipschitz(1.0),
     "Erf": Lipschitz(1.13), "Sin": Lipschitz(1.0), "Cos": Lipschitz(1.0),
     "Floor": Lipschitz(1.0), "Ceil": Lipschitz(1.0), "Round": Lipschitz(1.0), "Sign": Lipschitz(1.0),
-    "Identity": Lipschitz(1.0), "Cast": Lipschitz(1.0), "Shrink": Lipschitz(1.0),
+    "Identity": Lipschitz(1.0), "Cast": _cast_bound, "Shrink": Lipschitz(1.0),
     "Exp": UNBOUNDED, "Log": UNBOUNDED, "Sqrt": UNBOUNDED, "Reciprocal": UNBOUNDED,
     "Not": UNBOUNDED, "IsNaN": UNBOUNDED, "IsInf": UNBOUNDED,
 }

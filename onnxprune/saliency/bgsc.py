@@ -112,7 +112,7 @@ class BoundGraph:
         if spec.bound == STRUCTURAL:
             return self.keep(node)
         if spec.bound == UNBOUNDED:
-            return self._unbounded(node)
+            return self.unbounded(node)
         spec.bound(self, node)
 
     def _feed_in(self, node, layer):
@@ -129,7 +129,7 @@ class BoundGraph:
         inputs[0], inputs[layer.weight] = ones, self.abs_weight(node.input[layer.weight])
         self.emit(node.op_type, inputs, [node.output[0]], **attrs)
 
-    def _unbounded(self, node):
+    def unbounded(self, node):
         """No bound exists: the channels touching the node are frozen for bgsc. The node is
         kept as it is, so that types stay right downstream; its values bound nothing."""
         reason = f"bgsc: {node.op_type} {node.name} has no bound; channels through it are not scored"
