@@ -71,6 +71,11 @@ class Couplings:
 
 
 def analyze(model: Model, exclude: tuple[str, ...] = ()) -> Couplings:
+    return _build(trace(model, exclude))
+
+
+def trace(model: Model, exclude: tuple[str, ...] = ()) -> Context:
+    """Run every node's channel rule: the identities, the pairs to unify, the frozen ones."""
     ctx = Context(model)
     for name in model.input_names:
         shape = model.input_shapes.get(name, ())
@@ -104,7 +109,7 @@ def analyze(model: Model, exclude: tuple[str, ...] = ()) -> Couplings:
             ctx.freeze(m.ids, "graph output")
     if exclude:
         _freeze_excluded(ctx, exclude)
-    return _build(ctx)
+    return ctx
 
 
 def _input_channel_axis(ctx: Context, name: str, rank: int) -> int:

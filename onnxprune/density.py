@@ -1,4 +1,4 @@
-"""Per-group channel counts from layer densities (PreCrop, METHODS.md §4), for a MAC or
+"""Per-group channel counts from layer densities (PreCrop, docs/methods.md §4), for a MAC or
 parameter target; the saliency criterion only picks which channels fill each count.
 
 PreCrop keeps what a structurally pruned network can learn by maximising Σ_l log p_l,

@@ -2,7 +2,7 @@
 
 A removed channel is not zero: once its filters are gone it still carries a constant (the
 producer's bias, a BatchNormalization shift, sigmoid(0) = 0.5, ...). Dropping it changes
-the network (Tessier et al., METHODS.md §2); folding it keeps what can be kept.
+the network (Tessier et al., docs/methods.md §2); folding it keeps what can be kept.
 
 For each feed-out layer (Conv, ConvTranspose, Gemm) that reads removed channels:
   1. run the original with the removed channels' feed-in filters zeroed, on two random
