@@ -1,8 +1,8 @@
 """A MobileNetV2-style network for 1x16x16 digits, the depthwise counterpart of
 ``small_resnet``.
 
-    python -m models.digits_mobilenet          # train + export this model only
-    python -m models.default_model --all       # both digits models (see there)
+    python -m models.default_model --model mobilenet   # train + export this model only
+    python -m models.default_model --all               # both digits models (see there)
 
 Inverted residuals as in MobileNetV2 (``zoo.inverted_residual``): 1x1 expansion
 (factor t) -> BN -> ReLU6 -> depthwise 3x3 -> BN -> ReLU6 -> 1x1 linear
@@ -51,12 +51,3 @@ def digits_mobilenet(num_classes=10, in_channels=1, stem=16, last=128, config=CO
     parts["head"] = classifier(last, num_classes)
     return network(**parts)
 
-
-def main():
-    from .default_model import main as default_main
-
-    default_main(["--model", "mobilenet"])
-
-
-if __name__ == "__main__":
-    main()

@@ -77,6 +77,7 @@ def analyze(model: Model, exclude: tuple[str, ...] = ()) -> Couplings:
 def trace(model: Model, exclude: tuple[str, ...] = ()) -> Context:
     """Run every node's channel rule: the identities, the pairs to unify, the frozen ones."""
     ctx = Context(model)
+    outputs = set(model.output_names)
     for name in model.input_names:
         shape = model.input_shapes.get(name, ())
         if len(shape) >= 2:
@@ -96,6 +97,7 @@ def trace(model: Model, exclude: tuple[str, ...] = ()) -> Context:
         mark = (len(ctx.pairs), len(ctx.slices), len(ctx.edits), len(ctx.producers))
         try:
             spec.channels(node, ctx)
+            _freeze_unmapped_graph_outputs(ctx, node, outputs)
         except RuleError as e:
             _rollback(ctx, mark)
             ctx.freeze_node(node, f"{node.op_type} {node.name}: {e}")
@@ -110,6 +112,18 @@ def trace(model: Model, exclude: tuple[str, ...] = ()) -> Context:
     if exclude:
         _freeze_excluded(ctx, exclude)
     return ctx
+
+
+def _freeze_unmapped_graph_outputs(ctx: Context, node, outputs: set) -> None:
+    """A graph output the rule gave no channel map (BatchNormalization's running statistics,
+    MaxPool's indices, the value of a Shape) may still hold the channel count in its shape
+    or its value, and graph outputs keep their shapes: the node's channels stay."""
+    for o in node.output:
+        if o in outputs and ctx.map(o) is None:
+            for t in node.input:
+                m = ctx.map(t)
+                if m is not None:
+                    ctx.freeze(m.ids, f"{node.op_type} {node.name}: its output {o} is a graph output")
 
 
 def _input_channel_axis(ctx: Context, name: str, rank: int) -> int:

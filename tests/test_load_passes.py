@@ -127,3 +127,25 @@ def test_load_passes_keep_numerics(pass_name):
     assert "Constant" not in ops and "Identity" not in ops
     got = model_session(model).run(None, feeds)
     np.testing.assert_allclose(got[0], expected[0], rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize("extra", ["maxpool_indices", "shape_value"])
+def test_graph_outputs_without_channel_maps_keep_their_shapes_and_values(extra):
+    """MaxPool's indices and the value of Shape depend on the channel count: when they are
+    graph outputs, the channels that reach them stay."""
+    b = GraphBuilder()
+    x = b.input("x", [1, 3, 8, 8])
+    h = b.conv(x, 3, 8)
+    c1 = b.last()
+    if extra == "maxpool_indices":
+        pooled, side = b.op("MaxPool", [h], n_outputs=2, kernel_shape=[2, 2], strides=[2, 2])
+    else:
+        pooled, side = h, b.op("Shape", [h])
+    y = b.conv(pooled, 8, 4)
+    proto = b.model([y, side])
+    proto.graph.output[1].CopyFrom(helper.make_tensor_value_info(   # int64 indices / shape value
+        side, TensorProto.INT64, [1, 8, 4, 4] if extra == "maxpool_indices" else [4]))
+    slim, report = onnxprune.prune(proto, 0.5, round_to=1, verify=True)
+    row = next(r for r in report.groups if c1 in r["feed_in"])
+    assert row["channels_after"] == 8 and "graph output" in row["frozen"], row
+    assert report.oracle_passed

@@ -11,10 +11,10 @@ from .spec import STRUCTURAL, UNBOUNDED, Lipschitz, op
 
 
 def _extra_outputs_unused(node, ctx) -> bool:
-    """Optional outputs (training-mode statistics, mean / inverse std) are neither read nor
-    graph outputs: their shape holds the channel count, and graph outputs keep their shapes."""
-    outputs = set(ctx.model.output_names)
-    return all(not o or (not ctx.consumers.get(o) and o not in outputs) for o in node.output[1:])
+    """Optional outputs (training-mode statistics, mean / inverse std) are not read: their
+    shape holds the channel count. (Graph outputs among them freeze the node's channels:
+    couplings.py does that for every operator.)"""
+    return all(not o or not ctx.consumers.get(o) for o in node.output[1:])
 
 
 def _batch_norm_bound(b, node):
