@@ -18,11 +18,20 @@ class Step:
     kept: Callable | None = None            # channel identities -> kept mask
     folds: dict = field(default_factory=dict)   # consumer -> Fold (passes/fold_removed_constants.py)
     dead_in_input: frozenset = frozenset()  # nodes already dead in the input: kept as they were
+    # recovery passes (docs/methods.md §5) read these
+    original: object = None                 # the unpruned Model
+    calibration: Callable | None = None     # () -> iterator of feed dicts (calibration batches)
+    calibration_size: int = 0               # samples in one pass over `calibration`
+    notes: list = field(default_factory=list)   # what the passes did, for the report
 
 
 # Canonicalise a freshly read model; numerics unchanged.
 LOAD_PASSES = (passes.inline_functions, passes.name_nodes, passes.constants_to_initializers,
                passes.bypass_identity, passes.fold_constants, passes.infer_shapes)
+# Win back fidelity after the exact rewrite, in this order (each skips itself without data
+# where it needs data): mean compensation, statistics correction, least-squares refit.
+RECOVERY_PASSES = {"means": passes.compensate_means, "stats": passes.correct_statistics,
+                   "lsq": passes.reconstruct}
 # Turn a plan into a smaller model.
 REWRITE_PASSES = (passes.slice_initializers, passes.update_attributes, passes.fold_removed_constants,
                   passes.remove_dead_nodes, passes.infer_shapes)

@@ -1,0 +1,232 @@
+"""What the recovery passes read and write of one layer (docs/methods.md §5).
+
+A *refit target* is a layer with a constant weight (Conv, Gemm, MatMul) whose input lost
+channels: its output drifted from the original's. For such a layer this module gives
+  - the rows of its linear map: `rows(node, x)` turns the layer's input into a matrix
+    whose rows are what one output position reads (im2col patches for a convolution, per
+    conv group; feature vectors for Gemm / MatMul), and `out_rows` the matching rows of
+    an output tensor, so that output = rows @ W_mat + bias;
+  - its weight as such a matrix (`weight_matrix`) and back (`set_weight_matrix`), and its
+    bias (`bias`, `set_bias`, creating one where the layer can take it).
+Streaming accumulators (moments and Gram matrices) and the runner that feeds calibration
+batches through the original and the pruned model side by side live here too, so every
+pass accumulates batch by batch and never keeps all activations.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from .channels import FEED_OUT
+from .graph import attr, set_attr
+from .runtime import model_session, run_named
+
+REFITTABLE = ("Conv", "Gemm", "MatMul")
+MAX_POSITIONS = 256     # output positions per sample entering the statistics
+MAC_BUDGET = 4e12       # multiply-accumulates the chunks of one pass may spend running both models
+
+
+def refit_targets(slim, couplings, kept) -> list[str]:
+    """Layers whose input lost channels, in graph (topological) order."""
+    hit = {s.node for s in couplings.slices if s.role == FEED_OUT and not kept(s.ids).all()}
+    out = []
+    for n in slim.graph.node:
+        if n.name in hit and n.op_type in REFITTABLE and len(n.input) > 1 and n.input[1] in slim.inits:
+            if n.op_type == "Gemm" and attr(n, "transA", 0):
+                continue
+            if n.op_type == "MatMul" and slim.inits[n.input[1]].ndim != 2:
+                continue
+            out.append(n.name)
+    return out
+
+
+def refit_chunks(slim, targets: list[str], samples: int) -> list[list[str]]:
+    """Targets in graph order, cut into chunks; each chunk costs one run of both models over
+    the calibration data. One chunk per layer (each sees every earlier refit) while the
+    budget allows; fewer, larger chunks for big models."""
+    from .cost import cost
+    per_run = 2 * max(cost(slim).macs, 1) * max(samples, 1)
+    n = max(1, min(len(targets), int(MAC_BUDGET // per_run)))
+    size = -(-len(targets) // n)
+    return [targets[i:i + size] for i in range(0, len(targets), size)]
+
+
+def kept_outputs(couplings, kept, node, y: np.ndarray) -> np.ndarray:
+    """The original layer's output `y` restricted to the output channels the pruned layer
+    kept (its own filters may have been removed too)."""
+    producer = next((p for p in couplings.producers if p.node == node.name), None)
+    if producer is None:
+        return y
+    mask = kept(producer.ids)
+    return y if mask.all() else np.compress(mask, y, axis=output_axis(node, y.ndim))
+
+
+def output_axis(node, rank: int) -> int:
+    return 1 if node.op_type == "Conv" else rank - 1
+
+
+# -- the layer as a matrix ---------------------------------------------------------------
+def groups_of(node) -> int:
+    return attr(node, "group", 1) if node.op_type == "Conv" else 1
+
+
+def weight_matrix(node, w: np.ndarray, g: int = 0) -> np.ndarray:
+    """(inputs read, outputs) of conv group g: output = rows @ this."""
+    if node.op_type == "Conv":
+        groups = groups_of(node)
+        per = w.shape[0] // groups
+        return w[g * per:(g + 1) * per].reshape(per, -1).T
+    if node.op_type == "Gemm":
+        m = w.T if attr(node, "transB", 0) else w
+        return m * attr(node, "alpha", 1.0)
+    return w
+
+
+def set_weight_matrix(node, w: np.ndarray, g: int, mat: np.ndarray) -> np.ndarray:
+    """The weight array with conv group g (or the whole matrix) replaced by `mat`."""
+    if node.op_type == "Conv":
+        out = np.array(w, copy=True)
+        per = w.shape[0] // groups_of(node)
+        out[g * per:(g + 1) * per] = mat.T.reshape((per,) + w.shape[1:])
+        return out
+    if node.op_type == "Gemm":
+        mat = mat / attr(node, "alpha", 1.0)
+        return np.ascontiguousarray(mat.T if attr(node, "transB", 0) else mat)
+    return np.ascontiguousarray(mat)
+
+
+def bias(model, node, width: int) -> np.ndarray:
+    """The per-output-channel constant the layer adds (zeros when it has none)."""
+    if node.op_type == "MatMul" or len(node.input) < 3 or not node.input[2]:
+        return np.zeros(width)
+    b = np.asarray(model.inits[node.input[2]], dtype=np.float64)
+    if node.op_type == "Gemm":
+        b = b * attr(node, "beta", 1.0)
+    return np.broadcast_to(b.reshape(-1), (width,)).copy() if b.size in (1, width) else None
+
+
+def can_take_bias(node) -> bool:
+    return node.op_type in ("Conv", "Gemm")
+
+
+def set_bias(model, node, value: np.ndarray, dtype) -> None:
+    name = f"{node.name}__bias_recovered"
+    model.inits[name] = np.asarray(value, dtype=dtype)
+    while len(node.input) < 3:
+        node.input.append("")
+    node.input[2] = name
+    if node.op_type == "Gemm":
+        set_attr(node, "beta", 1.0)
+
+
+def set_weight(model, node, value: np.ndarray) -> None:
+    """A private copy: the original weight may be shared with other layers."""
+    name = f"{node.name}__weight_recovered"
+    model.inits[name] = np.asarray(value, dtype=model.inits[node.input[1]].dtype)
+    node.input[1] = name
+
+
+# -- rows ----------------------------------------------------------------------------------
+@dataclass
+class Positions:
+    """Which output positions of a batch enter the statistics (a random subset when a map
+    has many: least squares needs rows, not every pixel)."""
+    limit: int
+    rng: np.random.Generator = field(default_factory=lambda: np.random.default_rng(0))
+
+    def pick(self, n_positions: int) -> np.ndarray | None:
+        if n_positions <= self.limit:
+            return None
+        return np.sort(self.rng.choice(n_positions, self.limit, replace=False))
+
+
+def rows(node, x: np.ndarray, w_shape, g: int, picked) -> np.ndarray:
+    """(samples x positions, inputs read by conv group g) for a Conv; feature rows otherwise."""
+    x = x.astype(np.float64, copy=False)
+    if node.op_type != "Conv":
+        return x.reshape(-1, x.shape[-1]) if picked is None else x.reshape(x.shape[0], -1, x.shape[-1])[:, picked].reshape(-1, x.shape[-1])
+    groups = groups_of(node)
+    per_in = x.shape[1] // groups
+    patches = _patches(node, x[:, g * per_in:(g + 1) * per_in], w_shape[2:])   # (N, C, taps, P)
+    n, c, taps, p = patches.shape
+    if picked is not None:
+        patches = patches[..., picked]
+    return patches.reshape(n, c * taps, -1).transpose(0, 2, 1).reshape(-1, c * taps)
+
+
+def out_rows(node, y: np.ndarray, g: int, picked) -> np.ndarray:
+    """Rows of a layer output matching `rows` (conv group g's output channels)."""
+    y = y.astype(np.float64, copy=False)
+    if node.op_type != "Conv":
+        return y.reshape(-1, y.shape[-1]) if picked is None else y.reshape(y.shape[0], -1, y.shape[-1])[:, picked].reshape(-1, y.shape[-1])
+    per = y.shape[1] // groups_of(node)
+    y = y[:, g * per:(g + 1) * per].reshape(y.shape[0], per, -1)
+    if picked is not None:
+        y = y[..., picked]
+    return y.transpose(0, 2, 1).reshape(-1, per)
+
+
+def n_positions(node, y_shape) -> int:
+    return int(np.prod(y_shape[2:])) if node.op_type == "Conv" else int(np.prod(y_shape[1:-1]))
+
+
+def _patches(node, x, kernel) -> np.ndarray:
+    """im2col: (N, C, taps, output positions) for the conv's strides, pads and dilations."""
+    nd = len(kernel)
+    strides = attr(node, "strides", [1] * nd)
+    dilations = attr(node, "dilations", [1] * nd)
+    pads = list(attr(node, "pads", [0] * (2 * nd)))
+    auto = attr(node, "auto_pad", b"NOTSET")
+    auto = auto.decode() if isinstance(auto, bytes) else auto
+    if auto in ("SAME_UPPER", "SAME_LOWER"):
+        pads = [0] * (2 * nd)
+        for d in range(nd):
+            out = -(-x.shape[2 + d] // strides[d])
+            total = max(0, (out - 1) * strides[d] + (kernel[d] - 1) * dilations[d] + 1 - x.shape[2 + d])
+            pads[d] = total // 2 if auto == "SAME_UPPER" else total - total // 2
+            pads[d + nd] = total - pads[d]
+    x = np.pad(x, [(0, 0), (0, 0)] + [(pads[d], pads[d + nd]) for d in range(nd)])
+    out_size = [(x.shape[2 + d] - (kernel[d] - 1) * dilations[d] - 1) // strides[d] + 1 for d in range(nd)]
+    taps = []
+    for tap in np.ndindex(*kernel):
+        index = tuple(slice(t * dl, t * dl + (o - 1) * s + 1, s)
+                      for t, dl, o, s in zip(tap, dilations, out_size, strides))
+        taps.append(x[(slice(None), slice(None)) + index].reshape(x.shape[0], x.shape[1], -1))
+    return np.stack(taps, axis=2)
+
+
+# -- streaming -----------------------------------------------------------------------------
+class Moments:
+    """Per-channel count, sum and sum of squares, accumulated batch by batch."""
+
+    def __init__(self):
+        self.n, self.s, self.ss = 0, 0.0, 0.0
+
+    def add(self, rows_: np.ndarray) -> None:
+        self.n += rows_.shape[0]
+        self.s = self.s + rows_.sum(axis=0)
+        self.ss = self.ss + np.einsum("ij,ij->j", rows_, rows_)
+
+    @property
+    def mean(self) -> np.ndarray:
+        return self.s / max(self.n, 1)
+
+    @property
+    def std(self) -> np.ndarray:
+        return np.sqrt(np.maximum(self.ss / max(self.n, 1) - self.mean ** 2, 0.0))
+
+
+def channel_rows(y: np.ndarray, axis: int) -> np.ndarray:
+    """(samples x positions, channels) view of a tensor whose channels are on `axis`."""
+    return np.moveaxis(y.astype(np.float64, copy=False), axis, -1).reshape(-1, y.shape[axis])
+
+
+def stream_pair(slim, original, slim_tensors, original_tensors, batches, consume) -> None:
+    """Run calibration batches through both models, handing each batch's requested tensors
+    to `consume(slim_values, original_values)`; only one batch is in memory at a time."""
+    s1 = model_session(slim, optimize="basic", outputs=sorted(set(slim_tensors)))
+    s0 = model_session(original, optimize="basic", outputs=sorted(set(original_tensors))) \
+        if original_tensors else None
+    for feeds in batches():
+        consume(run_named(s1, feeds), run_named(s0, feeds) if s0 is not None else {})

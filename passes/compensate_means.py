@@ -1,0 +1,79 @@
+"""Mean compensation (docs/methods.md §5): a removed input channel c of a layer contributed
+W[:, c] ⊛ x_c; replace it by its expectation. The expected contribution of every removed
+input column (a channel at one kernel tap, or one feature) is added to the layer's bias:
+
+    b ← b + E[X[:, removed]] · W[removed, :]
+
+with the expectation taken over the calibration data and over output positions, so zero
+padding at the borders is averaged in. Exact in expectation; consumers whose removed
+channels carry an input-independent constant were already folded exactly by
+fold_removed_constants and are left alone.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from onnxprune.channels import FEED_OUT
+from onnxprune.layer_data import (MAX_POSITIONS, Moments, Positions, bias, can_take_bias, groups_of, n_positions, rows,
+                                  set_bias, stream_pair, weight_matrix)
+
+
+def run(model, step) -> None:
+    if step.calibration is None:
+        return
+    original = step.original
+    onodes = original.index().nodes
+    removed_in = _removed_inputs(step)
+    targets = [n.name for n in model.graph.node
+               if n.name in removed_in and n.name not in step.folds and can_take_bias(n)
+               and n.op_type in ("Conv", "Gemm")]
+    if not targets:
+        return
+    positions = Positions(MAX_POSITIONS)
+    means = {t: [Moments() for _ in range(groups_of(onodes[t]))] for t in targets}
+
+    def consume(_, original_values):
+        for t in targets:
+            node = onodes[t]
+            x = original_values[node.input[0]]
+            picked = positions.pick(n_positions(node, original.shapes[node.output[0]]))
+            for g, m in enumerate(means[t]):
+                m.add(rows(node, x, original.inits[node.input[1]].shape, g, picked))
+
+    stream_pair(original, original, [], [onodes[t].input[0] for t in targets], step.calibration, consume)
+    out_ids = {p.node: p.ids for p in step.couplings.producers}
+    nodes = model.index().nodes
+    for t in targets:
+        node = onodes[t]
+        w = original.inits[node.input[1]].astype(np.float64)
+        removed_cols = _columns(node, w, removed_in[t])
+        delta = np.concatenate([m.mean[removed_cols] @ weight_matrix(node, w, g)[removed_cols]
+                                for g, m in enumerate(means[t])])
+        if t in out_ids:   # the layer's own removed outputs are gone
+            delta = delta[step.kept(out_ids[t])]
+        slim_node = nodes[t]
+        set_bias(model, slim_node, bias(model, slim_node, len(delta)) + delta,
+                 model.inits[slim_node.input[1]].dtype)
+    model.touch()
+    step.notes.append(f"compensate_means: expected contribution of removed inputs added to the bias "
+                      f"of {len(targets)} layer(s) ({step.calibration_size} calibration samples)")
+
+
+def _removed_inputs(step) -> dict[str, np.ndarray]:
+    """Layer -> removed mask over the weight's input axis (per conv group)."""
+    out = {}
+    for s in step.couplings.slices:
+        if s.role == FEED_OUT:
+            kept = step.kept(s.ids)
+            if not kept.all():
+                out[s.node] = ~kept
+    return out
+
+
+def _columns(node, w, removed: np.ndarray) -> np.ndarray:
+    """Rows of the weight matrix that read removed inputs: every kernel tap of a removed
+    channel for a Conv (columns are channel-major), the removed features for Gemm."""
+    if node.op_type == "Conv":
+        taps = int(np.prod(w.shape[2:]))
+        return np.repeat(removed, taps)
+    return removed

@@ -1,0 +1,163 @@
+"""Layer-wise least-squares reconstruction (docs/methods.md §5): every layer whose input
+lost channels is refit, in closed form, so that its output on the calibration data —
+computed from the already pruned and already repaired network — matches the original
+network's output:
+
+    min_W', b'  ‖ X' W' + b' − Y ‖² + λ ‖W'‖²
+
+X' are the layer's input rows in the pruned model (im2col patches per conv group, feature
+vectors for Gemm/MatMul), Y the original layer's output rows. XᵀX and XᵀY are accumulated
+batch by batch (memory: (fan-in)² per layer, not activations × samples). Layers are refit
+in graph order, in chunks: each chunk's inputs come from the network with every earlier
+chunk already refit, so errors do not pile up layer after layer. Small models get one
+chunk per layer; for big ones the number of chunks follows a compute budget.
+
+Where the rows are too few for the fan-in, each output channel only gets an affine
+correction (one scale, one shift) of its current value — the same statistics the
+normal equations already hold.
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from onnxprune.layer_data import (MAX_POSITIONS, Positions, bias, can_take_bias, groups_of, kept_outputs,
+                                  n_positions, out_rows,
+                                  refit_chunks, refit_targets, rows, set_bias, set_weight,
+                                  set_weight_matrix, stream_pair, weight_matrix)
+
+RIDGE = 1e-4            # λ relative to the mean diagonal of XᵀX
+MIN_ROWS_PER_DIM = 2    # fewer rows than this per unknown: affine correction only
+
+
+def run(model, step) -> None:
+    if step.calibration is None:
+        return
+    targets = refit_targets(model, step.couplings, step.kept)
+    if not targets:
+        return
+    errors, fallbacks = [], 0
+    for chunk in refit_chunks(model, targets, step.calibration_size):
+        systems = _accumulate(model, step, chunk)
+        nodes = model.index().nodes
+        for name in chunk:
+            before, after, affine = _solve_and_write(model, nodes[name], systems[name])
+            errors.append((before, after))
+            fallbacks += affine
+        model.touch()
+    before = float(np.median([e[0] for e in errors]))
+    after = float(np.median([e[1] for e in errors]))
+    step.notes.append(f"reconstruct: {len(targets)} layer(s) refit by least squares on "
+                      f"{step.calibration_size} calibration samples; median relative output error "
+                      f"{before:.3f} -> {after:.3f}" + (f"; {fallbacks} with an affine correction only "
+                                                        "(too few rows)" if fallbacks else ""))
+
+
+class NormalEquations:
+    """XᵀX, XᵀY and what the errors need, for one conv group of one layer."""
+
+    def __init__(self, w_current: np.ndarray):
+        dim, width = w_current.shape
+        self.w = w_current                      # the layer's current matrix (inputs, outputs)
+        self.g = np.zeros((dim + 1, dim + 1))   # last row/column: the bias
+        self.xy = np.zeros((dim + 1, width))
+        self.yy = np.zeros(width)
+        self.ysum = np.zeros(width)
+        self.affine = np.zeros((4, width))      # Σz, Σz², Σy·z, with z = X W_current
+        self.n = 0
+
+    def add(self, x: np.ndarray, y: np.ndarray) -> None:
+        xa = np.hstack([x, np.ones((x.shape[0], 1))])
+        self.g += xa.T @ xa
+        self.xy += xa.T @ y
+        self.yy += np.einsum("ij,ij->j", y, y)
+        self.ysum += y.sum(axis=0)
+        z = x @ self.w
+        self.affine += np.stack([z.sum(0), np.einsum("ij,ij->j", z, z), np.einsum("ij,ij->j", y, z),
+                                 np.zeros(z.shape[1])])
+        self.n += x.shape[0]
+
+
+def _accumulate(model, step, chunk) -> dict:
+    nodes = model.index().nodes
+    positions = Positions(MAX_POSITIONS)
+    systems = {}
+    for name in chunk:
+        node = nodes[name]
+        w = model.inits[node.input[1]].astype(np.float64)
+        systems[name] = [NormalEquations(weight_matrix(node, w, g)) for g in range(groups_of(node))]
+
+    def consume(slim_values, original_values):
+        for name in chunk:
+            node = nodes[name]
+            x = slim_values[node.input[0]]
+            y = kept_outputs(step.couplings, step.kept, node, original_values[node.output[0]])
+            picked = positions.pick(n_positions(node, y.shape))
+            w_shape = model.inits[node.input[1]].shape
+            for g, system in enumerate(systems[name]):
+                system.add(rows(node, x, w_shape, g, picked), out_rows(node, y, g, picked))
+
+    stream_pair(model, step.original, [nodes[n].input[0] for n in chunk],
+                [nodes[n].output[0] for n in chunk], step.calibration, consume)
+    return systems
+
+
+def _solve_and_write(model, node, systems) -> tuple[float, float, bool]:
+    """Refit one layer; returns its relative output error before and after, and whether
+    only the affine correction was possible."""
+    w = model.inits[node.input[1]].astype(np.float64)
+    width_total = sum(s.xy.shape[1] for s in systems)
+    b_now = bias(model, node, width_total)
+    new_w, new_b, err_before, err_after, affine = w, [], 0.0, 0.0, False
+    spread = 0.0
+    for g, s in enumerate(systems):
+        b_g = b_now[g * s.xy.shape[1]:(g + 1) * s.xy.shape[1]] if b_now is not None else np.zeros(s.xy.shape[1])
+        current = np.vstack([s.w, b_g[None, :]])
+        spread += float((s.yy - s.ysum ** 2 / max(s.n, 1)).sum())
+        err_before += _sse(s, current)
+        if s.n >= MIN_ROWS_PER_DIM * s.g.shape[0]:
+            solution = _ridge(s, with_bias=can_take_bias(node))
+        else:
+            solution, affine = _affine(s), True
+        err_after += _sse(s, solution)
+        new_w = set_weight_matrix(node, new_w, g, solution[:-1])
+        new_b.append(solution[-1])
+    set_weight(model, node, new_w)
+    if can_take_bias(node):
+        set_bias(model, node, np.concatenate(new_b), model.inits[node.input[1]].dtype)
+    spread = max(spread, 1e-30)
+    return math.sqrt(err_before / spread), math.sqrt(max(err_after, 0.0) / spread), affine
+
+
+def _sse(s: NormalEquations, m: np.ndarray) -> float:
+    """Σ ‖X m − Y‖² from the accumulated sums (m includes the bias row)."""
+    return float(s.yy.sum() - 2 * np.sum(m * s.xy) + np.sum(m * (s.g @ m)))
+
+
+def _ridge(s: NormalEquations, with_bias: bool) -> np.ndarray:
+    dim = s.g.shape[0] - 1
+    lam = RIDGE * max(np.trace(s.g[:dim, :dim]) / max(dim, 1), 1e-12)
+    a = s.g + np.diag(np.r_[np.full(dim, lam), 0.0])
+    if not with_bias:   # MatMul: no bias to write; solve without the ones column
+        sol = _solve(a[:dim, :dim], s.xy[:dim])
+        return np.vstack([sol, np.zeros((1, sol.shape[1]))])
+    return _solve(a, s.xy)
+
+
+def _solve(a, b):
+    try:
+        return np.linalg.solve(a, b)
+    except np.linalg.LinAlgError:
+        return np.linalg.lstsq(a, b, rcond=None)[0]
+
+
+def _affine(s: NormalEquations) -> np.ndarray:
+    """y ≈ a·(z + b) + c per output channel, from the sums of z = X W and y."""
+    n = max(s.n, 1)
+    sz, szz, syz = s.affine[0], s.affine[1], s.affine[2]
+    var_z = szz / n - (sz / n) ** 2
+    cov = syz / n - (sz / n) * (s.ysum / n)
+    a = np.where(var_z > 1e-12, cov / np.maximum(var_z, 1e-12), 1.0)
+    c = s.ysum / n - a * sz / n
+    return np.vstack([s.w * a[None, :], c[None, :]])
