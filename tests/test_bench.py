@@ -31,6 +31,21 @@ def test_cuda_skips_cleanly_when_absent(capsys):
         bench.compare([resnet_like()], provider="cuda")
 
 
+@pytest.mark.parametrize("kwargs, message", [
+    ({"runs": 0}, "--runs must be an integer >= 1, got 0"),
+    ({"batch": 0}, "--batch must be an integer >= 1, got 0"),
+    ({"threads": -1}, "--threads must be an integer >= 1, got -1"),
+    ({"warmup": -1}, "--warmup must be an integer >= 0, got -1"),
+    ({"runs": 2.5}, "--runs must be an integer >= 1, got 2.5"),
+    ({"provider": "tpu"}, "--provider must be one of ['cpu', 'cuda'], got 'tpu'"),
+])
+def test_compare_refuses_nonsense_counts(kwargs, message):
+    # runs=0 used to end in an IndexError from the percentile of no timings
+    with pytest.raises(onnxprune.OnnxPruneError) as e:
+        bench.compare([resnet_like()], **kwargs)
+    assert str(e.value) == message
+
+
 def test_cli_bench(tmp_path, capsys):
     import onnx
     path = tmp_path / "m.onnx"
