@@ -464,11 +464,11 @@ def test_oracle_failure_exits_1_and_writes_nothing(tmp_path, model_path, capsys,
 
 def test_output_failing_the_checker_exits_2_and_writes_nothing(tmp_path, model_path, capsys, monkeypatch):
     """The CLI checks the pruned model's bytes while saving, before anything is written
-    (onnxruntime's own check in the verify stage is switched off to reach it)."""
+    (onnxruntime's own run in the verify stage is switched off to reach it)."""
     import onnxprune.api
     import passes.infer_shapes
     real = passes.infer_shapes.run
-    monkeypatch.setattr(onnxprune.api, "model_session", lambda slim: None)
+    monkeypatch.setattr(onnxprune.api, "run_once", lambda slim, seed=0: None)
 
     def dangling(slim):
         real(slim)
