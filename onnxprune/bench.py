@@ -100,7 +100,7 @@ def _session(proto, provider, threads, stop_spinning=True):
     opts.inter_op_num_threads = 1
     opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    opts.log_severity_level = 3
+    opts.log_severity_level = 4  # failures come back as exceptions: no second, raw copy on stderr
     if stop_spinning:  # see the module docstring
         opts.add_session_config_entry("session.force_spinning_stop", "1")
     return ort.InferenceSession(proto.SerializeToString(), opts, providers=[PROVIDERS[provider]])

@@ -55,6 +55,21 @@ def test_cli_bench(tmp_path, capsys):
     assert "speedup" in out and "1.00x" in out
 
 
+def test_a_model_onnxruntime_rejects_is_one_line(tmp_path):
+    """LpNormalization with p=3 passes the checker; onnxruntime's kernel refuses it and would
+    also log the refusal on stderr itself."""
+    from helpers import GraphBuilder
+    from test_cli import assert_one_line_error, run_cli
+    import onnx
+    b = GraphBuilder()
+    y = b.op("LpNormalization", [b.conv(b.input("x", [1, 3, 8, 8]), 3, 8)], axis=1, p=3)
+    path = tmp_path / "lp3.onnx"
+    onnx.save(b.model([y]), str(path))
+    code, stdout, stderr = run_cli("bench", path, "--runs", "1", "--warmup", "0")
+    assert code == 2 and stdout == ""
+    assert_one_line_error(stderr, f"cannot run {path} with batch 1: ")
+
+
 def test_sessions_stop_spinning_between_alternating_runs():
     # An idle pool that keeps spinning steals a core from the next model in the series.
     session = bench._session(resnet_like(), "cpu", threads=2)
