@@ -1,7 +1,9 @@
 """onnxprune: a structured-pruning compiler for ONNX."""
-from .api import analyze_model, prune, rewrite
+from .api import analyze_model, apply_plan, plan, prune, rewrite
 from .errors import OnnxPruneError
 from .plan import Plan
+from .report import PlanInfo, Report
 
-__all__ = ["prune", "analyze_model", "rewrite", "Plan", "OnnxPruneError"]
+__all__ = ["prune", "plan", "apply_plan", "analyze_model", "rewrite", "Plan", "PlanInfo", "Report",
+           "OnnxPruneError"]
 __version__ = "0.2.0"

@@ -1,23 +1,41 @@
-"""The library entry points: `prune` runs the whole pipeline, `analyze_model` stops after
-the analysis. Stages: load -> analyze -> score -> allocate -> rewrite -> verify."""
+"""The library entry points. `prune` runs the whole pipeline: load -> analyze -> score ->
+allocate -> fold -> rewrite -> verify. `plan` stops after allocate and returns the Plan
+that `prune` would apply; `apply_plan` rewrites by a given Plan; `analyze_model` stops
+after the analysis. Every stage runs inside `progress.stage`, which times it (the report's
+timings) and shows it on a terminal when the CLI asks for that.
+
+Arguments are checked before any work: a wrong type or value is one OnnxPruneError
+naming the argument, never a crash halfway through."""
 from __future__ import annotations
 
+import logging
+import math
+import numbers
+import os
 import time
+from collections.abc import Collection, Mapping, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import onnx
 
 from . import passes
-from .budget import (allocate, allocate_target, check_plan_classes, default_round_to, kept_whole_by_rounding,
-                     parse_min_keep)
+from .budget import (COUPLED, RANKINGS, allocate, allocate_target, check_plan_classes, default_round_to,
+                     kept_whole_by_rounding, parse_min_keep)
 from .couplings import analyze
 from .density import allocate_density
 from .errors import OnnxPruneError
 from .io import is_large
 from .model import Model, load
 from .pipeline import REWRITE_PASSES, Step, run_passes
-from .plan import Plan, classes_from_plan, plan_from_classes
-from .report import Report, group_table, model_stats
-from .saliency import score
-from .runtime import model_session
+from .plan import Plan, checked_removed, classes_from_plan, plan_from_classes
+from .progress import stage
+from .report import PlanInfo, Report, group_table, model_stats
+from .runtime import model_session, random_inputs
+from .saliency import CRITERIA, score
 from .verify import DEFAULT_TOLERANCE, check, masking_oracle
+
+log = logging.getLogger("onnxprune")
 
 
 def rewrite(model: Model, couplings, removed_classes, folds=None) -> Model:
@@ -30,9 +48,15 @@ def rewrite(model: Model, couplings, removed_classes, folds=None) -> Model:
     return slim
 
 
-def analyze_model(source, input_shapes=None, exclude=()):
-    model = load(source, input_shapes)
-    return model, analyze(model, tuple(exclude))
+def analyze_model(source: str | os.PathLike | onnx.ModelProto,
+                  input_shapes: Mapping[str, Sequence[int]] | None = None, exclude: Sequence[str] = ()):
+    """Load and analyze a model: returns (Model, Couplings); changes nothing."""
+    _check_source(source)
+    input_shapes, exclude = _input_shapes(input_shapes), _patterns(exclude)
+    with stage("load"):
+        model = load(source, input_shapes)
+    with stage("analyze"):
+        return model, analyze(model, exclude)
 
 
 # Defaults per criterion: BGSC scores are comparable across groups (one bound, in the same
@@ -43,16 +67,45 @@ DEFAULT_RANKING = {"bgsc": "normalized", "bgsc-position": "raw"}
 # rank: one ranking of channel classes decides how many each group keeps and which;
 # density: PreCrop layer densities decide how many, the criterion which (onnxprune/density.py)
 ALLOCATORS = ("rank", "density")
+SCOPES = ("local", "global")
 
 
-def prune(source, ratio: float | None = None, **options):
-    """Prune a model (path or ModelProto). Returns (pruned ModelProto, Report).
+def prune(source: str | os.PathLike | onnx.ModelProto, ratio: float | None = None, *,
+          target_macs: float | None = None, target_params: float | None = None, plan: Plan | None = None,
+          criterion: str = "l1", seed: int = 0, scope: str | None = None, ranking: str | None = None,
+          allocator: str = "rank", coupled: str = "all", min_keep: float | str = 0.1,
+          round_to: int | None = None, exclude: Sequence[str] = (),
+          input_shapes: Mapping[str, Sequence[int]] | None = None, fold: str = "exact",
+          verify: bool = False, tolerance: float = DEFAULT_TOLERANCE) -> tuple[onnx.ModelProto, Report]:
+    """Prune a model (a path or a ModelProto, never modified). Returns (pruned ModelProto, Report).
 
-    The budget is one of: `ratio` (fraction of prunable channel classes, default 0.3),
-    `target_macs` or `target_params` (fraction of the original to keep), or a `plan`.
-    The input is never modified. For models beyond protobuf's 2 GB, use `prune_model`
-    and `onnxprune.io.save_model`, which never build the whole proto."""
-    slim, report = prune_model(source, ratio, **options)
+    Budget, one of (default: ratio 0.3):
+      ratio: fraction in [0, 1) of the prunable channel classes to remove.
+      target_macs: fraction in (0, 1] of the original MACs to keep.
+      target_params: fraction in (0, 1] of the original parameters to keep.
+      plan: an onnxprune.Plan to apply instead of scoring (see `plan` and `apply_plan`).
+    Options:
+      criterion: saliency, one of onnxprune.saliency.CRITERIA ('l1', 'l2', 'bgsc', 'random', ...).
+      seed: integer >= 0; seeds the 'random' criterion, the fold and the oracle's inputs.
+      scope: 'local' (the same fraction in every group) or 'global' (one ranking); default
+        'global' for bgsc, 'local' otherwise.
+      ranking: with a global scope, 'raw' or 'normalized' scores; default 'normalized' for bgsc.
+      allocator: 'rank' or 'density' (the latter needs target_macs or target_params).
+      coupled: 'all', 'only' (coupled groups only) or 'none' (uncoupled groups only).
+      min_keep: floor per group, a count >= 1 or a fraction in (0, 1).
+      round_to: kept counts are multiples of this integer >= 1 (default: 16 on AVX-512 CPUs, else 8).
+      exclude: node-name globs (a list, not a string) whose channels stay.
+      input_shapes: {input name: shape} fixing dynamic dimensions.
+      fold: 'exact', 'approx' or 'none': constants carried by removed channels.
+      verify: run the masking oracle (report.oracle_passed tells the result).
+      tolerance: the oracle's tolerance, a finite number >= 0.
+    Bad arguments raise OnnxPruneError before any work. For models beyond protobuf's 2 GB,
+    use `prune_model` and `onnxprune.io.save_model`, which never build the whole proto."""
+    slim, report = prune_model(
+        source, ratio, target_macs=target_macs, target_params=target_params, plan=plan,
+        criterion=criterion, seed=seed, scope=scope, ranking=ranking, allocator=allocator,
+        coupled=coupled, min_keep=min_keep, round_to=round_to, exclude=exclude,
+        input_shapes=input_shapes, fold=fold, verify=verify, tolerance=tolerance)
     proto = slim.to_proto()
     if not checked_in_memory(slim) and not is_large(slim):
         check(proto)
@@ -65,25 +118,226 @@ def checked_in_memory(slim: Model) -> bool:
     return not (is_large(slim) or slim.external_data)
 
 
-def prune_model(source, ratio: float | None = None, *, criterion: str = "l1", seed: int = 0,
-                scope: str | None = None, ranking: str | None = None, target_macs: float | None = None,
-                target_params: float | None = None, coupled: str = "all", min_keep=0.1,
-                round_to: int | None = None, exclude=(), input_shapes=None, plan: Plan | None = None,
-                verify: bool = False, tolerance: float = DEFAULT_TOLERANCE, fold: str = "exact",
-                allocator: str = "rank", check_output: bool = True):
-    """`prune`, returning the pruned `Model` (graph + numpy weights) instead of a proto.
-    `check_output=False` leaves the ONNX checker to `io.save_model(..., check=True)`, which
-    runs it on the bytes it is about to write (the CLI: one serialisation instead of two)."""
-    timings = {}
-    t = start = time.perf_counter()
+def prune_model(source: str | os.PathLike | onnx.ModelProto, ratio: float | None = None, *,
+                target_macs: float | None = None, target_params: float | None = None,
+                plan: Plan | None = None, criterion: str = "l1", seed: int = 0, scope: str | None = None,
+                ranking: str | None = None, allocator: str = "rank", coupled: str = "all",
+                min_keep: float | str = 0.1, round_to: int | None = None, exclude: Sequence[str] = (),
+                input_shapes: Mapping[str, Sequence[int]] | None = None, fold: str = "exact",
+                verify: bool = False, tolerance: float = DEFAULT_TOLERANCE,
+                check_output: bool = True) -> tuple[Model, Report]:
+    """`prune`, returning the pruned `Model` (graph + numpy weights) instead of a proto; the
+    arguments are `prune`'s. `check_output=False` leaves the ONNX checker to
+    `io.save_model(..., check=True)`, which runs it on the bytes it is about to write (the
+    CLI: one serialisation instead of two).
 
-    def lap(name):
-        nonlocal t
-        now = time.perf_counter()
-        timings[name] = round(now - t, 4)
-        t = now
+    The pruned model is run once by onnxruntime (by the oracle with `verify`). If it cannot
+    run while the input can, that is onnxprune's bug: a RuntimeError, not an OnnxPruneError."""
+    s = _settings(ratio=ratio, target_macs=target_macs, target_params=target_params, plan=plan,
+                  criterion=criterion, seed=seed, scope=scope, ranking=ranking, allocator=allocator,
+                  coupled=coupled, min_keep=min_keep, round_to=round_to, exclude=exclude,
+                  input_shapes=input_shapes, fold=fold, verify=verify, tolerance=tolerance)
+    _check_flag("check_output", check_output)
+    _check_source(source)
+    timings: dict = {}
+    start = time.perf_counter()
+    model, couplings = _load(source, s, timings)
+    removed, target, couplings, score_notes = _choose(model, couplings, s, timings)
+    with stage("fold", timings):
+        folds, fold_stats = _plan_folds(model, couplings, removed, s)
+    with stage("rewrite", timings):
+        slim = rewrite(model, couplings, removed, folds)
+    with stage("verify", timings):
+        if check_output and checked_in_memory(slim):
+            check(slim.to_proto().SerializeToString())  # the checker would serialise a proto itself, more slowly
+        oracle = _run_pruned(model, couplings, removed, slim, folds, s)
+    timings["total"] = round(time.perf_counter() - start, 4)
+    fold_note = [fold_stats.note()] if removed and s.fold != "none" else []
+    notes = list(model.notes) + score_notes + fold_note + _budget_notes(couplings, s, target)
+    options = _report_options(s, model)
+    report = Report(options, model_stats(model), model_stats(slim), group_table(couplings, removed),
+                    timings, oracle, notes, plan_from_classes(couplings, removed, options), s.tolerance)
+    return slim, report
 
-    min_keep = parse_min_keep(min_keep)
+
+def plan(source: str | os.PathLike | onnx.ModelProto, ratio: float | None = None, *,
+         target_macs: float | None = None, target_params: float | None = None, criterion: str = "l1",
+         seed: int = 0, scope: str | None = None, ranking: str | None = None, allocator: str = "rank",
+         coupled: str = "all", min_keep: float | str = 0.1, round_to: int | None = None,
+         exclude: Sequence[str] = (), input_shapes: Mapping[str, Sequence[int]] | None = None,
+         fold: str = "exact") -> tuple[Plan, PlanInfo]:
+    """Score and allocate without rewriting: returns (the Plan that `prune` with the same
+    arguments would apply, PlanInfo). The arguments are `prune`'s (`fold` matters here too:
+    a MAC or parameter target counts the biases that folding adds). Edit or inspect the
+    plan, then `apply_plan` it."""
+    s = _settings(ratio=ratio, target_macs=target_macs, target_params=target_params, plan=None,
+                  criterion=criterion, seed=seed, scope=scope, ranking=ranking, allocator=allocator,
+                  coupled=coupled, min_keep=min_keep, round_to=round_to, exclude=exclude,
+                  input_shapes=input_shapes, fold=fold, verify=False, tolerance=DEFAULT_TOLERANCE)
+    _check_source(source)
+    timings: dict = {}
+    start = time.perf_counter()
+    model, couplings = _load(source, s, timings)
+    removed, target, couplings, score_notes = _choose(model, couplings, s, timings)
+    timings["total"] = round(time.perf_counter() - start, 4)
+    options = _report_options(s, model)
+    info = PlanInfo(options, model_stats(model), group_table(couplings, removed), timings,
+                    list(model.notes) + score_notes + _budget_notes(couplings, s, target))
+    return plan_from_classes(couplings, removed, options), info
+
+
+def apply_plan(source: str | os.PathLike | onnx.ModelProto, plan: Plan, *, seed: int = 0,
+               exclude: Sequence[str] = (), input_shapes: Mapping[str, Sequence[int]] | None = None,
+               fold: str = "exact", verify: bool = False,
+               tolerance: float = DEFAULT_TOLERANCE) -> tuple[onnx.ModelProto, Report]:
+    """Rewrite `source` by `plan` (from `plan`, `Report.plan` or `Plan.from_json`). Returns
+    (pruned ModelProto, Report). Pass the `seed`, `exclude`, `input_shapes` and `fold` that
+    made the plan to get exactly what `prune` would have produced."""
+    if not isinstance(plan, Plan):
+        raise OnnxPruneError(f"plan must be an onnxprune.Plan, got {_type_name(plan)}")
+    return prune(source, plan=plan, seed=seed, exclude=exclude, input_shapes=input_shapes, fold=fold,
+                 verify=verify, tolerance=tolerance)
+
+
+# -- stages ----------------------------------------------------------------------------------
+def _load(source, s: "_Settings", timings: dict):
+    with stage("load", timings):
+        model = load(source, s.input_shapes)
+    with stage("analyze", timings):
+        couplings = analyze(model, s.exclude)
+    log.debug("%d channel classes in %d groups (%d frozen)", couplings.n_classes, len(couplings.groups),
+              sum(1 for g in couplings.groups if g.frozen))
+    return model, couplings
+
+
+def _choose(model, couplings, s: "_Settings", timings: dict):
+    """Score and allocate: (removed channel classes, TargetResult or None, the couplings with
+    what the criterion could not score frozen, the criterion's notes)."""
+    target = None
+    if s.plan is not None:
+        with stage("allocate", timings):
+            removed = classes_from_plan(couplings, s.plan)
+            check_plan_classes(couplings, removed)
+        return removed, target, couplings, []
+    with stage("score", timings):
+        scored = score(model, couplings, s.criterion, s.seed)
+        couplings = couplings.with_frozen(scored.frozen)   # what the criterion cannot score stays
+        scores = scored.values
+    with stage("allocate", timings):
+        if s.ratio is not None:
+            removed = allocate(couplings, scores, s.ratio, s.scope, s.min_keep, s.round_to, s.ranking,
+                               s.coupled)
+        else:
+            metric, fraction = ("macs", s.target_macs) if s.target_macs is not None else ("params", s.target_params)
+            if s.allocator == "density":
+                target = allocate_density(model, couplings, scores, metric, fraction, s.min_keep, s.round_to,
+                                          s.coupled, s.fold != "none")
+            else:
+                target = allocate_target(model, couplings, scores, metric, fraction, s.scope, s.ranking,
+                                         s.min_keep, s.round_to, s.coupled, s.fold != "none")
+            removed = target.removed
+        check_plan_classes(couplings, removed)
+    log.debug("removing %d of %d channel classes", len(removed), couplings.n_classes)
+    return removed, target, couplings, [f"{s.criterion}: {n}" for n in scored.notes]
+
+
+def _plan_folds(model, couplings, removed, s: "_Settings"):
+    """The fold runs the input model in onnxruntime: when that fails, say so as bad input."""
+    try:
+        return passes.fold_removed_constants.plan_folds(model, couplings, removed, s.fold, s.seed)
+    except OnnxPruneError:
+        raise
+    except Exception:
+        _raise_if_input_fails(model, s.seed)
+        raise
+
+
+def _run_pruned(model, couplings, removed, slim, folds, s: "_Settings"):
+    """Run the pruned model once (the oracle does, with `verify`): an output onnxruntime
+    cannot run is never returned. Returns the OracleResult or None."""
+    try:
+        if s.verify:
+            return masking_oracle(model, couplings, removed, slim, folds, seed=s.seed)
+        run_once(slim, s.seed)
+        return None
+    except OnnxPruneError:
+        raise
+    except Exception as e:
+        _raise_if_input_fails(model, s.seed)
+        raise RuntimeError(f"onnxruntime cannot run the pruned model, though it runs the input model: "
+                           f"{_first_line(e)}") from e
+
+
+def run_once(model: Model, seed: int = 0) -> None:
+    """Run a model once in onnxruntime on random inputs, as the oracle draws them."""
+    sess = model_session(model)
+    sess.run(None, random_inputs(model, np.random.default_rng(seed), sess))
+
+
+def _raise_if_input_fails(model: Model, seed: int) -> None:
+    """A run failed: if onnxruntime cannot run the input model either, the input is at fault."""
+    try:
+        run_once(model, seed)
+    except Exception as e:
+        raise OnnxPruneError(f"onnxruntime cannot run the input model: {_first_line(e)}") from None
+
+
+def _first_line(e: Exception) -> str:
+    lines = str(e).strip().splitlines()
+    return (lines[0] if lines else type(e).__name__)[:300]
+
+
+def _budget_notes(couplings, s: "_Settings", target) -> list[str]:
+    notes = []
+    if target is not None:
+        notes.append(f"target {target.metric} {target.target:g}: reached {target.achieved:.4f}"
+                     + ("" if target.reached else " (not reachable within the group floors)"))
+    if s.plan is None:
+        whole = kept_whole_by_rounding(couplings, s.round_to, s.min_keep, s.coupled)
+        if whole:
+            widths = ", ".join(str(g.width) for g in whole[:8]) + (", ..." if len(whole) > 8 else "")
+            notes.append(f"--round-to {s.round_to} keeps {len(whole)} group(s) whole whatever the budget "
+                         f"(widths {widths}: no smaller multiple fits); --round-to 1 lets them shrink")
+    return notes
+
+
+def _report_options(s: "_Settings", model: Model) -> dict:
+    return {"criterion": s.criterion if s.plan is None else "plan", "ratio": s.ratio,
+            "target_macs": s.target_macs, "target_params": s.target_params, "scope": s.scope,
+            "ranking": s.ranking, "allocator": s.allocator, "coupled": s.coupled, "min_keep": s.min_keep,
+            "round_to": s.round_to, "fold": s.fold, "seed": s.seed, "exclude": list(s.exclude),
+            "input_shapes": {k: list(v) for k, v in model.input_shapes.items()}}
+
+
+# -- arguments -------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class _Settings:
+    """The arguments of prune/plan, checked and with their defaults resolved."""
+    ratio: float | None
+    target_macs: float | None
+    target_params: float | None
+    plan: Plan | None
+    criterion: str
+    seed: int
+    scope: str
+    ranking: str
+    allocator: str
+    coupled: str
+    min_keep: float
+    round_to: int
+    exclude: tuple[str, ...]
+    input_shapes: dict
+    fold: str
+    verify: bool
+    tolerance: float
+
+
+def _settings(*, ratio, target_macs, target_params, plan, criterion, seed, scope, ranking, allocator,
+              coupled, min_keep, round_to, exclude, input_shapes, fold, verify, tolerance) -> _Settings:
+    ratio = _number("ratio", ratio)
+    target_macs, target_params = _number("target_macs", target_macs), _number("target_params", target_params)
+    if plan is not None and not isinstance(plan, Plan):
+        raise OnnxPruneError(f"plan must be an onnxprune.Plan, got {_type_name(plan)}")
     budgets = [b for b in (ratio, target_macs, target_params, plan) if b is not None]
     if len(budgets) > 1:
         raise OnnxPruneError("give one budget: --ratio, --target-macs, --target-params or --plan")
@@ -91,72 +345,101 @@ def prune_model(source, ratio: float | None = None, *, criterion: str = "l1", se
         ratio = 0.3
     if ratio is not None and not 0 <= ratio < 1:
         raise OnnxPruneError(f"--ratio must be in [0, 1), got {ratio}")
-    if allocator not in ALLOCATORS:
-        raise OnnxPruneError(f"--allocator must be one of {ALLOCATORS}, got {allocator!r}")
+    for flag, fraction in (("--target-macs", target_macs), ("--target-params", target_params)):
+        if fraction is not None and not 0 < fraction <= 1:
+            raise OnnxPruneError(f"{flag} must be in (0, 1], got {fraction}")
+    if plan is not None:  # a Plan built by hand gets the checks a plan file gets
+        plan = Plan(checked_removed(plan.removed, "plan"), plan.meta)
+    criterion = _choice("criterion", criterion, sorted(CRITERIA))
+    seed = _integer("--seed", seed, least=0)
+    scope = _choice("--scope", scope, SCOPES) if scope is not None else DEFAULT_SCOPE.get(criterion, "local")
+    ranking = (_choice("--ranking", ranking, RANKINGS) if ranking is not None
+               else DEFAULT_RANKING.get(criterion, "raw"))
+    allocator = _choice("--allocator", allocator, ALLOCATORS)
     if allocator == "density" and target_macs is None and target_params is None:
         raise OnnxPruneError("--allocator density needs a cost budget: --target-macs or --target-params")
-    round_to = default_round_to() if round_to is None else round_to
-    scope = scope or DEFAULT_SCOPE.get(criterion, "local")
-    ranking = ranking or DEFAULT_RANKING.get(criterion, "raw")
-    model = load(source, input_shapes)
-    lap("load")
-    couplings = analyze(model, tuple(exclude))
-    lap("analyze")
-    target, score_notes = None, []
-    if plan is not None:
-        removed = classes_from_plan(couplings, plan)
-    else:
-        scored = score(model, couplings, criterion, seed)
-        couplings = couplings.with_frozen(scored.frozen)   # what the criterion cannot score stays
-        scores, score_notes = scored.values, [f"{criterion}: {n}" for n in scored.notes]
-        lap("score")
-        if ratio is not None:
-            removed = allocate(couplings, scores, ratio, scope, min_keep, round_to, ranking, coupled)
-        else:
-            metric, fraction = ("macs", target_macs) if target_macs is not None else ("params", target_params)
-            if allocator == "density":
-                target = allocate_density(model, couplings, scores, metric, fraction, min_keep, round_to,
-                                          coupled, fold != "none")
-            else:
-                target = allocate_target(model, couplings, scores, metric, fraction, scope, ranking,
-                                         min_keep, round_to, coupled, fold != "none")
-            removed = target.removed
-    check_plan_classes(couplings, removed)
-    lap("allocate")
-    if fold not in passes.fold_removed_constants.MODES:
-        raise OnnxPruneError(f"--fold must be one of {passes.fold_removed_constants.MODES}, got {fold!r}")
-    folds, fold_stats = passes.fold_removed_constants.plan_folds(model, couplings, removed, fold, seed)
-    lap("fold")
-    slim = rewrite(model, couplings, removed, folds)
-    lap("rewrite")
-    if check_output and checked_in_memory(slim):
-        check(slim.to_proto().SerializeToString())  # the checker would serialise a proto itself, more slowly
-    try:  # the pruned model must run in onnxruntime; with --verify the oracle runs it
-        if verify:
-            oracle = masking_oracle(model, couplings, removed, slim, folds, seed=seed)
-        else:
-            oracle = None
-            model_session(slim)
-    except Exception as e:
-        raise OnnxPruneError(f"onnxruntime cannot run the pruned model: {str(e).splitlines()[0]}") from None
-    lap("verify")
-    timings["total"] = round(time.perf_counter() - start, 4)
-    notes = list(model.notes) + score_notes + ([fold_stats.note()] if removed and fold != "none" else [])
-    if target is not None:
-        notes.append(f"target {target.metric} {target.target:g}: reached {target.achieved:.4f}"
-                     + ("" if target.reached else " (not reachable within the group floors)"))
-    if plan is None:
-        whole = kept_whole_by_rounding(couplings, round_to, min_keep, coupled)
-        if whole:
-            widths = ", ".join(str(g.width) for g in whole[:8]) + (", ..." if len(whole) > 8 else "")
-            notes.append(f"--round-to {round_to} keeps {len(whole)} group(s) whole whatever the budget "
-                         f"(widths {widths}: no smaller multiple fits); --round-to 1 lets them shrink")
-    options = {"criterion": criterion if plan is None else "plan", "ratio": ratio,
-               "target_macs": target_macs, "target_params": target_params, "scope": scope,
-               "ranking": ranking, "allocator": allocator, "coupled": coupled, "min_keep": min_keep,
-               "round_to": round_to, "fold": fold, "seed": seed, "exclude": list(exclude),
-               "input_shapes": {k: list(v) for k, v in model.input_shapes.items()}}
-    report = Report(options, model_stats(model), model_stats(slim), group_table(couplings, removed),
-                    timings, oracle, notes, plan_from_classes(couplings, removed, options),
-                    tolerance)
-    return slim, report
+    coupled = _choice("--coupled", coupled, COUPLED)
+    round_to = default_round_to() if round_to is None else _integer("--round-to", round_to, least=1)
+    fold = _choice("--fold", fold, passes.fold_removed_constants.MODES)
+    _check_flag("verify", verify)
+    tolerance = _number("tolerance", tolerance)
+    if not 0 <= tolerance < math.inf:
+        raise OnnxPruneError(f"--tolerance must be >= 0 and finite, got {tolerance}")
+    return _Settings(ratio, target_macs, target_params, plan, criterion, seed, scope, ranking, allocator,
+                     coupled, _min_keep(min_keep), round_to, _patterns(exclude), _input_shapes(input_shapes),
+                     fold, verify, tolerance)
+
+
+def _type_name(value) -> str:
+    return type(value).__name__
+
+
+def _number(name: str, value) -> float | None:
+    """None, or a real number (not a bool, not a string) as a float."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise OnnxPruneError(f"{name} must be a number, got {value!r} ({_type_name(value)})")
+    return float(value)
+
+
+def _integer(flag: str, value, least: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < least:
+        raise OnnxPruneError(f"{flag} must be an integer >= {least}, got {value!r}")
+    return int(value)
+
+
+def _choice(flag: str, value, choices) -> str:
+    if flag == "criterion" and value not in choices:  # the message score() has always given
+        raise OnnxPruneError(f"unknown criterion {value!r}; choose from {list(choices)}")
+    if value not in choices:
+        raise OnnxPruneError(f"{flag} must be one of {tuple(choices)}, got {value!r}")
+    return value
+
+
+def _check_flag(name: str, value) -> None:
+    if not isinstance(value, bool):
+        raise OnnxPruneError(f"{name} must be True or False, got {value!r}")
+
+
+def _min_keep(value) -> float:
+    # parse_min_keep would crash on inf (int(inf)); a bool is not a count
+    if isinstance(value, bool) or (isinstance(value, (numbers.Real, str)) and not _finite(value)):
+        raise OnnxPruneError(f"--min-keep must be a count >= 1 or a fraction in (0, 1), got {value!r}")
+    return parse_min_keep(value)
+
+
+def _finite(value) -> bool:
+    try:
+        return math.isfinite(float(value))
+    except ValueError:
+        return True  # not a number at all: parse_min_keep says so
+
+
+def _patterns(exclude) -> tuple[str, ...]:
+    if isinstance(exclude, (str, bytes)):  # a bare string would be split into one-letter globs
+        raise OnnxPruneError(f"exclude must be a list of node-name patterns, not a string: "
+                             f"write exclude=[{exclude!r}]")
+    if not isinstance(exclude, Collection) or not all(isinstance(p, str) for p in exclude):
+        raise OnnxPruneError(f"exclude must be a list of node-name patterns (strings), got {exclude!r}")
+    return tuple(exclude)
+
+
+def _input_shapes(input_shapes) -> dict[str, tuple[int, ...]]:
+    if input_shapes is None:
+        return {}
+    if not isinstance(input_shapes, Mapping):
+        raise OnnxPruneError(f"input_shapes must be a dict {{input name: shape}}, got {_type_name(input_shapes)}")
+    shapes = {}
+    for name, shape in input_shapes.items():
+        if (not isinstance(name, str) or isinstance(shape, (str, bytes)) or not isinstance(shape, Sequence)
+                or not all(isinstance(d, numbers.Integral) and not isinstance(d, bool) and d > 0 for d in shape)):
+            raise OnnxPruneError(f"input_shapes must map input names to shapes of positive integers, "
+                                 f"got {name!r}: {shape!r}")
+        shapes[name] = tuple(int(d) for d in shape)
+    return shapes
+
+
+def _check_source(source) -> None:
+    if not isinstance(source, (str, os.PathLike, onnx.ModelProto)):
+        raise OnnxPruneError(f"source must be a path or an onnx.ModelProto, got {_type_name(source)}")

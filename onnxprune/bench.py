@@ -17,6 +17,8 @@ the smaller, shorter model most. Spinning during a run is left on (onnxruntime's
 """
 from __future__ import annotations
 
+import logging
+import numbers
 import time
 from dataclasses import dataclass
 
@@ -25,7 +27,9 @@ import onnx
 
 from .errors import OnnxPruneError
 from .model import dim_names, suggested_dims
+from .progress import stage
 
+log = logging.getLogger("onnxprune")
 PROVIDERS = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider"}
 
 
@@ -43,6 +47,23 @@ class Timing:
 def provider_available(provider: str) -> bool:
     import onnxruntime as ort
     return PROVIDERS[provider] in ort.get_available_providers()
+
+
+def check_options(provider: str = "cpu", threads: int = 1, batch: int = 1, warmup: int = 5,
+                  runs: int = 30) -> None:
+    """Refuse nonsense before any work: `prune --bench` checks these before pruning."""
+    if provider not in PROVIDERS:
+        raise OnnxPruneError(f"--provider must be one of {sorted(PROVIDERS)}, got {provider!r}")
+    for flag, value, least in (("--threads", threads, 1), ("--batch", batch, 1), ("--warmup", warmup, 0),
+                               ("--runs", runs, 1)):
+        if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < least:
+            raise OnnxPruneError(f"{flag} must be an integer >= {least}, got {value!r}")
+
+
+def require_provider(provider: str) -> None:
+    if not provider_available(provider):
+        raise OnnxPruneError(f"the {provider} execution provider is not available in this onnxruntime "
+                             "build (install onnxruntime-gpu on a machine with a GPU)")
 
 
 def _with_batch(proto: onnx.ModelProto, batch: int, input_shapes: dict) -> tuple[onnx.ModelProto, dict]:
@@ -79,7 +100,7 @@ def _session(proto, provider, threads, stop_spinning=True):
     opts.inter_op_num_threads = 1
     opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    opts.log_severity_level = 3
+    opts.log_severity_level = 4  # failures come back as exceptions: no second, raw copy on stderr
     if stop_spinning:  # see the module docstring
         opts.add_session_config_entry("session.force_spinning_stop", "1")
     return ort.InferenceSession(proto.SerializeToString(), opts, providers=[PROVIDERS[provider]])
@@ -91,27 +112,31 @@ def compare(models, provider: str = "cpu", threads: int = 1, batch: int = 1, war
     """Time `models` (paths or ModelProtos) in alternation; the first is the reference.
     `stop_spinning=False` only exists to measure what the option prevents
     (benchmarks/thread_spinning.py)."""
-    if provider not in PROVIDERS:
-        raise OnnxPruneError(f"--provider must be one of {sorted(PROVIDERS)}, got {provider!r}")
-    if not provider_available(provider):
-        raise OnnxPruneError(f"the {provider} execution provider is not available in this onnxruntime "
-                             "build (install onnxruntime-gpu on a machine with a GPU)")
+    check_options(provider, threads, batch, warmup, runs)
+    require_provider(provider)
     from .model import read_proto
-    protos = [read_proto(m) for m in models]
+    with stage("load"):
+        protos = [read_proto(m) for m in models]
     names = names or [m if isinstance(m, str) else f"model{i}" for i, m in enumerate(models)]
     sessions, feeds = [], []
-    for proto, name in zip(protos, names):
-        m, f = _with_batch(proto, batch, input_shapes or {})
-        try:
-            sessions.append(_session(m, provider, threads, stop_spinning))
-            sessions[-1].run(None, f)
-        except Exception as e:
-            raise OnnxPruneError(f"cannot run {name} with batch {batch}: {str(e).splitlines()[0][:200]}") from None
-        feeds.append(f)
-    for _ in range(warmup):
-        for s, f in zip(sessions, feeds):
-            s.run(None, f)
+    with stage("sessions"):
+        for proto, name in zip(protos, names):
+            m, f = _with_batch(proto, batch, input_shapes or {})
+            try:
+                sessions.append(_session(m, provider, threads, stop_spinning))
+                sessions[-1].run(None, f)
+            except Exception as e:
+                raise OnnxPruneError(f"cannot run {name} with batch {batch}: "
+                                     f"{str(e).splitlines()[0][:200]}") from None
+            feeds.append(f)
+    log.debug("bench: %d model(s), %d warm-up and %d timed runs each, %s, %d thread(s), batch %d",
+              len(protos), warmup, runs, provider, threads, batch)
+    with stage("warm-up"):
+        for _ in range(warmup):
+            for s, f in zip(sessions, feeds):
+                s.run(None, f)
     times = [[] for _ in sessions]
+    # no progress display here: its thread would wake up inside the measurements
     for _ in range(runs):
         for k, (s, f) in enumerate(zip(sessions, feeds)):
             start = time.perf_counter()

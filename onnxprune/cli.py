@@ -1,19 +1,32 @@
-"""Command line: `onnxprune in.onnx out.onnx --ratio 0.3` and `onnxprune analyze in.onnx`.
+"""Command line: `onnxprune prune IN OUT [options]` (short form: `onnxprune IN OUT [options]`),
+`onnxprune analyze IN` and `onnxprune bench A B ...`.
 
-Exit codes: 0 done; 1 the masking oracle exceeded its tolerance (nothing written);
-2 bad input or options (one line on stderr, nothing written); 3 internal error.
+Exit codes: 0 done; 1 the masking oracle exceeded its tolerance (the model is not written;
+a --report is); 2 bad input or options (one line on stderr, nothing written); 3 internal
+error.
+
+Output: the summary (table, notes, "wrote ...") goes through the `onnxprune` logger at
+INFO level to stdout; -q keeps errors only, -v adds stage timings and debug detail on
+stderr. Errors are printed whatever the level. What `analyze` and `bench` are asked to
+print is their result, not a log, and is printed under -q too.
 """
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import logging
 import os
 import sys
 import tempfile
 
+from . import progress
 from .errors import OnnxPruneError
 
 EXIT_ORACLE, EXIT_INPUT, EXIT_INTERNAL = 1, 2, 3
+COMMANDS = ("prune", "analyze", "bench")
+TOP_LEVEL_OPTIONS = ("-h", "--help", "--version")
+log = logging.getLogger("onnxprune")
 
 
 class _Parser(argparse.ArgumentParser):
@@ -28,9 +41,18 @@ def _common(p):
                    help="node-name glob whose channels stay (repeatable)")
 
 
-def _prune_parser():
-    p = _Parser(prog="onnxprune", description="Structured pruning of ONNX models "
-                "(coupled channels, data-free). Also: 'onnxprune analyze IN'.")
+def _verbosity():
+    """-q / -v, shared by every subcommand."""
+    p = argparse.ArgumentParser(add_help=False)
+    levels = p.add_mutually_exclusive_group()
+    levels.add_argument("-q", "--quiet", dest="log_level", action="store_const", const=logging.ERROR,
+                        default=logging.INFO, help="print errors only (and the results of analyze and bench)")
+    levels.add_argument("-v", "--verbose", dest="log_level", action="store_const", const=logging.DEBUG,
+                        help="also print stage timings and debug detail (on stderr)")
+    return p
+
+
+def _prune_arguments(p):
     p.add_argument("input", help="model to prune (never modified)")
     p.add_argument("output", help="where to write the pruned model")
     budget = p.add_mutually_exclusive_group()
@@ -62,14 +84,13 @@ def _prune_parser():
                         "exact (default), also approximately (interior value), or drop")
     p.add_argument("--plan", help="apply this plan (JSON) instead of scoring")
     p.add_argument("--plan-out", help="write the applied plan as JSON")
-    p.add_argument("--report", help="write the full report as JSON")
+    p.add_argument("--report", help="write the full report as JSON (also when the oracle fails)")
     p.add_argument("--verify", action="store_true",
-                   help="run the masking oracle; exit 1 (and write nothing) when it fails")
+                   help="run the masking oracle; exit 1 (and write no model) when it fails")
     p.add_argument("--bench", action="store_true", help="time the input and the output (see 'onnxprune bench')")
     _bench_options(p)
     p.add_argument("--tolerance", type=float, default=1e-4, help="oracle tolerance: max relative difference, or 4x the measured float32 noise if larger")
     _common(p)
-    return p
 
 
 def _bench_options(p):
@@ -80,33 +101,66 @@ def _bench_options(p):
     p.add_argument("--runs", type=int, default=30, help="timed runs per model (alternating)")
 
 
-def _bench_parser():
-    p = _Parser(prog="onnxprune bench", description="Latency of models in onnxruntime, compared "
-                "with the first one (alternating runs).")
+def _bench_arguments(p):
     p.add_argument("models", nargs="+")
     _bench_options(p)
     p.add_argument("--input-shape", action="append", default=[], metavar="NAME:D1,D2,...")
-    return p
 
 
-def _analyze_parser():
-    p = _Parser(prog="onnxprune analyze", description="Print the coupled channel groups; change nothing.")
+def _analyze_arguments(p):
     p.add_argument("input")
     p.add_argument("--json", action="store_true", help="print the groups as JSON")
     p.add_argument("--criterion", help="also score channels: per-group score statistics and the "
                    "Maximum Score Disagreement between feed-in layers")
     _common(p)
-    return p
+
+
+def _parsers() -> tuple[_Parser, dict[str, _Parser]]:
+    from . import __version__
+    top = _Parser(prog="onnxprune", formatter_class=argparse.RawDescriptionHelpFormatter,
+                  usage="%(prog)s [-h] [--version] COMMAND ...\n       %(prog)s IN OUT [options]   "
+                        "(short for 'onnxprune prune IN OUT [options]')",
+                  description="Structured pruning of ONNX models (coupled channels, data-free).")
+    top.add_argument("--version", action="version", version=f"onnxprune {__version__}")
+    commands = top.add_subparsers(dest="command", title="commands", metavar="COMMAND", required=True)
+    verbosity = _verbosity()
+    specs = (("prune", _prune_arguments, "prune a model: IN OUT [options] (the default command)",
+              "Remove the least salient coupled channels and write a smaller model."),
+             ("analyze", _analyze_arguments, "print the coupled channel groups of a model; change nothing",
+              "Print the coupled channel groups; change nothing."),
+             ("bench", _bench_arguments, "time models in onnxruntime, compared with the first one",
+              "Latency of models in onnxruntime, compared with the first one (alternating runs)."))
+    parsers = {}
+    for name, add_arguments, summary, description in specs:
+        parsers[name] = commands.add_parser(name, prog=f"onnxprune {name}", parents=[verbosity], help=summary,
+                                            description=description)
+        add_arguments(parsers[name])
+    # `onnxprune --help` has always listed the options of the short form: keep them there
+    top.epilog = ("The short form 'onnxprune IN OUT [options]' means 'onnxprune prune IN OUT [options]':\n\n"
+                  + parsers["prune"].format_help())
+    return top, parsers
+
+
+def _parse(argv: list[str]) -> argparse.Namespace:
+    """Subcommands, with `prune` implied when the first argument is neither a subcommand
+    nor a top-level option (the documented `onnxprune IN OUT ...`)."""
+    if not argv or argv[0] not in COMMANDS + TOP_LEVEL_OPTIONS:
+        argv = ["prune", *argv]
+    top, parsers = _parsers()
+    args, unknown = top.parse_known_args(argv)
+    if unknown:  # reported by the subcommand's parser, so that its --help is the one suggested
+        parsers[args.command].error(f"unrecognized arguments: {' '.join(unknown)}")
+    return args
 
 
 def main(argv=None) -> int:
-    argv = sys.argv[1:] if argv is None else list(argv)
+    argv = sys.argv[1:] if argv is None else [str(a) for a in argv]
     try:
-        if argv and argv[0] == "analyze":
-            return _analyze(_analyze_parser().parse_args(argv[1:]))
-        if argv and argv[0] == "bench":
-            return _bench(_bench_parser().parse_args(argv[1:]))
-        return _prune(_prune_parser().parse_args(argv))
+        args = _parse(argv)
+        with _console(args.log_level), _progress(args.log_level):
+            return RUNNERS[args.command](args)
+    except SystemExit as e:  # --help and --version print and exit 0
+        return e.code if isinstance(e.code, int) else 0
     except OnnxPruneError as e:
         print(f"onnxprune: error: {e}", file=sys.stderr)
         return EXIT_INPUT
@@ -122,6 +176,45 @@ def main(argv=None) -> int:
         print(f"onnxprune: internal error: {type(e).__name__}: {e} "
               "(set ONNXPRUNE_DEBUG=1 for a traceback)", file=sys.stderr)
         return EXIT_INTERNAL
+
+
+class _Console(logging.Handler):
+    """INFO lines (the summary) to stdout as they are, today's output; debug and warnings
+    to stderr with a prefix. Streams are looked up per record (tests swap them)."""
+
+    def emit(self, record):  # no handleError: a closed pipe must reach main(), not print a traceback
+        message = self.format(record)
+        if record.levelno == logging.INFO:
+            print(message, file=sys.stdout)
+        else:
+            print(f"onnxprune: {record.levelname.lower()}: {message}", file=sys.stderr)
+
+
+@contextlib.contextmanager
+def _console(level: int):
+    """The CLI's logging, for the duration of one command; the library logs nowhere by itself."""
+    handler = _Console()
+    saved = log.level, log.propagate
+    log.addHandler(handler)
+    log.setLevel(level)
+    log.propagate = False
+    try:
+        yield
+    finally:
+        log.removeHandler(handler)
+        log.setLevel(saved[0])
+        log.propagate = saved[1]
+
+
+@contextlib.contextmanager
+def _progress(level: int):
+    """Stage progress on stderr, only for a person at a terminal."""
+    at_terminal = getattr(sys.stderr, "isatty", lambda: False)()
+    previous = progress.enable(level <= logging.INFO and at_terminal)
+    try:
+        yield
+    finally:
+        progress.enable(previous)
 
 
 def _same_file(a: str, b: str) -> bool:
@@ -153,53 +246,90 @@ def _check_targets(args) -> None:
 
 def _prune(args) -> int:
     from .api import prune_model as prune
+    from .bench import check_options, require_provider
     from .io import save_model
-    from .model import parse_input_shapes
-    from .plan import Plan
 
-    if not args.tolerance >= 0:
-        raise OnnxPruneError(f"--tolerance must be >= 0, got {args.tolerance}")
     _check_targets(args)
-    plan = None
-    if args.plan:
-        try:
-            with open(args.plan) as f:
-                plan = Plan.from_json(f.read())
-        except OSError as e:
-            raise OnnxPruneError(f"cannot read plan {args.plan}: {e.strerror}") from None
+    check_options(args.provider, args.threads, args.batch, args.warmup, args.runs)
+    if args.bench:  # found out now, not after the model is written
+        require_provider(args.provider)
+    input_shapes = _input_shapes(args.input_shape)
+    plan = _read_plan(args.plan) if args.plan else None
     slim, report = prune(args.input, args.ratio, criterion=args.criterion, seed=args.seed,
                          scope=args.scope, ranking=args.ranking, target_macs=args.target_macs,
                          target_params=args.target_params, coupled=args.coupled,
                          min_keep=args.min_keep, round_to=args.round_to, allocator=args.allocator,
-                         exclude=args.exclude, input_shapes=parse_input_shapes(args.input_shape),
+                         exclude=args.exclude, input_shapes=input_shapes,
                          plan=plan, verify=args.verify, tolerance=args.tolerance, fold=args.fold,
                          check_output=False)  # save_model checks the bytes it writes
-    print(report.table())
+    log.info(report.table())
     for note in report.notes:
-        print(f"note: {note}")
+        log.info("note: %s", note)
     if args.verify and not report.oracle_passed:
+        # the report says by how much it failed; the model must not be used
+        _write([(args.report, report.to_json() if args.report else "")])
+        written = f"model not written, report in {args.report}" if args.report else "nothing written"
         print(f"onnxprune: masking oracle failed: max relative difference "
               f"{report.oracle.max_rel_diff:.3e} > {args.tolerance:g} (float32 noise "
-              f"{report.oracle.noise:.1e}); nothing written", file=sys.stderr)
+              f"{report.oracle.noise:.1e}); {written}", file=sys.stderr)
         return EXIT_ORACLE
-    texts = [(args.report, report.to_json() if args.report else ""),
-             (args.plan_out, report.plan.to_json() if args.plan_out else "")]
-    staged = []  # report and plan go to temporary files first: a failure writes nothing
+    _write([(args.report, report.to_json() if args.report else ""),
+            (args.plan_out, report.plan.to_json() if args.plan_out else "")],
+           save=lambda: _save(save_model, slim, args.output))
+    log.info("wrote %s", args.output)
+    if args.bench:
+        _print_bench([args.input, args.output], args, report.options["input_shapes"])
+    return 0
+
+
+def _save(save_model, slim, path: str) -> None:
+    with progress.stage("save"):
+        save_model(slim, path, check=True)
+
+
+def _write(texts, save=None) -> None:
+    """Write the texts (path, text; no path: skipped) and, with `save`, the model: texts go
+    to temporary files first and are renamed after the model is saved, so a failure
+    anywhere leaves no report without its model and no temporary file."""
+    staged = []
     try:
         for path, text in texts:
             if path:
                 staged.append((_stage_text(path, text), path))
-        save_model(slim, args.output, check=True)
+        if save is not None:
+            save()
         for tmp, path in staged:
             _rename(tmp, path)
     finally:
         for tmp, _ in staged:
             if os.path.exists(tmp):
                 os.remove(tmp)
-    print(f"wrote {args.output}")
-    if args.bench:
-        _print_bench([args.input, args.output], args, report.options["input_shapes"])
-    return 0
+
+
+def _read_plan(path: str):
+    from .plan import Plan
+    try:
+        with open(path, "rb") as f:
+            data = f.read()
+    except OSError as e:
+        raise OnnxPruneError(f"cannot read plan {path}: {e.strerror}") from None
+    try:
+        return Plan.from_json(data)
+    except OnnxPruneError as e:
+        raise OnnxPruneError(f"{path}: {e}") from None
+
+
+def _input_shapes(specs) -> dict[str, tuple]:
+    """--input-shape values; one input given twice must be given the same shape."""
+    from .model import parse_input_shapes
+    shapes: dict[str, tuple] = {}
+    for spec in specs:
+        (name, shape), = parse_input_shapes([spec]).items()
+        if shapes.get(name, shape) != shape:
+            raise OnnxPruneError(f"--input-shape gives '{name}' two different shapes: "
+                                 f"{','.join(map(str, shapes[name]))} and {','.join(map(str, shape))}")
+        shapes[name] = shape
+    return shapes
 
 
 def _print_bench(models, args, input_shapes) -> None:
@@ -209,8 +339,7 @@ def _print_bench(models, args, input_shapes) -> None:
 
 
 def _bench(args) -> int:
-    from .model import parse_input_shapes
-    _print_bench(args.models, args, parse_input_shapes(args.input_shape))
+    _print_bench(args.models, args, _input_shapes(args.input_shape))
     return 0
 
 
@@ -241,15 +370,16 @@ def _rename(tmp: str, path: str) -> None:
 
 def _analyze(args) -> int:
     from .api import analyze_model
-    from .model import parse_input_shapes
     from .report import group_table
 
-    model, couplings = analyze_model(args.input, parse_input_shapes(args.input_shape), args.exclude)
+    model, couplings = analyze_model(args.input, _input_shapes(args.input_shape), args.exclude)
     rows = group_table(couplings, set())
     if args.criterion:
         from .diagnostics import group_diagnostics
         from .saliency import score
-        for row, diag in zip(rows, group_diagnostics(model, couplings, score(model, couplings, args.criterion))):
+        with progress.stage("score"):
+            diagnostics = group_diagnostics(model, couplings, score(model, couplings, args.criterion))
+        for row, diag in zip(rows, diagnostics):
             row.update({k: v for k, v in diag.items() if k.startswith(("score_", "msd_"))})
     if args.json:
         print(json.dumps(rows, indent=1))
@@ -276,3 +406,6 @@ def _names(names, limit: int = 6) -> str:
         return "-"
     more = f" (+{len(names) - limit} more)" if len(names) > limit else ""
     return ", ".join(names[:limit]) + more
+
+
+RUNNERS = {"prune": _prune, "analyze": _analyze, "bench": _bench}  # command -> function(args) -> exit code

@@ -9,6 +9,10 @@ import numpy as np
 
 from .cost import cost
 
+# Version of the JSON layout of `Report.to_dict` (`--report`): raised when a key changes
+# meaning or goes away, so that tools reading reports can tell.
+SCHEMA_VERSION = 1
+
 
 def model_stats(model) -> dict:
     c = cost(model)
@@ -60,7 +64,7 @@ class Report:
         return [g for g in self.groups if g["frozen"]]
 
     def to_dict(self) -> dict:
-        return {"options": self.options, "before": self.before, "after": self.after,
+        return {"schema_version": SCHEMA_VERSION, "options": self.options, "before": self.before, "after": self.after,
                 "timings_s": self.timings, "oracle_max_rel_diff": self.oracle_max_rel_diff,
                 "oracle_noise": None if self.oracle is None else self.oracle.noise,
                 "oracle_passed": self.oracle_passed,
@@ -102,6 +106,22 @@ class Report:
                 out.append(line)
         out.append(line)
         return "\n".join(out)
+
+
+@dataclass
+class PlanInfo:
+    """What `onnxprune.plan` decided, before any rewrite: the options, the original model's
+    stats, per group the channels before and after, notes (target reached, groups kept
+    whole by rounding) and stage timings."""
+    options: dict
+    before: dict
+    groups: list[dict]
+    timings: dict = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict:
+        return {"schema_version": SCHEMA_VERSION, "options": self.options, "before": self.before,
+                "timings_s": self.timings, "notes": self.notes, "groups": self.groups}
 
 
 def _pct(new, old) -> str:

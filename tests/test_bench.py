@@ -31,6 +31,21 @@ def test_cuda_skips_cleanly_when_absent(capsys):
         bench.compare([resnet_like()], provider="cuda")
 
 
+@pytest.mark.parametrize("kwargs, message", [
+    ({"runs": 0}, "--runs must be an integer >= 1, got 0"),
+    ({"batch": 0}, "--batch must be an integer >= 1, got 0"),
+    ({"threads": -1}, "--threads must be an integer >= 1, got -1"),
+    ({"warmup": -1}, "--warmup must be an integer >= 0, got -1"),
+    ({"runs": 2.5}, "--runs must be an integer >= 1, got 2.5"),
+    ({"provider": "tpu"}, "--provider must be one of ['cpu', 'cuda'], got 'tpu'"),
+])
+def test_compare_refuses_nonsense_counts(kwargs, message):
+    # runs=0 used to end in an IndexError from the percentile of no timings
+    with pytest.raises(onnxprune.OnnxPruneError) as e:
+        bench.compare([resnet_like()], **kwargs)
+    assert str(e.value) == message
+
+
 def test_cli_bench(tmp_path, capsys):
     import onnx
     path = tmp_path / "m.onnx"
@@ -38,6 +53,21 @@ def test_cli_bench(tmp_path, capsys):
     assert main(["bench", str(path), str(path), "--runs", "3", "--warmup", "1"]) == 0
     out = capsys.readouterr().out
     assert "speedup" in out and "1.00x" in out
+
+
+def test_a_model_onnxruntime_rejects_is_one_line(tmp_path):
+    """LpNormalization with p=3 passes the checker; onnxruntime's kernel refuses it and would
+    also log the refusal on stderr itself."""
+    from helpers import GraphBuilder
+    from test_cli import assert_one_line_error, run_cli
+    import onnx
+    b = GraphBuilder()
+    y = b.op("LpNormalization", [b.conv(b.input("x", [1, 3, 8, 8]), 3, 8)], axis=1, p=3)
+    path = tmp_path / "lp3.onnx"
+    onnx.save(b.model([y]), str(path))
+    code, stdout, stderr = run_cli("bench", path, "--runs", "1", "--warmup", "0")
+    assert code == 2 and stdout == ""
+    assert_one_line_error(stderr, f"cannot run {path} with batch 1: ")
 
 
 def test_sessions_stop_spinning_between_alternating_runs():

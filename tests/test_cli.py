@@ -455,25 +455,42 @@ def test_prune_with_bench_reports_the_efficiency(tmp_path, model_path, capsys):
 def test_oracle_failure_exits_1_and_writes_nothing(tmp_path, model_path, capsys, monkeypatch):
     from onnxprune import verify
     monkeypatch.setattr(verify.OracleResult, "passed", lambda self, tolerance=0: False)
-    out, rep, plan = tmp_path / "out.onnx", tmp_path / "r.json", tmp_path / "p.json"
-    code, stdout, err = run_main(capsys, model_path, out, "--verify", "--report", rep, "--plan-out", plan)
+    out, plan = tmp_path / "out.onnx", tmp_path / "p.json"
+    code, stdout, err = run_main(capsys, model_path, out, "--verify", "--plan-out", plan)
     assert code == 1
-    assert_one_line_error(err, "nothing written", prefix="onnxprune: masking oracle failed:")
+    assert_one_line_error(err, "; nothing written", prefix="onnxprune: masking oracle failed:")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["model.onnx"]
+
+
+def test_oracle_failure_still_writes_the_report(tmp_path, model_path, capsys, monkeypatch):
+    """The report says by how much the oracle failed; the model and the plan are not written."""
+    from onnxprune import verify
+    monkeypatch.setattr(verify.OracleResult, "passed", lambda self, tolerance=0: False)
+    out, rep, plan = tmp_path / "out.onnx", tmp_path / "r.json", tmp_path / "p.json"
+    code, stdout, err = run_main(capsys, model_path, out, "--ratio", "0.5", "--round-to", "1", "--verify",
+                                 "--report", rep, "--plan-out", plan)
+    assert code == 1
+    assert_one_line_error(err, f"; model not written, report in {rep}", prefix="onnxprune: masking oracle failed:")
+    assert "wrote" not in stdout
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model.onnx", "r.json"]
+    report = json.loads(rep.read_text())
+    assert report["oracle_passed"] is False
+    assert isinstance(report["oracle_max_rel_diff"], float) and isinstance(report["oracle_noise"], float)
+    assert report["after"]["params"] < report["before"]["params"]
 
 
 def test_output_failing_the_checker_exits_2_and_writes_nothing(tmp_path, model_path, capsys, monkeypatch):
     """The CLI checks the pruned model's bytes while saving, before anything is written
-    (onnxruntime's own check in the verify stage is switched off to reach it)."""
+    (onnxruntime's own run in the verify stage is switched off to reach it)."""
     import onnxprune.api
-    import onnxprune.passes.infer_shapes as infer_shapes
-    real = infer_shapes.run
-    monkeypatch.setattr(onnxprune.api, "model_session", lambda slim: None)
+    real = onnxprune.api.rewrite
+    monkeypatch.setattr(onnxprune.api, "run_once", lambda slim, seed=0: None)
 
-    def dangling(slim, step):
-        real(slim, step)
+    def dangling(*args, **kwargs):
+        slim = real(*args, **kwargs)
         slim.graph.node[-1].input.append("undefined_tensor")
-    monkeypatch.setattr(infer_shapes, "run", dangling)
+        return slim
+    monkeypatch.setattr(onnxprune.api, "rewrite", dangling)
     out, rep = tmp_path / "out.onnx", tmp_path / "r.json"
     code, _, err = run_main(capsys, model_path, out, "--report", rep)
     assert code == 2
