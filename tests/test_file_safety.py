@@ -1,4 +1,7 @@
-"""Hostile files: broken tensors are bad input, and onnxruntime stays off stderr.
+"""Hostile paths and files: what the tool writes never lands on what it reads (sidecar
+files included), devices and FIFOs are never replaced, broken tensors are bad input,
+onnxruntime stays off stderr, and an interrupted save leaves no temporary file and no
+half-written output.
 
 Each case asserts, besides the exit code and the one stderr line, that every file in the
 folders involved is byte-for-byte what it was (`snapshot`)."""
@@ -6,9 +9,13 @@ from __future__ import annotations
 
 import hashlib
 import os
+import signal
+import socket
 import stat
 import subprocess
 import sys
+import threading
+import time
 from pathlib import Path
 
 import numpy as np
@@ -18,9 +25,9 @@ from onnx import TensorProto, helper, numpy_helper
 
 import onnxprune
 from helpers import residual_net
-from onnxprune import OnnxPruneError, cli
+from onnxprune import OnnxPruneError, cli, io
 from onnxprune.model import load
-from test_cli import ENV, ROOT, assert_one_line_error, run_cli
+from test_cli import ENV, ROOT, assert_one_line_error, run_cli, run_main
 
 DATA = "m.onnx.data"
 
@@ -87,6 +94,195 @@ def refused(args, phrase, folder, cwd=None, run=run_cli):
     assert "wrote" not in stdout
     assert snapshot(folder) == before
     return stderr
+
+
+# -- 1. what is written never lands on what is read -----------------------------------------
+@pytest.fixture
+def ext(tmp_path):
+    """A folder with a model whose weights are external, a plan, a hard link and a symbolic
+    link to the data file, a weights subfolder; and an inline model."""
+    d = tmp_path / "d"
+    external_model(d)
+    os.link(d / DATA, d / "hard.data")
+    (d / "soft.data").symlink_to(DATA)
+    (d / "plan.json").write_text('{"version": 1, "removed": {}}')
+    external_model(d / "sub", "w.onnx", "weights/w.data")
+    onnx.save(residual_net(), str(d / "small.onnx"))
+    return d
+
+
+SIDECAR_CASES = [  # (arguments relative to the folder, phrase of the one stderr line)
+    (["m.onnx", "out.onnx", "--report", "out.onnx.data"],
+     "--report path equals the output's external-data file"),
+    (["small.onnx", "out.onnx", "--plan-out", "out.onnx.data"],
+     "--plan-out path equals the output's external-data file"),
+    (["m.onnx", "out.onnx", "--report", DATA], "--report path equals the input's external-data file"),
+    (["m.onnx", "out.onnx", "--plan-out", "soft.data"], "--plan-out path equals the input's external-data file"),
+    (["m.onnx", "out.onnx", "--report", "hard.data"], "--report path equals the input's external-data file"),
+    (["m.onnx", DATA], "output path equals the input's external-data file"),
+    (["m.onnx", "hard.data"], "output path equals the input's external-data file"),
+    (["m.onnx", "m.onnx"], "output path equals the input path"),
+    (["m.onnx", "out.onnx", "--report", "./sub/../m.onnx"], "--report path equals the input path"),
+    (["m.onnx", "out.onnx", "--plan", "plan.json", "--plan-out", "plan.json"],
+     "--plan-out path equals the --plan path"),
+    (["m.onnx", "out.onnx", "--plan", "plan.json", "--report", "./plan.json"],
+     "--report path equals the --plan path"),
+    (["m.onnx", "out.onnx", "--report", "out.onnx"], "--report path equals the output path"),
+    (["sub/w.onnx", "out.onnx", "--report", "sub/weights/../weights/w.data"],
+     "--report path equals the input's external-data file"),
+]
+
+
+def _data_named_after_output(d):
+    """The input's data file is `b.onnx.data`: writing `b.onnx` (external) would replace it."""
+    external_model(d, "a.onnx", "b.onnx.data")
+    return ["a.onnx", "b.onnx"], "the output's external-data file"
+
+
+@pytest.mark.parametrize("args, phrase", SIDECAR_CASES, ids=[" ".join(a) for a, _ in SIDECAR_CASES])
+def test_writes_never_land_on_reads(ext, args, phrase, in_process):
+    refused([a if a.startswith("-") else ext / a for a in args], phrase, ext.parent, run=in_process)
+
+
+def test_output_data_file_never_replaces_the_input_data(ext, in_process):
+    args, phrase = _data_named_after_output(ext)
+    stderr = refused([ext / a for a in args], phrase, ext.parent, run=in_process)
+    assert "equals the input's external-data file" in stderr
+
+
+def test_paths_without_a_directory_part(ext, in_process):
+    """Run from the model's folder with bare names: the same real files are compared."""
+    for args, phrase in [(["out.onnx", "--report", DATA], "--report path equals the input's external-data file"),
+                         (["out.onnx", "--report", "out.onnx.data"], "--report path equals the output's external"),
+                         ([ext / DATA], "output path equals the input's external-data file"),
+                         (["out.onnx", "--plan-out", "../d/hard.data"], "--plan-out path equals the input's exter")]:
+        refused(["m.onnx", *args], phrase, ext.parent, cwd=ext, run=in_process)
+
+
+def test_output_through_a_symbolic_link_is_written_at_its_target(tmp_path, capsys):
+    src, real = tmp_path / "m.onnx", tmp_path / "elsewhere" / "real.onnx"
+    onnx.save(residual_net(), str(src))
+    real.parent.mkdir()
+    real.write_bytes(b"old")
+    link = tmp_path / "out.onnx"
+    link.symlink_to(real)
+    code, _, err = run_main(capsys, src, link)
+    assert code == 0, err
+    assert link.is_symlink() and os.readlink(link) == str(real)   # the link itself stays
+    onnx.checker.check_model(onnx.load(str(real)))
+    assert temporaries(tmp_path) == []
+
+
+# -- 2. devices, FIFOs, sockets: never replaced ----------------------------------------------
+@pytest.fixture
+def devices(tmp_path):
+    """/dev/null and /dev/full. As root, private nodes of the same devices in tmp_path, so
+    that a regression replaces a copy, not the machine's /dev/null; otherwise the real ones
+    (which a user other than root cannot replace)."""
+    null, full = tmp_path / "null", tmp_path / "full"
+    try:
+        os.mknod(null, stat.S_IFCHR | 0o666, os.makedev(1, 3))
+        os.mknod(full, stat.S_IFCHR | 0o666, os.makedev(1, 7))
+        return null, full
+    except (OSError, AttributeError):
+        if os.access("/dev", os.W_OK):
+            pytest.skip("root without the right to create device nodes: /dev/null itself would be at risk")
+        return Path("/dev/null"), Path("/dev/full")
+
+
+def assert_device(path, minor):
+    st = os.lstat(path)
+    assert stat.S_ISCHR(st.st_mode) and os.major(st.st_rdev) == 1 and os.minor(st.st_rdev) == minor
+
+
+def test_output_to_dev_null_streams(tmp_path, devices):
+    null, _ = devices
+    src = tmp_path / "m.onnx"
+    onnx.save(residual_net(), str(src))
+    before = snapshot(tmp_path)
+    code, stdout, stderr = run_cli(src, null, "--report", null.parent / "r.json", "--plan-out", tmp_path / "p.json")
+    assert code == 0, stderr
+    assert stderr == "" and f"wrote {null}" in stdout
+    assert_device(null, 3)
+    after = snapshot(tmp_path)
+    assert {k: v for k, v in after.items() if k not in ("r.json", "p.json")} == before
+    assert temporaries(tmp_path) == []
+    code, _, stderr = run_cli(src, tmp_path / "out.onnx", "--report", null)   # a report to /dev/null too
+    assert code == 0, stderr
+    assert_device(null, 3)
+
+
+def test_output_to_dev_full_is_an_error_not_a_file(tmp_path, devices):
+    _, full = devices
+    src = tmp_path / "m.onnx"
+    onnx.save(residual_net(), str(src))
+    refused([src, full, "--report", tmp_path / "r.json"], "No space left on device", tmp_path)
+    assert_device(full, 7)
+    # a report to /dev/full fails after the model is in place, as any failing report does;
+    # it was staged in the temporary folder (not next to the device): nothing is left there
+    staging = tmp_path / "staging"
+    staging.mkdir()
+    code, _, stderr = run_cli_tmpdir(staging, src, tmp_path / "out.onnx", "--report", full)
+    assert code == 2
+    assert_one_line_error(stderr, f"cannot write {full}: No space left on device")
+    assert_device(full, 7)
+    assert temporaries(tmp_path) == []   # staging included
+
+
+def test_model_with_external_data_to_a_device_is_refused(tmp_path, devices):
+    null, _ = devices
+    src = external_model(tmp_path / "m")
+    refused([src, null], f"cannot write {null}: a model with external data needs a regular file", tmp_path)
+    assert_device(null, 3)
+
+
+def test_fifo_without_a_reader_is_refused_at_once(tmp_path):
+    src, fifo = tmp_path / "m.onnx", tmp_path / "fifo"
+    onnx.save(residual_net(), str(src))
+    os.mkfifo(fifo)
+    start = time.monotonic()
+    refused([src, fifo], "no process is reading this FIFO", tmp_path)
+    assert time.monotonic() - start < 60
+    assert stat.S_ISFIFO(os.lstat(fifo).st_mode)
+
+
+def test_fifo_with_a_reader_gets_the_same_bytes_as_a_file(tmp_path):
+    src, fifo, out = tmp_path / "m.onnx", tmp_path / "fifo", tmp_path / "out.onnx"
+    onnx.save(residual_net(), str(src))
+    os.mkfifo(fifo)
+    received = []
+
+    def read():
+        with open(fifo, "rb") as f:   # blocks until the CLI opens the FIFO for writing
+            received.append(f.read())
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
+    time.sleep(0.2)   # the CLI only streams to a FIFO someone reads
+    code, _, stderr = run_cli(src, fifo, "--ratio", "0.5", "--round-to", "1")
+    reader.join(30)
+    assert code == 0, stderr
+    assert run_cli(src, out, "--ratio", "0.5", "--round-to", "1")[0] == 0
+    assert received == [out.read_bytes()]
+    assert stat.S_ISFIFO(os.lstat(fifo).st_mode)
+
+
+def test_socket_and_block_device_are_refused(tmp_path):
+    src = tmp_path / "m.onnx"
+    onnx.save(residual_net(), str(src))
+    sock_path = tmp_path / "s"
+    sock = socket.socket(socket.AF_UNIX)
+    try:
+        sock.bind(str(sock_path))
+        refused([src, sock_path], "it is a socket", tmp_path)
+        refused([src, tmp_path / "out.onnx", "--report", sock_path], "it is a socket", tmp_path)
+    finally:
+        sock.close()
+    block = tmp_path / "block"
+    try:
+        os.mknod(block, stat.S_IFBLK | 0o600, os.makedev(7, 0))  # never opened: refused from its type
+    except (OSError, AttributeError):
+        return
+    refused([src, block], "it is a block device", tmp_path)
 
 
 # -- 4. a ModelProto without its external data -----------------------------------------------
@@ -226,3 +422,147 @@ def test_model_onnxruntime_rejects_prints_one_line(tmp_path):
     onnx.save(proto, str(src))
     stderr = refused([src, tmp_path / "out.onnx"], "Unknown AutoPadType", tmp_path)
     assert "[E:onnxruntime" not in stderr
+
+
+# -- 6. interrupted saves --------------------------------------------------------------------
+# The CLI runs in a subprocess in which one function of the save stops (touches a marker
+# file, then sleeps) so that the test can send a signal at that very point.
+STOPPER = r"""
+import os, sys, time
+import onnxprune.io, onnxprune.verify
+from onnxprune import cli
+module, name, marker, seconds = sys.argv[1:5]
+target = {"io": onnxprune.io, "verify": onnxprune.verify, "os": os}[module]
+real = getattr(target, name)
+def stop(*args, **kwargs):
+    if name != "replace" or str(args[1]).endswith(".data"):
+        open(marker, "w").close()
+        deadline = time.monotonic() + float(seconds)
+        while time.monotonic() < deadline:
+            time.sleep(0.05)
+    return real(*args, **kwargs)
+setattr(target, name, stop)
+sys.exit(cli.main(sys.argv[5:]))
+"""
+
+
+def interrupt(tmp_path, where, signum, args, seconds=60):
+    """Run the CLI with `where` ("module.function") stopped; send `signum` once it stops."""
+    marker = tmp_path / "stopped"
+    module, name = where.split(".")
+    p = subprocess.Popen([sys.executable, "-c", STOPPER, module, name, str(marker), str(seconds),
+                          *map(str, args)], cwd=ROOT, env=ENV, stdout=subprocess.PIPE,
+                         stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 120
+        while not marker.exists():
+            assert p.poll() is None, p.communicate()
+            assert time.monotonic() < deadline, "the save never reached the stopping point"
+            time.sleep(0.05)
+        p.send_signal(signum)
+        stdout, stderr = p.communicate(timeout=60)
+    finally:
+        if p.poll() is None:
+            p.kill()
+    marker.unlink()
+    return p.returncode, stdout, stderr
+
+
+def previous_output(tmp_path, external):
+    """An output written by an earlier run (with a different ratio), to be kept intact."""
+    src = external_model(tmp_path / "in") if external else tmp_path / "in" / "m.onnx"
+    if not external:
+        src.parent.mkdir()
+        onnx.save(residual_net(), str(src))
+    out = tmp_path / "out" / "out.onnx"
+    out.parent.mkdir()
+    code, _, stderr = run_cli(src, out, "--ratio", "0.25", "--round-to", "1", "--report", out.parent / "r.json")
+    assert code == 0, stderr
+    return src, out
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+def test_signal_while_writing_external_data(tmp_path, signum):
+    src, out = previous_output(tmp_path, external=True)
+    before = snapshot(tmp_path)
+    code, _, stderr = interrupt(tmp_path, "io._external_tensor", signum,
+                                [src, out, "--ratio", "0.5", "--round-to", "1", "--report", out.parent / "r.json"])
+    if signum == signal.SIGTERM:
+        assert code == -signal.SIGTERM, (code, stderr)   # it still dies of SIGTERM, after cleaning up
+    else:
+        assert code == 2
+        assert_one_line_error(stderr, "onnxprune: interrupted", prefix="onnxprune: interrupted")
+    assert temporaries(tmp_path) == []
+    assert snapshot(tmp_path) == before   # the previous output, report and the input: untouched
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+def test_signal_while_writing_a_small_model_and_its_report(tmp_path, signum):
+    src, out = previous_output(tmp_path, external=False)
+    before = snapshot(tmp_path)
+    code, _, _ = interrupt(tmp_path, "verify.check", signum,   # the bytes are checked just before writing
+                           [src, out, "--ratio", "0.5", "--round-to", "1", "--report", out.parent / "r.json",
+                            "--plan-out", out.parent / "p.json"])
+    assert code == (-signal.SIGTERM if signum == signal.SIGTERM else 2)
+    assert temporaries(tmp_path) == []
+    assert snapshot(tmp_path) == before
+
+
+def test_signal_between_model_and_data_renames_waits(tmp_path):
+    """SIGTERM after the new data file is in place, before the model: the model follows,
+    then the process ends; never a new data file under an old model."""
+    src, out = previous_output(tmp_path, external=True)
+    old_data = Path(str(out) + ".data").read_bytes()
+    code, _, stderr = interrupt(tmp_path, "os.replace", signal.SIGTERM,
+                                [src, out, "--ratio", "0.5", "--round-to", "1"], seconds=1)
+    assert code == -signal.SIGTERM, (code, stderr)
+    assert temporaries(tmp_path) == []
+    assert Path(str(out) + ".data").read_bytes() != old_data
+    onnx.checker.check_model(str(out), full_check=True)
+    slim = onnx.load(str(out))
+    assert sum(numpy_helper.to_array(t).size for t in slim.graph.initializer) < \
+        sum(numpy_helper.to_array(t).size for t in onnx.load(str(src)).graph.initializer)
+
+
+def test_failed_model_rename_puts_the_old_data_back(tmp_path, capsys, monkeypatch):
+    src, out = previous_output(tmp_path, external=True)
+    before = snapshot(tmp_path)
+    real = os.replace
+
+    def replace(a, b):
+        if str(b) == str(out):
+            raise OSError(28, "No space left on device")
+        return real(a, b)
+    monkeypatch.setattr(os, "replace", replace)
+    code, _, err = run_main(capsys, src, out, "--ratio", "0.5", "--round-to", "1")
+    monkeypatch.undo()
+    assert code == 2
+    assert_one_line_error(err, "No space left on device")
+    assert snapshot(tmp_path) == before
+    onnx.checker.check_model(str(out), full_check=True)
+
+
+def test_signal_handlers_are_restored_after_saving(tmp_path):
+    before = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+    slim = load(str(external_model(tmp_path / "m")))
+    io.save_model(slim, str(tmp_path / "out.onnx"))
+    assert {s: signal.getsignal(s) for s in before} == before
+    assert temporaries(tmp_path) == []
+
+
+@pytest.mark.parametrize("how", ["save", "save_model"])
+def test_large_outputs_get_external_data(tmp_path, monkeypatch, how):
+    """The >2 GB paths, with the threshold lowered: model and data renamed into place, the
+    weights intact, no temporary file left."""
+    monkeypatch.setattr(io, "EXTERNAL_DATA_THRESHOLD", 1000)
+    proto, out = residual_net(), tmp_path / "out.onnx"
+    out.write_bytes(b"old")
+    if how == "save":
+        io.save(proto, str(out))
+    else:
+        io.save_model(load(proto), str(out), check=True)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out.onnx", "out.onnx.data"]
+    onnx.checker.check_model(str(out), full_check=True)
+    saved = {t.name: numpy_helper.to_array(t) for t in onnx.load(str(out)).graph.initializer}
+    for t in proto.graph.initializer:
+        np.testing.assert_array_equal(saved[t.name], numpy_helper.to_array(t))
