@@ -94,7 +94,8 @@ def _with_batch(proto: onnx.ModelProto, batch: int, input_shapes: dict) -> tuple
 
 
 def _session(proto, provider, threads, stop_spinning=True):
-    import onnxruntime as ort
+    from .runtime import quiet_onnxruntime
+    ort = quiet_onnxruntime()
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = threads
     opts.inter_op_num_threads = 1

@@ -18,7 +18,6 @@ import json
 import logging
 import os
 import sys
-import tempfile
 
 from . import progress
 from .errors import OnnxPruneError
@@ -218,30 +217,16 @@ def _progress(level: int):
 
 
 def _same_file(a: str, b: str) -> bool:
-    if os.path.abspath(a) == os.path.abspath(b):
-        return True
-    return os.path.exists(b) and os.path.exists(a) and os.path.samefile(a, b)
+    from .io import same_file
+    return same_file(a, b)
 
 
 def _check_targets(args) -> None:
-    """Every path we will write: not the input, not each other, in a writable directory.
+    """Every path we will write: not one we read, not each other, writable (io.check_targets).
     Checked before any work so that a bad path never leaves some files written."""
-    targets = [(flag, path) for flag, path in (("output", args.output), ("--report", args.report),
-                                               ("--plan-out", args.plan_out)) if path]
-    for i, (flag, path) in enumerate(targets):
-        if _same_file(args.input, path):
-            what = "output path" if flag == "output" else f"{flag} path"
-            raise OnnxPruneError(f"{what} equals the input path; the input is never overwritten")
-        for other_flag, other in targets[:i]:
-            if _same_file(other, path):
-                raise OnnxPruneError(f"{flag} path equals the {other_flag} path: {path}")
-        if os.path.isdir(path):
-            raise OnnxPruneError(f"cannot write {path}: it is a directory")
-        directory = os.path.dirname(os.path.abspath(path))
-        if not os.path.isdir(directory):
-            raise OnnxPruneError(f"cannot write {path}: its directory does not exist")
-        if not os.access(directory, os.W_OK | os.X_OK):
-            raise OnnxPruneError(f"cannot write {path}: directory {directory} is not writable")
+    from .io import check_targets
+    check_targets(args.input, args.output, getattr(args, "report", None),
+                  getattr(args, "plan_out", None), getattr(args, "plan", None))
 
 
 def _prune(args) -> int:
@@ -344,28 +329,14 @@ def _bench(args) -> int:
 
 
 def _stage_text(path: str, text: str) -> str:
-    """Write `text` to a temporary file next to `path`; the caller renames it into place."""
-    from .io import file_mode
-    directory = os.path.dirname(os.path.abspath(path))
-    try:
-        fd, tmp = tempfile.mkstemp(prefix=".onnxprune-", suffix=".tmp", dir=directory)
-    except OSError as e:
-        raise OnnxPruneError(f"cannot write {path}: {e.strerror or e}") from None
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-        os.chmod(tmp, file_mode(path))
-    except OSError as e:
-        os.remove(tmp)
-        raise OnnxPruneError(f"cannot write {path}: {e.strerror or e}") from None
-    return tmp
+    """Write `text` to a temporary file; `_rename` puts it in place (io.stage_text)."""
+    from .io import stage_text
+    return stage_text(path, text)
 
 
 def _rename(tmp: str, path: str) -> None:
-    try:
-        os.replace(tmp, path)
-    except OSError as e:
-        raise OnnxPruneError(f"cannot write {path}: {e.strerror or e}") from None
+    from .io import publish_text
+    publish_text(tmp, path)
 
 
 def _analyze(args) -> int:

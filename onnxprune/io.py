@@ -1,13 +1,36 @@
-"""Saving: atomic (temporary file, then rename), deterministic, external data past 2 GB."""
+"""Saving: atomic (temporary file, then rename), deterministic, external data past 2 GB.
+
+And what makes writing safe whatever the paths given and whatever happens meanwhile:
+
+* `check_targets` compares every path written (the model, its external-data file, the
+  report, the plan) with every path read (the model, its external-data files, the plan)
+  and with each other, as real files (symbolic and hard links, other spellings), before
+  any work.
+* A regular file is written through a temporary file renamed over it. An existing
+  character device or FIFO (/dev/null, a pipe) is written in place: renaming over it
+  would replace the device by a file. Other kinds of file are refused.
+* Temporary files never outlive the run: SIGINT and SIGTERM remove them before the
+  process stops, and the model and its external-data file are renamed into place as one
+  step (a signal waits until both are in place; a failed rename puts the old data back).
+"""
 from __future__ import annotations
 
+import errno
 import os
+import signal
+import stat
 import tempfile
+import threading
+import uuid
+from contextlib import contextmanager
+from typing import NamedTuple
 
 import numpy as np
 import onnx
+from onnx import numpy_helper
 
 from .errors import OnnxPruneError
+from .files import external_data_files, shown
 
 EXTERNAL_DATA_THRESHOLD = 1_800_000_000  # protobuf cannot hold more than 2 GB
 
@@ -17,42 +40,350 @@ def is_large(model) -> bool:
     return sum(a.nbytes for a in model.inits.values()) > EXTERNAL_DATA_THRESHOLD
 
 
+# -- where a path is written -------------------------------------------------------------
+class _Target(NamedTuple):
+    path: str      # the file written: the real path of a regular file, else the path given
+    stream: bool   # an existing character device or FIFO: opened and written, never renamed over
+
+
+def _target(path: str) -> _Target:
+    """How `path` is written. A regular file (new or existing) is replaced at its real path,
+    through symbolic links, as `open` would write it; a character device or FIFO is written
+    in place; anything else is refused."""
+    if not path:
+        raise OnnxPruneError("cannot write '': the path is empty")
+    try:
+        mode = os.stat(path).st_mode
+    except (FileNotFoundError, NotADirectoryError):
+        return _Target(os.path.realpath(path), False)
+    except OSError as e:
+        raise OnnxPruneError(f"cannot write {shown(path)}: {e.strerror or e}") from None
+    if stat.S_ISREG(mode):
+        return _Target(os.path.realpath(path), False)
+    if stat.S_ISDIR(mode):
+        raise OnnxPruneError(f"cannot write {shown(path)}: it is a directory")
+    if stat.S_ISCHR(mode) or stat.S_ISFIFO(mode):
+        return _Target(path, True)
+    kind = "a block device" if stat.S_ISBLK(mode) else "a socket" if stat.S_ISSOCK(mode) else "not a regular file"
+    raise OnnxPruneError(f"cannot write {shown(path)}: it is {kind} (onnxprune writes regular files, "
+                         "character devices and FIFOs)")
+
+
+def _refuse_external_stream(path: str) -> None:
+    raise OnnxPruneError(f"cannot write {shown(path)}: a model with external data needs a regular file "
+                         "(its weights go to a file next to it), not a device or FIFO")
+
+
+def _stream(path: str, data: bytes) -> None:
+    """Write to a character device or FIFO in place. A FIFO is opened without waiting: with
+    no process reading it, that is an error rather than a run that never ends."""
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_NONBLOCK | os.O_NOCTTY)
+    except OSError as e:
+        if e.errno == errno.ENXIO:
+            raise OnnxPruneError(f"cannot write {shown(path)}: no process is reading this FIFO") from None
+        raise OnnxPruneError(f"cannot write {shown(path)}: {e.strerror or e}") from None
+    try:
+        os.set_blocking(fd, True)
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+    except OSError as e:
+        raise OnnxPruneError(f"cannot write {shown(path)}: {e.strerror or e}") from None
+
+
+# -- checks before any work --------------------------------------------------------------
+def same_file(a: str, b: str) -> bool:
+    """Whether two paths name the same file: by identity where both exist (symbolic links,
+    hard links, other spellings), by real path where not (a file still to be created)."""
+    return _identity(a) == _identity(b)
+
+
+def _identity(path: str):
+    try:
+        st = os.stat(path)
+        return st.st_dev, st.st_ino
+    except (OSError, ValueError):
+        return os.path.realpath(path)
+
+
+def check_targets(input_path: str, output: str, report: str | None = None,
+                  plan_out: str | None = None, plan: str | None = None) -> None:
+    """Every path we will write: none of the paths we read (the input, its external-data
+    files, the plan), none of the others, of a kind we can write, in a writable directory.
+    Checked before any work so that a bad path never leaves some files written."""
+    data_files = external_data_files(input_path) if os.path.isfile(input_path) else []
+    reads = ([("the input path", input_path)]
+             + [(f"the input's external-data file {shown(f)}", f) for f in data_files]
+             + ([("the --plan path", plan)] if plan else []))
+    written: list[tuple[str, str]] = []
+    for flag, path in (("output", output), ("--report", report), ("--plan-out", plan_out)):
+        if not path and flag != "output":  # an empty --report "" asks for no report
+            continue
+        what = f"{flag} path"
+        target = _target(path)
+        _refuse_overlap(what, path, reads, written)
+        if not target.stream:
+            _check_directory(path, target.path)
+        if flag == "output":
+            if target.stream and data_files:
+                _refuse_external_stream(path)
+            if not target.stream:  # written when the output keeps external data: checked in any case
+                data = target.path + ".data"
+                _refuse_overlap(f"the output's external-data file {shown(data)}", data, reads, written)
+                if data_files and _target(data).stream:
+                    raise OnnxPruneError(f"cannot write {shown(data)}: the output's external-data file "
+                                         "must be a regular file")
+                written.append(("output's external-data file", data))
+        written.append((what, path))
+
+
+def _refuse_overlap(what: str, path: str, reads, written) -> None:
+    for label, other in reads:
+        if same_file(other, path):
+            raise OnnxPruneError(f"{what} equals {label}; the input is never overwritten")
+    for label, other in written:
+        if same_file(other, path):
+            raise OnnxPruneError(f"{what} equals the {label}: {shown(path)}")
+
+
+def _check_directory(path: str, real: str) -> None:
+    directory = os.path.dirname(real)
+    if not os.path.isdir(directory):
+        raise OnnxPruneError(f"cannot write {shown(path)}: its directory does not exist")
+    if not os.access(directory, os.W_OK | os.X_OK):
+        raise OnnxPruneError(f"cannot write {shown(path)}: directory {shown(directory)} is not writable")
+
+
+def _writable_directory(path: str) -> str:
+    directory = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(directory):
+        raise OnnxPruneError(f"cannot write {shown(path)}: directory {shown(directory)} does not exist")
+    if not os.access(directory, os.W_OK):
+        raise OnnxPruneError(f"cannot write {shown(path)}: directory {shown(directory)} is not writable")
+    return directory
+
+
+# -- temporary files, signals, and renames that belong together --------------------------
+_temporaries: set[str] = set()        # temporary files of ours that exist now
+_previous_handlers: dict = {}         # the handlers ours replaced, restored when none is left
+_held = 0                             # > 0 while a signal has to wait (renames under way)
+_waiting: list[int] = []              # signals that arrived meanwhile
+_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+
+def _on_signal(signum, frame) -> None:
+    if _held:
+        _waiting.append(signum)
+        return
+    _stop(signum, frame)
+
+
+def _stop(signum, frame) -> None:
+    """Remove our temporary files, then let the signal do what it did before: SIGTERM ends
+    the process, SIGINT raises KeyboardInterrupt (the CLI prints one line)."""
+    for tmp in list(_temporaries):
+        try:
+            os.remove(tmp)
+        except OSError:
+            pass
+    _temporaries.clear()
+    previous = _previous_handlers.get(signum, signal.SIG_DFL)
+    _restore_handlers()
+    if callable(previous):
+        previous(signum, frame)
+    else:
+        signal.raise_signal(signum)
+
+
+def _install_handlers() -> None:
+    if _previous_handlers or threading.current_thread() is not threading.main_thread():
+        return  # signals reach the main thread only; elsewhere `finally` blocks clean up
+    for s in _SIGNALS:
+        current = signal.getsignal(s)
+        if current not in (signal.SIG_IGN, None):  # an ignored signal stays ignored
+            _previous_handlers[s] = current
+            signal.signal(s, _on_signal)
+
+
+def _restore_handlers() -> None:
+    if threading.current_thread() is threading.main_thread():
+        for s, handler in _previous_handlers.items():
+            signal.signal(s, handler)
+        _previous_handlers.clear()
+
+
+@contextmanager
+def _signals_held():
+    """Signals wait until the block is done (then act): for steps that must not be cut."""
+    global _held
+    _install_handlers()
+    _held += 1
+    try:
+        yield
+    finally:
+        _held -= 1
+        if not _held and _waiting:
+            _stop(_waiting.pop(0), None)
+
+
+def _new_temporary(directory: str, suffix: str) -> str:
+    with _signals_held():  # created and recorded in one step: a signal cannot fall between
+        fd, tmp = tempfile.mkstemp(prefix=".onnxprune-", suffix=suffix, dir=directory)
+        os.close(fd)
+        _temporaries.add(tmp)
+    return tmp
+
+
+def _forget(*paths) -> None:
+    """Stop tracking temporary files that were renamed or removed."""
+    _temporaries.difference_update(paths)
+    _temporaries.difference_update([p for p in _temporaries if not os.path.lexists(p)])
+    if not _temporaries and not _held:
+        _restore_handlers()
+
+
+def _discard(*paths) -> None:
+    """Remove temporary files that are still there (after a failure)."""
+    for p in paths:
+        if p and os.path.lexists(p):
+            os.remove(p)
+    _forget(*paths)
+
+
+def _publish(renames: list[tuple[str, str]]) -> None:
+    """Rename temporary files into place as one step: signals wait until all are in place,
+    and when a rename fails, the files that the earlier ones replaced are put back."""
+    done = []  # (final path, whether it existed, a second name of its previous content)
+    kept_names = []
+    with _signals_held():
+        try:
+            for i, (tmp, final) in enumerate(renames):
+                last = i == len(renames) - 1  # nothing comes after it that could fail
+                existed = os.path.lexists(final)
+                kept = None if last or not existed else _second_name(final)
+                kept_names.append(kept)
+                os.replace(tmp, final)
+                _forget(tmp)
+                done.append((final, existed, kept))
+        except OSError:
+            for final, existed, kept in reversed(done):
+                if kept:
+                    os.replace(kept, final)
+                elif not existed:
+                    os.remove(final)
+            raise
+        finally:
+            _discard(*kept_names)
+
+
+def _second_name(path: str) -> str | None:
+    """A hard link to the file at `path`, to put it back if a later rename fails (None
+    where links are not supported: it cannot be put back then)."""
+    kept = os.path.join(os.path.dirname(path), f".onnxprune-{uuid.uuid4().hex}.old")
+    with _signals_held():
+        try:
+            os.link(path, kept, follow_symlinks=False)
+        except OSError:
+            return None
+        _temporaries.add(kept)
+    return kept
+
+
+# -- saving models -----------------------------------------------------------------------
 def save_model(model, path: str, check: bool = False) -> None:
     """Save a `Model`. Small ones go through `save` (with `check`, the bytes are checked
     before anything is written); large ones, and models whose input kept its weights in
-    external data, are streamed: each array is written straight into the external-data
-    file `<out>.data`, so no large proto is ever built (nor its bytes), then the saved file
-    always gets the full ONNX check."""
+    external data, go to `<out>.data` (`_save_external`)."""
     if not is_large(model) and not model.external_data:
         return save(model.to_proto(), path, check)
+    _save_external(model.to_proto(with_initializers=False), model.inits.items(), os.fspath(path))
+
+
+def save(proto: onnx.ModelProto, path: str, check: bool = False) -> None:
+    """Atomic save; with `check`, the serialised bytes pass the full ONNX check first.
+    A character device or FIFO is written in place. Beyond protobuf's 2 GB, the weights go
+    to `<out>.data`; `proto` itself is left as it is."""
     path = os.fspath(path)
-    directory = _writable_directory(path)
-    data_name = os.path.basename(path) + ".data"
+    if sum(t.ByteSize() for t in proto.graph.initializer) > EXTERNAL_DATA_THRESHOLD:
+        arrays = ((t.name, numpy_helper.to_array(t)) for t in proto.graph.initializer)
+        return _save_external(_without_initializers(proto), arrays, path)
+    target = _target(path)
+    if target.stream:
+        return _stream(path, _checked_bytes(proto, check))
+    directory = _writable_directory(target.path)
+    tmp = None
+    try:
+        tmp = _new_temporary(directory, ".onnx")
+        os.chmod(tmp, file_mode(target.path))  # mkstemp makes 0600 files; give the usual permissions
+        _write(tmp, _checked_bytes(proto, check))
+        _publish([(tmp, target.path)])
+    except OSError as e:
+        raise OnnxPruneError(f"cannot write {shown(path)}: {e.strerror or e}") from None
+    finally:
+        _discard(tmp)
+
+
+def _save_external(structure: onnx.ModelProto, arrays, path: str) -> None:
+    """Write each array straight into the external-data file `<out>.data`, so that no large
+    proto is ever built (nor its bytes); the saved files get the full ONNX check before
+    they are renamed into place, together."""
+    target = _target(path)
+    if target.stream:
+        _refuse_external_stream(path)
+    directory = _writable_directory(target.path)
+    data_name = os.path.basename(target.path) + ".data"
     tmp_model = tmp_data = None
     try:
-        fd, tmp_model = tempfile.mkstemp(prefix=".onnxprune-", suffix=".onnx", dir=directory)
-        os.close(fd)
-        tmp_data = tmp_model + ".data"
-        structure = model.to_proto(with_initializers=False)
+        tmp_model = _new_temporary(directory, ".onnx")
+        tmp_data = _new_temporary(directory, ".data")
         with open(tmp_data, "wb") as f:
-            for name, array in model.inits.items():
-                structure.graph.initializer.append(_external_tensor(name, array, f, data_name))
-        with open(tmp_model, "wb") as f:
-            f.write(structure.SerializeToString(deterministic=True))
+            for name, array in arrays:
+                structure.graph.initializer.append(
+                    _external_tensor(name, array, f, os.path.basename(tmp_data)))
+        _write(tmp_model, structure.SerializeToString(deterministic=True))
+        _check_saved(tmp_model)
+        _relocate(structure, data_name)
+        _write(tmp_model, structure.SerializeToString(deterministic=True))
         for tmp in (tmp_model, tmp_data):
-            os.chmod(tmp, file_mode(path))
-        os.replace(tmp_data, os.path.join(directory, data_name))
-        os.replace(tmp_model, path)
+            os.chmod(tmp, file_mode(target.path))
+        _publish([(tmp_data, os.path.join(directory, data_name)), (tmp_model, target.path)])
     except OSError as e:
-        raise OnnxPruneError(f"cannot write {path}: {e.strerror or e}") from None
+        raise OnnxPruneError(f"cannot write {shown(path)}: {e.strerror or e}") from None
     finally:
-        for leftover in (tmp_model, tmp_data):
-            if leftover and os.path.exists(leftover):
-                os.remove(leftover)
+        _discard(tmp_model, tmp_data)
+
+
+def _without_initializers(proto: onnx.ModelProto) -> onnx.ModelProto:
+    """A copy of the model without its initializers (copying them would double the memory)."""
+    structure = onnx.ModelProto()
+    _copy_fields(proto, structure, skip="graph")
+    _copy_fields(proto.graph, structure.graph, skip="initializer")
+    return structure
+
+
+def _copy_fields(source, target, skip: str) -> None:
+    for field, value in source.ListFields():
+        if field.name == skip:
+            continue
+        slot = getattr(target, field.name)
+        if hasattr(slot, "extend"):
+            slot.extend(value)
+        elif hasattr(slot, "CopyFrom"):
+            slot.CopyFrom(value)
+        else:
+            setattr(target, field.name, value)
+
+
+def _check_saved(model_path: str) -> None:
     try:
-        onnx.checker.check_model(path, full_check=True)
+        onnx.checker.check_model(model_path, full_check=True)
     except Exception as e:
         raise OnnxPruneError(f"pruned model fails the ONNX checker: {str(e).splitlines()[0]}") from None
+
+
+def _write(path: str, data: bytes) -> None:
+    with open(path, "wb") as f:
+        f.write(data)
 
 
 def _external_tensor(name, array, f, location: str) -> onnx.TensorProto:
@@ -70,49 +401,20 @@ def _external_tensor(name, array, f, location: str) -> onnx.TensorProto:
     return t
 
 
-def _writable_directory(path: str) -> str:
-    directory = os.path.dirname(os.path.abspath(path))
-    if not os.path.isdir(directory):
-        raise OnnxPruneError(f"cannot write {path}: directory {directory} does not exist")
-    if not os.access(directory, os.W_OK):
-        raise OnnxPruneError(f"cannot write {path}: directory {directory} is not writable")
-    return directory
+def _relocate(proto: onnx.ModelProto, data_name: str) -> None:
+    """Point the model's external-data entries at the final data file name."""
+    for t in proto.graph.initializer:
+        for entry in t.external_data:
+            if entry.key == "location":
+                entry.value = data_name
 
 
-def save(proto: onnx.ModelProto, path: str, check: bool = False) -> None:
-    """Atomic save; with `check`, the serialised bytes pass the full ONNX check first."""
-    path = os.fspath(path)
-    directory = _writable_directory(path)
-    large = sum(t.ByteSize() for t in proto.graph.initializer) > EXTERNAL_DATA_THRESHOLD
-    data_name = os.path.basename(path) + ".data"
-    mode = file_mode(path)
-    try:
-        fd, tmp = tempfile.mkstemp(prefix=".onnxprune-", suffix=".onnx", dir=directory)
-    except OSError as e:
-        raise OnnxPruneError(f"cannot write {path}: {e.strerror or e}") from None
-    os.close(fd)
-    tmp_data = tmp + ".data"
-    try:
-        os.chmod(tmp, mode)  # mkstemp makes 0600 files; give the usual permissions
-        if large:
-            onnx.save_model(proto, tmp, save_as_external_data=True, all_tensors_to_one_file=True,
-                            location=os.path.basename(tmp_data), size_threshold=1024)
-            _relocate_external_data(tmp, data_name)
-            os.replace(tmp_data, os.path.join(directory, data_name))
-        else:
-            data = proto.SerializeToString(deterministic=True)
-            if check:
-                from .verify import check as check_bytes
-                check_bytes(data)
-            with open(tmp, "wb") as f:
-                f.write(data)
-        os.replace(tmp, path)
-    except OSError as e:
-        raise OnnxPruneError(f"cannot write {path}: {e.strerror or e}") from None
-    finally:
-        for leftover in (tmp, tmp_data):
-            if os.path.exists(leftover):
-                os.remove(leftover)
+def _checked_bytes(proto: onnx.ModelProto, check: bool) -> bytes:
+    data = proto.SerializeToString(deterministic=True)
+    if check:
+        from .verify import check as check_bytes
+        check_bytes(data)
+    return data
 
 
 def file_mode(path: str) -> int:
@@ -126,12 +428,36 @@ def file_mode(path: str) -> int:
         return 0o666 & ~umask
 
 
-def _relocate_external_data(model_path: str, data_name: str) -> None:
-    """Point the saved model's external-data entries at the final data file name."""
-    m = onnx.load(model_path, load_external_data=False)
-    for t in m.graph.initializer:
-        for entry in t.external_data:
-            if entry.key == "location":
-                entry.value = data_name
-    with open(model_path, "wb") as f:
-        f.write(m.SerializeToString(deterministic=True))
+# -- report and plan ---------------------------------------------------------------------
+def stage_text(path: str, text: str) -> str:
+    """Write `text` to a temporary file that `publish_text` puts in place: next to `path`,
+    or, for a device or FIFO (written in place), in the system's temporary folder."""
+    target = _target(path)
+    directory = tempfile.gettempdir() if target.stream else os.path.dirname(target.path)
+    try:
+        tmp = _new_temporary(directory, ".tmp")
+    except OSError as e:
+        raise OnnxPruneError(f"cannot write {shown(path)}: {e.strerror or e}") from None
+    try:
+        with open(tmp, "w") as f:
+            f.write(text)
+        os.chmod(tmp, file_mode(target.path))
+    except OSError as e:
+        _discard(tmp)
+        raise OnnxPruneError(f"cannot write {shown(path)}: {e.strerror or e}") from None
+    return tmp
+
+
+def publish_text(tmp: str, path: str) -> None:
+    """Put a file staged by `stage_text` in place."""
+    target = _target(path)
+    try:
+        if target.stream:
+            with open(tmp, "rb") as f:
+                data = f.read()
+            _discard(tmp)
+            _stream(path, data)
+        else:
+            _publish([(tmp, target.path)])
+    except OSError as e:
+        raise OnnxPruneError(f"cannot write {shown(path)}: {e.strerror or e}") from None

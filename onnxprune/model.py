@@ -17,6 +17,7 @@ import onnx
 from onnx import numpy_helper
 
 from .errors import OnnxPruneError
+from .files import _check_input, _external_array, _read, read_proto  # noqa: F401 (read_proto: for bench)
 from .graph import GraphIndex, set_dims
 
 MIN_OPSET = 11
@@ -82,67 +83,6 @@ class Model:
 
 
 # ---------------------------------------------------------------------------------------
-def read_proto(source) -> onnx.ModelProto:
-    """A ModelProto from a path or a proto, with external data loaded; clear errors."""
-    proto, base, _ = _read(source)
-    if base is not None:
-        try:
-            onnx.external_data_helper.load_external_data_for_model(proto, base)
-        except Exception as e:
-            raise OnnxPruneError(f"cannot load external data of {source}: {e}") from None
-    return proto
-
-
-def _read(source) -> tuple[onnx.ModelProto, str | None, bytes | None]:
-    """The proto with external-data tensors left as references (checked to exist), the
-    folder their paths are relative to, and the file's bytes (both None for an in-memory
-    proto): the checker reads those bytes instead of reading the file a second time."""
-    if isinstance(source, onnx.ModelProto):
-        return source, None, None
-    path = os.fspath(source)
-    if not os.path.exists(path):
-        raise OnnxPruneError(f"input file not found: {path}")
-    if not os.path.isfile(path):
-        raise OnnxPruneError(f"input is not a file: {path}")
-    if os.path.getsize(path) == 0:
-        raise OnnxPruneError(f"input file is empty: {path}")
-    try:
-        with open(path, "rb") as f:
-            data = f.read()
-        proto = onnx.ModelProto()
-        proto.ParseFromString(data)
-    except Exception as e:  # protobuf raises DecodeError and friends
-        raise OnnxPruneError(f"{path} is not a readable ONNX model ({type(e).__name__}: "
-                             f"{str(e).splitlines()[0] if str(e) else 'cannot parse'})") from None
-    if not proto.graph.node and not proto.graph.output:
-        raise OnnxPruneError(f"{path} is not an ONNX model (no graph found)")
-    base = os.path.dirname(os.path.abspath(path))
-    for t in proto.graph.initializer:  # fail now, clearly, if a data file is missing
-        if t.data_location == onnx.TensorProto.EXTERNAL:
-            _external_array(t, base, path)
-    return proto, base, data
-
-
-def _external_array(t: onnx.TensorProto, base: str, path: str) -> np.ndarray:
-    """A read-only memory map of an external-data tensor: nothing is read until used, so a
-    model of several GB costs little memory until its weights are sliced."""
-    info = {e.key: e.value for e in t.external_data}
-    file = os.path.join(base, info.get("location", ""))
-    dtype = np.dtype(onnx.helper.tensor_dtype_to_np_dtype(t.data_type))
-    shape = tuple(t.dims)
-    offset = int(info.get("offset", 0))
-    nbytes = int(np.prod(shape)) * dtype.itemsize
-    if not os.path.isfile(file):
-        raise OnnxPruneError(f"cannot load external data of {path}: tensor {t.name} should be "
-                             f"stored in {file}, which is missing")
-    if os.path.getsize(file) < offset + nbytes:
-        raise OnnxPruneError(f"cannot load external data of {path}: {file} is too short for "
-                             f"tensor {t.name}")
-    if nbytes == 0:
-        return np.zeros(shape, dtype)
-    return np.memmap(file, dtype=dtype.newbyteorder("<"), mode="r", offset=offset, shape=shape)
-
-
 def parse_input_shapes(specs) -> dict[str, tuple]:
     """['x:1,3,224,224', ...] -> {'x': (1, 3, 224, 224)}."""
     shapes = {}
@@ -201,26 +141,6 @@ def _structure_of(graph: onnx.GraphProto) -> onnx.GraphProto:
         else:
             setattr(out, descriptor.name, value)
     return out
-
-
-def _check_input(proto_or_path) -> None:
-    """The ONNX checker, on the file's bytes or path when there is one (an in-memory proto
-    has to be serialised first)."""
-    if isinstance(proto_or_path, onnx.ModelProto) and not _small_enough_to_size(proto_or_path):
-        return  # checked on the output instead: protobuf cannot serialise > 2 GB
-    try:
-        onnx.checker.check_model(proto_or_path)
-    except onnx.checker.ValidationError as e:
-        message = " ".join(str(e).split()) or "invalid model"
-        if len(message) > 400:
-            message = message[:400] + " ..."
-        raise OnnxPruneError(f"input fails the ONNX checker: {message}") from None
-    except ValueError:
-        pass  # >2 GB protos cannot be checked in memory; the output is checked instead
-
-
-def _small_enough_to_size(proto) -> bool:
-    return sum(t.ByteSize() for t in proto.graph.initializer) < 1_500_000_000
 
 
 def _fix_input_shapes(model: Model, given: dict) -> dict[str, tuple]:

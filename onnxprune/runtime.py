@@ -17,6 +17,18 @@ INLINE_LIMIT = 1024  # elements; smaller tensors (shape constants) stay in the p
 # then reads the (memory-mapped) arrays in place instead of copying them — at the price of
 # constant-weight optimisations, which only matter for speed.
 WEIGHTS_AS_INPUTS_BYTES = 64 * 2**20
+# onnxruntime's log severity for our sessions: fatal only. Its errors reach us as exceptions,
+# which become one line on stderr; the log would print them a second time, in colour.
+LOG_SEVERITY = 4
+
+
+def quiet_onnxruntime():
+    """Keep onnxruntime's own log off stderr: the default logger (messages outside a
+    session, and sessions whose options set no level), and every session we create.
+    Returns the onnxruntime module."""
+    import onnxruntime as ort
+    ort.set_default_logger_severity(LOG_SEVERITY)
+    return ort
 
 
 class _WeightsFed:
@@ -38,7 +50,7 @@ class _WeightsFed:
 def session_from_parts(graph: onnx.GraphProto, inits: dict, opset_imports, ir_version: int,
                        optimize: bool | str = True, threads: int = 0, providers=("CPUExecutionProvider",),
                        outputs=()):
-    import onnxruntime as ort
+    ort = quiet_onnxruntime()
     g = onnx.GraphProto()
     g.CopyFrom(graph)
     del g.initializer[:], g.value_info[:]
@@ -75,7 +87,7 @@ def session_from_parts(graph: onnx.GraphProto, inits: dict, opset_imports, ir_ve
     m = onnx.helper.make_model(g, opset_imports=opset_imports)
     m.ir_version = ir_version
     opts = ort.SessionOptions()
-    opts.log_severity_level = 3
+    opts.log_severity_level = LOG_SEVERITY
     if optimize == "basic":  # one-off runs: skip the layout transforms, which cost more than they save
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
     elif not optimize:
@@ -100,7 +112,6 @@ def model_session(model, optimize: bool | str = True, outputs=(), threads: int =
 
 def run_named(sess, feeds) -> dict:
     return dict(zip([o.name for o in sess.get_outputs()], sess.run(None, feeds)))
-
 
 
 _ORT_TYPES = {"tensor(float)": np.float32, "tensor(double)": np.float64, "tensor(float16)": np.float16,
