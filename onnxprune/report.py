@@ -63,6 +63,8 @@ class Report:
         return {"options": self.options, "before": self.before, "after": self.after,
                 "timings_s": self.timings, "oracle_max_rel_diff": self.oracle_max_rel_diff,
                 "oracle_noise": None if self.oracle is None else self.oracle.noise,
+                "oracle_threshold": None if self.oracle is None else self.oracle.threshold(self.tolerance),
+                "oracle_dtype": None if self.oracle is None else self.oracle.dtype,
                 "oracle_passed": self.oracle_passed,
                 "notes": self.notes,
                 "frozen": [{"group": g["group"], "channels": g["channels_before"], "reason": g["frozen"],

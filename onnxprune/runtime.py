@@ -6,10 +6,13 @@ initializers are declared as external data and handed to onnxruntime in memory.
 """
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import onnx
 from onnx import numpy_helper
 
+from .errors import OnnxPruneError
 from .graph import set_dims, subgraph_reads
 
 INLINE_LIMIT = 1024  # elements; smaller tensors (shape constants) stay in the proto
@@ -98,6 +101,14 @@ def model_session(model, optimize: bool | str = True, outputs=(), threads: int =
                               optimize=optimize, outputs=outputs, threads=threads)
 
 
+def ort_reason(error: Exception) -> str:
+    """onnxruntime's message without its status prefix, source locations and C++ signatures."""
+    text = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+    text = re.sub(r"^\[ONNXRuntimeError\] : \d+ : \w+ : ", "", text)
+    text = re.sub(r"\S+\.(?:h|cc|cpp):\d+ [^(]*\([^)]*\) ", "", text)
+    return text if len(text) <= 300 else text[:300] + " ..."
+
+
 def run_named(sess, feeds) -> dict:
     return dict(zip([o.name for o in sess.get_outputs()], sess.run(None, feeds)))
 
@@ -124,3 +135,22 @@ def random_inputs(model: Model, rng: np.random.Generator, sess) -> dict[str, np.
             value = rng.integers(0, 2, shape)
         feeds[inp.name] = np.asarray(value, dtype=dtype)  # rank-0 inputs must be arrays too
     return feeds
+
+
+_NO_KERNEL = re.compile(r"Could not find an implementation for (\w+)\(\d+\) node with name '([^']*)'")
+
+
+def require_kernels(model: Model, what: str) -> None:
+    """One clear line now when onnxruntime's CPU provider cannot run `model` (a `what` model:
+    "float64", "int8-weight", ...) for want of a kernel (float64 Conv has none) or a type it
+    accepts, instead of an internal error at the first session that needs it."""
+    try:
+        model_session(model, optimize=False)
+    except Exception as e:  # noqa: BLE001 - other failures surface where they matter, as before
+        found = _NO_KERNEL.search(str(e))
+        if found is not None:
+            raise OnnxPruneError(f"onnxruntime's CPU provider cannot run {found[1]} ('{found[2]}') in this "
+                                 f"{what} model; onnxprune runs the model to score, fold and verify it: "
+                                 f"convert it to float32 first") from None
+        if "Type Error" in str(e):
+            raise OnnxPruneError(f"onnxruntime rejects this {what} model: {ort_reason(e)}") from None

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 import numpy as np
 import onnx
 
+from .dtypes import float32_model, float_types, is_narrow, narrowest, rounding_floor, to_float32
 from .errors import OnnxPruneError
 from .masking import mask_feed_out_inputs
 from .runtime import model_session, random_inputs, run_named
@@ -43,8 +44,9 @@ def masked_original(model, couplings, removed_classes, folds=None):
 # Outputs are compared relative to their largest magnitude, but never to less than this:
 # a saturated sigmoid (1e-8) would otherwise turn one rounding step into a 100 % difference.
 MAGNITUDE_FLOOR = 1e-3
-# The float32 rounding noise of the reference is measured in the same run (optimised vs
-# unoptimised onnxruntime graph); a difference within this many times that noise passes.
+# The rounding noise of the reference is measured in the same run (optimised vs unoptimised
+# onnxruntime graph; for float16, also vs its float32 replica); a difference within this
+# many times that noise passes.
 NOISE_FACTOR = 4.0
 
 
@@ -55,40 +57,59 @@ def max_relative_difference(a_outputs, b_outputs, floor: float = MAGNITUDE_FLOOR
         b = np.asarray(b, dtype=np.float64)
         if a.shape != b.shape:
             return float("inf")
-        if a.size == 0:
+        # the same overflow in both (float16: inf, or nan from inf - inf) is no difference
+        differ = (a != b) & ~(np.isnan(a) & np.isnan(b))
+        if not differ.any():
             continue
-        scale = max(np.abs(a).max(), floor)
-        worst = max(worst, float(np.abs(a - b).max() / scale))
+        if not (np.isfinite(a[differ]).all() and np.isfinite(b[differ]).all()):
+            return float("inf")
+        finite = np.abs(a[np.isfinite(a)])
+        scale = max(finite.max() if finite.size else 0.0, floor)
+        worst = max(worst, float(np.abs(a[differ] - b[differ]).max() / scale))
     return worst
 
 
 @dataclass
 class OracleResult:
     max_rel_diff: float   # pruned model vs masked original
-    noise: float          # masked original vs itself run without graph optimisations
+    noise: float          # masked original vs itself unoptimised (and vs float32, for float16)
+    dtype: str = "float32"    # the least precise float type the model computes in
+
+    def threshold(self, tolerance: float = DEFAULT_TOLERANCE) -> float:
+        """What the difference must stay within: the tolerance, the type's rounding floor
+        (dtypes.rounding_floor: float16 cannot match to 1e-4), or 4x the measured noise."""
+        return max(tolerance, rounding_floor(self.dtype), NOISE_FACTOR * self.noise)
 
     def passed(self, tolerance: float = DEFAULT_TOLERANCE) -> bool:
-        return self.max_rel_diff <= max(tolerance, NOISE_FACTOR * self.noise)
+        return self.max_rel_diff <= self.threshold(tolerance)
 
 
 def masking_oracle(model, couplings, removed_classes, slim, folds=None, samples: int = 2,
                    seed: int = 0) -> OracleResult:
     """Compare the pruned model (a Model) with the masked original on random inputs in [-1, 1]."""
     masked = masked_original(model, couplings, removed_classes, folds)
+    dtype = narrowest(float_types(model))
+    runs = [("reference", masked, True), ("unoptimized", masked, False), ("slim", slim, True)]
+    if is_narrow(dtype):
+        runs.append(("float32", float32_model(masked), True))
     rng = np.random.default_rng(seed)
     feeds = None
     outputs = {}
     # one session at a time: each holds (a view of) a full set of weights
-    for key, which, optimize in (("reference", masked, True), ("unoptimized", masked, False),
-                                 ("slim", slim, True)):
+    for key, which, optimize in runs:
         sess = model_session(which, optimize=optimize)
         if feeds is None:
             feeds = [random_inputs(model, rng, sess) for _ in range(samples)]
-        outputs[key] = [sess.run(None, f) for f in feeds]
+        fed = [{k: to_float32(v) for k, v in f.items()} for f in feeds] if key == "float32" else feeds
+        outputs[key] = [sess.run(None, f) for f in fed]
         del sess
-    worst = max(max_relative_difference(e, s) for e, s in zip(outputs["reference"], outputs["slim"]))
-    noise = max(max_relative_difference(e, u) for e, u in zip(outputs["reference"], outputs["unoptimized"]))
-    return OracleResult(worst, noise)
+    worst = _worst(outputs["reference"], outputs["slim"])
+    noise = max(_worst(outputs["reference"], outputs[k]) for k in ("unoptimized", "float32") if k in outputs)
+    return OracleResult(worst, noise, dtype.name)
+
+
+def _worst(expected, got) -> float:
+    return max(max_relative_difference(e, g) for e, g in zip(expected, got))
 
 
 def first_mismatch(model, couplings, removed_classes, slim, folds=None,
