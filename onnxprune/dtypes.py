@@ -61,9 +61,11 @@ def float_types(model) -> set[np.dtype]:
 
 
 def require_runnable(model) -> None:
-    """float16 and float64 models: fail at load, in one line, where onnxruntime's CPU
-    provider cannot run them (float32 models are taken to run, as before)."""
+    """float16, float64 and integer-weight models: fail at load, in one line, where
+    onnxruntime's CPU provider cannot run them (float32 models are taken to run, as before)."""
     kinds = sorted(t.name for t in float_types(model) - {np.dtype(np.float32)})
+    kinds += sorted({a.dtype.name + "-weight" for a in model.inits.values()
+                     if a.dtype.kind in "iu" and a.dtype.itemsize <= 2})
     if kinds:
         require_kernels(model, "/".join(kinds))
 

@@ -1,7 +1,8 @@
 """Models in other types than float32: float16 and float64 prune end to end with the oracle
 on and keep their type; mixed-precision graphs (a Cast to float16 in the middle) too;
 bfloat16 and float64 convolutions, which onnxruntime's CPU provider cannot run, are refused
-in one line."""
+in one line; integer weights that are not QDQ are kept as they are and their channels
+frozen, never an internal error."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -240,3 +241,62 @@ def test_onnxruntime_has_no_bfloat16_conv():
     proto = to_type(residual_net(), TensorProto.BFLOAT16)
     with pytest.raises(Exception, match="bfloat16"):
         ort.InferenceSession(proto.SerializeToString(), providers=["CPUExecutionProvider"])
+
+
+# -- integer weights that are not QDQ ----------------------------------------------------
+def _int8(b, shape):
+    return b.const(b.rng.integers(-127, 128, shape).astype(np.int8), "q")
+
+
+def _head(b, y, c):
+    return b.gemm(b.op("Flatten", [b.op("GlobalAveragePool", [b.op("Relu", [b.conv(y, c, 8)])])]), 8, 4)
+
+
+def int8_weight_through_cast():
+    """Weight-only quantization: Conv(x, Cast(int8) * scale)."""
+    b = GraphBuilder(seed=4)
+    h = b.op("Relu", [b.conv(b.input("x", [1, 3, 8, 8]), 3, 8)])
+    w = b.op("Mul", [b.op("Cast", [_int8(b, (8, 8, 3, 3))], to=TensorProto.FLOAT),
+                     b.floats(np.full((8, 1, 1, 1), 0.01))])
+    y = b.op("Relu", [b.op("Conv", [h, w, b.weight((8,), "b")], kernel_shape=[3, 3], pads=[1] * 4)])
+    return b.model([_head(b, y, 8)])
+
+
+def conv_integer():
+    b = GraphBuilder(seed=5)
+    h = b.op("Relu", [b.conv(b.input("x", [1, 3, 8, 8]), 3, 8)])
+    q, scale, zero = b.op("DynamicQuantizeLinear", [h], n_outputs=3)
+    y = b.op("ConvInteger", [q, _int8(b, (8, 8, 3, 3)), zero], pads=[1] * 4)
+    y = b.op("Mul", [b.op("Cast", [y], to=TensorProto.FLOAT), scale])
+    return b.model([_head(b, b.conv(y, 8, 8), 8)])
+
+
+def matmul_integer():
+    b = GraphBuilder(seed=6)
+    h = b.op("Relu", [b.gemm(b.input("x", [1, 16]), 16, 12)])
+    q, scale, zero = b.op("DynamicQuantizeLinear", [h], n_outputs=3)
+    y = b.op("Mul", [b.op("Cast", [b.op("MatMulInteger", [q, _int8(b, (12, 10)), zero])], to=TensorProto.FLOAT),
+                     scale])
+    y = b.op("Relu", [b.gemm(y, 10, 10)])
+    return b.model([b.gemm(y, 10, 4)])
+
+
+@pytest.mark.parametrize("build, reason", [
+    (int8_weight_through_cast, "Conv weight is computed at run time"),
+    (conv_integer, "unsupported operator ConvInteger"),
+    (matmul_integer, "unsupported operator MatMulInteger"),
+])
+@pytest.mark.parametrize("criterion", ["l1", "bgsc"])
+def test_int8_weights_stay_int8_and_their_channels_freeze(build, reason, criterion):
+    slim, report = prune_verified(build(), ratio=0.5, criterion=criterion)
+    int8 = [t for t in slim.graph.initializer if t.data_type == TensorProto.INT8]
+    assert len(int8) == 1 and numpy_helper.to_array(int8[0]).size > 64   # whole, and not widened
+    assert any(reason in g["reason"] for g in report.to_dict()["frozen"]), report.frozen_groups
+
+
+def test_int8_weight_fed_to_a_float_conv_is_refused_in_one_line():
+    b = GraphBuilder(seed=7)
+    h = b.op("Relu", [b.conv(b.input("x", [1, 3, 8, 8]), 3, 8)])
+    y = b.op("Conv", [h, _int8(b, (8, 8, 3, 3))], kernel_shape=[3, 3], pads=[1] * 4)
+    with pytest.raises(onnxprune.OnnxPruneError, match=r"rejects this int8-weight model: .*tensor\(int8\)"):
+        onnxprune.prune(b.model([_head(b, y, 8)]), 0.5)

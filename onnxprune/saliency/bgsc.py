@@ -82,6 +82,7 @@ class BoundGraph:
         self.nodes, self.inits, self.notes = [], {}, set()
         self.frozen: dict[int, str] = {}   # classes no bound reaches, with the reason
         self.model_producer = model.index().producers
+        self.computed_abs: set[str] = set()
 
     def run(self, wanted):
         if not wanted:
@@ -170,6 +171,12 @@ class BoundGraph:
         return name
 
     def abs_weight(self, name):
+        if name not in self.model.inits:  # computed from constants (int8 weights through a Cast)
+            out = f"__bound_abs_{name}"
+            if out not in self.computed_abs:
+                self.computed_abs.add(out)
+                self.emit("Abs", [name], [out])
+            return out
         return self.const(np.abs(self.model.inits[name]), "absw")
 
     def is_activation(self, t):
