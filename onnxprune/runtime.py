@@ -34,8 +34,8 @@ class _WeightsFed:
     def get_outputs(self):
         return self._sess.get_outputs()
 
-    def run(self, names, feeds):
-        return self._sess.run(names, {**feeds, **self._weights})
+    def run(self, names, feeds, run_options=None):
+        return self._sess.run(names, {**feeds, **self._weights}, run_options)
 
 
 def session_from_parts(graph: onnx.GraphProto, inits: dict, opset_imports, ir_version: int,
@@ -101,6 +101,15 @@ def model_session(model, optimize: bool | str = True, outputs=(), threads: int =
                               optimize=optimize, outputs=outputs, threads=threads)
 
 
+def quiet():
+    """Run options for a run whose failure the caller handles: onnxruntime raises the error,
+    its log line would only repeat it on stderr."""
+    import onnxruntime as ort
+    options = ort.RunOptions()
+    options.log_severity_level = 4
+    return options
+
+
 def ort_reason(error: Exception) -> str:
     """onnxruntime's message without its status prefix, source locations and C++ signatures."""
     text = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
@@ -119,13 +128,17 @@ _ORT_TYPES = {"tensor(float)": np.float32, "tensor(double)": np.float64, "tensor
               "tensor(uint8)": np.uint8, "tensor(int8)": np.int8}
 
 
-def random_inputs(model: Model, rng: np.random.Generator, sess) -> dict[str, np.ndarray]:
-    """Random feeds of the fixed input shapes, typed as the session expects."""
+def random_inputs(model: Model, rng: np.random.Generator, sess, batch: int | None = None) -> dict[str, np.ndarray]:
+    """Random feeds of the fixed input shapes, typed as the session expects. `batch` replaces
+    the batch dimension of the inputs whose batch is symbolic in the model."""
     feeds = {}
+    resized = symbolic_batch_inputs(model) if batch is not None else set()
     for inp in sess.get_inputs():
         if inp.name in model.inits:
             continue  # an initializer listed as an input keeps its own value
         shape = model.input_shapes.get(inp.name) or tuple(d if isinstance(d, int) else 1 for d in inp.shape)
+        if inp.name in resized:
+            shape = (batch,) + tuple(shape[1:])
         dtype = _ORT_TYPES.get(inp.type, np.float32)
         if np.issubdtype(dtype, np.floating):
             value = rng.uniform(-1.0, 1.0, shape)
@@ -135,6 +148,17 @@ def random_inputs(model: Model, rng: np.random.Generator, sess) -> dict[str, np.
             value = rng.integers(0, 2, shape)
         feeds[inp.name] = np.asarray(value, dtype=dtype)  # rank-0 inputs must be arrays too
     return feeds
+
+
+def symbolic_batch_inputs(model: Model) -> set[str]:
+    """Graph inputs whose first dimension the model leaves open (a dim_param, or no value):
+    the analysis fixed it (to 1 unless --input-shape said otherwise), the model claims more."""
+    names = set()
+    for inp in model.graph.input:
+        dims = inp.type.tensor_type.shape.dim
+        if inp.name not in model.inits and len(dims) and not (dims[0].HasField("dim_value") and dims[0].dim_value > 0):
+            names.add(inp.name)
+    return names
 
 
 _NO_KERNEL = re.compile(r"Could not find an implementation for (\w+)\(\d+\) node with name '([^']*)'")
