@@ -88,7 +88,9 @@ def _prune_arguments(p):
                    help="run the masking oracle; exit 1 (and write no model) when it fails")
     p.add_argument("--bench", action="store_true", help="time the input and the output (see 'onnxprune bench')")
     _bench_options(p)
-    p.add_argument("--tolerance", type=float, default=1e-4, help="oracle tolerance: max relative difference, or 4x the measured float32 noise if larger")
+    p.add_argument("--tolerance", type=float, default=1e-4,
+                   help="oracle tolerance: max relative difference, or 4x the measured noise, or "
+                        "4 eps of float16 (float16 models) if larger")
     _common(p)
 
 
@@ -255,7 +257,8 @@ def _prune(args) -> int:
         _write([(args.report, report.to_json() if args.report else "")])
         written = f"model not written, report in {args.report}" if args.report else "nothing written"
         print(f"onnxprune: masking oracle failed: max relative difference "
-              f"{report.oracle.max_rel_diff:.3e} > {args.tolerance:g} (float32 noise "
+              f"{report.oracle.max_rel_diff:.3e} > {report.oracle.threshold(args.tolerance):.3g} "
+              f"(tolerance {args.tolerance:g}, {report.oracle.dtype} noise "
               f"{report.oracle.noise:.1e}); {written}", file=sys.stderr)
         return EXIT_ORACLE
     _write([(args.report, report.to_json() if args.report else ""),

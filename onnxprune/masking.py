@@ -7,6 +7,8 @@ copying and zeroing weights (a multi-GB model would otherwise be duplicated).
   * `zero_feed_in_filters`: every feed-in layer's removed output channels carry only their
     bias — the same as zeroing those filters. The fold pass reads the constants of removed
     channels from it.
+Masks take the type of the layer they sit next to (float16 layers in a float16 or
+mixed-precision graph get float16 masks: onnxruntime does not mix types in a Mul).
 """
 from __future__ import annotations
 
@@ -17,10 +19,19 @@ from .channels import FEED_IN, FEED_OUT
 from .ops import layer_of
 
 
-def _mask_shape(mask: np.ndarray, axis: int, rank: int) -> np.ndarray:
+def _mask_shape(mask: np.ndarray, axis: int, rank: int, dtype=np.float32) -> np.ndarray:
     shape = [1] * rank
     shape[axis] = len(mask)
-    return mask.astype(np.float32).reshape(shape)
+    return mask.astype(dtype).reshape(shape)
+
+
+def layer_dtype(model, node):
+    """The float type a layer computes in: its weight's (input, weight and output share it)."""
+    layer = layer_of(node)
+    w = model.inits.get(node.input[layer.weight]) if layer and len(node.input) > layer.weight else None
+    if w is not None and w.dtype.kind == "f":
+        return w.dtype
+    return np.dtype(np.float32)
 
 
 def _rebuild(model, inserted_before: dict, inserted_after: dict) -> None:
@@ -43,7 +54,8 @@ def mask_feed_out_inputs(model, couplings, kept):
         x = node.input[0]
         cmap = couplings.tensors[x]
         mask_name, out = f"{x}__mask_{node.name}", f"{x}__masked_{node.name}"
-        masked.inits[mask_name] = _mask_shape(kept(cmap.ids), cmap.axis, len(model.shapes[x]))
+        masked.inits[mask_name] = _mask_shape(kept(cmap.ids), cmap.axis, len(model.shapes[x]),
+                                              layer_dtype(model, node))
         before[node.name] = [onnx.helper.make_node("Mul", [x, mask_name], [out], name=f"{node.name}__mask")]
         node.input[0] = out
     _rebuild(masked, before, {})
@@ -63,15 +75,16 @@ def zero_feed_in_filters(model, couplings, kept):
         rank = len(model.shapes[y])
         axis = couplings.tensors[y].axis
         keep = kept(p.ids)
+        dtype = layer_dtype(model, node)
         raw, scaled = f"{y}__unmasked", f"{y}__kept_only"
         node.output[0] = raw
-        zeroed.inits[f"{y}__keep"] = _mask_shape(keep, axis, rank)
+        zeroed.inits[f"{y}__keep"] = _mask_shape(keep, axis, rank, dtype)
         bias = _bias_per_channel(node, zeroed, len(p.ids))
         inserted = [onnx.helper.make_node("Mul", [raw, f"{y}__keep"], [y if bias is None else scaled],
                                           name=f"{node.name}__zero_filters")]
         if bias is not None:  # removed channels keep their bias: that is what zeroed filters give
-            zeroed.inits[f"{y}__removed_bias"] = _mask_shape(~keep, axis, rank) * \
-                _mask_shape(bias, axis, rank)
+            zeroed.inits[f"{y}__removed_bias"] = _mask_shape(~keep, axis, rank, dtype) * \
+                _mask_shape(bias, axis, rank, dtype)
             inserted.append(onnx.helper.make_node("Add", [scaled, f"{y}__removed_bias"], [y],
                                                   name=f"{node.name}__keep_bias"))
         after[node.name] = inserted
@@ -84,7 +97,7 @@ def _bias_per_channel(node, model, width: int):
     layer = layer_of(node)
     if layer is None or layer.bias is None or len(node.input) <= layer.bias or not node.input[layer.bias]:
         return None
-    b = np.asarray(model.inits[node.input[layer.bias]], dtype=np.float32) * layer.bias_scale(node)
+    b = np.asarray(model.inits[node.input[layer.bias]], dtype=np.float64) * layer.bias_scale(node)
     if b.size not in (1, width):
         return None  # a per-row (batch-shaped) Gemm bias: not a per-channel constant
     return np.broadcast_to(b.reshape(-1), (width,)).copy()

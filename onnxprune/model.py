@@ -16,6 +16,7 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
+from .dtypes import refuse_unsupported, require_runnable
 from .errors import OnnxPruneError
 from .files import _check_input, _external_array, _read, read_proto  # noqa: F401 (read_proto: for bench)
 from .graph import GraphIndex, set_dims
@@ -112,6 +113,7 @@ def load(source, input_shapes: dict | None = None, check: bool = True) -> Model:
         # external data resolves against the model's folder, so such a model is checked from its path
         _check_input(proto if base is None else os.fspath(source) if external else data)
     del data
+    refuse_unsupported(proto.graph)
     graph = _structure_of(proto.graph)
     inits = {t.name: _external_array(t, base, str(source)) if t.data_location == onnx.TensorProto.EXTERNAL
              else numpy_helper.to_array(t) for t in proto.graph.initializer}
@@ -124,6 +126,7 @@ def load(source, input_shapes: dict | None = None, check: bool = True) -> Model:
     model.input_shapes = _fix_input_shapes(model, dict(input_shapes or {}))
     from .pipeline import LOAD_PASSES, run_passes
     run_passes(model, LOAD_PASSES)
+    require_runnable(model)
     return model
 
 

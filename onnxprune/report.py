@@ -51,6 +51,10 @@ class Report:
     plan: object = None          # the Plan that was applied
     tolerance: float = 1e-4      # oracle tolerance the caller asked for
 
+    def __post_init__(self):
+        # what the oracle could not compare (a batch size the original does not run at) is a note too
+        self.notes = list(self.notes) + list(getattr(self.oracle, "notes", []))
+
     @property
     def oracle_max_rel_diff(self) -> float | None:
         return None if self.oracle is None else self.oracle.max_rel_diff
@@ -67,6 +71,9 @@ class Report:
         return {"schema_version": SCHEMA_VERSION, "options": self.options, "before": self.before, "after": self.after,
                 "timings_s": self.timings, "oracle_max_rel_diff": self.oracle_max_rel_diff,
                 "oracle_noise": None if self.oracle is None else self.oracle.noise,
+                "oracle_threshold": None if self.oracle is None else self.oracle.threshold(self.tolerance),
+                "oracle_dtype": None if self.oracle is None else self.oracle.dtype,
+                "oracle_batches": None if self.oracle is None else list(self.oracle.batches),
                 "oracle_passed": self.oracle_passed,
                 "notes": self.notes,
                 "frozen": [{"group": g["group"], "channels": g["channels_before"], "reason": g["frozen"],

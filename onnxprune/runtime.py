@@ -6,10 +6,13 @@ initializers are declared as external data and handed to onnxruntime in memory.
 """
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import onnx
 from onnx import numpy_helper
 
+from .errors import OnnxPruneError
 from .graph import set_dims, subgraph_reads
 
 INLINE_LIMIT = 1024  # elements; smaller tensors (shape constants) stay in the proto
@@ -43,8 +46,8 @@ class _WeightsFed:
     def get_outputs(self):
         return self._sess.get_outputs()
 
-    def run(self, names, feeds):
-        return self._sess.run(names, {**feeds, **self._weights})
+    def run(self, names, feeds, run_options=None):
+        return self._sess.run(names, {**feeds, **self._weights}, run_options)
 
 
 def session_from_parts(graph: onnx.GraphProto, inits: dict, opset_imports, ir_version: int,
@@ -110,6 +113,23 @@ def model_session(model, optimize: bool | str = True, outputs=(), threads: int =
                               optimize=optimize, outputs=outputs, threads=threads)
 
 
+def quiet():
+    """Run options for a run whose failure the caller handles: onnxruntime raises the error,
+    its log line would only repeat it on stderr."""
+    import onnxruntime as ort
+    options = ort.RunOptions()
+    options.log_severity_level = 4
+    return options
+
+
+def ort_reason(error: Exception) -> str:
+    """onnxruntime's message without its status prefix, source locations and C++ signatures."""
+    text = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+    text = re.sub(r"^\[ONNXRuntimeError\] : \d+ : \w+ : ", "", text)
+    text = re.sub(r"\S+\.(?:h|cc|cpp):\d+ [^(]*\([^)]*\) ", "", text)
+    return text if len(text) <= 300 else text[:300] + " ..."
+
+
 def run_named(sess, feeds) -> dict:
     return dict(zip([o.name for o in sess.get_outputs()], sess.run(None, feeds)))
 
@@ -119,13 +139,17 @@ _ORT_TYPES = {"tensor(float)": np.float32, "tensor(double)": np.float64, "tensor
               "tensor(uint8)": np.uint8, "tensor(int8)": np.int8}
 
 
-def random_inputs(model: Model, rng: np.random.Generator, sess) -> dict[str, np.ndarray]:
-    """Random feeds of the fixed input shapes, typed as the session expects."""
+def random_inputs(model: Model, rng: np.random.Generator, sess, batch: int | None = None) -> dict[str, np.ndarray]:
+    """Random feeds of the fixed input shapes, typed as the session expects. `batch` replaces
+    the batch dimension of the inputs whose batch is symbolic in the model."""
     feeds = {}
+    resized = symbolic_batch_inputs(model) if batch is not None else set()
     for inp in sess.get_inputs():
         if inp.name in model.inits:
             continue  # an initializer listed as an input keeps its own value
         shape = model.input_shapes.get(inp.name) or tuple(d if isinstance(d, int) else 1 for d in inp.shape)
+        if inp.name in resized:
+            shape = (batch,) + tuple(shape[1:])
         dtype = _ORT_TYPES.get(inp.type, np.float32)
         if np.issubdtype(dtype, np.floating):
             value = rng.uniform(-1.0, 1.0, shape)
@@ -135,3 +159,33 @@ def random_inputs(model: Model, rng: np.random.Generator, sess) -> dict[str, np.
             value = rng.integers(0, 2, shape)
         feeds[inp.name] = np.asarray(value, dtype=dtype)  # rank-0 inputs must be arrays too
     return feeds
+
+
+def symbolic_batch_inputs(model: Model) -> set[str]:
+    """Graph inputs whose first dimension the model leaves open (a dim_param, or no value):
+    the analysis fixed it (to 1 unless --input-shape said otherwise), the model claims more."""
+    names = set()
+    for inp in model.graph.input:
+        dims = inp.type.tensor_type.shape.dim
+        if inp.name not in model.inits and len(dims) and not (dims[0].HasField("dim_value") and dims[0].dim_value > 0):
+            names.add(inp.name)
+    return names
+
+
+_NO_KERNEL = re.compile(r"Could not find an implementation for (\w+)\(\d+\) node with name '([^']*)'")
+
+
+def require_kernels(model: Model, what: str) -> None:
+    """One clear line now when onnxruntime's CPU provider cannot run `model` (a `what` model:
+    "float64", "int8-weight", ...) for want of a kernel (float64 Conv has none) or a type it
+    accepts, instead of an internal error at the first session that needs it."""
+    try:
+        model_session(model, optimize=False)
+    except Exception as e:  # noqa: BLE001 - other failures surface where they matter, as before
+        found = _NO_KERNEL.search(str(e))
+        if found is not None:
+            raise OnnxPruneError(f"onnxruntime's CPU provider cannot run {found[1]} ('{found[2]}') in this "
+                                 f"{what} model; onnxprune runs the model to score, fold and verify it: "
+                                 f"convert it to float32 first") from None
+        if "Type Error" in str(e):
+            raise OnnxPruneError(f"onnxruntime rejects this {what} model: {ort_reason(e)}") from None

@@ -7,14 +7,15 @@ freezes anything else), so that model must compute what the pruned model compute
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import onnx
 
+from .dtypes import float32_model, float_types, is_narrow, narrowest, rounding_floor, to_float32
 from .errors import OnnxPruneError
 from .masking import mask_feed_out_inputs
-from .runtime import model_session, random_inputs, run_named
+from .runtime import model_session, ort_reason, quiet, random_inputs, run_named, symbolic_batch_inputs
 
 DEFAULT_TOLERANCE = 1e-4
 
@@ -43,9 +44,13 @@ def masked_original(model, couplings, removed_classes, folds=None):
 # Outputs are compared relative to their largest magnitude, but never to less than this:
 # a saturated sigmoid (1e-8) would otherwise turn one rounding step into a 100 % difference.
 MAGNITUDE_FLOOR = 1e-3
-# The float32 rounding noise of the reference is measured in the same run (optimised vs
-# unoptimised onnxruntime graph); a difference within this many times that noise passes.
+# The rounding noise of the reference is measured in the same run (optimised vs unoptimised
+# onnxruntime graph; for float16, also vs its float32 replica); a difference within this
+# many times that noise passes.
 NOISE_FACTOR = 4.0
+# Where the model's batch is symbolic, the oracle also runs at this batch size (or at 1 when
+# the analysis already used it): the analysis saw one batch size, the model claims any.
+OTHER_BATCH = 2
 
 
 def max_relative_difference(a_outputs, b_outputs, floor: float = MAGNITUDE_FLOOR) -> float:
@@ -55,40 +60,115 @@ def max_relative_difference(a_outputs, b_outputs, floor: float = MAGNITUDE_FLOOR
         b = np.asarray(b, dtype=np.float64)
         if a.shape != b.shape:
             return float("inf")
-        if a.size == 0:
+        # the same overflow in both (float16: inf, or nan from inf - inf) is no difference
+        differ = (a != b) & ~(np.isnan(a) & np.isnan(b))
+        if not differ.any():
             continue
-        scale = max(np.abs(a).max(), floor)
-        worst = max(worst, float(np.abs(a - b).max() / scale))
+        if not (np.isfinite(a[differ]).all() and np.isfinite(b[differ]).all()):
+            return float("inf")
+        finite = np.abs(a[np.isfinite(a)])
+        scale = max(finite.max() if finite.size else 0.0, floor)
+        worst = max(worst, float(np.abs(a[differ] - b[differ]).max() / scale))
     return worst
 
 
 @dataclass
 class OracleResult:
-    max_rel_diff: float   # pruned model vs masked original
-    noise: float          # masked original vs itself run without graph optimisations
+    max_rel_diff: float   # pruned model vs masked original, worst over the batch sizes run
+    noise: float          # masked original vs itself unoptimised (and vs float32, for float16)
+    dtype: str = "float32"    # the least precise float type the model computes in
+    batches: tuple = ()       # symbolic batch sizes compared, e.g. (1, 2); () if the batch is fixed
+    notes: list = field(default_factory=list)   # batch sizes that could not be compared, and why
+
+    def threshold(self, tolerance: float = DEFAULT_TOLERANCE) -> float:
+        """What the difference must stay within: the tolerance, the type's rounding floor
+        (dtypes.rounding_floor: float16 cannot match to 1e-4), or 4x the measured noise."""
+        return max(tolerance, rounding_floor(self.dtype), NOISE_FACTOR * self.noise)
 
     def passed(self, tolerance: float = DEFAULT_TOLERANCE) -> bool:
-        return self.max_rel_diff <= max(tolerance, NOISE_FACTOR * self.noise)
+        return self.max_rel_diff <= self.threshold(tolerance)
 
 
 def masking_oracle(model, couplings, removed_classes, slim, folds=None, samples: int = 2,
                    seed: int = 0) -> OracleResult:
-    """Compare the pruned model (a Model) with the masked original on random inputs in [-1, 1]."""
+    """Compare the pruned model (a Model) with the masked original on random inputs in [-1, 1],
+    at the analysed batch size and, where the model's batch is symbolic, at another one."""
     masked = masked_original(model, couplings, removed_classes, folds)
+    dtype = narrowest(float_types(model))
+    runs = {"reference": (masked, True), "unoptimized": (masked, False), "slim": (slim, True)}
+    if is_narrow(dtype):
+        runs["float32"] = (float32_model(masked), True)
+    batches = [None] + ([_other_batch(model)] if symbolic_batch_inputs(model) else [])
+    outputs = _outputs(model, runs, batches, samples, seed)
+    worst, noise, checked, notes = 0.0, 0.0, [], []
+    for batch in batches:
+        ref, pruned = outputs["reference"][batch], outputs["slim"].get(batch)
+        if isinstance(ref, Exception):
+            # The masks broadcast over every axis but the channels', whose width the layer's
+            # weight fixes: only the original itself can fail here. The model's batch is
+            # symbolic but it runs at the analysed batch only; nothing to compare.
+            notes.append(f"oracle: the original model does not run at batch {batch} ({ort_reason(ref)}); "
+                         f"compared at batch {_batch_of(model, None)} only")
+            continue
+        checked.append(batch)
+        if isinstance(pruned, Exception):
+            notes.append(f"oracle: the pruned model does not run at batch {batch}, the original does "
+                         f"({ort_reason(pruned)})")
+            worst = float("inf")
+            continue
+        worst = max(worst, _worst(ref, pruned))
+        for key in ("unoptimized", "float32"):
+            other = outputs.get(key, {}).get(batch)
+            if other is not None and not isinstance(other, Exception):
+                noise = max(noise, _worst(ref, other))
+    batch_sizes = tuple(_batch_of(model, b) for b in checked) if len(batches) > 1 else ()
+    return OracleResult(worst, noise, dtype.name, batch_sizes, notes)
+
+
+def _outputs(model, runs, batches, samples, seed):
+    """{run: {batch: outputs per sample, or the exception}}, one session at a time (each holds
+    a view of a full set of weights). Only at the analysed batch (None) does a failure of the
+    compared models raise; the float32 replica only measures noise."""
     rng = np.random.default_rng(seed)
-    feeds = None
-    outputs = {}
-    # one session at a time: each holds (a view of) a full set of weights
-    for key, which, optimize in (("reference", masked, True), ("unoptimized", masked, False),
-                                 ("slim", slim, True)):
+    feeds, outputs = {}, {}
+    for key, (which, optimize) in runs.items():
         sess = model_session(which, optimize=optimize)
-        if feeds is None:
-            feeds = [random_inputs(model, rng, sess) for _ in range(samples)]
-        outputs[key] = [sess.run(None, f) for f in feeds]
+        for batch in batches:
+            if batch not in feeds:
+                feeds[batch] = [random_inputs(model, rng, sess, batch) for _ in range(samples)]
+            if isinstance(outputs.get("reference", {}).get(batch), Exception):
+                continue
+            got = _run(sess, feeds[batch], to32=key == "float32")
+            if isinstance(got, Exception) and batch is None and key != "float32":
+                raise got
+            outputs.setdefault(key, {})[batch] = got
         del sess
-    worst = max(max_relative_difference(e, s) for e, s in zip(outputs["reference"], outputs["slim"]))
-    noise = max(max_relative_difference(e, u) for e, u in zip(outputs["reference"], outputs["unoptimized"]))
-    return OracleResult(worst, noise)
+    return outputs
+
+
+def _run(sess, feeds, to32=False):
+    """Outputs on every feed, or the exception onnxruntime raised (not logged: it is reported)."""
+    if to32:
+        feeds = [{k: to_float32(v) for k, v in f.items()} for f in feeds]
+    try:
+        return [sess.run(None, f, quiet()) for f in feeds]
+    except Exception as e:  # noqa: BLE001 - onnxruntime's error types vary by version
+        return e
+
+
+def _worst(expected, got) -> float:
+    return max(max_relative_difference(e, g) for e, g in zip(expected, got))
+
+
+def _other_batch(model) -> int:
+    return OTHER_BATCH if _batch_of(model, None) != OTHER_BATCH else 1
+
+
+def _batch_of(model, batch) -> int:
+    """The batch size a run used: `batch`, or the analysed one (None)."""
+    if batch is not None:
+        return batch
+    return next(model.input_shapes[n][0] for n in sorted(symbolic_batch_inputs(model)))
 
 
 def first_mismatch(model, couplings, removed_classes, slim, folds=None,

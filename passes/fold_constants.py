@@ -18,10 +18,13 @@ from onnxprune.graph import has_subgraph, is_default_domain, replace_nodes
 from onnxprune.runtime import run_named, session_from_parts
 
 # Never folded: operators whose value differs run to run, and quantization operators
-# (folding DequantizeLinear would turn int8 weights into float32 ones).
+# (folding DequantizeLinear would turn int8 weights into float32 ones; `_widens_weights`
+# keeps a Cast of int8 weights for the same reason).
 NOT_FOLDED = {"RandomNormal", "RandomUniform", "RandomNormalLike", "RandomUniformLike",
               "Multinomial", "Bernoulli", "QuantizeLinear", "DequantizeLinear",
               "DynamicQuantizeLinear"}
+FLOAT_TYPES = {onnx.TensorProto.FLOAT16, onnx.TensorProto.FLOAT, onnx.TensorProto.DOUBLE,
+               onnx.TensorProto.BFLOAT16}
 # A folded value may hold at most this many bytes more than the constants it reads.
 GROWTH_LIMIT_BYTES = 1 << 20
 # Operators whose output can be much larger than what they read.
@@ -53,13 +56,23 @@ def foldable_nodes(model, excluded: set[str]) -> list:
     outputs = set(model.output_names)
     foldable = []
     for n in model.graph.node:  # nodes are topologically sorted in a valid ONNX graph
-        if (n.op_type not in NOT_FOLDED and is_default_domain(n)
+        if (n.op_type not in NOT_FOLDED and is_default_domain(n) and not _widens_weights(n, model)
                 and all(not t or t in const for t in n.input)
                 and not has_subgraph(n)
                 and not any(o in outputs or o in excluded for o in n.output)):
             foldable.append(n)
             const.update(o for o in n.output if o)
     return foldable
+
+
+def _widens_weights(node, model) -> bool:
+    """A Cast of 8- or 16-bit integer weights to a float type decompresses them, as
+    DequantizeLinear does: folded, the output would store them in float, 2-4x larger."""
+    if node.op_type != "Cast" or node.input[0] not in model.inits:
+        return False
+    source = model.inits[node.input[0]].dtype
+    to = next((a.i for a in node.attribute if a.name == "to"), None)
+    return source.kind in "iu" and source.itemsize <= 2 and to in FLOAT_TYPES
 
 
 def large_results(model, nodes) -> set[str]:

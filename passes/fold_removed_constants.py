@@ -23,6 +23,7 @@ import onnx
 from onnxprune.runtime import model_session, random_inputs, run_named, session_from_parts
 
 from onnxprune.channels import FEED_OUT
+from onnxprune.masking import layer_dtype, zero_feed_in_filters
 from onnxprune.ops import layer_of
 
 MODES = ("none", "exact", "approx")
@@ -85,8 +86,6 @@ def plan_folds(model, couplings, removed_classes, mode: str = "exact", seed: int
 
 def _removed_channel_values(model, couplings, kept, tensors, seed):
     """Values of the removed channels (others zeroed) at each tensor, if input-independent."""
-    from onnxprune.masking import zero_feed_in_filters
-
     zeroed = zero_feed_in_filters(model, couplings, kept)
     wanted = sorted(set(tensors))
     sess = model_session(zeroed, optimize="basic", outputs=wanted)
@@ -102,7 +101,7 @@ def _removed_channel_values(model, couplings, kept, tensors, seed):
         a, b = runs[0][t] * keep_removed, runs[1][t] * keep_removed
         scale = max(float(np.abs(a).max()), 1e-30)
         if np.abs(a - b).max() <= 1e-6 * scale:
-            values[t] = a.astype(np.float32)
+            values[t] = a  # in the model's own type: what its consumer reads
     return values
 
 
@@ -120,10 +119,11 @@ def _contributions(model, nodes, values):
         n.input.extend([feed] + list(node.input[1:2]))
         n.output.append(out)
         graph_nodes.append(n)
-        inputs.append(onnx.helper.make_tensor_value_info(feed, onnx.TensorProto.FLOAT, values[x].shape))
+        feeds[feed] = _wide(values[x])
+        inputs.append(onnx.helper.make_tensor_value_info(
+            feed, onnx.helper.np_dtype_to_tensor_dtype(feeds[feed].dtype), values[x].shape))
         outputs.append(onnx.helper.make_empty_tensor_value_info(out))
-        feeds[feed] = values[x]
-        inits[node.input[1]] = model.inits[node.input[1]]
+        inits[node.input[1]] = _wide(model.inits[node.input[1]])
     if not graph_nodes:
         return {}
     g = onnx.helper.make_graph(graph_nodes, "contributions", inputs, outputs)
@@ -135,12 +135,18 @@ def _bias_delta(node, y):
     """Per-channel constant of a contribution, and whether it is the same everywhere."""
     sample = y[0]
     if node.op_type == "Gemm":
-        return sample.astype(np.float32), True
+        return sample, True
     flat = sample.reshape(sample.shape[0], -1)
     scale = max(float(np.abs(flat).max()), 1e-30)
     exact = bool(np.abs(flat - flat[:, :1]).max() <= 1e-5 * scale)
     centre = tuple(d // 2 for d in sample.shape[1:])
-    return sample[(slice(None),) + centre].astype(np.float32), exact
+    return sample[(slice(None),) + centre], exact
+
+
+def _wide(array: np.ndarray) -> np.ndarray:
+    """float16 contributions are computed in float32 from exact upcasts: the delta is then
+    rounded once, when it is added to the bias in the model's own type."""
+    return array.astype(np.float32) if array.dtype == np.float16 else array
 
 
 def foldable(node) -> bool:
@@ -162,16 +168,17 @@ def add_to_bias(model, node, delta: np.ndarray, suffix: str) -> None:
     if bn is not None:
         mean = model.inits[bn.input[3]]
         name = f"{bn.name}__mean_{suffix}"
-        model.inits[name] = np.asarray(mean - delta.reshape(mean.shape), dtype=np.float32)
+        model.inits[name] = np.asarray(_wide(mean) - delta.reshape(mean.shape), dtype=mean.dtype)
         bn.input[3] = name
         return
+    dtype = layer_dtype(model, node)  # the bias has the layer's type
     if has_bias:
-        bias = model.inits[node.input[index]]
+        bias = _wide(model.inits[node.input[index]])
         new = (bias + delta.reshape(bias.shape) if bias.size == delta.size else bias + delta)
     else:
         new = delta
     name = f"{node.name}__bias_{suffix}"
-    model.inits[name] = np.asarray(new, dtype=np.float32)
+    model.inits[name] = np.asarray(new, dtype=dtype)
     while len(node.input) <= index:
         node.input.append("")
     node.input[index] = name

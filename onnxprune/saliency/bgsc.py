@@ -28,6 +28,7 @@ from onnx import helper, numpy_helper
 from ..ops import STRUCTURAL, UNBOUNDED, layer_of, spec_of
 from ..runtime import run_named, session_from_parts
 from ..channels import FEED_OUT
+from ..dtypes import float32_model
 from .scores import Scores
 
 
@@ -47,6 +48,7 @@ def bgsc_per_position(model, couplings, seed=0) -> Scores:
 
 def bgsc_details(model, couplings):
     """Scores per class, plus the per-feed-out contributions (for diagnostics and tests)."""
+    model = float32_model(model)  # bounds grow past float16's range; float64 Conv does not run
     builder = BoundGraph(model, couplings)
     index = model.index()
     feed_outs = {s.node: index.nodes[s.node] for s in couplings.slices if s.role == FEED_OUT}
@@ -80,6 +82,7 @@ class BoundGraph:
         self.nodes, self.inits, self.notes = [], {}, set()
         self.frozen: dict[int, str] = {}   # classes no bound reaches, with the reason
         self.model_producer = model.index().producers
+        self.computed_abs: set[str] = set()
 
     def run(self, wanted):
         if not wanted:
@@ -168,6 +171,12 @@ class BoundGraph:
         return name
 
     def abs_weight(self, name):
+        if name not in self.model.inits:  # computed from constants (int8 weights through a Cast)
+            out = f"__bound_abs_{name}"
+            if out not in self.computed_abs:
+                self.computed_abs.add(out)
+                self.emit("Abs", [name], [out])
+            return out
         return self.const(np.abs(self.model.inits[name]), "absw")
 
     def is_activation(self, t):
