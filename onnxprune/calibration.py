@@ -125,7 +125,12 @@ class Preprocess:
             fields[key] = _SPEC_PARSERS[key](spec, value)
         return cls(**fields)
 
-    def __post_init__(self):
+    def __post_init__(self):  # also checks a Preprocess built in Python, not parsed
+        if self.size is not None and (len(self.size) != 2 or not all(isinstance(d, int) and d > 0 for d in self.size)):
+            raise OnnxPruneError(f"bad --calib-preprocess: size needs two positive integers H,W, got {self.size}")
+        if self.channels not in (None, "RGB", "BGR", "L") or self.layout not in (None, "NCHW", "NHWC"):
+            raise OnnxPruneError(f"bad --calib-preprocess: channels must be RGB, BGR or L and layout NCHW "
+                                 f"or NHWC, got {self.channels} and {self.layout}")
         if self.scale <= 0 or not np.isfinite(self.scale):
             raise OnnxPruneError(f"bad --calib-preprocess: scale must be a positive number, got {self.scale}")
         if not all(np.isfinite(self.mean)) or not all(np.isfinite(self.std)) or min(map(abs, self.std)) == 0:

@@ -328,6 +328,12 @@ def test_bad_spec(spec, message):
     assert message in error(Preprocess.parse, spec)
 
 
+def test_a_preprocess_built_in_python_is_checked_too():
+    assert "size needs two positive integers" in error(Preprocess, size=(224,))
+    assert "channels must be RGB, BGR or L" in error(Preprocess, channels="rgb")
+    assert "std non-zero" in error(Preprocess, std=(0.0,))
+
+
 # -- bad input: one clear line each ------------------------------------------------------
 def test_bad_files(tmp_path):
     m = image_model()
@@ -461,7 +467,8 @@ def test_bad_iterables():
     assert "calibration batch 1: no array for input(s) ['x']" in error(
         load_calibration, [{"x": rng_arrays(1)}, {"y": rng_arrays(1)}], m)
     assert "'x' is a scalar" in error(load_calibration, [{"x": 1.0}], ["x"])
-    assert "different sample shapes" in error(load_calibration, [{"x": np.zeros((1, 2))}, {"x": np.zeros((1, 3))}], ["x"])
+    ragged = [{"x": np.zeros((1, 2))}, {"x": np.zeros((1, 3))}]
+    assert "different sample shapes" in error(load_calibration, ragged, ["x"])
     assert "some calibration batches have labels" in error(
         load_calibration, [{"x": rng_arrays(1), "labels": [0]}, {"x": rng_arrays(1)}], m)
 
@@ -469,7 +476,8 @@ def test_bad_iterables():
 def test_bad_limits_batch_sizes_and_split_fractions(tmp_path):
     np.savez(tmp_path / "d.npz", x=np.zeros((1, 2)))
     for limit in (0, -3, 2.5):
-        assert "--calib-limit must be a positive integer" in error(load_calibration, tmp_path / "d.npz", ["x"], limit=limit)
+        message = error(load_calibration, tmp_path / "d.npz", ["x"], limit=limit)
+        assert message == f"--calib-limit must be a positive integer, got {limit!r}"
     cs = load_calibration(tmp_path / "d.npz", ["x"])
     assert "batch size must be a positive integer" in error(lambda: next(cs.batches(0)))
     assert "cannot split 1 sample(s)" in error(cs.split, 0.5)
@@ -484,6 +492,7 @@ def test_a_model_that_cannot_be_read(tmp_path):
 
 
 def test_a_model_without_inputs():
-    g = helper.make_graph([helper.make_node("Constant", [], ["y"], value=helper.make_tensor("v", TensorProto.FLOAT, [1], [1.0]))],
-                          "g", [], [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1])])
+    value = helper.make_tensor("v", TensorProto.FLOAT, [1], [1.0])
+    g = helper.make_graph([helper.make_node("Constant", [], ["y"], value=value)], "g", [],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1])])
     assert error(load_calibration, [], helper.make_model(g)) == "the model has no inputs to calibrate"
