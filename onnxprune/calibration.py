@@ -1,0 +1,624 @@
+"""Calibration data: a few hundred unlabelled model inputs, read once, streamed in batches.
+
+Recovery passes (docs/methods.md §5) collect statistics from these inputs; fidelity
+(`onnxprune/fidelity.py`) measures the pruned model on *other* inputs. `split` gives two
+disjoint sets from one source, and `CalibrationSet.overlap` counts shared samples.
+
+Sources (`load_calibration`)
+----------------------------
+* ``data.npz``: one array per model input, keyed by the input's name, plus an optional
+  integer labels array under `labels_key` (default ``labels``). Axis 0 of every array is
+  the sample axis: an input of shape ``[N, 3, 224, 224]`` is stored as ``(S, 3, 224, 224)``
+  for S samples. npz members are read into memory.
+* ``data.npy``: the same for a model with a single input. It is memory-mapped: batches
+  read only their own samples.
+* a folder of images (``.png``, ``.jpg``/``.jpeg``, ``.bmp``, top level only, sorted by
+  name) for a single image input. Files are checked when loading and decoded per batch.
+  Reading them needs Pillow (``pip install pillow``).
+* from Python, an iterable of feed dicts ``{input_name: array}``. Each dict is a *batch*:
+  axis 0 is the sample axis, as in the npz (one sample is an array of shape
+  ``(1, ...)``). A dict may also hold labels under `labels_key`. The iterable is read once,
+  into memory; with `limit`, reading stops after `limit` samples, so an endless
+  generator is fine.
+
+`input_names` describes the model: a list of input names, a mapping
+``{name: shape}`` (dimensions as ints, None or a string for dynamic ones), or the model
+itself (a path, a ``ModelProto`` or an ``onnxprune.model.Model``). With shapes, every
+sample is checked against the static dimensions, and image preprocessing takes the
+image size and channels from the input's shape.
+
+Image preprocessing (``--calib-preprocess SPEC``)
+-------------------------------------------------
+SPEC is ``key=value`` pairs separated by ``;``; list values are separated by ``,``::
+
+    size=224,224;mean=0.485,0.456,0.406;std=0.229,0.224,0.225;scale=255;layout=NCHW;channels=RGB
+
+========  ===========================================================================
+key       meaning (default)
+========  ===========================================================================
+size      H,W: resize to height H and width W with Pillow's bilinear filter, which
+          also antialiases when shrinking (the input's static H and W)
+channels  RGB, BGR or L (grayscale) (from the input's channel dimension: 1 → L, 3 → RGB)
+scale     pixel values are divided by it first (255)
+mean      subtracted after scaling: one value, or one per channel (0)
+std       divides after the mean: one value, or one per channel (1)
+layout    NCHW or NHWC (from the input's shape: a channel dimension of 1 or 3 at axis 1
+          → NCHW, at axis 3 → NHWC; NCHW otherwise)
+========  ===========================================================================
+
+So a pixel p of channel c becomes ``(p / scale - mean[c]) / std[c]``, as float32.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, replace
+from typing import Iterable, Iterator, Mapping
+
+import numpy as np
+import onnx
+
+from .errors import OnnxPruneError
+
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp")
+_FINITE_CHUNK = 1 << 22  # elements checked at a time, so a memory-mapped .npy is never read whole
+
+
+# ---------------------------------------------------------------------------------------
+# What the model takes
+# ---------------------------------------------------------------------------------------
+def model_inputs(model) -> dict[str, tuple | None]:
+    """{input name: shape} of a path, ModelProto or onnxprune Model; dynamic dims are None.
+    Initializers listed as inputs (old exporters) are not inputs to feed."""
+    from .model import Model
+    if isinstance(model, Model):
+        return {n: tuple(model.shapes[n]) if n in model.shapes else None for n in model.input_names}
+    if not isinstance(model, onnx.ModelProto):
+        path = os.fspath(model)
+        try:
+            model = onnx.load(path, load_external_data=False)
+        except Exception as e:
+            raise OnnxPruneError(f"cannot read model {path}: {type(e).__name__}: "
+                                 f"{str(e).splitlines()[0] if str(e) else 'unreadable'}") from None
+    inits = {t.name for t in model.graph.initializer}
+    return {i.name: _proto_shape(i) for i in model.graph.input if i.name not in inits}
+
+
+def _proto_shape(value_info) -> tuple | None:
+    t = value_info.type.tensor_type
+    if not t.HasField("shape"):
+        return None
+    return tuple(d.dim_value if d.HasField("dim_value") and d.dim_value > 0 else None for d in t.shape.dim)
+
+
+def _input_spec(input_names) -> dict[str, tuple | None]:
+    if isinstance(input_names, Mapping):
+        return {str(k): None if v is None else tuple(d if isinstance(d, int) and d > 0 else None for d in v)
+                for k, v in input_names.items()}
+    if isinstance(input_names, (list, tuple)):
+        return {str(n): None for n in input_names}
+    return model_inputs(input_names)
+
+
+# ---------------------------------------------------------------------------------------
+# Image preprocessing
+# ---------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Preprocess:
+    """How an image becomes one sample; see the module docstring for the spec syntax."""
+    size: tuple[int, int] | None = None      # (height, width); None: the model's
+    channels: str | None = None              # RGB, BGR or L; None: the model's
+    scale: float = 255.0
+    mean: tuple[float, ...] = (0.0,)
+    std: tuple[float, ...] = (1.0,)
+    layout: str | None = None                # NCHW or NHWC; None: the model's, else NCHW
+
+    @classmethod
+    def parse(cls, spec: str) -> "Preprocess":
+        fields = {}
+        for part in filter(None, (p.strip() for p in spec.split(";"))):
+            key, sep, value = part.partition("=")
+            key, value = key.strip().lower(), value.strip()
+            if not sep or not value:
+                _bad_spec(spec, f"'{part}' is not key=value")
+            if key not in _SPEC_PARSERS:
+                _bad_spec(spec, f"unknown key '{key}'; keys are {', '.join(_SPEC_PARSERS)}")
+            fields[key] = _SPEC_PARSERS[key](spec, value)
+        return cls(**fields)
+
+    def __post_init__(self):  # also checks a Preprocess built in Python, not parsed
+        if self.size is not None and (len(self.size) != 2 or not all(isinstance(d, int) and d > 0 for d in self.size)):
+            raise OnnxPruneError(f"bad --calib-preprocess: size needs two positive integers H,W, got {self.size}")
+        if self.channels not in (None, "RGB", "BGR", "L") or self.layout not in (None, "NCHW", "NHWC"):
+            raise OnnxPruneError(f"bad --calib-preprocess: channels must be RGB, BGR or L and layout NCHW "
+                                 f"or NHWC, got {self.channels} and {self.layout}")
+        if self.scale <= 0 or not np.isfinite(self.scale):
+            raise OnnxPruneError(f"bad --calib-preprocess: scale must be a positive number, got {self.scale}")
+        if not all(np.isfinite(self.mean)) or not all(np.isfinite(self.std)) or min(map(abs, self.std)) == 0:
+            raise OnnxPruneError("bad --calib-preprocess: mean and std must be finite and std non-zero")
+
+    def to_spec(self) -> str:
+        """The spec string (for reports); parse(to_spec()) gives the same Preprocess."""
+        parts = []
+        if self.size:
+            parts.append(f"size={self.size[0]},{self.size[1]}")
+        if self.channels:
+            parts.append(f"channels={self.channels}")
+        parts += [f"scale={self.scale:g}", "mean=" + ",".join(f"{v:g}" for v in self.mean),
+                  "std=" + ",".join(f"{v:g}" for v in self.std)]
+        if self.layout:
+            parts.append(f"layout={self.layout}")
+        return ";".join(parts)
+
+    def for_input(self, name: str, shape: tuple | None) -> "Preprocess":
+        """Every field fixed, the missing ones taken from the input's static shape."""
+        if shape is not None and len(shape) != 4:
+            raise OnnxPruneError(f"a folder of images needs a rank-4 image input; the model's input "
+                                 f"'{name}' has shape {_dims(shape)}")
+        layout = self.layout or _guess_layout(shape)
+        c_axis, h_axis, w_axis = (1, 2, 3) if layout == "NCHW" else (3, 1, 2)
+        model_c = shape[c_axis] if shape else None
+        channels = self.channels or {1: "L"}.get(model_c, "RGB")
+        n_channels = 1 if channels == "L" else 3
+        if model_c is not None and model_c != n_channels:
+            raise OnnxPruneError(f"the model's input '{name}' takes {model_c} channel(s) in {layout} layout "
+                                 f"({_dims(shape)}); channels={channels} gives {n_channels}")
+        for what, values in (("mean", self.mean), ("std", self.std)):
+            if len(values) not in (1, n_channels):
+                raise OnnxPruneError(f"bad --calib-preprocess: {what} has {len(values)} values for "
+                                     f"{n_channels} channel(s) ({channels})")
+        size = self.size
+        if size is None and shape is not None:
+            size = (shape[h_axis], shape[w_axis])
+        if size is None or None in size:
+            raise OnnxPruneError(f"the image size of input '{name}' is not known"
+                                 f"{f' (shape {_dims(shape)})' if shape else ''}; give it with "
+                                 "--calib-preprocess size=H,W")
+        if shape is not None and (shape[h_axis], shape[w_axis]) != tuple(size) \
+                and None not in (shape[h_axis], shape[w_axis]):
+            raise OnnxPruneError(f"--calib-preprocess size={size[0]},{size[1]} does not fit the model's "
+                                 f"input '{name}' of shape {_dims(shape)} ({layout})")
+        return replace(self, size=tuple(size), channels=channels, layout=layout)
+
+    def apply(self, image) -> np.ndarray:
+        """A Pillow image -> one float32 sample, (C, H, W) or (H, W, C). Call on a
+        `for_input` result (every field fixed)."""
+        from PIL import Image
+        mode = "L" if self.channels == "L" else "RGB"
+        image = image.convert(mode).resize((self.size[1], self.size[0]), Image.BILINEAR)  # Pillow: (W, H)
+        x = np.asarray(image, dtype=np.float32)
+        x = x[:, :, None] if x.ndim == 2 else x
+        if self.channels == "BGR":
+            x = x[:, :, ::-1]
+        mean = np.asarray(self.mean, dtype=np.float32)
+        std = np.asarray(self.std, dtype=np.float32)
+        x = (x / np.float32(self.scale) - mean) / std
+        return np.ascontiguousarray(x.transpose(2, 0, 1) if self.layout == "NCHW" else x, dtype=np.float32)
+
+
+def _bad_spec(spec: str, why: str):
+    raise OnnxPruneError(f"bad --calib-preprocess '{spec}': {why}")
+
+
+def _floats(spec, value) -> tuple[float, ...]:
+    try:
+        return tuple(float(v) for v in value.split(","))
+    except ValueError:
+        _bad_spec(spec, f"'{value}' is not a comma-separated list of numbers")
+
+
+def _parse_size(spec, value) -> tuple[int, int]:
+    parts = value.split(",")
+    if len(parts) != 2 or not all(p.strip().isdigit() and int(p) > 0 for p in parts):
+        _bad_spec(spec, f"size needs two positive integers H,W, got '{value}'")
+    return int(parts[0]), int(parts[1])
+
+
+def _parse_scale(spec, value) -> float:
+    values = _floats(spec, value)
+    if len(values) != 1:
+        _bad_spec(spec, f"scale needs one number, got '{value}'")
+    return values[0]
+
+
+def _choice(key, choices):
+    def parse(spec, value):
+        if value.upper() not in choices:
+            _bad_spec(spec, f"{key} must be one of {'|'.join(choices)}, got '{value}'")
+        return value.upper()
+    return parse
+
+
+_SPEC_PARSERS = {"size": _parse_size, "channels": _choice("channels", ("RGB", "BGR", "L")),
+                 "scale": _parse_scale, "mean": _floats, "std": _floats,
+                 "layout": _choice("layout", ("NCHW", "NHWC"))}
+
+
+def _guess_layout(shape) -> str:
+    if shape and shape[1] not in (1, 3) and shape[3] in (1, 3):
+        return "NHWC"
+    return "NCHW"
+
+
+def _dims(shape) -> str:
+    return "[" + ", ".join("?" if d is None else str(d) for d in shape) + "]"
+
+
+def _pillow():
+    try:
+        from PIL import Image
+    except ImportError:
+        raise OnnxPruneError("reading a folder of images needs Pillow, which is not installed: "
+                             "pip install pillow") from None
+    return Image
+
+
+# ---------------------------------------------------------------------------------------
+# Where samples come from
+# ---------------------------------------------------------------------------------------
+class _Arrays:
+    """Samples held as arrays (in memory, or a memory map for .npy), axis 0 = sample."""
+
+    def __init__(self, arrays: dict[str, np.ndarray], key, where: str, kind: str):
+        self.arrays, self.key, self.where, self.kind = arrays, key, where, kind
+
+    def read(self, ids: np.ndarray) -> dict[str, np.ndarray]:
+        if len(ids) and ids[-1] - ids[0] == len(ids) - 1:  # consecutive (ids are sorted): a view
+            return {n: a[ids[0]:ids[-1] + 1] for n, a in self.arrays.items()}
+        return {n: a[ids] for n, a in self.arrays.items()}
+
+    def sample_shapes(self):
+        return {n: a.shape[1:] for n, a in self.arrays.items()}
+
+    def dtypes(self):
+        return {n: a.dtype for n, a in self.arrays.items()}
+
+
+class _Images:
+    """Image files of one input, decoded and preprocessed per batch."""
+
+    def __init__(self, name: str, files: list[str], preprocess: Preprocess, key, where: str):
+        self.name, self.files, self.preprocess, self.key, self.where = name, files, preprocess, key, where
+        self.kind = "images"
+
+    def read(self, ids: np.ndarray) -> dict[str, np.ndarray]:
+        Image = _pillow()
+        samples = []
+        for i in ids:
+            path = self.files[i]
+            try:
+                with Image.open(path) as image:
+                    samples.append(self.preprocess.apply(image))
+            except Exception as e:  # Pillow raises OSError, SyntaxError, ValueError for damaged files
+                raise OnnxPruneError(f"cannot read image {path}: {_reason(e)}") from None
+        return {self.name: np.stack(samples)}
+
+    def sample_shapes(self):
+        h, w = self.preprocess.size
+        c = 1 if self.preprocess.channels == "L" else 3
+        return {self.name: (c, h, w) if self.preprocess.layout == "NCHW" else (h, w, c)}
+
+    def dtypes(self):
+        return {self.name: np.dtype(np.float32)}
+
+
+# ---------------------------------------------------------------------------------------
+# The set
+# ---------------------------------------------------------------------------------------
+class CalibrationSet:
+    """Samples of a model's inputs, optionally labelled, read in batches.
+
+    `split` and `limit` give sets over the same source: nothing is copied until a batch
+    is read."""
+
+    def __init__(self, source, ids: np.ndarray, labels: np.ndarray | None, preprocess: Preprocess | None = None):
+        self._source, self._ids = source, np.asarray(ids, dtype=np.int64)
+        self._labels, self.preprocess = labels, preprocess
+
+    def __len__(self) -> int:
+        return len(self._ids)
+
+    @property
+    def n_samples(self) -> int:
+        return len(self._ids)
+
+    @property
+    def input_names(self) -> list[str]:
+        return list(self._source.sample_shapes())
+
+    @property
+    def sample_shapes(self) -> dict[str, tuple]:
+        """{input: shape of one sample}, without the sample axis."""
+        return {n: tuple(s) for n, s in self._source.sample_shapes().items()}
+
+    @property
+    def labels(self) -> np.ndarray | None:
+        """int64 class per sample, or None."""
+        return None if self._labels is None else self._labels[self._ids]
+
+    def batches(self, batch_size: int, dtype=None) -> Iterator[dict[str, np.ndarray]]:
+        """Feed dicts of at most `batch_size` samples, in order. Only one batch is in memory
+        at a time (consecutive samples of an array source are views). `dtype`: one numpy
+        dtype for every input, or {input: dtype}; None keeps the stored dtypes (float32
+        for images)."""
+        if not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
+            raise OnnxPruneError(f"batch size must be a positive integer, got {batch_size!r}")
+        for start in range(0, len(self._ids), batch_size):
+            feeds = self._source.read(self._ids[start:start + batch_size])
+            yield _cast(feeds, dtype)
+
+    def split(self, holdout_fraction: float, seed: int = 0) -> tuple["CalibrationSet", "CalibrationSet"]:
+        """(calibration, held_out): disjoint, together all samples, the same for the same
+        (size, fraction, seed). Each keeps the source order."""
+        n = len(self)
+        if not 0 < holdout_fraction < 1:
+            raise OnnxPruneError(f"the held-out fraction must be in (0, 1), got {holdout_fraction}")
+        if n < 2:
+            raise OnnxPruneError(f"cannot split {n} sample(s) into calibration and held-out sets")
+        n_hold = min(max(int(round(holdout_fraction * n)), 1), n - 1)
+        order = np.random.default_rng(seed).permutation(n)
+        held = np.sort(order[:n_hold])
+        calib = np.sort(order[n_hold:])
+        return self._subset(calib), self._subset(held)
+
+    def head(self, n: int) -> "CalibrationSet":
+        """The first n samples."""
+        return self._subset(np.arange(min(n, len(self))))
+
+    def overlap(self, other: "CalibrationSet") -> int:
+        """Samples the two sets share (same file or same loaded source); 0 otherwise."""
+        if self._source.key != other._source.key:
+            return 0
+        return int(np.intersect1d(self._ids, other._ids).size)
+
+    def describe(self) -> dict:
+        """For the JSON report."""
+        dtypes = self._source.dtypes()
+        return {"source": self._source.where, "kind": self._source.kind, "samples": len(self),
+                "inputs": {n: {"sample_shape": list(s), "dtype": str(dtypes[n])}
+                           for n, s in self.sample_shapes.items()},
+                "labels": self._labels is not None,
+                "preprocess": self.preprocess.to_spec() if self.preprocess else None}
+
+    def __repr__(self) -> str:
+        return f"CalibrationSet({len(self)} samples from {self._source.where})"
+
+    def _subset(self, positions: np.ndarray) -> "CalibrationSet":
+        return CalibrationSet(self._source, self._ids[positions], self._labels, self.preprocess)
+
+
+def _cast(feeds: dict, dtype) -> dict:
+    if dtype is None:
+        return feeds
+    wanted = dtype if isinstance(dtype, Mapping) else dict.fromkeys(feeds, dtype)
+    return {n: a if n not in wanted or wanted[n] is None else a.astype(wanted[n], copy=False)
+            for n, a in feeds.items()}
+
+
+# ---------------------------------------------------------------------------------------
+# Loading
+# ---------------------------------------------------------------------------------------
+def load_calibration(source, input_names, *, limit: int | None = None, preprocess=None,
+                     labels_key: str = "labels") -> CalibrationSet:
+    """Samples of the model's inputs from an .npz, an .npy, a folder of images or an
+    iterable of feed dicts (see the module docstring). `limit` keeps the first N samples.
+    `preprocess` (a spec string or a `Preprocess`) applies to image folders only. Every
+    problem raises a one-line OnnxPruneError."""
+    spec = _input_spec(input_names)
+    if not spec:
+        raise OnnxPruneError("the model has no inputs to calibrate")
+    if limit is not None and (not isinstance(limit, (int, np.integer)) or limit < 1):
+        raise OnnxPruneError(f"--calib-limit must be a positive integer, got {limit!r}")
+    if isinstance(preprocess, str):
+        preprocess = Preprocess.parse(preprocess)
+    if isinstance(source, (str, os.PathLike)):
+        path = os.fspath(source)
+        if os.path.isdir(path):
+            return _load_images(path, spec, limit, preprocess or Preprocess())
+        if preprocess is not None:
+            raise OnnxPruneError("--calib-preprocess applies to a folder of images; "
+                                 f"{path} holds arrays, which are fed as they are")
+        return _load_file(path, spec, limit, labels_key)
+    if preprocess is not None:
+        raise OnnxPruneError("--calib-preprocess applies to a folder of images, not to arrays")
+    if isinstance(source, Mapping) or not isinstance(source, Iterable):
+        raise OnnxPruneError("calibration data must be a path (.npz, .npy, folder of images) or an "
+                             f"iterable of feed dicts {{input name: array}}, got {type(source).__name__}")
+    return _load_feeds(source, spec, limit, labels_key)
+
+
+def _load_file(path: str, spec: dict, limit, labels_key: str) -> CalibrationSet:
+    if not os.path.exists(path):
+        raise OnnxPruneError(f"calibration data not found: {path}")
+    if os.path.getsize(path) == 0:
+        raise OnnxPruneError(f"calibration file is empty: {path}")
+    ext = os.path.splitext(path)[1].lower()
+    if ext == ".npz":
+        arrays = _read_npz(path, spec, labels_key)
+        labels = arrays.pop(labels_key, None)
+    elif ext == ".npy":
+        if len(spec) != 1:
+            raise OnnxPruneError(f"an .npy file feeds a single input; the model has inputs {list(spec)}: "
+                                 "use an .npz keyed by input name")
+        arrays, labels = {next(iter(spec)): _read_npy(path)}, None
+    else:
+        raise OnnxPruneError(f"calibration data must be an .npz, an .npy or a folder of images, got {path}")
+    return _from_arrays(arrays, labels, spec, limit, where=path, key=("file", os.path.realpath(path)),
+                        kind=ext[1:], labels_key=labels_key)
+
+
+def _read_npz(path: str, spec: dict, labels_key: str) -> dict[str, np.ndarray]:
+    try:
+        npz = np.load(path, allow_pickle=False)
+    except Exception as e:  # BadZipFile, ValueError, OSError
+        raise OnnxPruneError(f"cannot read calibration file {path}: {_reason(e)}") from None
+    if not isinstance(npz, np.lib.npyio.NpzFile):
+        raise OnnxPruneError(f"{path} is not an .npz archive (it holds a single array)")
+    with npz:
+        _check_keys(list(npz.files), spec, path, labels_key)
+        try:
+            return {k: npz[k] for k in npz.files}
+        except Exception as e:  # a damaged member: BadZipFile (CRC), zlib.error, ValueError (pickled)
+            raise OnnxPruneError(f"cannot read calibration file {path}: {_reason(e)}") from None
+
+
+def _read_npy(path: str) -> np.ndarray:
+    try:
+        array = np.load(path, mmap_mode="r", allow_pickle=False)
+    except Exception as e:
+        raise OnnxPruneError(f"cannot read calibration file {path}: {_reason(e)}") from None
+    if not isinstance(array, np.ndarray):
+        raise OnnxPruneError(f"{path} is not an .npy array")
+    return array
+
+
+def _reason(e: Exception) -> str:
+    text = str(e).splitlines()[0] if str(e) else ""
+    if "allow_pickle" in text or "Object arrays" in text:
+        text = "it holds Python objects (pickled), which are never loaded; store numeric arrays"
+    return f"{type(e).__name__}: {text}" if text else type(e).__name__
+
+
+def _check_keys(keys, spec: dict, where: str, labels_key: str) -> None:
+    given = [k for k in keys if k != labels_key]
+    missing = [n for n in spec if n not in given]
+    unknown = [k for k in given if k not in spec]
+    if missing or unknown:
+        parts = ([f"no array for input(s) {missing}"] if missing else []) + \
+                ([f"unknown key(s) {unknown}"] if unknown else [])
+        raise OnnxPruneError(f"{where}: {' and '.join(parts)}; the model's inputs are {list(spec)}"
+                             f" (labels go under '{labels_key}')")
+
+
+def _load_feeds(feeds: Iterable, spec: dict, limit, labels_key: str) -> CalibrationSet:
+    """Reads the batches into memory: a few hundred samples, and no second pass over a
+    generator."""
+    parts: dict[str, list] = {}
+    count = labelled = 0
+    for k, feed in enumerate(feeds):
+        if not isinstance(feed, Mapping):
+            raise OnnxPruneError(f"calibration batch {k} is a {type(feed).__name__}, not a dict "
+                                 "{input name: array}")
+        _check_keys(list(feed), spec, f"calibration batch {k}", labels_key)
+        batch = {n: _as_batch(a, n, f"calibration batch {k}") for n, a in feed.items()}
+        _check_counts(batch, f"calibration batch {k}")
+        take = len(next(iter(batch.values())))
+        if limit is not None:
+            take = min(take, limit - count)
+        for n, a in batch.items():
+            parts.setdefault(n, []).append(a[:take])
+        count += take
+        labelled += labels_key in batch
+        if limit is not None and count >= limit:
+            break
+    if not parts:
+        raise OnnxPruneError("the calibration data yielded no batches")
+    if labelled not in (0, len(parts[next(iter(spec))])):
+        raise OnnxPruneError(f"some calibration batches have labels ('{labels_key}') and others do not")
+    arrays = {}
+    for n, chunks in parts.items():
+        shapes = {c.shape[1:] for c in chunks}
+        if len(shapes) > 1:
+            raise OnnxPruneError(f"calibration batches of input '{n}' have different sample shapes "
+                                 f"{sorted(shapes)}")
+        arrays[n] = np.concatenate(chunks)
+    labels = arrays.pop(labels_key, None)
+    return _from_arrays(arrays, labels, spec, None, where="<iterable>", key=("iterable", object()),
+                        kind="iterable", labels_key=labels_key)
+
+
+def _as_batch(value, name: str, where: str) -> np.ndarray:
+    if isinstance(value, np.ndarray):
+        return _nonscalar(value, name, where)  # as it is: a memory map stays one
+    try:
+        a = np.asarray(value)
+    except Exception as e:
+        raise OnnxPruneError(f"{where}: '{name}' is not an array ({_reason(e)})") from None
+    return _nonscalar(a, name, where)
+
+
+def _nonscalar(a: np.ndarray, name: str, where: str) -> np.ndarray:
+    if a.ndim == 0:
+        raise OnnxPruneError(f"{where}: '{name}' is a scalar; axis 0 of every array is the sample axis")
+    return a
+
+
+def _check_counts(arrays: dict, where: str) -> None:
+    counts = {n: len(a) for n, a in arrays.items()}
+    if len(set(counts.values())) > 1:
+        raise OnnxPruneError(f"{where}: inputs have different numbers of samples {counts}")
+
+
+def _from_arrays(arrays: dict, labels, spec: dict, limit, *, where: str, key, kind: str,
+                 labels_key: str) -> CalibrationSet:
+    arrays = {n: _as_batch(a, n, where) for n, a in arrays.items()}
+    _check_counts(arrays, where)
+    n = len(next(iter(arrays.values())))
+    if labels is not None and len(_as_batch(labels, labels_key, where)) != n:
+        raise OnnxPruneError(f"{where}: {len(labels)} labels ('{labels_key}') for {n} samples")
+    if n == 0:
+        raise OnnxPruneError(f"{where} holds no samples")
+    if limit is not None:  # the first `limit` samples: views, nothing else is validated or read
+        arrays = {k: a[:limit] for k, a in arrays.items()}
+        labels = None if labels is None else labels[:limit]
+        n = min(n, limit)
+    for name, a in arrays.items():
+        _check_array(name, a, spec[name], where)
+    labels = None if labels is None else _check_labels(np.asarray(labels), labels_key, where)
+    source = _Arrays({name: arrays[name] for name in spec}, key, where, kind)
+    return CalibrationSet(source, np.arange(n), labels)
+
+
+def _check_array(name: str, a: np.ndarray, shape, where: str) -> None:
+    numeric = np.issubdtype(a.dtype, np.integer) or np.issubdtype(a.dtype, np.floating) or a.dtype == np.bool_
+    if not numeric:
+        raise OnnxPruneError(f"{where}: input '{name}' has dtype {a.dtype}; calibration arrays "
+                             "must be numeric (integer, float or bool)")
+    if shape is not None:
+        if a.ndim != len(shape):
+            raise OnnxPruneError(f"{where}: input '{name}' has shape {a.shape} (rank {a.ndim}); the model "
+                                 f"takes {_dims(shape)} (rank {len(shape)}), axis 0 being the sample axis")
+        bad = [k for k in range(1, a.ndim) if shape[k] is not None and shape[k] != a.shape[k]]
+        if bad:
+            raise OnnxPruneError(f"{where}: samples of input '{name}' have shape {a.shape[1:]}; the model "
+                                 f"takes {_dims(shape)} (axis 0 is the sample axis)")
+    if np.issubdtype(a.dtype, np.inexact):
+        flat = a.reshape(-1)  # a view for the contiguous arrays np.load returns
+        for start in range(0, flat.size, _FINITE_CHUNK):
+            if not np.isfinite(flat[start:start + _FINITE_CHUNK]).all():
+                raise OnnxPruneError(f"{where}: input '{name}' holds NaN or infinite values")
+
+
+def _check_labels(labels: np.ndarray, labels_key: str, where: str) -> np.ndarray:
+    if labels.ndim != 1:
+        raise OnnxPruneError(f"{where}: labels '{labels_key}' must be one integer class per sample, "
+                             f"got shape {labels.shape}")
+    if np.issubdtype(labels.dtype, np.floating) and np.isfinite(labels).all() \
+            and (labels == np.round(labels)).all():
+        labels = labels.astype(np.int64)
+    if not np.issubdtype(labels.dtype, np.integer) or (labels < 0).any():
+        raise OnnxPruneError(f"{where}: labels '{labels_key}' must be non-negative integer classes "
+                             f"(got dtype {labels.dtype})")
+    return labels.astype(np.int64)
+
+
+def _load_images(folder: str, spec: dict, limit, preprocess: Preprocess) -> CalibrationSet:
+    if len(spec) != 1:
+        raise OnnxPruneError(f"a folder of images feeds a single input; the model has inputs {list(spec)}: "
+                             "use an .npz keyed by input name")
+    name, shape = next(iter(spec.items()))
+    preprocess = preprocess.for_input(name, shape)
+    files = sorted(os.path.join(folder, f) for f in os.listdir(folder)
+                   if f.lower().endswith(IMAGE_EXTENSIONS) and not f.startswith(".")
+                   and os.path.isfile(os.path.join(folder, f)))
+    if not files:
+        raise OnnxPruneError(f"no images (PNG, JPEG, BMP) in {folder}")
+    files = files[:limit] if limit is not None else files
+    Image = _pillow()
+    for path in files:  # fail now, not in the middle of a recovery pass
+        try:
+            with Image.open(path) as image:
+                image.verify()
+        except Exception as e:  # verify raises several types for damaged files
+            raise OnnxPruneError(f"cannot read image {path}: {_reason(e)}") from None
+    source = _Images(name, files, preprocess, ("file", os.path.realpath(folder)), folder)
+    return CalibrationSet(source, np.arange(len(files)), None, preprocess)
