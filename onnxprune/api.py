@@ -20,16 +20,19 @@ import numpy as np
 import onnx
 
 from . import passes
+from .calibration import CalibrationSet, load_calibration
 from .budget import (COUPLED, RANKINGS, allocate, allocate_target, check_plan_classes, default_round_to,
                      kept_whole_by_rounding, parse_min_keep)
 from .couplings import analyze
 from .density import allocate_density
 from .errors import OnnxPruneError
+from .fidelity import compare_models
 from .io import is_large
 from .model import Model, load
 from .pipeline import REWRITE_PASSES, Step, run_passes
 from .plan import Plan, checked_removed, classes_from_plan, plan_from_classes
 from .progress import stage
+from .recover import parse_methods, recover
 from .report import PlanInfo, Report, group_table, model_stats
 from .runtime import model_session, random_inputs
 from .saliency import CRITERIA, score
@@ -76,7 +79,10 @@ def prune(source: str | os.PathLike | onnx.ModelProto, ratio: float | None = Non
           allocator: str = "rank", coupled: str = "all", min_keep: float | str = 0.1,
           round_to: int | None = None, exclude: Sequence[str] = (),
           input_shapes: Mapping[str, Sequence[int]] | None = None, fold: str = "exact",
-          verify: bool = False, tolerance: float = DEFAULT_TOLERANCE) -> tuple[onnx.ModelProto, Report]:
+          verify: bool = False, tolerance: float = DEFAULT_TOLERANCE, calibration: object = None,
+          calibration_limit: int | None = None, calibration_preprocess: str | None = None,
+          eval_data: object = None, labels_key: str = "labels",
+          recover: str = "auto") -> tuple[onnx.ModelProto, Report]:
     """Prune a model (a path or a ModelProto, never modified). Returns (pruned ModelProto, Report).
 
     Budget, one of (default: ratio 0.3):
@@ -99,13 +105,25 @@ def prune(source: str | os.PathLike | onnx.ModelProto, ratio: float | None = Non
       fold: 'exact', 'approx' or 'none': constants carried by removed channels.
       verify: run the masking oracle (report.oracle_passed tells the result).
       tolerance: the oracle's tolerance, a finite number >= 0.
+    With data (docs/methods.md §5):
+      calibration: unlabelled samples of the inputs — an .npz (arrays keyed by input name),
+        an .npy (one input), a folder of images, an iterable of feed dicts or a
+        CalibrationSet. Recovery fits on them; a held-out fifth measures fidelity unless
+        eval_data is given.
+      calibration_limit: use the first N samples; calibration_preprocess: image preprocessing
+        (onnxprune/calibration.py), eval_data: held-out samples (same forms), labels_key: the
+        npz key of integer labels (accuracy in the fidelity report).
+      recover: recovery methods after the exact rewrite, 'none' or a comma list of 'means',
+        'stats', 'lsq' (run in that order); 'auto' is 'lsq' with calibration, 'none' without.
     Bad arguments raise OnnxPruneError before any work. For models beyond protobuf's 2 GB,
     use `prune_model` and `onnxprune.io.save_model`, which never build the whole proto."""
     slim, report = prune_model(
         source, ratio, target_macs=target_macs, target_params=target_params, plan=plan,
         criterion=criterion, seed=seed, scope=scope, ranking=ranking, allocator=allocator,
         coupled=coupled, min_keep=min_keep, round_to=round_to, exclude=exclude,
-        input_shapes=input_shapes, fold=fold, verify=verify, tolerance=tolerance)
+        input_shapes=input_shapes, fold=fold, verify=verify, tolerance=tolerance, calibration=calibration,
+        calibration_limit=calibration_limit, calibration_preprocess=calibration_preprocess,
+        eval_data=eval_data, labels_key=labels_key, recover=recover)
     proto = slim.to_proto()
     if not checked_in_memory(slim) and not is_large(slim):
         check(proto)
@@ -124,7 +142,9 @@ def prune_model(source: str | os.PathLike | onnx.ModelProto, ratio: float | None
                 ranking: str | None = None, allocator: str = "rank", coupled: str = "all",
                 min_keep: float | str = 0.1, round_to: int | None = None, exclude: Sequence[str] = (),
                 input_shapes: Mapping[str, Sequence[int]] | None = None, fold: str = "exact",
-                verify: bool = False, tolerance: float = DEFAULT_TOLERANCE,
+                verify: bool = False, tolerance: float = DEFAULT_TOLERANCE, calibration: object = None,
+                calibration_limit: int | None = None, calibration_preprocess: str | None = None,
+                eval_data: object = None, labels_key: str = "labels", recover: str = "auto",
                 check_output: bool = True) -> tuple[Model, Report]:
     """`prune`, returning the pruned `Model` (graph + numpy weights) instead of a proto; the
     arguments are `prune`'s. `check_output=False` leaves the ONNX checker to
@@ -138,6 +158,7 @@ def prune_model(source: str | os.PathLike | onnx.ModelProto, ratio: float | None
                   coupled=coupled, min_keep=min_keep, round_to=round_to, exclude=exclude,
                   input_shapes=input_shapes, fold=fold, verify=verify, tolerance=tolerance)
     _check_flag("check_output", check_output)
+    _check_data_options(recover, calibration_limit, labels_key)
     _check_source(source)
     timings: dict = {}
     start = time.perf_counter()
@@ -151,12 +172,16 @@ def prune_model(source: str | os.PathLike | onnx.ModelProto, ratio: float | None
         if check_output and checked_in_memory(slim):
             check(slim.to_proto().SerializeToString())  # the checker would serialise a proto itself, more slowly
         oracle = _run_pruned(model, couplings, removed, slim, folds, s)
+    data = _Data(calibration, calibration_limit, calibration_preprocess, eval_data, labels_key, recover)
+    slim, fidelity, unrecovered, recovery = _recover(model, couplings, removed, slim, folds, data, s, timings)
     timings["total"] = round(time.perf_counter() - start, 4)
     fold_note = [fold_stats.note()] if removed and s.fold != "none" else []
-    notes = list(model.notes) + score_notes + fold_note + _budget_notes(couplings, s, target)
+    notes = (list(model.notes) + score_notes + fold_note + _budget_notes(couplings, s, target)
+             + recovery.get("notes", []))
     options = _report_options(s, model)
     report = Report(options, model_stats(model), model_stats(slim), group_table(couplings, removed),
-                    timings, oracle, notes, plan_from_classes(couplings, removed, options), s.tolerance)
+                    timings, oracle, notes, plan_from_classes(couplings, removed, options), s.tolerance,
+                    fidelity, unrecovered, recovery)
     return slim, report
 
 
@@ -266,6 +291,81 @@ def _run_pruned(model, couplings, removed, slim, folds, s: "_Settings"):
         _raise_if_input_fails(model, s.seed)
         raise RuntimeError(f"onnxruntime cannot run the pruned model, though it runs the input model: "
                            f"{_first_line(e)}") from e
+
+
+@dataclass(frozen=True)
+class _Data:
+    """The data arguments of prune: calibration for recovery, held-out for fidelity."""
+    calibration: object
+    limit: int | None
+    preprocess: str | None
+    eval_data: object
+    labels_key: str
+    recover: str
+
+
+# Samples per onnxruntime run while collecting statistics.
+CALIBRATION_BATCH = 32
+
+
+def _recover(model, couplings, removed, slim, folds, data: _Data, s: "_Settings", timings: dict):
+    """With calibration data: run the recovery passes (after the oracle checked the exact
+    rewrite) and measure fidelity on held-out samples, without and with recovery.
+    Returns (model, fidelity, fidelity before recovery or None, recovery info)."""
+    methods = parse_methods("lsq" if data.recover == "auto" and data.calibration is not None
+                            else "none" if data.recover == "auto" else data.recover)
+    if data.calibration is None:
+        if methods:
+            raise OnnxPruneError(f"recovery '{data.recover}' needs calibration data (--calib)")
+        return slim, None, None, {}
+    with stage("recover", timings):
+        calib, held = _calibration_sets(model, data, s.seed)
+        dtypes = _input_dtypes(model)
+        slim_rec, notes = recover(model, slim, couplings, removed,
+                                  lambda: calib.batches(CALIBRATION_BATCH, dtypes), len(calib), methods, folds)
+    with stage("evaluate", timings):
+        before = compare_models(model, slim, held, labels=held.labels) if methods else None
+        after = compare_models(model, slim_rec, held, labels=held.labels)
+    info = {"methods": list(methods), "calibration": calib.describe(), "evaluation": held.describe(),
+            "notes": notes + [f"fidelity: {after.summary()}"]}
+    return slim_rec, after, before, info
+
+
+def _calibration_sets(model, data: _Data, seed: int):
+    """(calibration, held-out): eval_data when given (sharing no sample), else a fifth of the
+    calibration samples held out. Calibration samples never measure fidelity."""
+    calib = data.calibration if isinstance(data.calibration, CalibrationSet) else load_calibration(
+        data.calibration, model, limit=data.limit, preprocess=data.preprocess, labels_key=data.labels_key)
+    if data.eval_data is None:
+        return calib.split(HELD_OUT_FRACTION, seed)
+    held = data.eval_data if isinstance(data.eval_data, CalibrationSet) else load_calibration(
+        data.eval_data, model, preprocess=data.preprocess, labels_key=data.labels_key)
+    if calib.overlap(held):
+        raise OnnxPruneError(f"the evaluation data shares {calib.overlap(held)} sample(s) with the "
+                             "calibration data; give disjoint sets")
+    return calib, held
+
+
+HELD_OUT_FRACTION = 0.2
+
+
+def _check_data_options(recover, limit, labels_key) -> None:
+    if not isinstance(recover, str):
+        raise OnnxPruneError(f"recover must be a string ('auto', 'none' or a comma list of methods), got {recover!r}")
+    if recover != "auto":
+        parse_methods(recover)
+    if limit is not None:
+        _integer("--calib-limit", limit, least=1)
+    if not isinstance(labels_key, str):
+        raise OnnxPruneError(f"labels_key must be a string, got {labels_key!r}")
+
+
+def _input_dtypes(model) -> dict:
+    out = {}
+    for inp in model.graph.input:
+        if inp.name not in model.inits:
+            out[inp.name] = onnx.helper.tensor_dtype_to_np_dtype(inp.type.tensor_type.elem_type)
+    return out
 
 
 def run_once(model: Model, seed: int = 0) -> None:

@@ -19,11 +19,11 @@ import logging
 import os
 import sys
 
-from . import progress
+from . import cli_args, progress
 from .errors import OnnxPruneError
 
 EXIT_ORACLE, EXIT_INPUT, EXIT_INTERNAL = 1, 2, 3
-COMMANDS = ("prune", "analyze", "bench")
+COMMANDS = ("prune", "analyze", "bench", "evaluate")
 TOP_LEVEL_OPTIONS = ("-h", "--help", "--version")
 log = logging.getLogger("onnxprune")
 
@@ -31,89 +31,6 @@ log = logging.getLogger("onnxprune")
 class _Parser(argparse.ArgumentParser):
     def error(self, message):  # argparse exits with 2 too; ours is one line, no usage block
         raise OnnxPruneError(f"{message} (see '{self.prog} --help')")
-
-
-def _common(p):
-    p.add_argument("--input-shape", action="append", default=[], metavar="NAME:D1,D2,...",
-                   help="fix the shape of an input with dynamic dimensions (repeatable)")
-    p.add_argument("--exclude", action="append", default=[], metavar="PATTERN",
-                   help="node-name glob whose channels stay (repeatable)")
-
-
-def _verbosity():
-    """-q / -v, shared by every subcommand."""
-    p = argparse.ArgumentParser(add_help=False)
-    levels = p.add_mutually_exclusive_group()
-    levels.add_argument("-q", "--quiet", dest="log_level", action="store_const", const=logging.ERROR,
-                        default=logging.INFO, help="print errors only (and the results of analyze and bench)")
-    levels.add_argument("-v", "--verbose", dest="log_level", action="store_const", const=logging.DEBUG,
-                        help="also print stage timings and debug detail (on stderr)")
-    return p
-
-
-def _prune_arguments(p):
-    p.add_argument("input", help="model to prune (never modified)")
-    p.add_argument("output", help="where to write the pruned model")
-    budget = p.add_mutually_exclusive_group()
-    budget.add_argument("--ratio", type=float, help="fraction of prunable channels to remove (default 0.3)")
-    budget.add_argument("--target-macs", type=float, metavar="F", help="keep this fraction of the MACs")
-    budget.add_argument("--target-params", type=float, metavar="F", help="keep this fraction of the parameters")
-    p.add_argument("--criterion", default="l1", help="saliency: bgsc (data-free DFPC bound), l1, l2, random")
-    p.add_argument("--seed", type=int, default=0, help="seed of the random criterion and the oracle inputs")
-    p.add_argument("--scope", choices=["local", "global"],
-                   help="local: the same fraction in every group; global: one ranking across groups "
-                        "(default: global for bgsc, local otherwise)")
-    p.add_argument("--ranking", choices=["raw", "normalized"],
-                   help="global ranking: raw scores (faithful DFPC) or scores divided by their group's "
-                        "mean (default for bgsc: normalized)")
-    p.add_argument("--allocator", default="rank", choices=["rank", "density"],
-                   help="with --target-macs/--target-params: 'rank' removes channels in score order; "
-                        "'density' sets each group's count from layer densities (PreCrop) and lets "
-                        "the criterion pick the channels")
-    p.add_argument("--coupled", default="all", choices=["all", "only", "none"],
-                   help="prune all groups, only coupled ones (several feed-in layers), or none of those")
-    p.add_argument("--min-keep", default="0.1",
-                   help="floor per group: a count >= 1, or a fraction in (0, 1) (default 0.1)")
-    p.add_argument("--round-to", type=int, default=None,
-                   help="kept channel counts are multiples of N (default: 16 on AVX-512 CPUs, 8 "
-                        "otherwise, so onnxruntime's blocked kernels stay on their fast path; 1 "
-                        "for the finest steps)")
-    p.add_argument("--fold", default="exact", choices=["none", "exact", "approx"],
-                   help="constants carried by removed channels: fold into consumer biases where "
-                        "exact (default), also approximately (interior value), or drop")
-    p.add_argument("--plan", help="apply this plan (JSON) instead of scoring")
-    p.add_argument("--plan-out", help="write the applied plan as JSON")
-    p.add_argument("--report", help="write the full report as JSON (also when the oracle fails)")
-    p.add_argument("--verify", action="store_true",
-                   help="run the masking oracle; exit 1 (and write no model) when it fails")
-    p.add_argument("--bench", action="store_true", help="time the input and the output (see 'onnxprune bench')")
-    _bench_options(p)
-    p.add_argument("--tolerance", type=float, default=1e-4,
-                   help="oracle tolerance: max relative difference, or 4x the measured noise, or "
-                        "4 eps of float16 (float16 models) if larger")
-    _common(p)
-
-
-def _bench_options(p):
-    p.add_argument("--provider", default="cpu", choices=["cpu", "cuda"], help="execution provider")
-    p.add_argument("--threads", type=int, default=1, help="intra-op threads")
-    p.add_argument("--batch", type=int, default=1, help="batch size")
-    p.add_argument("--warmup", type=int, default=5, help="untimed runs per model")
-    p.add_argument("--runs", type=int, default=30, help="timed runs per model (alternating)")
-
-
-def _bench_arguments(p):
-    p.add_argument("models", nargs="+")
-    _bench_options(p)
-    p.add_argument("--input-shape", action="append", default=[], metavar="NAME:D1,D2,...")
-
-
-def _analyze_arguments(p):
-    p.add_argument("input")
-    p.add_argument("--json", action="store_true", help="print the groups as JSON")
-    p.add_argument("--criterion", help="also score channels: per-group score statistics and the "
-                   "Maximum Score Disagreement between feed-in layers")
-    _common(p)
 
 
 def _parsers() -> tuple[_Parser, dict[str, _Parser]]:
@@ -124,13 +41,16 @@ def _parsers() -> tuple[_Parser, dict[str, _Parser]]:
                   description="Structured pruning of ONNX models (coupled channels, data-free).")
     top.add_argument("--version", action="version", version=f"onnxprune {__version__}")
     commands = top.add_subparsers(dest="command", title="commands", metavar="COMMAND", required=True)
-    verbosity = _verbosity()
-    specs = (("prune", _prune_arguments, "prune a model: IN OUT [options] (the default command)",
+    verbosity = cli_args.verbosity()
+    specs = (("prune", cli_args.prune_arguments, "prune a model: IN OUT [options] (the default command)",
               "Remove the least salient coupled channels and write a smaller model."),
-             ("analyze", _analyze_arguments, "print the coupled channel groups of a model; change nothing",
+             ("analyze", cli_args.analyze_arguments, "print the coupled channel groups of a model; change nothing",
               "Print the coupled channel groups; change nothing."),
-             ("bench", _bench_arguments, "time models in onnxruntime, compared with the first one",
-              "Latency of models in onnxruntime, compared with the first one (alternating runs)."))
+             ("bench", cli_args.bench_arguments, "time models in onnxruntime, compared with the first one",
+              "Latency of models in onnxruntime, compared with the first one (alternating runs)."),
+             ("evaluate", cli_args.evaluate_arguments, "compare a pruned model with its original on data",
+              "Fidelity of a pruned model to its original on held-out inputs: per output relative "
+              "error, cosine, top-1 agreement, and accuracy with labels."))
     parsers = {}
     for name, add_arguments, summary, description in specs:
         parsers[name] = commands.add_parser(name, prog=f"onnxprune {name}", parents=[verbosity], help=summary,
@@ -248,6 +168,9 @@ def _prune(args) -> int:
                          min_keep=args.min_keep, round_to=args.round_to, allocator=args.allocator,
                          exclude=args.exclude, input_shapes=input_shapes,
                          plan=plan, verify=args.verify, tolerance=args.tolerance, fold=args.fold,
+                         calibration=args.calib, calibration_limit=args.calib_limit,
+                         calibration_preprocess=args.calib_preprocess, eval_data=args.eval_data,
+                         labels_key=args.labels, recover=args.recover,
                          check_output=False)  # save_model checks the bytes it writes
     log.info(report.table())
     for note in report.notes:
@@ -382,4 +305,18 @@ def _names(names, limit: int = 6) -> str:
     return ", ".join(names[:limit]) + more
 
 
-RUNNERS = {"prune": _prune, "analyze": _analyze, "bench": _bench}  # command -> function(args) -> exit code
+def _evaluate(args) -> int:
+    from .fidelity import evaluate
+    if args.batch < 1:
+        raise OnnxPruneError(f"--batch must be an integer >= 1, got {args.batch}")
+    fidelity = evaluate(args.original, args.pruned, args.data, batch_size=args.batch, limit=args.limit,
+                        preprocess=args.calib_preprocess, labels_key=args.labels)
+    if args.json:
+        print(json.dumps(fidelity.to_dict(), indent=1))
+        return 0
+    print(fidelity.table())
+    print(fidelity.summary())
+    return 0
+
+
+RUNNERS = {"prune": _prune, "analyze": _analyze, "bench": _bench, "evaluate": _evaluate}  # command -> function(args) -> exit code

@@ -31,7 +31,9 @@ def node_macs(node, shapes) -> int:
 
 def cost(model) -> Cost:
     params = sum(int(a.size) for a in model.inits.values() if a.dtype.kind == "f")
-    by_node = {n.name: node_macs(n, model.shapes) for n in model.graph.node}
+    # weights a late pass replaced (recovery) may not be in `shapes` yet: their arrays tell
+    shapes = {**{name: a.shape for name, a in model.inits.items()}, **model.shapes}
+    by_node = {n.name: node_macs(n, shapes) for n in model.graph.node}
     return Cost(params, sum(by_node.values()), {k: v for k, v in by_node.items() if v})
 
 

@@ -31,7 +31,7 @@ import onnx
 from .calibration import CalibrationSet, load_calibration, model_inputs
 from .errors import OnnxPruneError
 from .model import Model
-from .runtime import _ORT_TYPES, model_session, session_from_parts
+from .runtime import _ORT_TYPES, fixed_batch, model_session, run_chunked, session_from_parts
 
 NORM_FLOOR = 1e-12
 _PROTO_LIMIT = 1_800_000_000  # protobuf's 2 GB, with margin: larger protos go through runtime.py
@@ -257,20 +257,13 @@ class _Runner:
         inputs = self.sess.get_inputs()
         self.input_names = [i.name for i in inputs]
         self.dtypes = {i.name: _ORT_TYPES.get(i.type) for i in inputs}
-        fixed = {i.shape[0] for i in inputs if i.shape and isinstance(i.shape[0], int) and i.shape[0] > 0}
-        self.fixed_batch = fixed.pop() if len(fixed) == 1 else None
+        self.fixed_batch = fixed_batch(self.sess)
         self.output_names = [o.name for o in self.sess.get_outputs()]
 
     def run(self, feeds: dict) -> list[np.ndarray]:
-        """Outputs for a batch of any size, in chunks of the fixed batch size if there is one
-        (the last chunk padded by repeating its last sample, then trimmed)."""
+        """Outputs for a batch of any size (in chunks of the fixed batch size if there is one)."""
         feeds = {n: a.astype(self.dtypes[n], copy=False) if self.dtypes.get(n) else a for n, a in feeds.items()}
-        n = len(next(iter(feeds.values())))
-        k = self.fixed_batch
-        if k is None or k == n:
-            return self._run(feeds)
-        chunks = [self._run({name: _pad(a[s:s + k], k) for name, a in feeds.items()}) for s in range(0, n, k)]
-        return [_join([c[j] for c in chunks], k, n) for j in range(len(chunks[0]))]
+        return run_chunked(self.sess, feeds, self.fixed_batch, self._run)
 
     def _run(self, feeds):
         try:
@@ -278,19 +271,6 @@ class _Runner:
         except Exception as e:
             raise OnnxPruneError(f"onnxruntime cannot run the {self.what} model on the data: "
                                  f"{str(e).splitlines()[0]}") from None
-
-
-def _pad(a: np.ndarray, k: int) -> np.ndarray:
-    return a if len(a) == k else np.concatenate([a, np.repeat(a[-1:], k - len(a), axis=0)])
-
-
-def _join(parts: list[np.ndarray], k: int, n: int) -> np.ndarray | None:
-    """One output of the chunks as one batch; None when it has no sample axis."""
-    if parts[0].ndim and parts[0].shape[0] == k:
-        return np.concatenate(parts)[:n]
-    if k == 1:  # batch-1 models whose output drops the batch axis
-        return np.stack(parts)[:n]
-    return None
 
 
 def _session(model, what: str, threads: int):

@@ -20,7 +20,7 @@ import numpy as np
 
 from .channels import FEED_OUT
 from .graph import attr, set_attr
-from .runtime import model_session, run_named
+from .runtime import fixed_batch, model_session, run_chunked
 
 REFITTABLE = ("Conv", "Gemm", "MatMul")
 MAX_POSITIONS = 256     # output positions per sample entering the statistics
@@ -113,6 +113,7 @@ def can_take_bias(node) -> bool:
 def set_bias(model, node, value: np.ndarray, dtype) -> None:
     name = f"{node.name}__bias_recovered"
     model.inits[name] = np.asarray(value, dtype=dtype)
+    model.shapes[name] = model.inits[name].shape
     while len(node.input) < 3:
         node.input.append("")
     node.input[2] = name
@@ -124,6 +125,7 @@ def set_weight(model, node, value: np.ndarray) -> None:
     """A private copy: the original weight may be shared with other layers."""
     name = f"{node.name}__weight_recovered"
     model.inits[name] = np.asarray(value, dtype=model.inits[node.input[1]].dtype)
+    model.shapes[name] = model.inits[name].shape
     node.input[1] = name
 
 
@@ -224,9 +226,15 @@ def channel_rows(y: np.ndarray, axis: int) -> np.ndarray:
 
 def stream_pair(slim, original, slim_tensors, original_tensors, batches, consume) -> None:
     """Run calibration batches through both models, handing each batch's requested tensors
-    to `consume(slim_values, original_values)`; only one batch is in memory at a time."""
-    s1 = model_session(slim, optimize="basic", outputs=sorted(set(slim_tensors)))
-    s0 = model_session(original, optimize="basic", outputs=sorted(set(original_tensors))) \
+    to `consume(slim_values, original_values)`; only one batch is in memory at a time.
+    Models whose batch size is fixed (often 1) run each batch in chunks of it."""
+    s1 = _named_runner(model_session(slim, optimize="basic", outputs=sorted(set(slim_tensors))))
+    s0 = _named_runner(model_session(original, optimize="basic", outputs=sorted(set(original_tensors)))) \
         if original_tensors else None
     for feeds in batches():
-        consume(run_named(s1, feeds), run_named(s0, feeds) if s0 is not None else {})
+        consume(s1(feeds), s0(feeds) if s0 is not None else {})
+
+
+def _named_runner(sess):
+    names, k = [o.name for o in sess.get_outputs()], fixed_batch(sess)
+    return lambda feeds: dict(zip(names, run_chunked(sess, feeds, k)))

@@ -50,6 +50,11 @@ class Report:
     notes: list[str] = field(default_factory=list)
     plan: object = None          # the Plan that was applied
     tolerance: float = 1e-4      # oracle tolerance the caller asked for
+    # with calibration data (docs/methods.md §5): fidelity to the original on held-out
+    # samples, after recovery and, when recovery ran, before it; the data and the methods
+    fidelity: object = None            # fidelity.Fidelity
+    fidelity_unrecovered: object = None
+    recovery: dict = field(default_factory=dict)
 
     def __post_init__(self):
         # what the oracle could not compare (a batch size the original does not run at) is a note too
@@ -78,6 +83,10 @@ class Report:
                 "notes": self.notes,
                 "frozen": [{"group": g["group"], "channels": g["channels_before"], "reason": g["frozen"],
                             "feed_in": g["feed_in"]} for g in self.frozen_groups],
+                "recovery": self.recovery or None,
+                "fidelity": None if self.fidelity is None else self.fidelity.to_dict(),
+                "fidelity_without_recovery": None if self.fidelity_unrecovered is None
+                else self.fidelity_unrecovered.to_dict(),
                 "groups": self.groups}
 
     def to_json(self) -> str:
@@ -103,6 +112,14 @@ class Report:
         if self.oracle is not None:
             rows.append(("Oracle max rel. diff", f"noise {self.oracle.noise:.1e}",
                          f"{self.oracle.max_rel_diff:.2e} ({'pass' if self.oracle_passed else 'FAIL'})"))
+        if self.fidelity_unrecovered is not None:
+            rows.append(("Without recovery", "", ""))
+            rows += [(f"  {m}", o, p) for m, o, p in self.fidelity_unrecovered.rows()[1:]]
+        if self.fidelity is not None:
+            if self.fidelity_unrecovered is not None:
+                rows.append((f"With recovery ({', '.join(self.recovery.get('methods', []))})", "", ""))
+            rows += [(f"  {m}" if self.fidelity_unrecovered is not None else m, o, p)
+                     for m, o, p in self.fidelity.rows()[1:]]
         rows.append(("Pass time", "", f"{self.timings.get('total', 0):.2f} s"))
         widths = [max(len(r[i]) for r in rows) for i in range(3)]
         line = "+" + "+".join("-" * (w + 2) for w in widths) + "+"

@@ -134,6 +134,36 @@ def run_named(sess, feeds) -> dict:
     return dict(zip([o.name for o in sess.get_outputs()], sess.run(None, feeds)))
 
 
+def fixed_batch(sess) -> int | None:
+    """The batch size a session's inputs fix (exporters often write 1); None if dynamic."""
+    fixed = {i.shape[0] for i in sess.get_inputs() if i.shape and isinstance(i.shape[0], int) and i.shape[0] > 0}
+    return fixed.pop() if len(fixed) == 1 else None
+
+
+def run_chunked(sess, feeds: dict, k: int | None, run=None) -> list:
+    """Outputs for a batch of any size from a session whose batch is fixed to k: the batch
+    runs in chunks of k (the last padded by repeating its last sample), joined and trimmed.
+    Outputs without a sample axis come back as None."""
+    run = run or (lambda f: sess.run(None, f))
+    n = len(next(iter(feeds.values())))
+    if k is None or k == n:
+        return run(feeds)
+    chunks = [run({name: _pad(a[s:s + k], k) for name, a in feeds.items()}) for s in range(0, n, k)]
+    return [_join([c[j] for c in chunks], k, n) for j in range(len(chunks[0]))]
+
+
+def _pad(a: np.ndarray, k: int) -> np.ndarray:
+    return a if len(a) == k else np.concatenate([a, np.repeat(a[-1:], k - len(a), axis=0)])
+
+
+def _join(parts: list, k: int, n: int):
+    if parts[0].ndim and parts[0].shape[0] == k:
+        return np.concatenate(parts)[:n]
+    if k == 1:  # batch-1 models whose output drops the batch axis
+        return np.stack(parts)[:n]
+    return None
+
+
 _ORT_TYPES = {"tensor(float)": np.float32, "tensor(double)": np.float64, "tensor(float16)": np.float16,
               "tensor(int64)": np.int64, "tensor(int32)": np.int32, "tensor(bool)": np.bool_,
               "tensor(uint8)": np.uint8, "tensor(int8)": np.int8}
