@@ -5,9 +5,10 @@ input column (a channel at one kernel tap, or one feature) is added to the layer
     b ← b + E[X[:, removed]] · W[removed, :]
 
 with the expectation taken over the calibration data and over output positions, so zero
-padding at the borders is averaged in. Exact in expectation; consumers whose removed
-channels carry an input-independent constant were already folded exactly by
-fold_removed_constants and are left alone.
+padding at the borders is averaged in. Exact in expectation. Where fold_removed_constants
+already folded the value removed channels would have with their filters zeroed (a bias
+through a ReLU, say), the expectation replaces that fold: it is what the original layer
+actually received on average.
 """
 from __future__ import annotations
 
@@ -25,8 +26,7 @@ def run(model, step) -> None:
     onodes = original.index().nodes
     removed_in = _removed_inputs(step)
     targets = [n.name for n in model.graph.node
-               if n.name in removed_in and n.name not in step.folds and can_take_bias(n)
-               and n.op_type in ("Conv", "Gemm")]
+               if n.name in removed_in and can_take_bias(n) and n.op_type in ("Conv", "Gemm")]
     if not targets:
         return
     positions = Positions(MAX_POSITIONS)
@@ -49,6 +49,8 @@ def run(model, step) -> None:
         removed_cols = _columns(node, w, removed_in[t])
         delta = np.concatenate([m.mean[removed_cols] @ weight_matrix(node, w, g)[removed_cols]
                                 for g, m in enumerate(means[t])])
+        if t in step.folds:   # the expectation replaces the zeroed-filter constant
+            delta = delta - step.folds[t].delta
         if t in out_ids:   # the layer's own removed outputs are gone
             delta = delta[step.kept(out_ids[t])]
         slim_node = nodes[t]
