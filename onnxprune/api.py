@@ -9,33 +9,29 @@ naming the argument, never a crash halfway through."""
 from __future__ import annotations
 
 import logging
-import math
-import numbers
 import os
 import time
-from collections.abc import Collection, Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 import onnx
 
 from . import passes
-from .calibration import CalibrationSet, load_calibration
-from .budget import (COUPLED, RANKINGS, allocate, allocate_target, check_plan_classes, default_round_to,
-                     kept_whole_by_rounding, parse_min_keep)
+from .budget import allocate, allocate_target, check_plan_classes, kept_whole_by_rounding
 from .couplings import analyze
 from .density import allocate_density
 from .errors import OnnxPruneError
-from .fidelity import compare_models
 from .io import is_large
 from .model import Model, load
 from .pipeline import REWRITE_PASSES, Step, run_passes
-from .plan import Plan, checked_removed, classes_from_plan, plan_from_classes
+from .arguments import (Settings, check_data_options, check_flag, check_input_shapes, check_patterns, check_source,
+                        settings, type_name)
+from .plan import Plan, classes_from_plan, plan_from_classes
 from .progress import stage
-from .recover import parse_methods, recover
+from .recover import DataOptions, recover_stage
 from .report import PlanInfo, Report, group_table, model_stats
 from .runtime import model_session, random_inputs
-from .saliency import CRITERIA, score
+from .saliency import score
 from .verify import DEFAULT_TOLERANCE, check, masking_oracle
 
 log = logging.getLogger("onnxprune")
@@ -54,23 +50,12 @@ def rewrite(model: Model, couplings, removed_classes, folds=None) -> Model:
 def analyze_model(source: str | os.PathLike | onnx.ModelProto,
                   input_shapes: Mapping[str, Sequence[int]] | None = None, exclude: Sequence[str] = ()):
     """Load and analyze a model: returns (Model, Couplings); changes nothing."""
-    _check_source(source)
-    input_shapes, exclude = _input_shapes(input_shapes), _patterns(exclude)
+    check_source(source)
+    input_shapes, exclude = check_input_shapes(input_shapes), check_patterns(exclude)
     with stage("load"):
         model = load(source, input_shapes)
     with stage("analyze"):
         return model, analyze(model, exclude)
-
-
-# Defaults per criterion: BGSC scores are comparable across groups (one bound, in the same
-# units everywhere), so it ranks globally, as DFPC does; magnitudes are not, so the
-# baselines thin every group by the same fraction.
-DEFAULT_SCOPE = {"bgsc": "global", "bgsc-position": "global"}
-DEFAULT_RANKING = {"bgsc": "normalized", "bgsc-position": "raw"}
-# rank: one ranking of channel classes decides how many each group keeps and which;
-# density: PreCrop layer densities decide how many, the criterion which (onnxprune/density.py)
-ALLOCATORS = ("rank", "density")
-SCOPES = ("local", "global")
 
 
 def prune(source: str | os.PathLike | onnx.ModelProto, ratio: float | None = None, *,
@@ -108,12 +93,13 @@ def prune(source: str | os.PathLike | onnx.ModelProto, ratio: float | None = Non
     With data (docs/methods.md §5):
       calibration: unlabelled samples of the inputs — an .npz (arrays keyed by input name),
         an .npy (one input), a folder of images, an iterable of feed dicts or a
-        CalibrationSet. Recovery fits on them; a held-out fifth measures fidelity unless
-        eval_data is given.
-      calibration_limit: use the first N samples; calibration_preprocess: image preprocessing
-        (onnxprune/calibration.py), eval_data: held-out samples (same forms), labels_key: the
-        npz key of integer labels (accuracy in the fidelity report).
-      recover: recovery methods after the exact rewrite, 'none' or a comma list of 'means',
+        CalibrationSet. Recovery fits on them; a fifth is held out to measure fidelity
+        unless eval_data is given.
+      calibration_limit: use the first N calibration samples.
+      calibration_preprocess: preprocessing of an image folder (onnxprune/calibration.py).
+      eval_data: held-out samples for the fidelity report (same forms as calibration).
+      labels_key: the npz key of integer labels (adds accuracy to the fidelity report).
+      recover: recovery methods after the exact rewrite: 'none' or a comma list of 'means',
         'stats', 'lsq' (run in that order); 'auto' is 'lsq' with calibration, 'none' without.
     Bad arguments raise OnnxPruneError before any work. For models beyond protobuf's 2 GB,
     use `prune_model` and `onnxprune.io.save_model`, which never build the whole proto."""
@@ -153,13 +139,13 @@ def prune_model(source: str | os.PathLike | onnx.ModelProto, ratio: float | None
 
     The pruned model is run once by onnxruntime (by the oracle with `verify`). If it cannot
     run while the input can, that is onnxprune's bug: a RuntimeError, not an OnnxPruneError."""
-    s = _settings(ratio=ratio, target_macs=target_macs, target_params=target_params, plan=plan,
+    s = settings(ratio=ratio, target_macs=target_macs, target_params=target_params, plan=plan,
                   criterion=criterion, seed=seed, scope=scope, ranking=ranking, allocator=allocator,
                   coupled=coupled, min_keep=min_keep, round_to=round_to, exclude=exclude,
                   input_shapes=input_shapes, fold=fold, verify=verify, tolerance=tolerance)
-    _check_flag("check_output", check_output)
-    _check_data_options(recover, calibration_limit, labels_key)
-    _check_source(source)
+    check_flag("check_output", check_output)
+    check_data_options(recover, calibration_limit, labels_key)
+    check_source(source)
     timings: dict = {}
     start = time.perf_counter()
     model, couplings = _load(source, s, timings)
@@ -172,8 +158,8 @@ def prune_model(source: str | os.PathLike | onnx.ModelProto, ratio: float | None
         if check_output and checked_in_memory(slim):
             check(slim.to_proto().SerializeToString())  # the checker would serialise a proto itself, more slowly
         oracle = _run_pruned(model, couplings, removed, slim, folds, s)
-    data = _Data(calibration, calibration_limit, calibration_preprocess, eval_data, labels_key, recover)
-    slim, fidelity, unrecovered, recovery = _recover(model, couplings, removed, slim, folds, data, s, timings)
+    data = DataOptions(calibration, calibration_limit, calibration_preprocess, eval_data, labels_key, recover)
+    slim, fidelity, unrecovered, recovery = recover_stage(model, couplings, removed, slim, folds, data, s.seed, timings)
     timings["total"] = round(time.perf_counter() - start, 4)
     fold_note = [fold_stats.note()] if removed and s.fold != "none" else []
     notes = (list(model.notes) + score_notes + fold_note + _budget_notes(couplings, s, target)
@@ -195,11 +181,11 @@ def plan(source: str | os.PathLike | onnx.ModelProto, ratio: float | None = None
     arguments would apply, PlanInfo). The arguments are `prune`'s (`fold` matters here too:
     a MAC or parameter target counts the biases that folding adds). Edit or inspect the
     plan, then `apply_plan` it."""
-    s = _settings(ratio=ratio, target_macs=target_macs, target_params=target_params, plan=None,
+    s = settings(ratio=ratio, target_macs=target_macs, target_params=target_params, plan=None,
                   criterion=criterion, seed=seed, scope=scope, ranking=ranking, allocator=allocator,
                   coupled=coupled, min_keep=min_keep, round_to=round_to, exclude=exclude,
                   input_shapes=input_shapes, fold=fold, verify=False, tolerance=DEFAULT_TOLERANCE)
-    _check_source(source)
+    check_source(source)
     timings: dict = {}
     start = time.perf_counter()
     model, couplings = _load(source, s, timings)
@@ -219,13 +205,13 @@ def apply_plan(source: str | os.PathLike | onnx.ModelProto, plan: Plan, *, seed:
     (pruned ModelProto, Report). Pass the `seed`, `exclude`, `input_shapes` and `fold` that
     made the plan to get exactly what `prune` would have produced."""
     if not isinstance(plan, Plan):
-        raise OnnxPruneError(f"plan must be an onnxprune.Plan, got {_type_name(plan)}")
+        raise OnnxPruneError(f"plan must be an onnxprune.Plan, got {type_name(plan)}")
     return prune(source, plan=plan, seed=seed, exclude=exclude, input_shapes=input_shapes, fold=fold,
                  verify=verify, tolerance=tolerance)
 
 
 # -- stages ----------------------------------------------------------------------------------
-def _load(source, s: "_Settings", timings: dict):
+def _load(source, s: "Settings", timings: dict):
     with stage("load", timings):
         model = load(source, s.input_shapes)
     with stage("analyze", timings):
@@ -235,7 +221,7 @@ def _load(source, s: "_Settings", timings: dict):
     return model, couplings
 
 
-def _choose(model, couplings, s: "_Settings", timings: dict):
+def _choose(model, couplings, s: "Settings", timings: dict):
     """Score and allocate: (removed channel classes, TargetResult or None, the couplings with
     what the criterion could not score frozen, the criterion's notes)."""
     target = None
@@ -266,7 +252,7 @@ def _choose(model, couplings, s: "_Settings", timings: dict):
     return removed, target, couplings, [f"{s.criterion}: {n}" for n in scored.notes]
 
 
-def _plan_folds(model, couplings, removed, s: "_Settings"):
+def _plan_folds(model, couplings, removed, s: "Settings"):
     """The fold runs the input model in onnxruntime: when that fails, say so as bad input."""
     try:
         return passes.fold_removed_constants.plan_folds(model, couplings, removed, s.fold, s.seed)
@@ -277,7 +263,7 @@ def _plan_folds(model, couplings, removed, s: "_Settings"):
         raise
 
 
-def _run_pruned(model, couplings, removed, slim, folds, s: "_Settings"):
+def _run_pruned(model, couplings, removed, slim, folds, s: "Settings"):
     """Run the pruned model once (the oracle does, with `verify`): an output onnxruntime
     cannot run is never returned. Returns the OracleResult or None."""
     try:
@@ -291,81 +277,6 @@ def _run_pruned(model, couplings, removed, slim, folds, s: "_Settings"):
         _raise_if_input_fails(model, s.seed)
         raise RuntimeError(f"onnxruntime cannot run the pruned model, though it runs the input model: "
                            f"{_first_line(e)}") from e
-
-
-@dataclass(frozen=True)
-class _Data:
-    """The data arguments of prune: calibration for recovery, held-out for fidelity."""
-    calibration: object
-    limit: int | None
-    preprocess: str | None
-    eval_data: object
-    labels_key: str
-    recover: str
-
-
-# Samples per onnxruntime run while collecting statistics.
-CALIBRATION_BATCH = 32
-
-
-def _recover(model, couplings, removed, slim, folds, data: _Data, s: "_Settings", timings: dict):
-    """With calibration data: run the recovery passes (after the oracle checked the exact
-    rewrite) and measure fidelity on held-out samples, without and with recovery.
-    Returns (model, fidelity, fidelity before recovery or None, recovery info)."""
-    methods = parse_methods("lsq" if data.recover == "auto" and data.calibration is not None
-                            else "none" if data.recover == "auto" else data.recover)
-    if data.calibration is None:
-        if methods:
-            raise OnnxPruneError(f"recovery '{data.recover}' needs calibration data (--calib)")
-        return slim, None, None, {}
-    with stage("recover", timings):
-        calib, held = _calibration_sets(model, data, s.seed)
-        dtypes = _input_dtypes(model)
-        slim_rec, notes = recover(model, slim, couplings, removed,
-                                  lambda: calib.batches(CALIBRATION_BATCH, dtypes), len(calib), methods, folds)
-    with stage("evaluate", timings):
-        before = compare_models(model, slim, held, labels=held.labels) if methods else None
-        after = compare_models(model, slim_rec, held, labels=held.labels)
-    info = {"methods": list(methods), "calibration": calib.describe(), "evaluation": held.describe(),
-            "notes": notes + [f"fidelity: {after.summary()}"]}
-    return slim_rec, after, before, info
-
-
-def _calibration_sets(model, data: _Data, seed: int):
-    """(calibration, held-out): eval_data when given (sharing no sample), else a fifth of the
-    calibration samples held out. Calibration samples never measure fidelity."""
-    calib = data.calibration if isinstance(data.calibration, CalibrationSet) else load_calibration(
-        data.calibration, model, limit=data.limit, preprocess=data.preprocess, labels_key=data.labels_key)
-    if data.eval_data is None:
-        return calib.split(HELD_OUT_FRACTION, seed)
-    held = data.eval_data if isinstance(data.eval_data, CalibrationSet) else load_calibration(
-        data.eval_data, model, preprocess=data.preprocess, labels_key=data.labels_key)
-    if calib.overlap(held):
-        raise OnnxPruneError(f"the evaluation data shares {calib.overlap(held)} sample(s) with the "
-                             "calibration data; give disjoint sets")
-    return calib, held
-
-
-HELD_OUT_FRACTION = 0.2
-
-
-def _check_data_options(recover, limit, labels_key) -> None:
-    if not isinstance(recover, str):
-        raise OnnxPruneError(f"recover must be a string ('auto', 'none' or a comma list of methods), got {recover!r}")
-    if recover != "auto":
-        parse_methods(recover)
-    if limit is not None:
-        _integer("--calib-limit", limit, least=1)
-    if not isinstance(labels_key, str):
-        raise OnnxPruneError(f"labels_key must be a string, got {labels_key!r}")
-
-
-def _input_dtypes(model) -> dict:
-    out = {}
-    for inp in model.graph.input:
-        if inp.name not in model.inits:
-            out[inp.name] = onnx.helper.tensor_dtype_to_np_dtype(inp.type.tensor_type.elem_type)
-    return out
 
 
 def run_once(model: Model, seed: int = 0) -> None:
@@ -387,7 +298,7 @@ def _first_line(e: Exception) -> str:
     return (lines[0] if lines else type(e).__name__)[:300]
 
 
-def _budget_notes(couplings, s: "_Settings", target) -> list[str]:
+def _budget_notes(couplings, s: "Settings", target) -> list[str]:
     notes = []
     if target is not None:
         notes.append(f"target {target.metric} {target.target:g}: reached {target.achieved:.4f}"
@@ -401,145 +312,9 @@ def _budget_notes(couplings, s: "_Settings", target) -> list[str]:
     return notes
 
 
-def _report_options(s: "_Settings", model: Model) -> dict:
+def _report_options(s: "Settings", model: Model) -> dict:
     return {"criterion": s.criterion if s.plan is None else "plan", "ratio": s.ratio,
             "target_macs": s.target_macs, "target_params": s.target_params, "scope": s.scope,
             "ranking": s.ranking, "allocator": s.allocator, "coupled": s.coupled, "min_keep": s.min_keep,
             "round_to": s.round_to, "fold": s.fold, "seed": s.seed, "exclude": list(s.exclude),
             "input_shapes": {k: list(v) for k, v in model.input_shapes.items()}}
-
-
-# -- arguments -------------------------------------------------------------------------------
-@dataclass(frozen=True)
-class _Settings:
-    """The arguments of prune/plan, checked and with their defaults resolved."""
-    ratio: float | None
-    target_macs: float | None
-    target_params: float | None
-    plan: Plan | None
-    criterion: str
-    seed: int
-    scope: str
-    ranking: str
-    allocator: str
-    coupled: str
-    min_keep: float
-    round_to: int
-    exclude: tuple[str, ...]
-    input_shapes: dict
-    fold: str
-    verify: bool
-    tolerance: float
-
-
-def _settings(*, ratio, target_macs, target_params, plan, criterion, seed, scope, ranking, allocator,
-              coupled, min_keep, round_to, exclude, input_shapes, fold, verify, tolerance) -> _Settings:
-    ratio = _number("ratio", ratio)
-    target_macs, target_params = _number("target_macs", target_macs), _number("target_params", target_params)
-    if plan is not None and not isinstance(plan, Plan):
-        raise OnnxPruneError(f"plan must be an onnxprune.Plan, got {_type_name(plan)}")
-    budgets = [b for b in (ratio, target_macs, target_params, plan) if b is not None]
-    if len(budgets) > 1:
-        raise OnnxPruneError("give one budget: --ratio, --target-macs, --target-params or --plan")
-    if not budgets:
-        ratio = 0.3
-    if ratio is not None and not 0 <= ratio < 1:
-        raise OnnxPruneError(f"--ratio must be in [0, 1), got {ratio}")
-    for flag, fraction in (("--target-macs", target_macs), ("--target-params", target_params)):
-        if fraction is not None and not 0 < fraction <= 1:
-            raise OnnxPruneError(f"{flag} must be in (0, 1], got {fraction}")
-    if plan is not None:  # a Plan built by hand gets the checks a plan file gets
-        plan = Plan(checked_removed(plan.removed, "plan"), plan.meta)
-    criterion = _choice("criterion", criterion, sorted(CRITERIA))
-    seed = _integer("--seed", seed, least=0)
-    scope = _choice("--scope", scope, SCOPES) if scope is not None else DEFAULT_SCOPE.get(criterion, "local")
-    ranking = (_choice("--ranking", ranking, RANKINGS) if ranking is not None
-               else DEFAULT_RANKING.get(criterion, "raw"))
-    allocator = _choice("--allocator", allocator, ALLOCATORS)
-    if allocator == "density" and target_macs is None and target_params is None:
-        raise OnnxPruneError("--allocator density needs a cost budget: --target-macs or --target-params")
-    coupled = _choice("--coupled", coupled, COUPLED)
-    round_to = default_round_to() if round_to is None else _integer("--round-to", round_to, least=1)
-    fold = _choice("--fold", fold, passes.fold_removed_constants.MODES)
-    _check_flag("verify", verify)
-    tolerance = _number("tolerance", tolerance)
-    if not 0 <= tolerance < math.inf:
-        raise OnnxPruneError(f"--tolerance must be >= 0 and finite, got {tolerance}")
-    return _Settings(ratio, target_macs, target_params, plan, criterion, seed, scope, ranking, allocator,
-                     coupled, _min_keep(min_keep), round_to, _patterns(exclude), _input_shapes(input_shapes),
-                     fold, verify, tolerance)
-
-
-def _type_name(value) -> str:
-    return type(value).__name__
-
-
-def _number(name: str, value) -> float | None:
-    """None, or a real number (not a bool, not a string) as a float."""
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        raise OnnxPruneError(f"{name} must be a number, got {value!r} ({_type_name(value)})")
-    return float(value)
-
-
-def _integer(flag: str, value, least: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < least:
-        raise OnnxPruneError(f"{flag} must be an integer >= {least}, got {value!r}")
-    return int(value)
-
-
-def _choice(flag: str, value, choices) -> str:
-    if flag == "criterion" and value not in choices:  # the message score() has always given
-        raise OnnxPruneError(f"unknown criterion {value!r}; choose from {list(choices)}")
-    if value not in choices:
-        raise OnnxPruneError(f"{flag} must be one of {tuple(choices)}, got {value!r}")
-    return value
-
-
-def _check_flag(name: str, value) -> None:
-    if not isinstance(value, bool):
-        raise OnnxPruneError(f"{name} must be True or False, got {value!r}")
-
-
-def _min_keep(value) -> float:
-    # parse_min_keep would crash on inf (int(inf)); a bool is not a count
-    if isinstance(value, bool) or (isinstance(value, (numbers.Real, str)) and not _finite(value)):
-        raise OnnxPruneError(f"--min-keep must be a count >= 1 or a fraction in (0, 1), got {value!r}")
-    return parse_min_keep(value)
-
-
-def _finite(value) -> bool:
-    try:
-        return math.isfinite(float(value))
-    except ValueError:
-        return True  # not a number at all: parse_min_keep says so
-
-
-def _patterns(exclude) -> tuple[str, ...]:
-    if isinstance(exclude, (str, bytes)):  # a bare string would be split into one-letter globs
-        raise OnnxPruneError(f"exclude must be a list of node-name patterns, not a string: "
-                             f"write exclude=[{exclude!r}]")
-    if not isinstance(exclude, Collection) or not all(isinstance(p, str) for p in exclude):
-        raise OnnxPruneError(f"exclude must be a list of node-name patterns (strings), got {exclude!r}")
-    return tuple(exclude)
-
-
-def _input_shapes(input_shapes) -> dict[str, tuple[int, ...]]:
-    if input_shapes is None:
-        return {}
-    if not isinstance(input_shapes, Mapping):
-        raise OnnxPruneError(f"input_shapes must be a dict {{input name: shape}}, got {_type_name(input_shapes)}")
-    shapes = {}
-    for name, shape in input_shapes.items():
-        if (not isinstance(name, str) or isinstance(shape, (str, bytes)) or not isinstance(shape, Sequence)
-                or not all(isinstance(d, numbers.Integral) and not isinstance(d, bool) and d > 0 for d in shape)):
-            raise OnnxPruneError(f"input_shapes must map input names to shapes of positive integers, "
-                                 f"got {name!r}: {shape!r}")
-        shapes[name] = tuple(int(d) for d in shape)
-    return shapes
-
-
-def _check_source(source) -> None:
-    if not isinstance(source, (str, os.PathLike, onnx.ModelProto)):
-        raise OnnxPruneError(f"source must be a path or an onnx.ModelProto, got {_type_name(source)}")

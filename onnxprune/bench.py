@@ -115,7 +115,7 @@ def compare(models, provider: str = "cpu", threads: int = 1, batch: int = 1, war
     (benchmarks/thread_spinning.py)."""
     check_options(provider, threads, batch, warmup, runs)
     require_provider(provider)
-    from .model import read_proto
+    from .files import read_proto
     with stage("load"):
         protos = [read_proto(m) for m in models]
     names = names or [m if isinstance(m, str) else f"model{i}" for i, m in enumerate(models)]

@@ -139,14 +139,14 @@ def _progress(level: int):
 
 
 def _same_file(a: str, b: str) -> bool:
-    from .io import same_file
+    from .paths import same_file
     return same_file(a, b)
 
 
 def _check_targets(args) -> None:
-    """Every path we will write: not one we read, not each other, writable (io.check_targets).
+    """Every path we will write: not one we read, not each other, writable (paths.check_targets).
     Checked before any work so that a bad path never leaves some files written."""
-    from .io import check_targets
+    from .paths import check_targets
     check_targets(args.input, args.output, getattr(args, "report", None),
                   getattr(args, "plan_out", None), getattr(args, "plan", None))
 

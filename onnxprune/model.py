@@ -18,7 +18,7 @@ from onnx import numpy_helper
 
 from .dtypes import refuse_unsupported, require_runnable
 from .errors import OnnxPruneError
-from .files import _check_input, _external_array, _read, read_proto  # noqa: F401 (read_proto: for bench)
+from .files import _check_input, _external_array, _read
 from .graph import GraphIndex, set_dims
 
 MIN_OPSET = 11

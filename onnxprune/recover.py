@@ -3,8 +3,15 @@ surviving weights to win back fidelity on calibration data. Runs the recovery pa
 onnxprune/pipeline.py that are asked for, in their fixed order."""
 from __future__ import annotations
 
+from dataclasses import dataclass
+
+import onnx
+
+from .calibration import CalibrationSet, load_calibration
 from .errors import OnnxPruneError
+from .fidelity import compare_models
 from .pipeline import RECOVERY_PASSES, Step, run_passes
+from .progress import stage
 
 METHODS = tuple(RECOVERY_PASSES)
 
@@ -30,3 +37,68 @@ def recover(original, slim, couplings, removed_classes, calibration, size: int, 
                 calibration=calibration, calibration_size=size)
     run_passes(out, [RECOVERY_PASSES[m] for m in methods], step)
     return out, step.notes
+
+
+# -- the recover stage of prune ------------------------------------------------------
+@dataclass(frozen=True)
+class DataOptions:
+    """The data arguments of prune: calibration for recovery, held-out for fidelity."""
+    calibration: object
+    limit: int | None
+    preprocess: str | None
+    eval_data: object
+    labels_key: str
+    recover: str
+
+
+# Samples per onnxruntime run while collecting statistics.
+CALIBRATION_BATCH = 32
+
+
+def recover_stage(model, couplings, removed, slim, folds, data: DataOptions, seed: int, timings: dict):
+    """With calibration data: run the recovery passes (after the oracle checked the exact
+    rewrite) and measure fidelity on held-out samples, without and with recovery.
+    Returns (model, fidelity, fidelity before recovery or None, recovery info)."""
+    methods = parse_methods("lsq" if data.recover == "auto" and data.calibration is not None
+                            else "none" if data.recover == "auto" else data.recover)
+    if data.calibration is None:
+        if methods:
+            raise OnnxPruneError(f"recovery '{data.recover}' needs calibration data (--calib)")
+        return slim, None, None, {}
+    with stage("recover", timings):
+        calib, held = _calibration_sets(model, data, seed)
+        dtypes = _input_dtypes(model)
+        slim_rec, notes = recover(model, slim, couplings, removed,
+                                  lambda: calib.batches(CALIBRATION_BATCH, dtypes), len(calib), methods, folds)
+    with stage("evaluate", timings):
+        before = compare_models(model, slim, held, labels=held.labels) if methods else None
+        after = compare_models(model, slim_rec, held, labels=held.labels)
+    info = {"methods": list(methods), "calibration": calib.describe(), "evaluation": held.describe(),
+            "notes": notes + [f"fidelity: {after.summary()}"]}
+    return slim_rec, after, before, info
+
+
+def _calibration_sets(model, data: DataOptions, seed: int):
+    """(calibration, held-out): eval_data when given (sharing no sample), else a fifth of the
+    calibration samples held out. Calibration samples never measure fidelity."""
+    calib = data.calibration if isinstance(data.calibration, CalibrationSet) else load_calibration(
+        data.calibration, model, limit=data.limit, preprocess=data.preprocess, labels_key=data.labels_key)
+    if data.eval_data is None:
+        return calib.split(HELD_OUT_FRACTION, seed)
+    held = data.eval_data if isinstance(data.eval_data, CalibrationSet) else load_calibration(
+        data.eval_data, model, preprocess=data.preprocess, labels_key=data.labels_key)
+    if calib.overlap(held):
+        raise OnnxPruneError(f"the evaluation data shares {calib.overlap(held)} sample(s) with the "
+                             "calibration data; give disjoint sets")
+    return calib, held
+
+
+HELD_OUT_FRACTION = 0.2
+
+
+def _input_dtypes(model) -> dict:
+    out = {}
+    for inp in model.graph.input:
+        if inp.name not in model.inits:
+            out[inp.name] = onnx.helper.tensor_dtype_to_np_dtype(inp.type.tensor_type.elem_type)
+    return out

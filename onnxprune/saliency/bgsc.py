@@ -22,7 +22,6 @@ A slow explicit-matrix version of the same bound lives in tests/test_bgsc.py.
 from __future__ import annotations
 
 import numpy as np
-import onnx
 from onnx import helper, numpy_helper
 
 from ..ops import STRUCTURAL, UNBOUNDED, layer_of, spec_of

@@ -1,0 +1,174 @@
+"""The arguments of prune / plan / apply_plan, checked before any work: a wrong type or
+value is one OnnxPruneError naming the argument, never a crash halfway through."""
+from __future__ import annotations
+
+import math
+import numbers
+import os
+from collections.abc import Collection, Mapping, Sequence
+from dataclasses import dataclass
+
+import onnx
+
+from . import passes
+from .budget import COUPLED, RANKINGS, parse_min_keep, default_round_to
+from .errors import OnnxPruneError
+from .plan import Plan, checked_removed
+from .recover import parse_methods
+from .saliency import CRITERIA
+
+# Defaults per criterion: BGSC scores are comparable across groups (one bound, in the same
+# units everywhere), so it ranks globally, as DFPC does; magnitudes are not, so the
+# baselines thin every group by the same fraction.
+DEFAULT_SCOPE = {"bgsc": "global", "bgsc-position": "global"}
+DEFAULT_RANKING = {"bgsc": "normalized", "bgsc-position": "raw"}
+# rank: one ranking of channel classes decides how many each group keeps and which;
+# density: PreCrop layer densities decide how many, the criterion which (onnxprune/density.py)
+ALLOCATORS = ("rank", "density")
+SCOPES = ("local", "global")
+
+
+@dataclass(frozen=True)
+class Settings:
+    """The arguments of prune/plan, checked and with their defaults resolved."""
+    ratio: float | None
+    target_macs: float | None
+    target_params: float | None
+    plan: Plan | None
+    criterion: str
+    seed: int
+    scope: str
+    ranking: str
+    allocator: str
+    coupled: str
+    min_keep: float
+    round_to: int
+    exclude: tuple[str, ...]
+    input_shapes: dict
+    fold: str
+    verify: bool
+    tolerance: float
+
+
+def settings(*, ratio, target_macs, target_params, plan, criterion, seed, scope, ranking, allocator,
+              coupled, min_keep, round_to, exclude, input_shapes, fold, verify, tolerance) -> Settings:
+    ratio = _number("ratio", ratio)
+    target_macs, target_params = _number("target_macs", target_macs), _number("target_params", target_params)
+    if plan is not None and not isinstance(plan, Plan):
+        raise OnnxPruneError(f"plan must be an onnxprune.Plan, got {type_name(plan)}")
+    budgets = [b for b in (ratio, target_macs, target_params, plan) if b is not None]
+    if len(budgets) > 1:
+        raise OnnxPruneError("give one budget: --ratio, --target-macs, --target-params or --plan")
+    if not budgets:
+        ratio = 0.3
+    if ratio is not None and not 0 <= ratio < 1:
+        raise OnnxPruneError(f"--ratio must be in [0, 1), got {ratio}")
+    for flag, fraction in (("--target-macs", target_macs), ("--target-params", target_params)):
+        if fraction is not None and not 0 < fraction <= 1:
+            raise OnnxPruneError(f"{flag} must be in (0, 1], got {fraction}")
+    if plan is not None:  # a Plan built by hand gets the checks a plan file gets
+        plan = Plan(checked_removed(plan.removed, "plan"), plan.meta)
+    criterion = _choice("criterion", criterion, sorted(CRITERIA))
+    seed = integer("--seed", seed, least=0)
+    scope = _choice("--scope", scope, SCOPES) if scope is not None else DEFAULT_SCOPE.get(criterion, "local")
+    ranking = (_choice("--ranking", ranking, RANKINGS) if ranking is not None
+               else DEFAULT_RANKING.get(criterion, "raw"))
+    allocator = _choice("--allocator", allocator, ALLOCATORS)
+    if allocator == "density" and target_macs is None and target_params is None:
+        raise OnnxPruneError("--allocator density needs a cost budget: --target-macs or --target-params")
+    coupled = _choice("--coupled", coupled, COUPLED)
+    round_to = default_round_to() if round_to is None else integer("--round-to", round_to, least=1)
+    fold = _choice("--fold", fold, passes.fold_removed_constants.MODES)
+    check_flag("verify", verify)
+    tolerance = _number("tolerance", tolerance)
+    if not 0 <= tolerance < math.inf:
+        raise OnnxPruneError(f"--tolerance must be >= 0 and finite, got {tolerance}")
+    return Settings(ratio, target_macs, target_params, plan, criterion, seed, scope, ranking, allocator,
+                     coupled, _min_keep(min_keep), round_to, check_patterns(exclude), check_input_shapes(input_shapes),
+                     fold, verify, tolerance)
+
+
+def type_name(value) -> str:
+    return type(value).__name__
+
+
+def _number(name: str, value) -> float | None:
+    """None, or a real number (not a bool, not a string) as a float."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise OnnxPruneError(f"{name} must be a number, got {value!r} ({type_name(value)})")
+    return float(value)
+
+
+def integer(flag: str, value, least: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < least:
+        raise OnnxPruneError(f"{flag} must be an integer >= {least}, got {value!r}")
+    return int(value)
+
+
+def _choice(flag: str, value, choices) -> str:
+    if flag == "criterion" and value not in choices:  # the message score() has always given
+        raise OnnxPruneError(f"unknown criterion {value!r}; choose from {list(choices)}")
+    if value not in choices:
+        raise OnnxPruneError(f"{flag} must be one of {tuple(choices)}, got {value!r}")
+    return value
+
+
+def check_flag(name: str, value) -> None:
+    if not isinstance(value, bool):
+        raise OnnxPruneError(f"{name} must be True or False, got {value!r}")
+
+
+def _min_keep(value) -> float:
+    # parse_min_keep would crash on inf (int(inf)); a bool is not a count
+    if isinstance(value, bool) or (isinstance(value, (numbers.Real, str)) and not _finite(value)):
+        raise OnnxPruneError(f"--min-keep must be a count >= 1 or a fraction in (0, 1), got {value!r}")
+    return parse_min_keep(value)
+
+
+def _finite(value) -> bool:
+    try:
+        return math.isfinite(float(value))
+    except ValueError:
+        return True  # not a number at all: parse_min_keep says so
+
+
+def check_patterns(exclude) -> tuple[str, ...]:
+    if isinstance(exclude, (str, bytes)):  # a bare string would be split into one-letter globs
+        raise OnnxPruneError(f"exclude must be a list of node-name patterns, not a string: "
+                             f"write exclude=[{exclude!r}]")
+    if not isinstance(exclude, Collection) or not all(isinstance(p, str) for p in exclude):
+        raise OnnxPruneError(f"exclude must be a list of node-name patterns (strings), got {exclude!r}")
+    return tuple(exclude)
+
+
+def check_input_shapes(input_shapes) -> dict[str, tuple[int, ...]]:
+    if input_shapes is None:
+        return {}
+    if not isinstance(input_shapes, Mapping):
+        raise OnnxPruneError(f"input_shapes must be a dict {{input name: shape}}, got {type_name(input_shapes)}")
+    shapes = {}
+    for name, shape in input_shapes.items():
+        if (not isinstance(name, str) or isinstance(shape, (str, bytes)) or not isinstance(shape, Sequence)
+                or not all(isinstance(d, numbers.Integral) and not isinstance(d, bool) and d > 0 for d in shape)):
+            raise OnnxPruneError(f"input_shapes must map input names to shapes of positive integers, "
+                                 f"got {name!r}: {shape!r}")
+        shapes[name] = tuple(int(d) for d in shape)
+    return shapes
+
+
+def check_source(source) -> None:
+    if not isinstance(source, (str, os.PathLike, onnx.ModelProto)):
+        raise OnnxPruneError(f"source must be a path or an onnx.ModelProto, got {type_name(source)}")
+
+
+def check_data_options(recover, limit, labels_key) -> None:
+    if not isinstance(recover, str):
+        raise OnnxPruneError(f"recover must be a string ('auto', 'none' or a comma list of methods), got {recover!r}")
+    if recover != "auto":
+        parse_methods(recover)
+    if limit is not None:
+        integer("--calib-limit", limit, least=1)
+    if not isinstance(labels_key, str):
+        raise OnnxPruneError(f"labels_key must be a string, got {labels_key!r}")
