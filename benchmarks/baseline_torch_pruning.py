@@ -66,7 +66,7 @@ def main(argv=None) -> int:
     import onnxprune
     from onnxprune import bench
     from onnxprune.cost import cost
-    from onnxprune.model import load
+    from onnxprune.load import load
     from models.export import build_module, export_onnx
 
     rows, tables = [], []

@@ -79,7 +79,7 @@ def main():
     args = ap.parse_args()
     from models import build
     from onnxprune.couplings import _union_find, trace
-    from onnxprune.model import load
+    from onnxprune.load import load
     from onnxprune.passes.remove_dead_nodes import dead_nodes
 
     rows = []

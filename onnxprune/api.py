@@ -22,7 +22,8 @@ from .couplings import analyze
 from .density import allocate_density
 from .errors import OnnxPruneError
 from .io import is_large
-from .model import Model, load
+from .load import load
+from .model import Model
 from .pipeline import REWRITE_PASSES, Step, run_passes
 from .arguments import (Settings, check_data_options, check_flag, check_input_shapes, check_patterns, check_source,
                         settings, type_name)

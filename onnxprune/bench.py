@@ -26,7 +26,7 @@ import numpy as np
 import onnx
 
 from .errors import OnnxPruneError
-from .model import dim_names, suggested_dims
+from .load import dim_names, suggested_dims
 from .progress import stage
 
 log = logging.getLogger("onnxprune")
@@ -156,7 +156,7 @@ def compare(models, provider: str = "cpu", threads: int = 1, batch: int = 1, war
 def _macs(proto, input_shapes):
     """MACs per sample (batch 1), or None for a model onnxprune cannot load."""
     from .cost import cost
-    from .model import load
+    from .load import load
     try:
         return cost(load(proto, input_shapes, check=False)).macs
     except OnnxPruneError:

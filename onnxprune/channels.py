@@ -10,17 +10,13 @@ Any assumption a rule cannot verify is a `require(...)` that freezes the node's 
 """
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 from dataclasses import dataclass
 from typing import Callable
 
 import numpy as np
 
 from .graph import attr
-
-if TYPE_CHECKING:  # for annotations only: model.py imports this module's neighbours
-    from .model import Model
+from .model import Model
 
 FEED_IN, FEED_OUT, CHANNELWISE, BIAS = "feed_in", "feed_out", "channelwise", "bias"
 

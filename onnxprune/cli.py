@@ -232,7 +232,7 @@ def _read_plan(path: str):
 
 def _input_shapes(specs) -> dict[str, tuple]:
     """--input-shape values; one input given twice must be given the same shape."""
-    from .model import parse_input_shapes
+    from .load import parse_input_shapes
     shapes: dict[str, tuple] = {}
     for spec in specs:
         (name, shape), = parse_input_shapes([spec]).items()

@@ -7,8 +7,6 @@ Flow Coupling of the DFPC paper.
 """
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 import traceback
 from dataclasses import dataclass, field, replace
 from typing import Callable
@@ -19,9 +17,7 @@ from .channels import (BIAS, CHANNELWISE, FEED_IN, FEED_OUT, ChannelMap, Context
                        RuleError, SliceUse)
 from .graph import is_default_domain, subgraph_reads
 from .ops import REGISTRY
-
-if TYPE_CHECKING:  # for annotations only: model.py imports this module's neighbours
-    from .model import Model
+from .model import Model
 
 
 @dataclass

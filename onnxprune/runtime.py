@@ -6,8 +6,6 @@ initializers are declared as external data and handed to onnxruntime in memory.
 """
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 import re
 
 import numpy as np
@@ -16,9 +14,7 @@ from onnx import numpy_helper
 
 from .errors import OnnxPruneError
 from .graph import set_dims, subgraph_reads
-
-if TYPE_CHECKING:  # for annotations only: model.py imports this module's neighbours
-    from .model import Model
+from .model import Model
 
 INLINE_LIMIT = 1024  # elements; smaller tensors (shape constants) stay in the proto
 # Above this many bytes of weights, sessions take the weights as run-time inputs: onnxruntime

@@ -2,8 +2,6 @@
 tensors it leaves unknown."""
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 import copy
 
 import numpy as np
@@ -13,9 +11,7 @@ from onnx import numpy_helper, shape_inference
 from .errors import OnnxPruneError
 from .graph import set_dims
 from .runtime import model_session, random_inputs
-
-if TYPE_CHECKING:  # for annotations only: model.py imports this module's neighbours
-    from .model import Model
+from .model import Model
 
 
 def infer_static_shapes(model: Model) -> dict[str, tuple]:

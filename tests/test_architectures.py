@@ -19,7 +19,7 @@ from onnx import TensorProto, helper, numpy_helper
 from helpers import GraphBuilder, group_of, groups, keep, param, prunable, prune_and_check
 from helpers import tensor as init
 from onnxprune.api import analyze_model
-from onnxprune.model import load
+from onnxprune.load import load
 
 torch = pytest.importorskip("torch")
 

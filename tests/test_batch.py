@@ -13,7 +13,7 @@ from helpers import GraphBuilder, residual_net
 from onnxprune import cli
 from onnxprune.api import analyze_model, rewrite
 from onnxprune.budget import allocate
-from onnxprune.model import load
+from onnxprune.load import load
 from onnxprune.runtime import model_session, random_inputs
 from onnxprune.saliency import score
 from onnxprune.verify import masking_oracle

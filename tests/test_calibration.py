@@ -61,7 +61,7 @@ def test_model_inputs_from_proto_path_and_model(tmp_path):
     onnx.save(m, path)
     assert model_inputs(m) == {"x": (None, 3, 4, 4)}
     assert model_inputs(path) == {"x": (None, 3, 4, 4)}
-    from onnxprune.model import load
+    from onnxprune.load import load
     assert model_inputs(load(m)) == {"x": (1, 3, 4, 4)}  # load fixes a dynamic batch to 1
 
 

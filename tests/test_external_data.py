@@ -13,7 +13,7 @@ import onnxprune
 from helpers import residual_net
 from onnxprune import OnnxPruneError
 from onnxprune.cli import main
-from onnxprune.model import load
+from onnxprune.load import load
 from test_budget import resnet_like
 from test_cli import assert_one_line_error, run_cli
 from test_file_safety import external_model, snapshot

@@ -229,7 +229,7 @@ def test_float16_model_gets_its_inputs_cast():
 # -- what the models and outputs may be --------------------------------------------------
 def test_paths_protos_and_onnxprune_models(tmp_path):
     onnx.save(linear(W, B), tmp_path / "a.onnx")
-    from onnxprune.model import load
+    from onnxprune.load import load
     for original in (tmp_path / "a.onnx", str(tmp_path / "a.onnx"), load(linear(W, B))):
         assert compare_models(original, linear(W, B), data(X)).output("logits").identical == 50
 

@@ -26,7 +26,7 @@ from onnx import TensorProto, helper, numpy_helper
 import onnxprune
 from helpers import residual_net
 from onnxprune import OnnxPruneError, cli, io
-from onnxprune.model import load
+from onnxprune.load import load
 from test_cli import ENV, ROOT, assert_one_line_error, run_cli, run_main
 
 DATA = "m.onnx.data"

@@ -10,7 +10,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 import onnxprune
 from helpers import GraphBuilder, prune_and_check
-from onnxprune.model import load
+from onnxprune.load import load
 from onnxprune.pipeline import LOAD_PASSES, REWRITE_PASSES
 
 
