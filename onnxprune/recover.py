@@ -5,11 +5,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
+
 import onnx
 
 from .calibration import CalibrationSet, load_calibration
 from .errors import OnnxPruneError
 from .fidelity import compare_models
+from .passes import remove_dead_nodes
 from .pipeline import RECOVERY_PASSES, Step, run_passes
 from .progress import stage
 
@@ -36,7 +39,39 @@ def recover(original, slim, couplings, removed_classes, calibration, size: int, 
     step = Step(couplings, couplings.kept_fn(removed_classes), dict(folds or {}), original=original,
                 calibration=calibration, calibration_size=size)
     run_passes(out, [RECOVERY_PASSES[m] for m in methods], step)
+    _biases_into_batch_norm(out, slim)
+    # the weights and biases recovery replaced are read by no one now: drop them (and only them)
+    remove_dead_nodes.run(out, Step(dead_in_input=frozenset(remove_dead_nodes.dead_nodes(out))))
     return out, step.notes
+
+
+def _biases_into_batch_norm(model, before) -> None:
+    """A bias recovery gave a layer that had none goes into the BatchNormalization right
+    after it (mean -= bias, exact), so recovery adds no parameters there."""
+    had_bias = {n.name for n in before.graph.node if len(n.input) > 2 and n.input[2]}
+    index = model.index()
+    for node in model.graph.node:
+        if node.name in had_bias or len(node.input) < 3 or not node.input[2] or node.op_type != "Conv":
+            continue
+        bn = index.sole_user(node.output[0], "BatchNormalization")
+        if bn is None or bn.input[3] not in model.inits:
+            continue
+        mean = model.inits[bn.input[3]]
+        name = f"{bn.name}__mean_recovered"
+        model.inits[name] = np.asarray(mean - model.inits[node.input[2]].reshape(mean.shape), dtype=mean.dtype)
+        model.shapes[name] = model.inits[name].shape
+        bn.input[3] = name
+        del node.input[2]
+    model.touch()
+
+
+def default_methods(with_data: bool) -> str:
+    """What `recover="auto"` runs. With calibration data, the least-squares refit: on the
+    trained digits models it kept 98-99.8 % accuracy where plain pruning kept ~10 %, far
+    ahead of statistics correction and mean compensation (benchmarks/RESULTS_accuracy.md).
+    Without data, statistics correction from the BatchNormalization statistics (a no-op on
+    models without BN): 0.10-0.45 -> 0.90-0.98 at 80 % of the MACs on the same models."""
+    return "lsq" if with_data else "stats"
 
 
 # -- the recover stage of prune ------------------------------------------------------
@@ -59,12 +94,10 @@ def recover_stage(model, couplings, removed, slim, folds, data: DataOptions, see
     """With calibration data: run the recovery passes (after the oracle checked the exact
     rewrite) and measure fidelity on held-out samples, without and with recovery.
     Returns (model, fidelity, fidelity before recovery or None, recovery info)."""
-    methods = parse_methods("lsq" if data.recover == "auto" and data.calibration is not None
-                            else "none" if data.recover == "auto" else data.recover)
+    methods = parse_methods(default_methods(data.calibration is not None) if data.recover == "auto"
+                            else data.recover)
     if data.calibration is None:
-        if methods:
-            raise OnnxPruneError(f"recovery '{data.recover}' needs calibration data (--calib)")
-        return slim, None, None, {}
+        return _recover_without_data(model, couplings, removed, slim, folds, data, methods, timings)
     with stage("recover", timings):
         calib, held = _calibration_sets(model, data, seed)
         dtypes = _input_dtypes(model)
@@ -78,6 +111,32 @@ def recover_stage(model, couplings, removed, slim, folds, data: DataOptions, see
     return slim_rec, after, before, info
 
 
+def _recover_without_data(model, couplings, removed, slim, folds, data: DataOptions, methods, timings):
+    """Data-free recovery (from BatchNormalization statistics); fidelity when eval_data is given."""
+    if "lsq" in methods:
+        raise OnnxPruneError("recovery 'lsq' needs calibration data (--calib)")
+    notes = []
+    if methods:
+        with stage("recover", timings):
+            slim_rec, notes = recover(model, slim, couplings, removed, None, 0, methods, folds)
+    else:
+        slim_rec = slim
+    if data.eval_data is None:
+        return slim_rec, None, None, ({"methods": list(methods), "notes": notes} if methods else {})
+    with stage("evaluate", timings):
+        held = _load(data.eval_data, model, data)
+        before = compare_models(model, slim, held, labels=held.labels) if methods else None
+        after = compare_models(model, slim_rec, held, labels=held.labels)
+    return slim_rec, after, before, {"methods": list(methods), "evaluation": held.describe(),
+                                     "notes": notes + [f"fidelity: {after.summary()}"]}
+
+
+def _load(source, model, data: DataOptions):
+    if isinstance(source, CalibrationSet):
+        return source
+    return load_calibration(source, model, preprocess=data.preprocess, labels_key=data.labels_key)
+
+
 def _calibration_sets(model, data: DataOptions, seed: int):
     """(calibration, held-out): eval_data when given (sharing no sample), else a fifth of the
     calibration samples held out. Calibration samples never measure fidelity."""
@@ -85,8 +144,7 @@ def _calibration_sets(model, data: DataOptions, seed: int):
         data.calibration, model, limit=data.limit, preprocess=data.preprocess, labels_key=data.labels_key)
     if data.eval_data is None:
         return calib.split(HELD_OUT_FRACTION, seed)
-    held = data.eval_data if isinstance(data.eval_data, CalibrationSet) else load_calibration(
-        data.eval_data, model, preprocess=data.preprocess, labels_key=data.labels_key)
+    held = _load(data.eval_data, model, data)
     if calib.overlap(held):
         raise OnnxPruneError(f"the evaluation data shares {calib.overlap(held)} sample(s) with the "
                              "calibration data; give disjoint sets")

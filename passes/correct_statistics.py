@@ -7,14 +7,25 @@ had on the calibration data,
 folded into the layer's weight and bias (the folded-BatchNormalization equivalent of
 re-estimating BN statistics). Layers are corrected in graph order, in the same chunks as
 the reconstruction, so each sees the network with every earlier correction in place.
+
+Without calibration data the statistics are predicted from the BatchNormalization
+statistics still in the graph (onnxprune/moments.py): with per-channel input means μ_c and
+variances σ²_c, a layer's output channel o has mean Σ_c W[o,c]·μ_c + b and, channels taken
+as independent, variance Σ_c W[o,c]²·σ²_c. Kept input channels are rescaled so that the
+predicted variance of the pruned layer equals the predicted variance of the original, and
+the bias restores the original mean (which includes the removed channels' expectation).
+Layers whose inputs have no estimate are left as they are.
 """
 from __future__ import annotations
 
 import numpy as np
 
 from onnxprune.graph import attr
-from onnxprune.layer_data import (Moments, bias, can_take_bias, channel_rows, kept_outputs, output_axis,
-                                  refit_chunks, refit_targets, set_bias, set_weight, stream_pair)
+from onnxprune.moments import predict
+from onnxprune.layer_data import (Moments, bias, can_take_bias, channel_rows, groups_of, kept_outputs,
+                                  output_axis, refit_chunks, refit_targets, set_bias, set_weight,
+                                  set_weight_matrix, stream_pair, weight_matrix)
+from onnxprune.passes.compensate_means import input_columns, removed_inputs
 
 # A channel whose pruned output barely varies keeps its scale: dividing by ~0 would blow up.
 MIN_STD = 1e-6
@@ -22,7 +33,7 @@ MIN_STD = 1e-6
 
 def run(model, step) -> None:
     if step.calibration is None:
-        return
+        return _from_bn_statistics(model, step)
     targets = [t for t in refit_targets(model, step.couplings, step.kept)
                if can_take_bias(model.index().nodes[t])]
     if not targets:
@@ -58,3 +69,55 @@ def _rescale(model, node, pruned: Moments, original: Moments) -> None:
     b = bias(model, node, len(scale))
     set_weight(model, node, w)
     set_bias(model, node, (b - pruned.mean) * scale + original.mean, model.inits[node.input[1]].dtype)
+
+
+def _from_bn_statistics(model, step) -> None:
+    estimates = predict(step.original)
+    onodes = step.original.index().nodes
+    removed = removed_inputs(step)
+    out_ids = {p.node: p.ids for p in step.couplings.producers}
+    done = 0
+    for t in refit_targets(model, step.couplings, step.kept):
+        node, slim_node = onodes[t], model.index().nodes[t]
+        x = node.input[0]
+        if x not in estimates or not can_take_bias(node) or t not in removed:
+            continue
+        w = step.original.inits[node.input[1]].astype(np.float64)
+        mean, var = estimates[x]
+        cols = input_columns(node, w, removed[t])            # removed columns of one group
+        groups = groups_of(node)
+        per_in = len(mean) // groups
+        scale, new_bias = [], []
+        b_full = bias(step.original, node, w.shape[0] if node.op_type == "Conv" else weight_matrix(node, w).shape[1])
+        for g in range(groups):
+            m = weight_matrix(node, w, g)
+            taps = m.shape[0] // per_in
+            mu = np.repeat(mean[g * per_in:(g + 1) * per_in], taps)
+            sd2 = np.repeat(var[g * per_in:(g + 1) * per_in], taps)
+            keep = ~cols
+            v_full, v_kept = (m ** 2 * sd2[:, None]).sum(0), (m[keep] ** 2 * sd2[keep, None]).sum(0)
+            s = np.where(v_kept > 1e-12, np.sqrt(v_full / np.maximum(v_kept, 1e-12)), 1.0)
+            width = m.shape[1]
+            b_g = b_full[g * width:(g + 1) * width]
+            scale.append(s)
+            new_bias.append(mu @ m + b_g - s * (mu[keep] @ m[keep]))
+        scale, new_bias = np.concatenate(scale), np.concatenate(new_bias)
+        if t in out_ids:
+            kept_out = step.kept(out_ids[t])
+            scale, new_bias = scale[kept_out], new_bias[kept_out]
+        _apply_scale(model, slim_node, scale)
+        set_bias(model, slim_node, new_bias, model.inits[slim_node.input[1]].dtype)
+        done += 1
+    model.touch()
+    if done:
+        step.notes.append(f"correct_statistics: {done} layer(s) rescaled to the output variance and mean "
+                          "that the BatchNormalization statistics predict (no calibration data)")
+
+
+def _apply_scale(model, node, scale) -> None:
+    w = model.inits[node.input[1]].astype(np.float64)
+    groups = groups_of(node)
+    per = len(scale) // groups
+    for g in range(groups):
+        w = set_weight_matrix(node, w, g, weight_matrix(node, w, g) * scale[g * per:(g + 1) * per][None, :])
+    set_weight(model, node, w)

@@ -19,7 +19,7 @@ from onnxprune import cli, progress
 from test_api import break_the_rewrite, unrunnable_model
 from test_cli import ROOT, assert_one_line_error, run_cli, run_main, sha
 
-STAGES = ["load", "analyze", "score", "allocate", "fold", "rewrite", "verify", "save"]
+STAGES = ["load", "analyze", "score", "allocate", "fold", "rewrite", "verify", "recover", "save"]  # recover: BN statistics
 
 
 @pytest.fixture
