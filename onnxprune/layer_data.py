@@ -19,12 +19,12 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from .channels import FEED_OUT
-from .graph import attr, set_attr
+from .graph import attr, replace_nodes, set_attr, subgraph_reads
 from .runtime import fixed_batch, model_session, run_chunked
 
 REFITTABLE = ("Conv", "Gemm", "MatMul")
 MAX_POSITIONS = 256     # output positions per sample entering the statistics
-MAC_BUDGET = 4e12       # multiply-accumulates the chunks of one pass may spend running both models
+MAC_BUDGET = 1e12       # multiply-accumulates the chunks of one pass may spend running both models
 
 
 def refit_targets(slim, couplings, kept) -> list[str]:
@@ -144,17 +144,18 @@ class Positions:
 
 
 def rows(node, x: np.ndarray, w_shape, g: int, picked) -> np.ndarray:
-    """(samples x positions, inputs read by conv group g) for a Conv; feature rows otherwise."""
-    x = x.astype(np.float64, copy=False)
+    """(samples x positions, inputs read by conv group g) for a Conv; feature rows otherwise.
+    `picked` output positions only (all when None): patches are gathered there alone."""
     if node.op_type != "Conv":
-        return x.reshape(-1, x.shape[-1]) if picked is None else x.reshape(x.shape[0], -1, x.shape[-1])[:, picked].reshape(-1, x.shape[-1])
+        x = x.astype(np.float64, copy=False)
+        if picked is None:
+            return x.reshape(-1, x.shape[-1])
+        return x.reshape(x.shape[0], -1, x.shape[-1])[:, picked].reshape(-1, x.shape[-1])
     groups = groups_of(node)
     per_in = x.shape[1] // groups
-    patches = _patches(node, x[:, g * per_in:(g + 1) * per_in], w_shape[2:])   # (N, C, taps, P)
+    patches = _patches(node, x[:, g * per_in:(g + 1) * per_in], w_shape[2:], picked)   # (N, C, taps, P)
     n, c, taps, p = patches.shape
-    if picked is not None:
-        patches = patches[..., picked]
-    return patches.reshape(n, c * taps, -1).transpose(0, 2, 1).reshape(-1, c * taps)
+    return patches.reshape(n, c * taps, p).transpose(0, 2, 1).reshape(-1, c * taps)
 
 
 def out_rows(node, y: np.ndarray, g: int, picked) -> np.ndarray:
@@ -173,8 +174,9 @@ def n_positions(node, y_shape) -> int:
     return int(np.prod(y_shape[2:])) if node.op_type == "Conv" else int(np.prod(y_shape[1:-1]))
 
 
-def _patches(node, x, kernel) -> np.ndarray:
-    """im2col: (N, C, taps, output positions) for the conv's strides, pads and dilations."""
+def _patches(node, x, kernel, picked) -> np.ndarray:
+    """im2col: (N, C, taps, positions) for the conv's strides, pads and dilations, at the
+    `picked` output positions (flat indices) or all of them."""
     nd = len(kernel)
     strides = attr(node, "strides", [1] * nd)
     dilations = attr(node, "dilations", [1] * nd)
@@ -188,13 +190,14 @@ def _patches(node, x, kernel) -> np.ndarray:
             total = max(0, (out - 1) * strides[d] + (kernel[d] - 1) * dilations[d] + 1 - x.shape[2 + d])
             pads[d] = total // 2 if auto == "SAME_UPPER" else total - total // 2
             pads[d + nd] = total - pads[d]
-    x = np.pad(x, [(0, 0), (0, 0)] + [(pads[d], pads[d + nd]) for d in range(nd)])
+    x = np.pad(x.astype(np.float64, copy=False), [(0, 0), (0, 0)] + [(pads[d], pads[d + nd]) for d in range(nd)])
     out_size = [(x.shape[2 + d] - (kernel[d] - 1) * dilations[d] - 1) // strides[d] + 1 for d in range(nd)]
+    flat = np.arange(int(np.prod(out_size))) if picked is None else picked
+    coords = np.unravel_index(flat, out_size)
     taps = []
     for tap in np.ndindex(*kernel):
-        index = tuple(slice(t * dl, t * dl + (o - 1) * s + 1, s)
-                      for t, dl, o, s in zip(tap, dilations, out_size, strides))
-        taps.append(x[(slice(None), slice(None)) + index].reshape(x.shape[0], x.shape[1], -1))
+        index = tuple(c * s + t * dl for c, s, t, dl in zip(coords, strides, tap, dilations))
+        taps.append(x[(slice(None), slice(None)) + index])
     return np.stack(taps, axis=2)
 
 
@@ -228,11 +231,28 @@ def stream_pair(slim, original, slim_tensors, original_tensors, batches, consume
     """Run calibration batches through both models, handing each batch's requested tensors
     to `consume(slim_values, original_values)`; only one batch is in memory at a time.
     Models whose batch size is fixed (often 1) run each batch in chunks of it."""
-    s1 = _named_runner(model_session(slim, optimize="basic", outputs=sorted(set(slim_tensors))))
-    s0 = _named_runner(model_session(original, optimize="basic", outputs=sorted(set(original_tensors)))) \
-        if original_tensors else None
+    s1 = _named_runner(_session_up_to(slim, slim_tensors)) if slim_tensors else None
+    s0 = _named_runner(_session_up_to(original, original_tensors)) if original_tensors else None
     for feeds in batches():
-        consume(s1(feeds), s0(feeds) if s0 is not None else {})
+        consume(s1(feeds) if s1 is not None else {}, s0(feeds) if s0 is not None else {})
+
+
+def _session_up_to(model, tensors):
+    """A session that computes only what `tensors` depend on: a layer in the first half of
+    a network costs half a forward pass, not a whole one."""
+    import onnx
+    wanted = sorted(set(tensors))
+    needed, keep = set(wanted), []
+    for node in reversed(list(model.graph.node)):
+        if any(o in needed for o in node.output if o):
+            keep.append(node)
+            needed.update(t for t in node.input if t)
+            needed |= subgraph_reads(node)
+    part = model.copy()
+    replace_nodes(part.graph, reversed(keep))
+    del part.graph.output[:]
+    part.graph.output.extend(onnx.helper.make_empty_tensor_value_info(t) for t in wanted)
+    return model_session(part, optimize=True)   # calibration runs many batches: worth the layout work
 
 
 def _named_runner(sess):
