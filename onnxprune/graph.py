@@ -64,6 +64,21 @@ def set_dims(vi: onnx.ValueInfoProto, shape, exact_rank: bool = False) -> None:
         d.dim_value = s
 
 
+def copy_fields(source, target, skip: str) -> None:
+    """Copy every set field of a protobuf message but `skip` (the initializers: copying them
+    would double the memory of a large model)."""
+    for field, value in source.ListFields():
+        if field.name == skip:
+            continue
+        slot = getattr(target, field.name)
+        if hasattr(slot, "extend"):
+            slot.extend(value)
+        elif hasattr(slot, "CopyFrom"):
+            slot.CopyFrom(value)
+        else:
+            setattr(target, field.name, value)
+
+
 def replace_nodes(graph: onnx.GraphProto, nodes) -> None:
     nodes = list(nodes)
     del graph.node[:]

@@ -28,6 +28,7 @@ from onnx import numpy_helper
 
 from .errors import OnnxPruneError
 from .files import shown
+from .graph import copy_fields
 from .paths import refuse_external_stream as _refuse_external_stream, stream as _stream, write_target as _target, writable_directory as _writable_directory
 
 EXTERNAL_DATA_THRESHOLD = 1_800_000_000  # protobuf cannot hold more than 2 GB
@@ -231,22 +232,9 @@ def _save_external(structure: onnx.ModelProto, arrays, path: str) -> None:
 def _without_initializers(proto: onnx.ModelProto) -> onnx.ModelProto:
     """A copy of the model without its initializers (copying them would double the memory)."""
     structure = onnx.ModelProto()
-    _copy_fields(proto, structure, skip="graph")
-    _copy_fields(proto.graph, structure.graph, skip="initializer")
+    copy_fields(proto, structure, skip="graph")
+    copy_fields(proto.graph, structure.graph, skip="initializer")
     return structure
-
-
-def _copy_fields(source, target, skip: str) -> None:
-    for field, value in source.ListFields():
-        if field.name == skip:
-            continue
-        slot = getattr(target, field.name)
-        if hasattr(slot, "extend"):
-            slot.extend(value)
-        elif hasattr(slot, "CopyFrom"):
-            slot.CopyFrom(value)
-        else:
-            setattr(target, field.name, value)
 
 
 def _check_saved(model_path: str) -> None:

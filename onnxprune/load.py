@@ -11,6 +11,7 @@ from onnx import numpy_helper
 from .dtypes import refuse_unsupported, require_runnable
 from .errors import OnnxPruneError
 from .files import _check_input, _external_array, _read
+from .graph import copy_fields
 from .model import Model
 
 MIN_OPSET = 11
@@ -65,16 +66,7 @@ def load(source, input_shapes: dict | None = None, check: bool = True) -> Model:
 def _structure_of(graph: onnx.GraphProto) -> onnx.GraphProto:
     """A copy of the graph without its initializers (copying them would double the memory)."""
     out = onnx.GraphProto()
-    for descriptor, value in graph.ListFields():
-        if descriptor.name == "initializer":
-            continue
-        target = getattr(out, descriptor.name)
-        if hasattr(target, "extend"):
-            target.extend(value)
-        elif hasattr(target, "CopyFrom"):
-            target.CopyFrom(value)
-        else:
-            setattr(out, descriptor.name, value)
+    copy_fields(graph, out, skip="initializer")
     return out
 
 
