@@ -1,0 +1,73 @@
+"""Test accuracy of the trained digits models pruned WITHOUT data, with and without the
+data-free recovery (docs/methods.md §5: moments predicted from BatchNormalization
+statistics), at MAC targets 0.8 and 0.7.
+
+    python benchmarks/accuracy_datafree.py [--targets 0.8 0.7] [--models digits_resnet ...]
+
+Models: the digits ResNet and MobileNet and their second trained instances (seed 1), BN kept
+(the BN-folded exports carry no statistics: the data-free recovery is a no-op there, which
+the script records too). Each is pruned with the library defaults (round_to included) at each
+target, criteria l1 and bgsc, recover none / means / stats, and evaluated on the 450-image
+test split (`eval_data`, labels). Writes benchmarks/results/accuracy_datafree.{json,md}.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+
+import numpy as np  # noqa: E402
+
+import onnxprune  # noqa: E402
+from models.digits import load_digits_split  # noqa: E402
+
+MODELS = ["digits_resnet", "digits_mobilenet", "digits_resnet_s1", "digits_mobilenet_s1",
+          "digits_resnet_folded", "digits_mobilenet_folded"]
+RECOVERY = ["none", "means", "stats"]
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--targets", type=float, nargs="+", default=[0.8, 0.7])
+    ap.add_argument("--models", nargs="+", default=MODELS)
+    args = ap.parse_args()
+    _, _, x_test, y_test = load_digits_split(16)
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        test = os.path.join(tmp, "test.npz")
+        np.savez(test, input=x_test, labels=y_test)
+        for name in args.models:
+            for target in args.targets:
+                for criterion in ("l1", "bgsc"):
+                    row = {"model": name, "target_macs": target, "criterion": criterion}
+                    for recover in RECOVERY:
+                        _, rep = onnxprune.prune(os.path.join(ROOT, "models", f"{name}.onnx"), target_macs=target,
+                                                 criterion=criterion, eval_data=test, recover=recover)
+                        out = rep.fidelity.outputs[0]
+                        row["unpruned"] = out.accuracy_original
+                        row["achieved_macs"] = rep.after["macs"] / rep.before["macs"]
+                        row[recover] = out.accuracy_pruned
+                    rows.append(row)
+                    print(json.dumps(row), flush=True)
+    lines = ["| model | MAC target (achieved) | criterion | unpruned | none | means | stats |", "|---|---|---|---|---|---|---|"]
+    for r in rows:
+        lines.append(f"| {r['model']} | {r['target_macs']} ({r['achieved_macs']:.3f}) | {r['criterion']} | "
+                     f"{r['unpruned']:.3f} | {r['none']:.3f} | {r['means']:.3f} | **{r['stats']:.3f}** |")
+    table = "\n".join(lines)
+    print(table)
+    out = os.path.join(ROOT, "benchmarks", "results", "accuracy_datafree")
+    with open(out + ".json", "w") as f:
+        json.dump({"date": time.strftime("%Y-%m-%d %H:%M"), "command": "python benchmarks/accuracy_datafree.py "
+                   + " ".join(sys.argv[1:]), "rows": rows}, f, indent=1)
+    with open(out + ".md", "w") as f:
+        f.write("Command: `python benchmarks/accuracy_datafree.py " + " ".join(sys.argv[1:]) + "`\n\n" + table + "\n")
+
+
+if __name__ == "__main__":
+    main()
