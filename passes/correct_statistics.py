@@ -82,7 +82,7 @@ def _from_bn_statistics(model, step) -> None:
         x = node.input[0]
         if x not in estimates or not can_take_bias(node) or t not in removed:
             continue
-        w = step.original.inits[node.input[1]].astype(np.float64)
+        w = step.original.inits[node.input[1]].astype(np.float32)   # only ranks a rescale: float32 is plenty
         mean, var = estimates[x]
         cols = input_columns(node, w, removed[t])            # removed columns of one group
         groups = groups_of(node)
@@ -94,13 +94,16 @@ def _from_bn_statistics(model, step) -> None:
             taps = m.shape[0] // per_in
             mu = np.repeat(mean[g * per_in:(g + 1) * per_in], taps)
             sd2 = np.repeat(var[g * per_in:(g + 1) * per_in], taps)
-            keep = ~cols
-            v_full, v_kept = (m ** 2 * sd2[:, None]).sum(0), (m[keep] ** 2 * sd2[keep, None]).sum(0)
-            s = np.where(v_kept > 1e-12, np.sqrt(v_full / np.maximum(v_kept, 1e-12)), 1.0)
+            removed_rows = m[cols]   # few rows: the kept part is the whole minus these
+            v_full = sd2 @ (m * m)
+            v_kept = v_full - sd2[cols] @ (removed_rows * removed_rows)
+            mu_full = mu @ m
+            mu_kept = mu_full - mu[cols] @ removed_rows
+            s = np.where(v_kept > 1e-12 * np.maximum(v_full, 1e-30),
+                         np.sqrt(v_full / np.maximum(v_kept, 1e-30)), 1.0)
             width = m.shape[1]
-            b_g = b_full[g * width:(g + 1) * width]
             scale.append(s)
-            new_bias.append(mu @ m + b_g - s * (mu[keep] @ m[keep]))
+            new_bias.append(mu_full + b_full[g * width:(g + 1) * width] - s * mu_kept)
         scale, new_bias = np.concatenate(scale), np.concatenate(new_bias)
         if t in out_ids:
             kept_out = step.kept(out_ids[t])
