@@ -79,17 +79,19 @@ def onnx_accuracy(path, x, y):
     return float(np.mean(onnx_predictions(path, x) == y))
 
 
-def build_and_export(name):
-    """Train model ``name`` (a key of MODELS), export both ONNX files, write the json."""
+def build_and_export(name, seed=0):
+    """Train model ``name`` (a key of MODELS) with ``seed``, export both ONNX files, write the
+    json. Seed 0 writes digits_<name>*; another seed digits_<name>_s<seed>* (models/digits_seeds.py)."""
     factory, hparams = MODELS[name]
     start = time.perf_counter()
-    model = train(factory=factory, **hparams)
+    model = train(factory=factory, seed=seed, **hparams)
     train_s = time.perf_counter() - start
     _, _, x_test, y_test = load_digits_split(SIZE)
     with torch.no_grad():
         torch_pred = model(torch.from_numpy(x_test)).argmax(1).numpy()
     shape = (1, 1, SIZE, SIZE)
-    unfused, folded = HERE / f"digits_{name}.onnx", HERE / f"digits_{name}_folded.onnx"
+    stem = f"digits_{name}" if seed == 0 else f"digits_{name}_s{seed}"
+    unfused, folded = HERE / f"{stem}.onnx", HERE / f"{stem}_folded.onnx"
     export_onnx(model, shape, unfused, keep_bn=True, unshare=True)
     export_onnx(model, shape, folded, keep_bn=False, unshare=True)
     pred, pred_folded = onnx_predictions(unfused, x_test), onnx_predictions(folded, x_test)
@@ -105,14 +107,15 @@ def build_and_export(name):
         "files": {"bn_unfused": unfused.name, "bn_folded": folded.name},
         "params": sum(p.numel() for p in model.parameters()),
         "input_shape": list(shape),
-        "train": {"epochs": hparams["epochs"], "lr": hparams["lr"], "batch": hparams.get("batch", 64), "seed": 0,
+        "train": {"epochs": hparams["epochs"], "lr": hparams["lr"], "batch": hparams.get("batch", 64), "seed": seed,
                   "optimizer": "AdamW(weight_decay=1e-4) + OneCycleLR", "threads": 1},
-        "train_command": "python -m models.default_model" + (" --all" if name != "resnet" else ""),
+        "train_command": ("python -m models.default_model" + (" --all" if name != "resnet" else "")) if seed == 0
+        else f"python -m models.digits_seeds --seed {seed} --model {name}",
         "torch_version": torch.__version__,
     }
-    (HERE / f"digits_{name}.json").write_text(json.dumps(info, indent=2) + "\n")
+    (HERE / f"{stem}.json").write_text(json.dumps(info, indent=2) + "\n")
     print(json.dumps(info, indent=2))
-    print(f"{name}: trained in {train_s:.1f}s")
+    print(f"{stem}: trained in {train_s:.1f}s")
     return info
 
 
