@@ -66,6 +66,26 @@ def output_axis(node, rank: int) -> int:
     return 1 if node.op_type == "Conv" else rank - 1
 
 
+def removed_inputs(couplings, kept) -> dict[str, np.ndarray]:
+    """Layer -> removed mask over the weight's input axis (per conv group)."""
+    out = {}
+    for s in couplings.slices:
+        if s.role == FEED_OUT:
+            mask = kept(s.ids)
+            if not mask.all():
+                out[s.node] = ~mask
+    return out
+
+
+def input_columns(node, w, removed: np.ndarray) -> np.ndarray:
+    """Rows of the weight matrix that read removed inputs: every kernel tap of a removed
+    channel for a Conv (columns are channel-major), the removed features for Gemm."""
+    if node.op_type == "Conv":
+        taps = int(np.prod(w.shape[2:]))
+        return np.repeat(removed, taps)
+    return removed
+
+
 # -- the layer as a matrix ---------------------------------------------------------------
 def groups_of(node) -> int:
     return attr(node, "group", 1) if node.op_type == "Conv" else 1

@@ -13,6 +13,7 @@ from .calibration import CalibrationSet, load_calibration
 from .errors import OnnxPruneError
 from .fidelity import compare_models
 from .passes import remove_dead_nodes
+from .passes.fold_removed_constants import add_to_bias
 from .pipeline import RECOVERY_PASSES, Step, run_passes
 from .progress import stage
 
@@ -47,21 +48,16 @@ def recover(original, slim, couplings, removed_classes, calibration, size: int, 
 
 def _biases_into_batch_norm(model, before) -> None:
     """A bias recovery gave a layer that had none goes into the BatchNormalization right
-    after it (mean -= bias, exact), so recovery adds no parameters there."""
+    after it (mean -= bias, exact: the fold pass's own rule), so no parameter is added there."""
     had_bias = {n.name for n in before.graph.node if len(n.input) > 2 and n.input[2]}
-    index = model.index()
     for node in model.graph.node:
         if node.name in had_bias or len(node.input) < 3 or not node.input[2] or node.op_type != "Conv":
             continue
-        bn = index.sole_user(node.output[0], "BatchNormalization")
-        if bn is None or bn.input[3] not in model.inits:
+        if model.index().sole_user(node.output[0], "BatchNormalization") is None:
             continue
-        mean = model.inits[bn.input[3]]
-        name = f"{bn.name}__mean_recovered"
-        model.inits[name] = np.asarray(mean - model.inits[node.input[2]].reshape(mean.shape), dtype=mean.dtype)
-        model.shapes[name] = model.inits[name].shape
-        bn.input[3] = name
+        delta = np.asarray(model.inits[node.input[2]])
         del node.input[2]
+        add_to_bias(model, node, delta, "recovered")   # no bias now: it lands in the BN's mean
     model.touch()
 
 

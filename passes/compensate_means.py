@@ -15,16 +15,15 @@ from __future__ import annotations
 
 import numpy as np
 
-from onnxprune.channels import FEED_OUT
 from onnxprune.moments import predict
-from onnxprune.layer_data import (MAX_POSITIONS, Moments, Positions, bias, can_take_bias, groups_of, n_positions, rows,
+from onnxprune.layer_data import (MAX_POSITIONS, input_columns, removed_inputs, Moments, Positions, bias, can_take_bias, groups_of, n_positions, rows,
                                   set_bias, stream_pair, weight_matrix)
 
 
 def run(model, step) -> None:
     original = step.original
     onodes = original.index().nodes
-    removed_in = removed_inputs(step)
+    removed_in = removed_inputs(step.couplings, step.kept)
     targets = [n.name for n in model.graph.node
                if n.name in removed_in and can_take_bias(n) and n.op_type in ("Conv", "Gemm")]
     if not targets:
@@ -87,23 +86,3 @@ def _predicted_means(original, onodes, targets) -> dict:
         taps = int(np.prod(w.shape[2:])) if node.op_type == "Conv" else 1
         out[t] = [np.repeat(mean[g * per_in:(g + 1) * per_in], taps) for g in range(groups)]
     return out
-
-
-def removed_inputs(step) -> dict[str, np.ndarray]:
-    """Layer -> removed mask over the weight's input axis (per conv group)."""
-    out = {}
-    for s in step.couplings.slices:
-        if s.role == FEED_OUT:
-            kept = step.kept(s.ids)
-            if not kept.all():
-                out[s.node] = ~kept
-    return out
-
-
-def input_columns(node, w, removed: np.ndarray) -> np.ndarray:
-    """Rows of the weight matrix that read removed inputs: every kernel tap of a removed
-    channel for a Conv (columns are channel-major), the removed features for Gemm."""
-    if node.op_type == "Conv":
-        taps = int(np.prod(w.shape[2:]))
-        return np.repeat(removed, taps)
-    return removed

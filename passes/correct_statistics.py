@@ -22,10 +22,9 @@ import numpy as np
 
 from onnxprune.graph import attr
 from onnxprune.moments import predict
-from onnxprune.layer_data import (Moments, bias, can_take_bias, channel_rows, groups_of, kept_outputs,
-                                  output_axis, refit_chunks, refit_targets, set_bias, set_weight,
-                                  set_weight_matrix, stream_pair, weight_matrix)
-from onnxprune.passes.compensate_means import input_columns, removed_inputs
+from onnxprune.layer_data import (Moments, bias, can_take_bias, channel_rows, groups_of, input_columns,
+                                  kept_outputs, output_axis, refit_chunks, refit_targets, removed_inputs,
+                                  set_bias, set_weight, set_weight_matrix, stream_pair, weight_matrix)
 
 # A channel whose pruned output barely varies keeps its scale: dividing by ~0 would blow up.
 MIN_STD = 1e-6
@@ -74,7 +73,7 @@ def _rescale(model, node, pruned: Moments, original: Moments) -> None:
 def _from_bn_statistics(model, step) -> None:
     estimates = predict(step.original)
     onodes = step.original.index().nodes
-    removed = removed_inputs(step)
+    removed = removed_inputs(step.couplings, step.kept)
     out_ids = {p.node: p.ids for p in step.couplings.producers}
     done = 0
     for t in refit_targets(model, step.couplings, step.kept):
