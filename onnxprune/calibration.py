@@ -15,7 +15,8 @@ Sources (`load_calibration`)
 * a folder of images (``.png``, ``.jpg``/``.jpeg``, ``.bmp``, top level only, sorted by
   name) for a single image input. Files are checked when loading and decoded per batch.
   Reading them needs Pillow (``pip install pillow``).
-* from Python, an iterable of feed dicts ``{input_name: array}``. Each dict is a *batch*:
+* from Python, a dict ``{input_name: array}`` (an .npz in memory), or an iterable of such
+  feed dicts. Each dict is a *batch*:
   axis 0 is the sample axis, as in the npz (one sample is an array of shape
   ``(1, ...)``). A dict may also hold labels under `labels_key`. The iterable is read once,
   into memory; with `limit`, reading stops after `limit` samples, so an endless
@@ -238,9 +239,12 @@ def load_calibration(source, input_names, *, limit: int | None = None, preproces
         return _load_file(path, spec, limit, labels_key)
     if preprocess is not None:
         raise OnnxPruneError("--calib-preprocess applies to a folder of images, not to arrays")
-    if isinstance(source, Mapping) or not isinstance(source, Iterable):
-        raise OnnxPruneError("calibration data must be a path (.npz, .npy, folder of images) or an "
-                             f"iterable of feed dicts {{input name: array}}, got {type(source).__name__}")
+    if isinstance(source, Mapping):   # one dict of arrays: an in-memory .npz, i.e. one batch
+        source = [source]
+    if not isinstance(source, Iterable):
+        raise OnnxPruneError("calibration data must be a path (.npz, .npy, folder of images), a dict "
+                             "of arrays keyed by input name, or an iterable of such dicts (batches), "
+                             f"got {type(source).__name__}")
     return _load_feeds(source, spec, limit, labels_key)
 
 

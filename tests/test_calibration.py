@@ -458,12 +458,20 @@ def test_preprocess_only_for_images(tmp_path):
         load_calibration, tmp_path / "d.npz", image_model(), preprocess="scale=1")
 
 
+def test_a_dict_of_arrays_is_one_batch():
+    arrays = rng_arrays(5)
+    cs = load_calibration({"x": arrays, "labels": np.arange(5)}, image_model())
+    assert len(cs) == 5
+    assert np.array_equal(np.concatenate([b["x"] for b in batches_of(cs, 2)]), arrays)
+    assert "calibration batch 0: no array for input(s) ['x']" in error(load_calibration, {"y": arrays},
+                                                                        image_model())
+
+
 def test_bad_iterables():
     m = image_model()
     assert "yielded no batches" in error(load_calibration, [], m)
     assert "calibration batch 0 is a ndarray, not a dict" in error(load_calibration, [rng_arrays(2)], m)
-    assert "iterable of feed dicts" in error(load_calibration, {"x": rng_arrays(2)}, m)
-    assert "iterable of feed dicts" in error(load_calibration, 42, m)
+    assert "iterable of such dicts (batches), got int" in error(load_calibration, 42, m)
     assert "calibration batch 1: no array for input(s) ['x']" in error(
         load_calibration, [{"x": rng_arrays(1)}, {"y": rng_arrays(1)}], m)
     assert "'x' is a scalar" in error(load_calibration, [{"x": 1.0}], ["x"])
