@@ -1,7 +1,7 @@
 """Train the digits models on scikit-learn digits (16x16) and export them to ONNX.
 
     python -m models.default_model                  # small_resnet only (the default model)
-    python -m models.default_model --all            # small_resnet and digits_mobilenet
+    python -m models.default_model --all            # every digits model (resnet, mobilenet, vgg, densenet)
     python -m models.default_model --model mobilenet
 
 Each model is exported twice, input "input" 1x1x16x16, output "logits":
@@ -31,6 +31,7 @@ import torch
 from torch import nn
 
 from .digits import load_digits_split
+from .digits_extra import digits_densenet, digits_vgg
 from .digits_mobilenet import digits_mobilenet
 from .export import export_onnx
 from .zoo import small_resnet
@@ -46,6 +47,8 @@ SIZE = 16
 MODELS = {
     "resnet": (small_resnet, {"epochs": 30, "lr": 3e-3}),
     "mobilenet": (digits_mobilenet, {"epochs": 20, "lr": 1e-2, "batch": 128}),
+    "vgg": (digits_vgg, {"epochs": 20, "lr": 3e-3}),
+    "densenet": (digits_densenet, {"epochs": 20, "lr": 3e-3}),
 }
 
 

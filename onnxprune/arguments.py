@@ -20,8 +20,9 @@ from .saliency import CRITERIA
 # Defaults per criterion: BGSC scores are comparable across groups (one bound, in the same
 # units everywhere), so it ranks globally, as DFPC does; magnitudes are not, so the
 # baselines thin every group by the same fraction.
-DEFAULT_SCOPE = {"bgsc": "global", "bgsc-position": "global"}
-DEFAULT_RANKING = {"bgsc": "normalized", "bgsc-position": "raw"}
+DEFAULT_SCOPE = {"bgsc": "global", "bgsc-position": "global", "bn-variance": "global"}
+DEFAULT_RANKING = {"bgsc": "normalized", "bgsc-position": "raw", "bn-variance": "raw"}
+DEFAULT_COUPLED = {"bn-variance": "last"}
 # rank: one ranking of channel classes decides how many each group keeps and which;
 # density: PreCrop layer densities decide how many, the criterion which (onnxprune/density.py)
 ALLOCATORS = ("rank", "density")
@@ -76,7 +77,7 @@ def settings(*, ratio, target_macs, target_params, plan, criterion, seed, scope,
     allocator = _choice("--allocator", allocator, ALLOCATORS)
     if allocator == "density" and target_macs is None and target_params is None:
         raise OnnxPruneError("--allocator density needs a cost budget: --target-macs or --target-params")
-    coupled = _choice("--coupled", coupled, COUPLED)
+    coupled = _choice("--coupled", coupled, COUPLED) if coupled is not None else DEFAULT_COUPLED.get(criterion, "all")
     round_to = default_round_to() if round_to is None else integer("--round-to", round_to, least=1)
     fold = _choice("--fold", fold, passes.fold_removed_constants.MODES)
     check_flag("verify", verify)

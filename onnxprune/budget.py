@@ -21,7 +21,7 @@ from .cost import CostTracker
 from .errors import OnnxPruneError
 
 RANKINGS = ("raw", "normalized")
-COUPLED = ("all", "only", "none")
+COUPLED = ("all", "only", "none", "last")
 
 
 def default_round_to() -> int:
@@ -129,8 +129,15 @@ def _check_options(scope, ranking, round_to):
         raise OnnxPruneError(f"--round-to must be >= 1, got {round_to}")
 
 
-def removal_order(groups, scores: np.ndarray, scope: str, ranking: str) -> np.ndarray:
-    """All prunable classes, least important first."""
+def removal_order(groups, scores: np.ndarray, scope: str, ranking: str, coupled: str = "all") -> np.ndarray:
+    """All prunable classes, least important first. With coupled="last", every class of the
+    uncoupled groups comes before any class of a coupled one (a residual stream is thinned
+    only once the blocks' own channels are at their floors)."""
+    if coupled == "last":
+        inner = [g for g in groups if not is_coupled(g)]
+        streams = [g for g in groups if is_coupled(g)]
+        return np.concatenate([removal_order(inner, scores, scope, ranking),
+                               removal_order(streams, scores, scope, ranking)])
     if not groups:
         return np.zeros(0, np.int64)
     classes = np.concatenate([g.classes for g in groups])
@@ -162,7 +169,7 @@ def allocate(couplings, scores: np.ndarray, ratio: float, scope: str = "local",
         keep = {g.index: max(floor_of(g.width, min_keep), g.width - int(math.floor(ratio * g.width + 1e-9)))
                 for g in groups}
     else:
-        keep = _keep_from_order(groups, removal_order(groups, scores, scope, ranking), couplings,
+        keep = _keep_from_order(groups, removal_order(groups, scores, scope, ranking, coupled), couplings,
                                 int(math.floor(ratio * sum(g.width for g in groups) + 1e-9)), min_keep)
     removed = set()
     multiplicity = class_multiplicity(couplings)
@@ -237,26 +244,34 @@ def allocate_target(model, couplings, scores: np.ndarray, metric: str, target: f
     # a class's cost only falls as other groups shrink: twice its first cost bounds it, so
     # the exact preview is only needed once a step could reach below the target
     class_cost = {g.index: -_delta(tracker, metric, [int(g.classes[0])]) for g in groups if steps[g.index] > 1}
-    for c in removal_order(groups, scores, scope, ranking).tolist():
-        if value() <= goal:
-            break
-        if c in removed:
-            continue
-        gi = int(couplings.group_of[c])
-        chunk = next_chunk(gi)
-        if chunk is None:
-            continue
-        if steps[gi] == 1:
-            chunk = [c]
-        # with round_to, a step removes the group's `step` least important remaining classes;
-        # a step that would overshoot waits while smaller ones further down may fit
-        elif (value() - 2 * len(chunk) * class_cost[gi] < goal - FINAL_STEP_SLACK * base
-              and overshoots(tracker, metric, goal, chunk)):
-            deferred.add(gi)
-            continue
-        apply(chunk)
-    if value() > goal and deferred:
-        apply(closest_landing(tracker, metric, goal, [c for gi in sorted(deferred) if (c := next_chunk(gi))]))
+    # coupled="last": the streams' classes are a second phase, entered only when the blocks'
+    # own channels cannot reach the target (they never just fill the last gap)
+    phases = ([[g for g in groups if not is_coupled(g)], [g for g in groups if is_coupled(g)]]
+              if coupled == "last" else [groups])
+    for phase in phases:
+        for c in removal_order(phase, scores, scope, ranking).tolist():
+            if value() <= goal:
+                break
+            if c in removed:
+                continue
+            gi = int(couplings.group_of[c])
+            chunk = next_chunk(gi)
+            if chunk is None:
+                continue
+            if steps[gi] == 1:
+                chunk = [c]
+            # with round_to, a step removes the group's `step` least important remaining classes;
+            # a step that would overshoot waits while smaller ones further down may fit
+            elif (value() - 2 * len(chunk) * class_cost[gi] < goal - FINAL_STEP_SLACK * base
+                  and overshoots(tracker, metric, goal, chunk)):
+                deferred.add(gi)
+                continue
+            apply(chunk)
+        if value() > goal and deferred:
+            steps_left = [c for gi in sorted(deferred) if (c := next_chunk(gi))]
+            if steps_left:
+                apply(closest_landing(tracker, metric, goal, steps_left))
+            deferred.clear()
     achieved = value() / base if base else 1.0
     return TargetResult(removed, target, metric, achieved, achieved <= target + 1e-12)
 

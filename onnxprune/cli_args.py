@@ -42,8 +42,9 @@ def prune_arguments(p):
                    help="with --target-macs/--target-params: 'rank' removes channels in score order; "
                         "'density' sets each group's count from layer densities (PreCrop) and lets "
                         "the criterion pick the channels")
-    p.add_argument("--coupled", default="all", choices=["all", "only", "none"],
-                   help="prune all groups, only coupled ones (several feed-in layers), or none of those")
+    p.add_argument("--coupled", default=None, choices=["all", "only", "none", "last"],
+                   help="prune all groups, only coupled ones (several feed-in layers), none of those, "
+                        "or coupled ones last (default: per criterion)")
     p.add_argument("--min-keep", default="0.1",
                    help="floor per group: a count >= 1, or a fraction in (0, 1) (default 0.1)")
     p.add_argument("--round-to", type=int, default=None,

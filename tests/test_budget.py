@@ -224,3 +224,31 @@ def test_a_step_that_overshoots_waits_for_smaller_ones():
         _, report = onnxprune.prune(resnet_like(width=16), target_macs=0.9, round_to=8, criterion="l1",
                                     allocator=allocator)
         assert 0.8 < report.after["macs"] / report.before["macs"] <= 0.9, allocator
+
+
+def _stream_classes(couplings, removed):
+    return {c for c in removed if is_coupled(couplings.groups[int(couplings.group_of[c])])}
+
+
+def test_coupled_last_thins_blocks_before_streams(analysed):
+    model, couplings, scores = analysed
+    # a target the blocks' own channels can reach: the stream keeps every channel, like "none"
+    last = allocate_target(model, couplings, scores, "macs", 0.8, coupled="last", round_to=4)
+    none = allocate_target(model, couplings, scores, "macs", 0.8, coupled="none", round_to=4)
+    assert last.reached and not _stream_classes(couplings, last.removed)
+    assert last.removed == none.removed
+    # beyond what the blocks can give, the stream is thinned too and the target is still met
+    deep = allocate_target(model, couplings, scores, "macs", 0.15, coupled="last")
+    assert not allocate_target(model, couplings, scores, "macs", 0.15, coupled="none").reached
+    assert deep.reached and _stream_classes(couplings, deep.removed)
+    inner = [g for g in couplings.groups if g.frozen is None and not is_coupled(g)]
+    for g in inner:   # ... and only once every block is at its floor
+        assert g.width - len(set(g.classes.tolist()) & deep.removed) == max(1, int(np.ceil(0.1 * g.width)))
+
+
+def test_coupled_last_order_puts_streams_after_blocks(analysed):
+    _, couplings, scores = analysed
+    groups = [g for g in couplings.groups if g.frozen is None]
+    order = removal_order(groups, scores, "global", "raw", coupled="last").tolist()
+    coupled_flags = [is_coupled(couplings.groups[int(couplings.group_of[c])]) for c in order]
+    assert coupled_flags == sorted(coupled_flags) and any(coupled_flags) and not all(coupled_flags)

@@ -7,11 +7,12 @@ import numpy as np
 
 from ..errors import OnnxPruneError
 from .bgsc import bgsc, bgsc_per_position
+from .bn_variance import bn_variance
 from .magnitude import l1, l2, random_scores
 from .scores import Scores
 
-CRITERIA = {"bgsc": bgsc, "bgsc-position": bgsc_per_position, "l1": l1, "l2": l2,
-            "random": random_scores}
+CRITERIA = {"bgsc": bgsc, "bgsc-position": bgsc_per_position, "bn-variance": bn_variance, "l1": l1,
+            "l2": l2, "random": random_scores}
 
 
 def score(model, couplings, criterion: str = "l1", seed: int = 0) -> Scores:
