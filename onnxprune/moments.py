@@ -11,7 +11,9 @@ operators that keep channels apart:
   - a constant scale or shift (Mul / Div / Add by a constant);
   - pooling, Flatten, Reshape to features, Identity, Dropout: moments pass (a flattened
     C×H×W map repeats each channel's moments H·W times);
-  - Concat along channels: the lists concatenate.
+  - Concat along channels: the lists concatenate;
+  - a Gemm with constant weights (an MLP head without BN): mean W·μ + b and variance W²·σ²,
+    its inputs taken as independent.
 Anything else ends the estimate there: a tensor without an estimate is left to data.
 The data-free recovery passes (compensate_means, correct_statistics without --calib) read
 these estimates at the inputs of the layers that lost channels.
@@ -54,6 +56,8 @@ def _moments(node, model, est):
         return np.repeat(mean, repeat), np.repeat(var, repeat)
     if op in ("Add", "Sum"):
         return _sum(ins, model, est, mean, var)
+    if op == "Gemm":
+        return _gemm(node, model, mean, var)
     if op in ("Mul", "Div") and len(ins) == 2:
         c = _per_channel_constant(model, ins[1], len(mean))
         if c is None:
@@ -76,6 +80,25 @@ def _sum(ins, model, est, mean, var):
             return None
         mean = mean + c
     return mean, var
+
+
+def _gemm(node, model, mean, var):
+    """A fully connected layer with constant weights, its inputs taken as independent:
+    mean W·μ + b, variance W²·σ² — how an MLP head with no BN gets an estimate."""
+    ins = node.input
+    if attr(node, "transA", 0) or len(ins) < 2 or ins[1] not in model.inits:
+        return None
+    w = np.asarray(model.inits[ins[1]], dtype=np.float64)
+    w = (w.T if attr(node, "transB", 0) else w) * attr(node, "alpha", 1.0)
+    if w.ndim != 2 or w.shape[0] != len(mean):
+        return None
+    out_mean, out_var = mean @ w, var @ (w * w)
+    if len(ins) > 2 and ins[2]:
+        b = _per_channel_constant(model, ins[2], w.shape[1])
+        if b is None:
+            return None
+        out_mean = out_mean + attr(node, "beta", 1.0) * b
+    return out_mean, out_var
 
 
 def _per_channel_constant(model, tensor: str, width: int):
