@@ -4,6 +4,7 @@ where fidelity starts to fall is visible next to what each step buys."""
 from __future__ import annotations
 
 import io
+import os
 
 from .errors import OnnxPruneError
 
@@ -49,7 +50,7 @@ def _heading(result) -> list[str]:
             f"recovery {', '.join(result.recovery) or 'none'}"]
     if result.evaluation:
         e = result.evaluation
-        head.append(f"fidelity on {e['samples']} held-out sample(s) from {e['source']}"
+        head.append(f"fidelity on {e['samples']} held-out sample(s) of {os.path.basename(e['source'])}"
                     + (" with labels" if e.get("labels") else ""))
     if result.bench:
         b = result.bench
