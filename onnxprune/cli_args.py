@@ -17,7 +17,7 @@ def verbosity():
     p = argparse.ArgumentParser(add_help=False)
     levels = p.add_mutually_exclusive_group()
     levels.add_argument("-q", "--quiet", dest="log_level", action="store_const", const=logging.ERROR,
-                        default=logging.INFO, help="print errors only (and the results of analyze and bench)")
+                        default=logging.INFO, help="print errors only (and the results of analyze, bench, evaluate, sweep)")
     levels.add_argument("-v", "--verbose", dest="log_level", action="store_const", const=logging.DEBUG,
                         help="also print stage timings and debug detail (on stderr)")
     return p
