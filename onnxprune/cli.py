@@ -1,5 +1,6 @@
 """Command line: `onnxprune prune IN OUT [options]` (short form: `onnxprune IN OUT [options]`),
-`onnxprune analyze IN` and `onnxprune bench A B ...`.
+`onnxprune analyze IN`, `onnxprune bench A B ...`, `onnxprune evaluate ORIG PRUNED --data D`
+and `onnxprune sweep IN --targets LIST`.
 
 Exit codes: 0 done; 1 the masking oracle exceeded its tolerance (the model is not written;
 a --report is); 2 bad input or options (one line on stderr, nothing written); 3 internal
@@ -7,8 +8,8 @@ error.
 
 Output: the summary (table, notes, "wrote ...") goes through the `onnxprune` logger at
 INFO level to stdout; -q keeps errors only, -v adds stage timings and debug detail on
-stderr. Errors are printed whatever the level. What `analyze` and `bench` are asked to
-print is their result, not a log, and is printed under -q too.
+stderr. Errors are printed whatever the level. What `analyze`, `bench`, `evaluate` and
+`sweep` are asked to print is their result, not a log, and is printed under -q too.
 """
 from __future__ import annotations
 
@@ -23,7 +24,7 @@ from . import cli_args, progress
 from .errors import OnnxPruneError
 
 EXIT_ORACLE, EXIT_INPUT, EXIT_INTERNAL = 1, 2, 3
-COMMANDS = ("prune", "analyze", "bench", "evaluate")
+COMMANDS = ("prune", "analyze", "bench", "evaluate", "sweep")
 TOP_LEVEL_OPTIONS = ("-h", "--help", "--version")
 log = logging.getLogger("onnxprune")
 
@@ -50,7 +51,10 @@ def _parsers() -> tuple[_Parser, dict[str, _Parser]]:
               "Latency of models in onnxruntime, compared with the first one (alternating runs)."),
              ("evaluate", cli_args.evaluate_arguments, "compare a pruned model with its original on data",
               "Fidelity of a pruned model to its original on held-out inputs: per output relative "
-              "error, cosine, top-1 agreement, and accuracy with labels."))
+              "error, cosine, top-1 agreement, and accuracy with labels."),
+             ("sweep", cli_args.sweep_arguments, "prune at several targets and tabulate cost, fidelity, latency",
+              "Prune one model at several targets and print, per target, its MACs, parameters, fidelity "
+              "(accuracy with labels) and, with --bench, latency; --plot draws them against the target."))
     parsers = {}
     for name, add_arguments, summary, description in specs:
         parsers[name] = commands.add_parser(name, prog=f"onnxprune {name}", parents=[verbosity], help=summary,
@@ -319,4 +323,72 @@ def _evaluate(args) -> int:
     return 0
 
 
-RUNNERS = {"prune": _prune, "analyze": _analyze, "bench": _bench, "evaluate": _evaluate}  # command -> function(args) -> exit code
+def _sweep(args) -> int:
+    from .bench import check_options, require_provider
+    from .sweep import parse_targets, sweep
+    from .sweep_view import require_matplotlib
+    targets = parse_targets(args.targets)
+    if args.plot:
+        require_matplotlib()
+    check_options(args.provider, args.threads, args.batch, args.warmup, args.runs)
+    if args.bench:
+        require_provider(args.provider)
+    models = _sweep_outputs(args, targets)
+    result = sweep(args.input, targets, metric=args.target_kind, calibration=args.calib,
+                   calibration_limit=args.calib_limit, calibration_preprocess=args.calib_preprocess,
+                   eval_data=args.eval_data, labels_key=args.labels, recover=args.recover, bench=args.bench,
+                   provider=args.provider, threads=args.threads, batch=args.batch, warmup=args.warmup,
+                   runs=args.runs, keep_models=bool(models), criterion=args.criterion, seed=args.seed,
+                   scope=args.scope, ranking=args.ranking, allocator=args.allocator, coupled=args.coupled,
+                   min_keep=args.min_keep, round_to=args.round_to, fold=args.fold, exclude=args.exclude,
+                   input_shapes=_input_shapes(args.input_shape))
+    print(result.table())
+    _write([(args.json, result.to_json() if args.json else ""),
+            (args.plot, result.plot_png() if args.plot else "")],
+           save=lambda: _save_sweep_models(result, args.save_dir, models))
+    for path in [args.json, args.plot] + models:
+        if path:
+            log.info("wrote %s", path)
+    return 0
+
+
+def _sweep_outputs(args, targets) -> list[str]:
+    """The model paths of --save-dir; every path the sweep will write is checked now, before
+    any work: not a file it reads, not written twice, in a writable folder."""
+    from .files import external_data_files, shown
+    from .paths import same_file, writable_directory, write_target
+    models, new_dir = [], False
+    if args.save_dir:
+        if os.path.exists(args.save_dir) and not os.path.isdir(args.save_dir):
+            raise OnnxPruneError(f"--save-dir {shown(args.save_dir)} is not a directory")
+        new_dir = not os.path.isdir(args.save_dir)
+        if new_dir:   # created at the end, in an existing writable folder
+            writable_directory(os.path.normpath(args.save_dir))
+        elif not os.access(args.save_dir, os.W_OK | os.X_OK):
+            raise OnnxPruneError(f"--save-dir {shown(args.save_dir)} is not writable")
+        stem = os.path.splitext(os.path.basename(args.input))[0]
+        models = [os.path.join(args.save_dir, f"{stem}_{args.target_kind}{t:g}.onnx") for t in targets]
+    reads = [args.input] + (external_data_files(args.input) if os.path.isfile(args.input) else [])
+    written: list[str] = []
+    for flag, path in [("--json", args.json), ("--plot", args.plot)] + [("--save-dir", m) for m in models]:
+        if not path:
+            continue
+        if not write_target(path).stream and not (flag == "--save-dir" and new_dir):
+            writable_directory(path)
+        if any(same_file(path, other) for other in reads):
+            raise OnnxPruneError(f"{flag} path {shown(path)} is a file the sweep reads; the input is never overwritten")
+        if any(same_file(path, other) for other in written):
+            raise OnnxPruneError(f"{flag} path {shown(path)} would be written twice")
+        written += [path, path + ".data"] if flag == "--save-dir" else [path]
+    return models
+
+
+def _save_sweep_models(result, folder, paths) -> None:
+    from .io import save_model
+    if paths:
+        os.makedirs(folder, exist_ok=True)
+    for row, path in zip(result.rows, paths):
+        _save(save_model, row.model, path)
+
+
+RUNNERS = {"prune": _prune, "analyze": _analyze, "bench": _bench, "evaluate": _evaluate, "sweep": _sweep}  # command -> function(args) -> exit code

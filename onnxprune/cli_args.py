@@ -17,7 +17,7 @@ def verbosity():
     p = argparse.ArgumentParser(add_help=False)
     levels = p.add_mutually_exclusive_group()
     levels.add_argument("-q", "--quiet", dest="log_level", action="store_const", const=logging.ERROR,
-                        default=logging.INFO, help="print errors only (and the results of analyze and bench)")
+                        default=logging.INFO, help="print errors only (and the results of analyze, bench, evaluate, sweep)")
     levels.add_argument("-v", "--verbose", dest="log_level", action="store_const", const=logging.DEBUG,
                         help="also print stage timings and debug detail (on stderr)")
     return p
@@ -30,6 +30,23 @@ def prune_arguments(p):
     budget.add_argument("--ratio", type=float, help="fraction of prunable channels to remove (default 0.3)")
     budget.add_argument("--target-macs", type=float, metavar="F", help="keep this fraction of the MACs")
     budget.add_argument("--target-params", type=float, metavar="F", help="keep this fraction of the parameters")
+    selection_options(p)
+    p.add_argument("--plan", help="apply this plan (JSON) instead of scoring")
+    p.add_argument("--plan-out", help="write the applied plan as JSON")
+    p.add_argument("--report", help="write the full report as JSON (also when the oracle fails)")
+    p.add_argument("--verify", action="store_true",
+                   help="run the masking oracle; exit 1 (and write no model) when it fails")
+    p.add_argument("--bench", action="store_true", help="time the input and the output (see 'onnxprune bench')")
+    bench_options(p)
+    data_options(p)
+    p.add_argument("--tolerance", type=float, default=1e-4,
+                   help="oracle tolerance: max relative difference, or 4x the measured noise, or "
+                        "4 eps of float16 (float16 models) if larger")
+    _common(p)
+
+
+def selection_options(p):
+    """How channels are chosen and removed: shared by prune and sweep."""
     p.add_argument("--criterion", default="l1", help="saliency: bgsc (data-free DFPC bound), l1, l2, random")
     p.add_argument("--seed", type=int, default=0, help="seed of the random criterion and the oracle inputs")
     p.add_argument("--scope", choices=["local", "global"],
@@ -54,18 +71,6 @@ def prune_arguments(p):
     p.add_argument("--fold", default="exact", choices=["none", "exact", "approx"],
                    help="constants carried by removed channels: fold into consumer biases where "
                         "exact (default), also approximately (interior value), or drop")
-    p.add_argument("--plan", help="apply this plan (JSON) instead of scoring")
-    p.add_argument("--plan-out", help="write the applied plan as JSON")
-    p.add_argument("--report", help="write the full report as JSON (also when the oracle fails)")
-    p.add_argument("--verify", action="store_true",
-                   help="run the masking oracle; exit 1 (and write no model) when it fails")
-    p.add_argument("--bench", action="store_true", help="time the input and the output (see 'onnxprune bench')")
-    bench_options(p)
-    data_options(p)
-    p.add_argument("--tolerance", type=float, default=1e-4,
-                   help="oracle tolerance: max relative difference, or 4x the measured noise, or "
-                        "4 eps of float16 (float16 models) if larger")
-    _common(p)
 
 
 def bench_options(p):
@@ -120,3 +125,22 @@ def evaluate_arguments(p):
     p.add_argument("--limit", type=int, metavar="N", help="use the first N samples")
     p.add_argument("--batch", type=int, default=32, help="samples per onnxruntime run")
     p.add_argument("--json", action="store_true", help="print the fidelity as JSON")
+
+
+def sweep_arguments(p):
+    p.add_argument("input", help="model to prune at every target (never modified)")
+    p.add_argument("--targets", required=True, metavar="LIST",
+                   help="comma list of fractions in (0, 1] to keep, e.g. 0.9,0.8,0.7,0.6,0.5")
+    p.add_argument("--target-kind", default="macs", choices=["macs", "params"],
+                   help="what each target is a fraction of (default: macs)")
+    selection_options(p)
+    p.add_argument("--bench", action="store_true",
+                   help="also time the original and every pruned model (one alternating series)")
+    bench_options(p)
+    data_options(p)
+    p.add_argument("--plot", metavar="PNG", help="draw fidelity and latency (or MACs) against the target "
+                   "(needs matplotlib: pip install 'onnxprune[plot]')")
+    p.add_argument("--json", metavar="PATH", help="write the sweep as JSON")
+    p.add_argument("--save-dir", metavar="DIR", help="also write each pruned model there, as "
+                   "<input stem>_<kind><target>.onnx")
+    _common(p)

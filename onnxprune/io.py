@@ -292,9 +292,9 @@ def file_mode(path: str) -> int:
 
 
 # -- report and plan ---------------------------------------------------------------------
-def stage_text(path: str, text: str) -> str:
-    """Write `text` to a temporary file that `publish_text` puts in place: next to `path`,
-    or, for a device or FIFO (written in place), in the system's temporary folder."""
+def stage_text(path: str, text: str | bytes) -> str:
+    """Write `text` (or bytes: a PNG) to a temporary file that `publish_text` puts in place:
+    next to `path`, or, for a device or FIFO (written in place), in the system's temporary folder."""
     target = _target(path)
     directory = tempfile.gettempdir() if target.stream else os.path.dirname(target.path)
     try:
@@ -302,7 +302,7 @@ def stage_text(path: str, text: str) -> str:
     except OSError as e:
         raise OnnxPruneError(f"cannot write {shown(path)}: {e.strerror or e}") from None
     try:
-        with open(tmp, "w") as f:
+        with open(tmp, "wb" if isinstance(text, bytes) else "w") as f:
             f.write(text)
         os.chmod(tmp, file_mode(target.path))
     except OSError as e:
