@@ -15,6 +15,9 @@ Sources (`load_calibration`)
 * a folder of images (``.png``, ``.jpg``/``.jpeg``, ``.bmp``, top level only, sorted by
   name) for a single image input. Files are checked when loading and decoded per batch.
   Reading them needs Pillow (``pip install pillow``).
+* ``synthetic`` (the word itself): images made of 1/f noise for a single image input, no
+  data at all (onnxprune/synthetic.py); `limit` is their number (256 by default) and the
+  preprocessing's mean, std and layout apply.
 * from Python, a dict ``{input_name: array}`` (an .npz in memory), or an iterable of such
   feed dicts. Each dict is a *batch*:
   axis 0 is the sample axis, as in the npz (one sample is an array of shape
@@ -59,6 +62,7 @@ import onnx
 
 from .errors import OnnxPruneError
 from .images import Preprocess, dims as _dims, image_files, reason as _reason
+from .synthetic import DEFAULT_SAMPLES, SYNTHETIC, is_synthetic, synthetic_arrays
 
 _FINITE_CHUNK = 1 << 22  # elements checked at a time, so a memory-mapped .npy is never read whole
 
@@ -217,7 +221,7 @@ def _cast(feeds: dict, dtype) -> dict:
 # Loading
 # ---------------------------------------------------------------------------------------
 def load_calibration(source, input_names, *, limit: int | None = None, preprocess=None,
-                     labels_key: str = "labels") -> CalibrationSet:
+                     labels_key: str = "labels", seed: int = 0) -> CalibrationSet:
     """Samples of the model's inputs from an .npz, an .npy, a folder of images or an
     iterable of feed dicts (see the module docstring). `limit` keeps the first N samples.
     `preprocess` (a spec string or a `Preprocess`) applies to image folders only. Every
@@ -229,6 +233,10 @@ def load_calibration(source, input_names, *, limit: int | None = None, preproces
         raise OnnxPruneError(f"--calib-limit must be a positive integer, got {limit!r}")
     if isinstance(preprocess, str):
         preprocess = Preprocess.parse(preprocess)
+    if is_synthetic(source):   # data-free: 1/f noise images (onnxprune/synthetic.py)
+        arrays = synthetic_arrays(spec, preprocess, limit or DEFAULT_SAMPLES, seed)
+        return _from_arrays(arrays, None, spec, None, where="synthetic images (1/f noise)",
+                            key=("synthetic", seed), kind=SYNTHETIC, labels_key=labels_key)
     if isinstance(source, (str, os.PathLike)):
         path = os.fspath(source)
         if os.path.isdir(path):
