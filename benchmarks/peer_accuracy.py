@@ -148,10 +148,18 @@ def main(argv=None) -> int:
     ap.add_argument("--targets", type=float, nargs="+", default=[0.8, 0.7])
     ap.add_argument("--cache", default="/tmp/onnxprune_peer_cache")
     ap.add_argument("--no-folded", action="store_true", help="skip the BN-folded exports")
+    ap.add_argument("--render", action="store_true", help="only rewrite the .md from the .json")
     ap.add_argument("--retrain", action="store_true",
                     help="retrain the modules missing from --cache to compare them with the ONNX files "
                          "(without it, only cached ones are compared)")
     args = ap.parse_args(argv)
+    out = os.path.join(ROOT, "benchmarks", "results", "peer_accuracy")
+    if args.render:
+        with open(out + ".json") as f:
+            data = json.load(f)
+        with open(out + ".md", "w") as f:
+            f.write(markdown(data, data["models"], data["rows"]))
+        return 0
     try:
         import torch_pruning as tp
     except ImportError:
@@ -225,8 +233,7 @@ def main(argv=None) -> int:
             print(f"{key}: {time.perf_counter() - t0:.0f} s", flush=True)
     command = "python benchmarks/peer_accuracy.py " + " ".join(argv if argv is not None else sys.argv[1:])
     meta = {"date": time.strftime("%Y-%m-%d %H:%M"), "command": command.strip(), "torch_pruning": tp.__version__,
-            "torch": torch.__version__, "onnxprune_runs": ONNXPRUNE_RUNS}
-    out = os.path.join(ROOT, "benchmarks", "results", "peer_accuracy")
+            "torch": torch.__version__, "onnxprune_commit": git_commit(), "onnxprune_runs": ONNXPRUNE_RUNS}
     with open(out + ".json", "w") as f:
         json.dump({**meta, "models": models_info, "rows": rows}, f, indent=1)
     md = markdown(meta, models_info, rows)
@@ -236,37 +243,56 @@ def main(argv=None) -> int:
     return 0
 
 
+def git_commit() -> str | None:
+    import subprocess
+    try:
+        return subprocess.run(["git", "-C", ROOT, "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                              check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return None
+
+
 def cell(r: dict) -> str:
     if "error" in r:
         return "error"
     frac = r.get("mac_fraction", r.get("mac_fraction_onnxprune_counter"))
-    return f"{100 * r['accuracy']:.1f} ({frac:.3f})"
+    over = "" if r.get("within_tp_macs", True) else " †"
+    return f"{100 * r['accuracy']:.1f} ({frac:.3f}){over}"
+
+
+def verdict(row: dict, label: str = "default") -> str:
+    d = row["onnxprune"].get(label, {})
+    if "accuracy" not in d:
+        return "—"
+    if not d["within_tp_macs"]:
+        return "no (more MACs)"
+    return "yes" if d["accuracy"] >= max(v["accuracy"] for v in row["tp"].values()) else "no"
 
 
 def markdown(meta, models_info, rows) -> str:
     lines = [f"# onnxprune vs Torch-Pruning {meta['torch_pruning']} at equal MACs, no data, no fine-tuning", "",
-             f"`{meta['command']}`, {meta['date']}, torch {meta['torch']}. Accuracy % on the 450 test images "
+             f"`{meta['command']}`, {meta['date']}, torch {meta['torch']}, onnxprune at commit "
+             f"{meta.get('onnxprune_commit')}. Accuracy % on the 450 test images "
              "(achieved MAC fraction, onnxprune's counter for every cell; TP's bisection used TP's counter). "
              "onnxprune's target is the smaller TP fraction (either counter).", "",
              "| model | file | target | unpruned onnx / torch | TP local | TP global | onnxprune default | "
              "onnxprune bn-variance | onnxprune l1 no recovery | onnxprune default, round_to 1 | default ≥ best TP |",
              "|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
-        best_tp = max(v["accuracy"] for v in r["tp"].values())
-        d = r["onnxprune"].get("default", {})
-        verdict = "—" if "accuracy" not in d else ("yes" if d["accuracy"] >= best_tp else "no")
         op = r["onnxprune"]
         lines.append(f"| {r['model']} | {r['bn']} | {r['target']} | {100 * (r['unpruned_onnx'] or 0):.1f} / "
                      f"{100 * r['unpruned_torch']:.1f} | {cell(r['tp']['TP local'])} | {cell(r['tp']['TP global'])} | "
-                     + " | ".join(cell(op[k]) if k in op else "—" for k in ONNXPRUNE_RUNS) + f" | {verdict} |")
-    lines += ["", "Per model and file: does onnxprune's default reach the best TP variant in every target?", ""]
+                     + " | ".join(cell(op[k]) if k in op else "—" for k in ONNXPRUNE_RUNS) + f" | {verdict(r)} |")
+    lines += ["", "† onnxprune did not reach TP's MAC fraction (achieved more MACs): not an equal-MACs cell.", "",
+              "Per model and file: does onnxprune (default / bn-variance / default with round_to 1) reach the best "
+              "TP variant at every target, at no more MACs?", ""]
     groups: dict = {}
     for r in rows:
-        d = r["onnxprune"].get("default", {})
-        ok = "accuracy" in d and d["accuracy"] >= max(v["accuracy"] for v in r["tp"].values())
-        groups.setdefault((r["model"], r["bn"]), []).append(ok)
+        groups.setdefault((r["model"], r["bn"]), []).append(
+            [verdict(r, k) == "yes" for k in ("default", "bn-variance", "default round_to 1")])
     for (model, bn), oks in groups.items():
-        lines.append(f"* {model} ({bn}): {'yes' if all(oks) else 'no'} ({sum(oks)}/{len(oks)} targets)")
+        parts = [f"{'yes' if all(o[i] for o in oks) else 'no'} ({sum(o[i] for o in oks)}/{len(oks)})" for i in range(3)]
+        lines.append(f"* {model} ({bn}): default {parts[0]}; bn-variance {parts[1]}; default round_to 1 {parts[2]}")
     lines += ["", "Unpruned: torch module with the ONNX weights vs the ONNX file (onnxruntime), a retrained module "
               "(models/default_model.train, same seed) vs the file, and the two MAC counters.", "",
               "| model | torch acc | onnx acc | predictions differing | retrained acc | retrained: predictions differing "
