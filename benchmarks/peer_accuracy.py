@@ -219,14 +219,14 @@ def main(argv=None) -> int:
                             row["onnxprune"][label] = {"error": repr(exc)}
                             print(f"  {key} {kind} T={target} onnxprune {label}: {exc!r}", flush=True)
                             continue
-                        out = rep.fidelity.outputs[0]
-                        row["unpruned_onnx"] = out.accuracy_original
+                        fid = rep.fidelity.outputs[0]
+                        row["unpruned_onnx"] = fid.accuracy_original
                         frac = rep.after["macs"] / rep.before["macs"]
                         row["onnxprune"][label] = {
-                            "accuracy": out.accuracy_pruned, "mac_fraction": frac, "within_tp_macs": frac <= t_equal + 1e-9,
+                            "accuracy": fid.accuracy_pruned, "mac_fraction": frac, "within_tp_macs": frac <= t_equal + 1e-9,
                             "options": {k: v for k, v in rep.options.items() if k != "input_shapes"},
                             "recover": (rep.recovery or {}).get("methods"), "kwargs": kwargs}
-                        print(f"  {key} {kind} T={target} onnxprune {label}: acc {out.accuracy_pruned:.4f} "
+                        print(f"  {key} {kind} T={target} onnxprune {label}: acc {fid.accuracy_pruned:.4f} "
                               f"MACs {frac:.4f} (<= {t_equal:.4f}) criterion {rep.options['criterion']} "
                               f"recover {(rep.recovery or {}).get('methods')}", flush=True)
                     rows.append(row)
