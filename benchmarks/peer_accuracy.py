@@ -232,7 +232,9 @@ def main(argv=None) -> int:
                     rows.append(row)
             print(f"{key}: {time.perf_counter() - t0:.0f} s", flush=True)
     command = "python benchmarks/peer_accuracy.py " + " ".join(argv if argv is not None else sys.argv[1:])
+    from importlib.metadata import version  # 1.6.1's wheel says __version__ 1.6.0
     meta = {"date": time.strftime("%Y-%m-%d %H:%M"), "command": command.strip(), "torch_pruning": tp.__version__,
+            "torch_pruning_dist": version("torch-pruning"),
             "torch": torch.__version__, "onnxprune_commit": git_commit(), "onnxprune_runs": ONNXPRUNE_RUNS}
     with open(out + ".json", "w") as f:
         json.dump({**meta, "models": models_info, "rows": rows}, f, indent=1)
