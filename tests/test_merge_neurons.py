@@ -140,6 +140,17 @@ def test_a_depthwise_consumer_is_skipped():
     assert "depthwise" in _notes(report)[0]
 
 
+@pytest.mark.parametrize("bn", [True, False], ids=["bn", "folded"])
+def test_mean_compensation_leaves_a_merged_channel_alone(bn):
+    """compensate_means must not add the expectation of a channel that was merged: after
+    an exact merge there is nothing left to compensate."""
+    proto, c1 = _conv_bn_relu_conv(bn=bn)
+    x = _x()
+    ref = _run(proto, x)
+    fixed, report = _prune(proto, Plan({c1: [7]}), "merge,means")
+    np.testing.assert_allclose(_run(fixed, x), ref, atol=1e-4 * np.abs(ref).max(), rtol=0)
+
+
 def test_merge_runs_first():
     assert parse_methods("stats,merge") == ("merge", "stats")
     assert parse_methods("lsq,means,merge") == ("merge", "means", "lsq")
