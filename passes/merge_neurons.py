@@ -46,7 +46,7 @@ from onnxprune.passes.fold_removed_constants import add_to_bias
 
 # Merge when the cosine similarity of the effective filters reaches this (measured on the
 # digits models: benchmarks/accuracy_merge.py, benchmarks/RESULTS_accuracy.md).
-THRESHOLD = 0.45
+THRESHOLD = 0.1
 
 HOMOGENEOUS = {"Relu", "LeakyRelu", "MaxPool", "GlobalMaxPool"}      # f(s·x) = s·f(x), s > 0
 LINEAR = {"AveragePool", "GlobalAveragePool", "Flatten", "Concat", "Dropout", "Identity"}

@@ -82,7 +82,8 @@ def test_an_exact_multiple_is_merged_exactly(bn, head):
     assert _merged_count(report) == 1, _notes(report)
 
 
-def test_leaky_relu_and_several_removed_channels():
+def test_leaky_relu_and_several_removed_channels(monkeypatch):
+    monkeypatch.setattr(merge_neurons, "THRESHOLD", 0.9)   # only near multiples
     proto, c1 = _conv_bn_relu_conv(activation="LeakyRelu", scale=0.7)
     x = _x()
     merged, report = _prune(proto, Plan({c1: [3, 7]}), "merge")
@@ -100,7 +101,8 @@ def test_without_activation_a_negative_multiple_merges_too():
     np.testing.assert_allclose(_run(merged, x), _run(proto, x), atol=1e-4 * np.abs(_run(proto, x)).max())
 
 
-def test_a_negative_multiple_through_relu_is_not_merged():
+def test_a_negative_multiple_through_relu_is_not_merged(monkeypatch):
+    monkeypatch.setattr(merge_neurons, "THRESHOLD", 0.9)   # only near multiples: |cos| = 1 with channel 0
     proto, c1 = _conv_bn_relu_conv(scale=-1.5)
     merged, report = _prune(proto, Plan({c1: [7]}), "merge")
     plain, _ = _prune(proto, Plan({c1: [7]}), "none")
