@@ -82,6 +82,23 @@ def test_an_exact_multiple_is_merged_exactly(bn, head):
     assert _merged_count(report) == 1, _notes(report)
 
 
+def test_a_gemm_producer_merges_into_a_gemm_consumer():
+    b = GraphBuilder(seed=9)
+    x = b.input("x", [None, 16])
+    w = b.rng.standard_normal((8, 16)).astype(np.float32)
+    bias = b.rng.standard_normal(8).astype(np.float32)
+    w[5], bias[5] = 1.7 * w[2], 1.7 * bias[2]
+    h = b.op("Relu", [b.op("Gemm", [x, b.const(w), b.const(bias)], transB=1)])
+    g1 = [n.name for n in b.nodes if n.op_type == "Gemm"][0]
+    y = b.op("Gemm", [h, b.weight((8, 5)), b.weight((5,))], alpha=0.5)
+    proto = b.model([y])
+    xs = np.random.default_rng(0).standard_normal((16, 16)).astype(np.float32)
+    merged, report = _prune(proto, Plan({g1: [5]}), "merge")
+    ref = _run(proto, xs)
+    assert _merged_count(report) == 1
+    np.testing.assert_allclose(_run(merged, xs), ref, atol=1e-4 * np.abs(ref).max(), rtol=0)
+
+
 def test_leaky_relu_and_several_removed_channels(monkeypatch):
     monkeypatch.setattr(merge_neurons, "THRESHOLD", 0.9)   # only near multiples
     proto, c1 = _conv_bn_relu_conv(activation="LeakyRelu", scale=0.7)
