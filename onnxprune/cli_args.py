@@ -110,8 +110,8 @@ def data_options(p):
     g.add_argument("--labels", default="labels", metavar="KEY",
                    help="npz key of integer labels: the fidelity report adds accuracy (default: labels)")
     g.add_argument("--recover", default="auto", metavar="METHODS",
-                   help="after the exact rewrite: 'none' or a comma list of means, stats, lsq (mean "
-                        "compensation, statistics correction, least-squares refit); default 'auto': "
+                   help="after the exact rewrite: 'none' or a comma list of merge, means, stats, lsq (neuron "
+                        "merging, mean compensation, statistics correction, least-squares refit); default 'auto': "
                         "lsq with --calib, none without")
 
 

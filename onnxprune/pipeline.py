@@ -23,14 +23,15 @@ class Step:
     calibration: Callable | None = None     # () -> iterator of feed dicts (calibration batches)
     calibration_size: int = 0               # samples in one pass over `calibration`
     notes: list = field(default_factory=list)   # what the passes did, for the report
+    merged: dict = field(default_factory=dict)  # consumer -> {merged input row: (kept row, s)} (passes/merge_neurons.py)
 
 
 # Canonicalise a freshly read model; numerics unchanged.
 LOAD_PASSES = (passes.inline_functions, passes.name_nodes, passes.constants_to_initializers,
                passes.bypass_identity, passes.fold_constants, passes.infer_shapes)
 # Win back fidelity after the exact rewrite, in this order (each skips itself without data
-# where it needs data): mean compensation, statistics correction, least-squares refit.
-RECOVERY_PASSES = {"means": passes.compensate_means, "stats": passes.correct_statistics,
+# where it needs data): neuron merging, mean compensation, statistics correction, least-squares refit.
+RECOVERY_PASSES = {"merge": passes.merge_neurons, "means": passes.compensate_means, "stats": passes.correct_statistics,
                    "lsq": passes.reconstruct}
 # Turn a plan into a smaller model.
 REWRITE_PASSES = (passes.slice_initializers, passes.update_attributes, passes.fold_removed_constants,

@@ -1,4 +1,4 @@
-"""Synthetic calibration images: recovery without a single real input (docs/methods.md §5.6).
+"""Synthetic calibration images: recovery without a single real input (docs/methods.md §5.7).
 
 `--calib synthetic` feeds the recovery passes images that have the one property all
 natural images share: a power spectrum falling as 1/f² (amplitude 1/f), so neighbouring

@@ -37,6 +37,9 @@ def run(model, step) -> None:
         node = onodes[t]
         w = original.inits[node.input[1]].astype(np.float64)
         removed_cols = input_columns(node, w, removed_in[t])
+        if step.merged.get(t):   # merged into kept inputs by merge_neurons: not missing any more
+            removed_cols = removed_cols.copy()
+            removed_cols[list(step.merged[t])] = False
         delta = np.concatenate([mean[removed_cols] @ weight_matrix(node, w, g)[removed_cols]
                                 for g, mean in enumerate(means[t])])
         if t in step.folds:   # the expectation replaces the zeroed-filter constant

@@ -1,5 +1,5 @@
 """bn-variance: a data-free estimate of the error a channel's removal leaves at the layers
-that read it (docs/methods.md §5.4).
+that read it (docs/methods.md §5.6).
 
 After recovery has put each removed channel's expected value back into the consumer's
 bias (mean compensation, statistics correction), what is left of channel c's removal at
