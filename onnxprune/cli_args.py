@@ -30,7 +30,8 @@ def prune_arguments(p):
     budget.add_argument("--ratio", type=float, help="fraction of prunable channels to remove (default 0.3)")
     budget.add_argument("--target-macs", type=float, metavar="F", help="keep this fraction of the MACs")
     budget.add_argument("--target-params", type=float, metavar="F", help="keep this fraction of the parameters")
-    p.add_argument("--criterion", default="l1", help="saliency: bgsc (data-free DFPC bound), l1, l2, random")
+    p.add_argument("--criterion", default="l1", help="saliency: bgsc (data-free DFPC bound), l1, l2, random; with --calib also "
+                        "activation, fluctuation, heatmap, lsq-aware")
     p.add_argument("--seed", type=int, default=0, help="seed of the random criterion and the oracle inputs")
     p.add_argument("--scope", choices=["local", "global"],
                    help="local: the same fraction in every group; global: one ranking across groups "
@@ -38,10 +39,11 @@ def prune_arguments(p):
     p.add_argument("--ranking", choices=["raw", "normalized"],
                    help="global ranking: raw scores (faithful DFPC) or scores divided by their group's "
                         "mean (default for bgsc: normalized)")
-    p.add_argument("--allocator", default="rank", choices=["rank", "density"],
+    p.add_argument("--allocator", default="rank", choices=["rank", "density", "sensitivity"],
                    help="with --target-macs/--target-params: 'rank' removes channels in score order; "
-                        "'density' sets each group's count from layer densities (PreCrop) and lets "
-                        "the criterion pick the channels")
+                        "'density' sets each group's count from layer densities (PreCrop), "
+                        "'sensitivity' from output error measured on --calib; the criterion picks "
+                        "the channels")
     p.add_argument("--coupled", default="all", choices=["all", "only", "none"],
                    help="prune all groups, only coupled ones (several feed-in layers), or none of those")
     p.add_argument("--min-keep", default="0.1",
