@@ -11,6 +11,8 @@ Solved greedily, which suits the exact, integer, rounded problem: repeatedly tak
 step (one class, or the group's `round_to` step) whose removal loses the least Σ log p
 per unit of the budget metric it saves, as previewed on the CostTracker, until the
 target is met. A step only changes the priority of the groups sharing a weight with it.
+The same greedy, with a step loss measured on data, is the sensitivity allocator
+(onnxprune/sensitivity.py).
 """
 from __future__ import annotations
 
