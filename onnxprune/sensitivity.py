@@ -10,8 +10,9 @@ where output error grows least per MAC (or parameter) saved.
 
 Fast: one masked copy of the model whose feed-out inputs are multiplied by masks fed at
 run time (the masking oracle's reference, with no rewrite), so every measurement is one
-run of one session. Bounded: at most MAX_EVALUATIONS group × count measurements (fewer
-counts per group on models with many groups) on at most SAMPLES samples."""
+run of one session. Bounded: at most MAX_EVALUATIONS group × count measurements, and no
+more than MAC_BUDGET multiply-accumulates in all (fewer counts per group on models with
+many groups or many MACs; never fewer than one per group), on at most SAMPLES samples."""
 from __future__ import annotations
 
 import time
@@ -20,6 +21,7 @@ import numpy as np
 import onnx
 
 from .budget import class_multiplicity, floor_of, group_round_to, prunable_groups, removal_order, rounded_keep
+from .cost import cost
 from .density import allocate_greedy
 from .masking import _mask_shape, _rebuild, layer_dtype
 from .runtime import model_session, run_chunked
@@ -28,6 +30,7 @@ from .saliency.data import consumers, require_data
 KEEP_FRACTIONS = (0.75, 0.5, 0.25)   # measured per group, plus its floor
 SAMPLES = 64
 MAX_EVALUATIONS = 400
+MAC_BUDGET = 1e13    # about two minutes of one CPU core's convolutions
 
 
 def allocate_sensitivity(model, couplings, scores, metric: str, target: float, min_keep: float = 0.1,
@@ -38,7 +41,8 @@ def allocate_sensitivity(model, couplings, scores, metric: str, target: float, m
     groups = prunable_groups(couplings, coupled)
     probe = _MaskedModel(model, couplings, data)
     multiplicity = class_multiplicity(couplings)
-    per_group = max(1, min(len(KEEP_FRACTIONS) + 1, MAX_EVALUATIONS // max(len(groups), 1)))
+    runs = min(MAX_EVALUATIONS, MAC_BUDGET // max(cost(model).macs * probe.samples, 1))
+    per_group = max(1, min(len(KEEP_FRACTIONS) + 1, int(runs) // max(len(groups), 1)))
     curves = {}
     for g in groups:
         floor, step = floor_of(g.width, min_keep), group_round_to(g, multiplicity, round_to)
