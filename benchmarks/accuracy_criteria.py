@@ -20,7 +20,7 @@ script for the study). `--plans-only MODEL...` compares the plans of the data cr
 its BN-folded twin instead of pruning (they read the feed-outs' inputs, which folding does not change).
 
 Writes benchmarks/results/accuracy_criteria.{json,md} (after every model, so a partial run is kept;
-runs of models not named in --models are kept from an earlier .json); `--render` rewrites the .md.
+runs of (model, config) pairs not asked for are kept from an earlier .json); `--render` rewrites the .md.
 """
 from __future__ import annotations
 
@@ -50,8 +50,7 @@ from models.digits import load_digits_split  # noqa: E402
 COMMAND = "python benchmarks/accuracy_criteria.py"
 MODELS = ["digits_resnet", "digits_resnet_s1", "digits_mobilenet", "digits_mobilenet_s1"]
 TARGETS = [0.8, 0.7, 0.6, 0.5]
-CONFIGS = ["l1", "bgsc", "activation", "fluctuation", "heatmap", "heatmap@0.95", "heatmap@1", "lsq-aware",
-           "sens:l1", "sens:lsq-aware"]
+CONFIGS = ["l1", "bgsc", "activation", "fluctuation", "heatmap", "heatmap@1", "lsq-aware", "sens:l1"]
 DATA_CRITERIA = ["activation", "fluctuation", "heatmap", "lsq-aware"]
 
 
@@ -92,7 +91,7 @@ def compare_plans(models, feeds):
     """Data criteria read the feed-outs' inputs: BN folding should not change their plans."""
     out = []
     for model in models:
-        for config in DATA_CRITERIA + ["sens:l1"]:
+        for config in DATA_CRITERIA + ["sens:fluctuation"]:
             crit, alloc = criterion_and_allocator(config)
             plans = []
             for name in (model, f"{model}_folded"):
@@ -189,9 +188,13 @@ def main(argv=None):
         with open(path_json, "w") as f:
             json.dump(old, f, indent=1)
         return write(old, args.out) if "runs" in old else None
-    kept = [r for r in old.get("runs", []) if r["model"] not in args.models]   # other models' runs stay
-    models = [m for m in old.get("models", []) if any(r["model"] == m for r in kept)] + args.models
-    result = {"command": COMMAND, "models": models, "targets": args.targets, "configs": args.configs,
+    # runs of other models or other configs stay: a study can be extended or redone in parts
+    kept = [r for r in old.get("runs", []) if r["model"] not in args.models or r["config"] not in args.configs]
+    models = list(dict.fromkeys([m for m in old.get("models", []) if any(r["model"] == m for r in kept)]
+                                + args.models))
+    configs = list(dict.fromkeys([c for c in old.get("configs", []) if any(r["config"] == c for r in kept)]
+                                 + args.configs))
+    result = {"command": COMMAND, "models": models, "targets": args.targets, "configs": configs,
               "calibration": args.calib, "test_samples": len(y_test), "default_round_to": default_round_to(),
               "heatmap_default_mass": DEFAULT_MASS, "bar_pp": {str(k): v for k, v in BAR.items()},
               "plans": old.get("plans"),

@@ -124,6 +124,37 @@ def test_activation_is_energy_times_consumer_weight_norm():
     np.testing.assert_allclose(flu, h.transpose(1, 0, 2, 3).reshape(8, -1).var(axis=1) * energy, rtol=1e-3)
 
 
+def _chain_with_bn(fold):
+    """x -> conv -> relu -> conv -> BN -> relu -> GAP -> Gemm, the BN kept or folded into the conv."""
+    b = GraphBuilder(seed=9)
+    x = b.input("x", [1, 4, 6, 6])
+    h = b.op("Relu", [b.conv(x, 4, 8)])
+    w = b.rng.standard_normal((8, 8, 3, 3)).astype(np.float32)
+    gamma, beta = b.rng.uniform(0.2, 3.0, 8).astype(np.float32), b.rng.uniform(-0.5, 0.5, 8).astype(np.float32)
+    mean, var = b.rng.uniform(-0.5, 0.5, 8).astype(np.float32), b.rng.uniform(0.5, 2.0, 8).astype(np.float32)
+    s = gamma / np.sqrt(var + 1e-5)
+    if fold:
+        y = b.op("Conv", [h, b.const(w * s[:, None, None, None]), b.const(beta - mean * s)], kernel_shape=[3, 3],
+                 pads=[1, 1, 1, 1])
+    else:
+        y = b.op("Conv", [h, b.const(w)], kernel_shape=[3, 3], pads=[1, 1, 1, 1])
+        y = b.op("BatchNormalization", [y, b.const(gamma), b.const(beta), b.const(mean), b.const(var)])
+    p = b.op("Flatten", [b.op("GlobalAveragePool", [b.op("Relu", [y])])])
+    return b.model([b.op("Gemm", [p, b.weight((3, 8)), b.weight((3,))], transB=1)])
+
+
+@pytest.mark.parametrize("criterion", ["activation", "fluctuation", "lsq-aware"])
+def test_scores_do_not_change_when_bn_is_folded(criterion):
+    """The consumer's error is measured after its BN, as bgsc's r_b is."""
+    samples = _samples((1, 4, 6, 6))
+    values = []
+    for fold in (False, True):
+        model, couplings = analyze_model(_chain_with_bn(fold))
+        first = next(p for p in couplings.producers if p.node == model.graph.node[0].name)
+        values.append(score(model, couplings, criterion, data=_data(samples)).values[couplings.class_of[first.ids]])
+    np.testing.assert_allclose(values[0], values[1], rtol=1e-4)
+
+
 def test_obs_cost_equals_a_brute_force_ridge_refit():
     """Zeroing a block of rows of W and refitting the rest by ridge least squares (pulled
     toward the current weights, the bias free) raises the objective by tr(W_Bᵀ (H⁻¹_BB)⁻¹ W_B)."""

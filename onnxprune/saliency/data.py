@@ -16,6 +16,8 @@ from ..channels import FEED_OUT
 from ..errors import OnnxPruneError
 from ..graph import attr
 from ..layer_data import stream_pair
+from ..ops import layer_of
+from ..ops.conv_bound import following_bn_scale
 from .magnitude import axis_norms
 
 
@@ -36,11 +38,15 @@ def require_data(data, who: str) -> CalibrationData:
 @dataclass
 class Consumer:
     """A feed-out layer: `node` reads `tensor`, whose channel axis `axis` carries identity
-    `ids[p]` at position p; `energy[p]` is Σ W² over the weights that read position p."""
+    `ids[p]` at position p. `weight` is the layer's weight (float64) scaled by the
+    BatchNormalization after it, if any, so that the error is measured after that BN and
+    BN folded or not gives the same scores (as bgsc's r_b); `energy[p]` is Σ weight² over
+    the weights that read position p."""
     node: object
     tensor: str
     axis: int
     ids: np.ndarray
+    weight: np.ndarray
     energy: np.ndarray
 
 
@@ -55,10 +61,21 @@ def consumers(model, couplings) -> list[Consumer]:
         if cmap is None or cmap.axis == 0:
             continue  # channels on the batch axis: not a layer input we can measure
         seen.add(s.node)
-        w = model.inits[node.input[s.input]]
-        out.append(Consumer(node, node.input[0], cmap.axis, np.asarray(cmap.ids),
+        w = _scaled_by_following_bn(model, node, model.inits[node.input[s.input]].astype(np.float64))
+        out.append(Consumer(node, node.input[0], cmap.axis, np.asarray(cmap.ids), w,
                             input_energy(node, w, s.axis, len(cmap.ids))))
     return out
+
+
+def _scaled_by_following_bn(model, node, w: np.ndarray) -> np.ndarray:
+    scale = following_bn_scale(node, model, model.index())
+    layer = layer_of(node)
+    if scale is None or layer is None:
+        return w
+    axis = layer.out_axis(node)
+    if w.shape[axis] != scale.size:
+        return w
+    return w * scale.reshape([-1 if a == axis else 1 for a in range(w.ndim)])
 
 
 def input_energy(node, w: np.ndarray, in_axis: int, n_inputs: int) -> np.ndarray:

@@ -19,13 +19,14 @@ from __future__ import annotations
 import numpy as np
 
 from ..graph import attr
-from ..layer_data import (MAX_POSITIONS, REFITTABLE, Moments, Positions, channel_rows, groups_of, n_positions,
+from ..layer_data import (REFITTABLE, Moments, Positions, channel_rows, groups_of, n_positions,
                           rows, weight_matrix)
 from ..passes.reconstruct import RIDGE
 from .data import consumers, per_class, require_data, stream_original
 from .scores import Scores
 
 MAX_DIM = 4096              # fan-in above which H (dim² float64) is not built
+POSITIONS = 64              # output positions per sample in H: a ranking needs fewer rows than a refit
 GRAM_BYTES = 512 * 2 ** 20  # Gram matrices held during one pass over the data
 
 
@@ -76,7 +77,7 @@ def removal_costs(gram: np.ndarray, w: np.ndarray, blocks: list[np.ndarray], rid
 def block_costs_of(model, u, g: int, gram) -> tuple[np.ndarray, np.ndarray]:
     """(cost per channel identity of conv group g, those identities), per row."""
     g_sum, n = gram
-    w = weight_matrix(u.node, model.inits[u.node.input[1]].astype(np.float64), g)
+    w = weight_matrix(u.node, u.weight, g)
     taps = w.shape[0] // _group_inputs(u) if u.node.op_type == "Conv" else 1
     per = _group_inputs(u)
     ids = u.ids[g * per:(g + 1) * per] if u.node.op_type == "Conv" else u.ids
@@ -125,7 +126,7 @@ def _chunks(model, users):
 
 def _accumulate(model, users, data) -> dict:
     """Per consumer and conv group: [Σ x̃ x̃ᵀ with x̃ = [x; 1], rows]."""
-    positions = Positions(MAX_POSITIONS)
+    positions = Positions(POSITIONS)
     grams = {u.node.name: [[np.zeros((_dim(model, u.node) + 1,) * 2), 0] for _ in range(groups_of(u.node))]
              for u in users}
 
