@@ -50,7 +50,7 @@ from models.digits import load_digits_split  # noqa: E402
 COMMAND = "python benchmarks/accuracy_criteria.py"
 MODELS = ["digits_resnet", "digits_resnet_s1", "digits_mobilenet", "digits_mobilenet_s1"]
 TARGETS = [0.8, 0.7, 0.6, 0.5]
-CONFIGS = ["l1", "bgsc", "activation", "fluctuation", "heatmap", "heatmap@1", "lsq-aware", "sens:l1"]
+CONFIGS = ["l1", "bgsc", "activation", "fluctuation", "lsq-aware", "heatmap", "heatmap@0.9", "sens:l1"]
 DATA_CRITERIA = ["activation", "fluctuation", "heatmap", "lsq-aware"]
 
 
