@@ -25,14 +25,15 @@ from .io import is_large
 from .load import load
 from .model import Model
 from .pipeline import REWRITE_PASSES, Step, run_passes
-from .arguments import (Settings, check_data_options, check_flag, check_input_shapes, check_patterns, check_source,
-                        settings, type_name)
+from .arguments import (Settings, check_data_options, check_flag, check_input_shapes, check_needs_data,
+                        check_patterns, check_source, settings, type_name)
 from .plan import Plan, classes_from_plan, plan_from_classes
 from .progress import stage
-from .recover import DataOptions, recover_stage
+from .recover import DataOptions, batches_of, calibration_sets, recover_stage
 from .report import PlanInfo, Report, group_table, model_stats
 from .runtime import model_session, random_inputs
-from .saliency import score
+from .saliency import CalibrationData, needs_data, score
+from .sensitivity import allocate_sensitivity
 from .verify import DEFAULT_TOLERANCE, check, masking_oracle
 
 log = logging.getLogger("onnxprune")
@@ -77,12 +78,14 @@ def prune(source: str | os.PathLike | onnx.ModelProto, ratio: float | None = Non
       target_params: fraction in (0, 1] of the original parameters to keep.
       plan: an onnxprune.Plan to apply instead of scoring (see `plan` and `apply_plan`).
     Options:
-      criterion: saliency, one of onnxprune.saliency.CRITERIA ('l1', 'l2', 'bgsc', 'random', ...).
+      criterion: saliency, one of onnxprune.saliency.CRITERIA ('l1', 'l2', 'bgsc', 'random', ...);
+        'activation', 'fluctuation', 'heatmap' and 'lsq-aware' read `calibration`.
       seed: integer >= 0; seeds the 'random' criterion, the fold and the oracle's inputs.
       scope: 'local' (the same fraction in every group) or 'global' (one ranking); default
         'global' for bgsc, 'local' otherwise.
       ranking: with a global scope, 'raw' or 'normalized' scores; default 'normalized' for bgsc.
-      allocator: 'rank' or 'density' (the latter needs target_macs or target_params).
+      allocator: 'rank', 'density' or 'sensitivity' (the last two need target_macs or
+        target_params; 'sensitivity' also `calibration`).
       coupled: 'all', 'only' (coupled groups only) or 'none' (uncoupled groups only).
       min_keep: floor per group, a count >= 1 or a fraction in (0, 1).
       round_to: kept counts are multiples of this integer >= 1 (default: 16 on AVX-512 CPUs, else 8).
@@ -146,11 +149,14 @@ def prune_model(source: str | os.PathLike | onnx.ModelProto, ratio: float | None
                   input_shapes=input_shapes, fold=fold, verify=verify, tolerance=tolerance)
     check_flag("check_output", check_output)
     check_data_options(recover, calibration_limit, labels_key)
+    check_needs_data(s, calibration)
     check_source(source)
     timings: dict = {}
     start = time.perf_counter()
     model, couplings = _load(source, s, timings)
-    removed, target, couplings, score_notes = _choose(model, couplings, s, timings)
+    data = DataOptions(calibration, calibration_limit, calibration_preprocess, eval_data, labels_key, recover)
+    sets = calibration_sets(model, data, s.seed) if _choice_reads_data(s) else None
+    removed, target, couplings, score_notes = _choose(model, couplings, s, timings, _score_data(model, sets))
     with stage("fold", timings):
         folds, fold_stats = _plan_folds(model, couplings, removed, s)
     with stage("rewrite", timings):
@@ -159,8 +165,8 @@ def prune_model(source: str | os.PathLike | onnx.ModelProto, ratio: float | None
         if check_output and checked_in_memory(slim):
             check(slim.to_proto().SerializeToString())  # the checker would serialise a proto itself, more slowly
         oracle = _run_pruned(model, couplings, removed, slim, folds, s)
-    data = DataOptions(calibration, calibration_limit, calibration_preprocess, eval_data, labels_key, recover)
-    slim, fidelity, unrecovered, recovery = recover_stage(model, couplings, removed, slim, folds, data, s.seed, timings)
+    slim, fidelity, unrecovered, recovery = recover_stage(model, couplings, removed, slim, folds, data, s.seed, timings,
+                                                          sets)
     timings["total"] = round(time.perf_counter() - start, 4)
     fold_note = [fold_stats.note()] if removed and s.fold != "none" else []
     notes = (list(model.notes) + score_notes + fold_note + _budget_notes(couplings, s, target)
@@ -177,20 +183,26 @@ def plan(source: str | os.PathLike | onnx.ModelProto, ratio: float | None = None
          seed: int = 0, scope: str | None = None, ranking: str | None = None, allocator: str = "rank",
          coupled: str | None = None, min_keep: float | str = 0.1, round_to: int | None = None,
          exclude: Sequence[str] = (), input_shapes: Mapping[str, Sequence[int]] | None = None,
-         fold: str = "exact") -> tuple[Plan, PlanInfo]:
+         fold: str = "exact", calibration: object = None, calibration_limit: int | None = None,
+         calibration_preprocess: str | None = None, eval_data: object = None) -> tuple[Plan, PlanInfo]:
     """Score and allocate without rewriting: returns (the Plan that `prune` with the same
     arguments would apply, PlanInfo). The arguments are `prune`'s (`fold` matters here too:
-    a MAC or parameter target counts the biases that folding adds). Edit or inspect the
-    plan, then `apply_plan` it."""
+    a MAC or parameter target counts the biases that folding adds; the data criteria and
+    the sensitivity allocator read `calibration`, less the fifth `prune` holds out unless
+    `eval_data` is given). Edit or inspect the plan, then `apply_plan` it."""
     s = settings(ratio=ratio, target_macs=target_macs, target_params=target_params, plan=None,
                   criterion=criterion, seed=seed, scope=scope, ranking=ranking, allocator=allocator,
                   coupled=coupled, min_keep=min_keep, round_to=round_to, exclude=exclude,
                   input_shapes=input_shapes, fold=fold, verify=False, tolerance=DEFAULT_TOLERANCE)
+    check_data_options("auto", calibration_limit, "labels")
+    check_needs_data(s, calibration)
     check_source(source)
     timings: dict = {}
     start = time.perf_counter()
     model, couplings = _load(source, s, timings)
-    removed, target, couplings, score_notes = _choose(model, couplings, s, timings)
+    data = DataOptions(calibration, calibration_limit, calibration_preprocess, eval_data, "labels", "auto")
+    sets = calibration_sets(model, data, s.seed) if _choice_reads_data(s) else None
+    removed, target, couplings, score_notes = _choose(model, couplings, s, timings, _score_data(model, sets))
     timings["total"] = round(time.perf_counter() - start, 4)
     options = _report_options(s, model)
     info = PlanInfo(options, model_stats(model), group_table(couplings, removed), timings,
@@ -222,9 +234,18 @@ def _load(source, s: "Settings", timings: dict):
     return model, couplings
 
 
-def _choose(model, couplings, s: "Settings", timings: dict):
+def _choice_reads_data(s: "Settings") -> bool:
+    return s.plan is None and (needs_data(s.criterion) or s.allocator == "sensitivity")
+
+
+def _score_data(model, sets):
+    """The calibration part (never the held-out one) for the score and allocate stages."""
+    return None if sets is None else CalibrationData(batches_of(model, sets[0]), len(sets[0]))
+
+
+def _choose(model, couplings, s: "Settings", timings: dict, data: CalibrationData | None = None):
     """Score and allocate: (removed channel classes, TargetResult or None, the couplings with
-    what the criterion could not score frozen, the criterion's notes)."""
+    what the criterion could not score frozen, the criterion's and allocator's notes)."""
     target = None
     if s.plan is not None:
         with stage("allocate", timings):
@@ -232,16 +253,21 @@ def _choose(model, couplings, s: "Settings", timings: dict):
             check_plan_classes(couplings, removed)
         return removed, target, couplings, []
     with stage("score", timings):
-        scored = score(model, couplings, s.criterion, s.seed)
+        scored = score(model, couplings, s.criterion, s.seed, data)
         couplings = couplings.with_frozen(scored.frozen)   # what the criterion cannot score stays
         scores = scored.values
+    allocator_notes = []
     with stage("allocate", timings):
         if s.ratio is not None:
             removed = allocate(couplings, scores, s.ratio, s.scope, s.min_keep, s.round_to, s.ranking,
                                s.coupled)
         else:
             metric, fraction = ("macs", s.target_macs) if s.target_macs is not None else ("params", s.target_params)
-            if s.allocator == "density":
+            if s.allocator == "sensitivity":
+                target, allocator_notes = allocate_sensitivity(model, couplings, scores, metric, fraction,
+                                                               s.min_keep, s.round_to, s.coupled,
+                                                               s.fold != "none", data)
+            elif s.allocator == "density":
                 target = allocate_density(model, couplings, scores, metric, fraction, s.min_keep, s.round_to,
                                           s.coupled, s.fold != "none")
             else:
@@ -250,7 +276,7 @@ def _choose(model, couplings, s: "Settings", timings: dict):
             removed = target.removed
         check_plan_classes(couplings, removed)
     log.debug("removing %d of %d channel classes", len(removed), couplings.n_classes)
-    return removed, target, couplings, [f"{s.criterion}: {n}" for n in scored.notes]
+    return removed, target, couplings, [f"{s.criterion}: {n}" for n in scored.notes] + allocator_notes
 
 
 def _plan_folds(model, couplings, removed, s: "Settings"):

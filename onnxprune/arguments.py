@@ -15,7 +15,7 @@ from .budget import COUPLED, RANKINGS, parse_min_keep, default_round_to
 from .errors import OnnxPruneError
 from .plan import Plan, checked_removed
 from .recover import parse_methods
-from .saliency import CRITERIA
+from .saliency import CRITERIA, needs_data
 
 # Defaults per criterion: BGSC scores are comparable across groups (one bound, in the same
 # units everywhere), so it ranks globally, as DFPC does; magnitudes are not, so the
@@ -24,8 +24,9 @@ DEFAULT_SCOPE = {"bgsc": "global", "bgsc-position": "global", "bn-variance": "gl
 DEFAULT_RANKING = {"bgsc": "normalized", "bgsc-position": "raw", "bn-variance": "raw"}
 DEFAULT_COUPLED = {"bn-variance": "last"}
 # rank: one ranking of channel classes decides how many each group keeps and which;
-# density: PreCrop layer densities decide how many, the criterion which (onnxprune/density.py)
-ALLOCATORS = ("rank", "density")
+# density: PreCrop layer densities decide how many, the criterion which (onnxprune/density.py);
+# sensitivity: fidelity measured on calibration data decides how many (onnxprune/sensitivity.py)
+ALLOCATORS = ("rank", "density", "sensitivity")
 SCOPES = ("local", "global")
 
 
@@ -75,8 +76,8 @@ def settings(*, ratio, target_macs, target_params, plan, criterion, seed, scope,
     ranking = (_choice("--ranking", ranking, RANKINGS) if ranking is not None
                else DEFAULT_RANKING.get(criterion, "raw"))
     allocator = _choice("--allocator", allocator, ALLOCATORS)
-    if allocator == "density" and target_macs is None and target_params is None:
-        raise OnnxPruneError("--allocator density needs a cost budget: --target-macs or --target-params")
+    if allocator != "rank" and target_macs is None and target_params is None:
+        raise OnnxPruneError(f"--allocator {allocator} needs a cost budget: --target-macs or --target-params")
     coupled = _choice("--coupled", coupled, COUPLED) if coupled is not None else DEFAULT_COUPLED.get(criterion, "all")
     round_to = default_round_to() if round_to is None else integer("--round-to", round_to, least=1)
     fold = _choice("--fold", fold, passes.fold_removed_constants.MODES)
@@ -173,3 +174,13 @@ def check_data_options(recover, limit, labels_key) -> None:
         integer("--calib-limit", limit, least=1)
     if not isinstance(labels_key, str):
         raise OnnxPruneError(f"labels_key must be a string, got {labels_key!r}")
+
+
+def check_needs_data(s: Settings, calibration) -> None:
+    """Data criteria and the sensitivity allocator read calibration data: say so before any work."""
+    if calibration is not None or s.plan is not None:
+        return
+    if needs_data(s.criterion):
+        raise OnnxPruneError(f"criterion '{s.criterion}' needs calibration data (--calib / calibration=)")
+    if s.allocator == "sensitivity":
+        raise OnnxPruneError("--allocator sensitivity needs calibration data (--calib / calibration=)")

@@ -47,7 +47,8 @@ def prune_arguments(p):
 
 def selection_options(p):
     """How channels are chosen and removed: shared by prune and sweep."""
-    p.add_argument("--criterion", default="l1", help="saliency: bgsc (data-free DFPC bound), l1, l2, random")
+    p.add_argument("--criterion", default="l1", help="saliency: bgsc (data-free DFPC bound), bn-variance (data-free, "
+                   "from BN statistics), l1, l2, random; with --calib also activation, fluctuation, heatmap, lsq-aware")
     p.add_argument("--seed", type=int, default=0, help="seed of the random criterion and the oracle inputs")
     p.add_argument("--scope", choices=["local", "global"],
                    help="local: the same fraction in every group; global: one ranking across groups "
@@ -55,10 +56,11 @@ def selection_options(p):
     p.add_argument("--ranking", choices=["raw", "normalized"],
                    help="global ranking: raw scores (faithful DFPC) or scores divided by their group's "
                         "mean (default for bgsc: normalized)")
-    p.add_argument("--allocator", default="rank", choices=["rank", "density"],
+    p.add_argument("--allocator", default="rank", choices=["rank", "density", "sensitivity"],
                    help="with --target-macs/--target-params: 'rank' removes channels in score order; "
-                        "'density' sets each group's count from layer densities (PreCrop) and lets "
-                        "the criterion pick the channels")
+                        "'density' sets each group's count from layer densities (PreCrop), "
+                        "'sensitivity' from output error measured on --calib; the criterion picks "
+                        "the channels")
     p.add_argument("--coupled", default=None, choices=["all", "only", "none", "last"],
                    help="prune all groups, only coupled ones (several feed-in layers), none of those, "
                         "or coupled ones last (default: per criterion)")

@@ -11,6 +11,8 @@ Solved greedily, which suits the exact, integer, rounded problem: repeatedly tak
 step (one class, or the group's `round_to` step) whose removal loses the least Σ log p
 per unit of the budget metric it saves, as previewed on the CostTracker, until the
 target is met. A step only changes the priority of the groups sharing a weight with it.
+The same greedy, with a step loss measured on data, is the sensitivity allocator
+(onnxprune/sensitivity.py).
 """
 from __future__ import annotations
 
@@ -26,6 +28,15 @@ from .errors import OnnxPruneError
 def allocate_density(model, couplings, scores: np.ndarray, metric: str, target: float,
                      min_keep: float = 0.1, round_to: int = 1, coupled: str = "all",
                      fold: bool = True) -> TargetResult:
+    return allocate_greedy(model, couplings, scores, metric, target, min_keep, round_to, coupled, fold,
+                           lambda gi, keep_before, keep_after, d_log: -d_log)
+
+
+def allocate_greedy(model, couplings, scores: np.ndarray, metric: str, target: float, min_keep: float,
+                    round_to: int, coupled: str, fold: bool, step_loss) -> TargetResult:
+    """Take the cheapest step, `step_loss(group index, kept before, kept after, Δ Σ log p)`
+    per unit of the metric saved, until the target is met (the density allocator's loss is
+    −Δ Σ log p; the sensitivity allocator's a measured fidelity curve)."""
     if not 0 < target <= 1:
         raise OnnxPruneError(f"--target-{metric} must be in (0, 1], got {target}")
     groups = prunable_groups(couplings, coupled)
@@ -54,7 +65,7 @@ def allocate_density(model, couplings, scores: np.ndarray, metric: str, target: 
             return None
         d_params, d_macs, d_log = tracker.preview(chunk)
         saved = -(d_macs if metric == "macs" else d_params)
-        return -d_log / saved if saved > 0 else None
+        return step_loss(gi, keep[gi], keep[gi] - len(chunk), d_log) / saved if saved > 0 else None
 
     neighbours = _groups_sharing_weights(tracker, couplings, groups)
     current, heap = {}, []

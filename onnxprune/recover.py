@@ -86,19 +86,20 @@ class DataOptions:
 CALIBRATION_BATCH = 32
 
 
-def recover_stage(model, couplings, removed, slim, folds, data: DataOptions, seed: int, timings: dict):
+def recover_stage(model, couplings, removed, slim, folds, data: DataOptions, seed: int, timings: dict,
+                  sets=None):
     """With calibration data: run the recovery passes (after the oracle checked the exact
     rewrite) and measure fidelity on held-out samples, without and with recovery.
+    `sets`: (calibration, held-out) when the score stage has loaded them already.
     Returns (model, fidelity, fidelity before recovery or None, recovery info)."""
     methods = parse_methods(default_methods(data.calibration is not None) if data.recover == "auto"
                             else data.recover)
     if data.calibration is None:
         return _recover_without_data(model, couplings, removed, slim, folds, data, methods, timings)
     with stage("recover", timings):
-        calib, held = _calibration_sets(model, data, seed)
-        dtypes = _input_dtypes(model)
-        slim_rec, notes = recover(model, slim, couplings, removed,
-                                  lambda: calib.batches(CALIBRATION_BATCH, dtypes), len(calib), methods, folds)
+        calib, held = sets or calibration_sets(model, data, seed)
+        slim_rec, notes = recover(model, slim, couplings, removed, batches_of(model, calib), len(calib),
+                                  methods, folds)
     with stage("evaluate", timings):
         before = compare_models(model, slim, held, labels=held.labels) if methods else None
         after = compare_models(model, slim_rec, held, labels=held.labels)
@@ -133,7 +134,13 @@ def _load(source, model, data: DataOptions):
     return load_calibration(source, model, preprocess=data.preprocess, labels_key=data.labels_key)
 
 
-def _calibration_sets(model, data: DataOptions, seed: int):
+def batches_of(model, calib: CalibrationSet):
+    """() -> a fresh iterator of calibration batches, typed as the model's inputs."""
+    dtypes = _input_dtypes(model)
+    return lambda: calib.batches(CALIBRATION_BATCH, dtypes)
+
+
+def calibration_sets(model, data: DataOptions, seed: int):
     """(calibration, held-out): eval_data when given (sharing no sample), else a fifth of the
     calibration samples held out. Calibration samples never measure fidelity."""
     calib = data.calibration if isinstance(data.calibration, CalibrationSet) else load_calibration(

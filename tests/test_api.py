@@ -66,8 +66,8 @@ BAD_ARGUMENTS = [
     ({"round_to": True}, "--round-to must be an integer >= 1, got True"),
     ({"min_keep": float("inf")}, "--min-keep must be a count >= 1 or a fraction in (0, 1), got inf"),
     ({"min_keep": True}, "--min-keep must be a count >= 1 or a fraction in (0, 1), got True"),
-    ({"criterion": "taylor"}, "unknown criterion 'taylor'; choose from ['bgsc', 'bgsc-position', 'bn-variance', "
-                              "'l1', 'l2', 'random']"),
+    ({"criterion": "taylor"}, "unknown criterion 'taylor'; choose from ['activation', 'bgsc', 'bgsc-position', "
+                              "'bn-variance', 'fluctuation', 'heatmap', 'l1', 'l2', 'lsq-aware', 'random']"),
     ({"scope": "everywhere"}, "--scope must be one of ('local', 'global'), got 'everywhere'"),
     ({"coupled": "some"}, "--coupled must be one of ('all', 'only', 'none', 'last'), got 'some'"),
     ({"fold": "maybe"}, "--fold must be one of ('none', 'exact', 'approx'), got 'maybe'"),

@@ -54,14 +54,20 @@ def _contract(a, masks):
 def _scaled_by_following_bn(node, model, w, index):
     """The error is measured after the BatchNormalization that follows b, if any: then a
     model with BN folded into b (W·γ/σ) gets the same r_b as the unfolded one."""
+    scale = following_bn_scale(node, model, index)
+    return w if scale is None else w * scale.reshape((-1,) + (1,) * (w.ndim - 1))
+
+
+def following_bn_scale(node, model, index):
+    """|γ|/√(var+ε) per output channel of the BatchNormalization that alone reads the
+    layer's output, or None: what BN folding would multiply the layer's filters by."""
     bn = index.sole_user(node.output[0], "BatchNormalization")
     if bn is None:
-        return w
+        return None
     gamma, var = model.inits.get(bn.input[1]), model.inits.get(bn.input[4])
     if gamma is None or var is None:
-        return w
-    scale = np.abs(gamma) / np.sqrt(var + attr(bn, "epsilon", 1e-5))
-    return w * scale.reshape((-1,) + (1,) * (w.ndim - 1))
+        return None
+    return np.abs(gamma) / np.sqrt(var + attr(bn, "epsilon", 1e-5))
 
 
 def _explicit_pads(node, model, spatial_in, kernel, strides, dilations):
