@@ -22,8 +22,9 @@ import math
 
 import numpy as np
 
+from onnxprune.graph import attr
 from onnxprune.layer_data import (MAX_POSITIONS, Positions, bias, can_take_bias, groups_of, kept_outputs,
-                                  n_positions, out_rows,
+                                  n_positions, out_rows, positions_per_sample,
                                   refit_chunks, refit_targets, rows, set_bias, set_weight,
                                   set_weight_matrix, stream_pair, weight_matrix)
 
@@ -38,7 +39,9 @@ def run(model, step) -> None:
     if not targets:
         return
     errors, fallbacks = [], 0
-    for chunk in refit_chunks(model, targets, step.calibration_size):
+    nodes = model.index().nodes
+    nbytes = {t: system_bytes(nodes[t], model.inits[nodes[t].input[1]].shape) for t in targets}
+    for chunk in refit_chunks(model, targets, step.calibration_size, nbytes.get):
         systems = _accumulate(model, step, chunk)
         nodes = model.index().nodes
         for name in chunk:
@@ -63,37 +66,57 @@ class NormalEquations:
         self.g = np.zeros((dim + 1, dim + 1))   # last row/column: the bias
         self.xy = np.zeros((dim + 1, width))
         self.yy = np.zeros(width)
-        self.ysum = np.zeros(width)
-        self.affine = np.zeros((4, width))      # Σz, Σz², Σy·z, with z = X W_current
         self.n = 0
 
     def add(self, x: np.ndarray, y: np.ndarray) -> None:
-        xa = np.hstack([x, np.ones((x.shape[0], 1))])
-        self.g += xa.T @ xa
-        self.xy += xa.T @ y
+        """One batch of rows. The products run in the rows' precision (float32: half the
+        time of float64; a batch is a few thousand rows) and are summed in float64."""
+        dim = x.shape[1]
+        self.g[:dim, :dim] += x.T @ x           # x.T @ x: numpy computes one triangle (syrk)
+        sx = x.sum(axis=0, dtype=np.float64)
+        self.g[:dim, dim] += sx
+        self.g[dim, :dim] += sx
+        self.g[dim, dim] += x.shape[0]
+        self.xy[:dim] += x.T @ y
+        y = y.astype(np.float64)
+        self.xy[dim] += y.sum(axis=0)
         self.yy += np.einsum("ij,ij->j", y, y)
-        self.ysum += y.sum(axis=0)
-        z = x @ self.w
-        self.affine += np.stack([z.sum(0), np.einsum("ij,ij->j", z, z), np.einsum("ij,ij->j", y, z),
-                                 np.zeros(z.shape[1])])
         self.n += x.shape[0]
+
+    @property
+    def ysum(self) -> np.ndarray:
+        return self.xy[-1]
+
+    def nbytes(self) -> int:
+        return self.g.nbytes + self.xy.nbytes
+
+
+def system_bytes(node, w_shape) -> int:
+    """What a layer's NormalEquations hold (float64), before they are made."""
+    groups = groups_of(node)
+    if node.op_type == "Conv":
+        dim, width = int(np.prod(w_shape[1:])), w_shape[0] // groups
+    else:
+        dim, width = (w_shape[1], w_shape[0]) if node.op_type == "Gemm" and attr(node, "transB", 0) else w_shape
+    return 8 * groups * (dim + 1) * (dim + 1 + width)
 
 
 def _accumulate(model, step, chunk) -> dict:
     nodes = model.index().nodes
     positions = Positions(MAX_POSITIONS)
-    systems = {}
+    systems, limits = {}, {}
     for name in chunk:
         node = nodes[name]
         w = model.inits[node.input[1]].astype(np.float64)
         systems[name] = [NormalEquations(weight_matrix(node, w, g)) for g in range(groups_of(node))]
+        limits[name] = positions_per_sample(systems[name][0].w.shape[0], step.calibration_size)
 
     def consume(slim_values, original_values):
         for name in chunk:
             node = nodes[name]
             x = slim_values[node.input[0]]
             y = kept_outputs(step.couplings, step.kept, node, original_values[node.output[0]])
-            picked = positions.pick(n_positions(node, y.shape))
+            picked = positions.pick(n_positions(node, y.shape), limits[name])
             w_shape = model.inits[node.input[1]].shape
             for g, system in enumerate(systems[name]):
                 system.add(rows(node, x, w_shape, g, picked), out_rows(node, y, g, picked))
@@ -153,9 +176,13 @@ def _solve(a, b):
 
 
 def _affine(s: NormalEquations) -> np.ndarray:
-    """y ≈ a·(z + b) + c per output channel, from the sums of z = X W and y."""
-    n = max(s.n, 1)
-    sz, szz, syz = s.affine[0], s.affine[1], s.affine[2]
+    """y ≈ a·(z + b) + c per output channel, with z = X W_current: the sums of z, z² and y·z
+    come from XᵀX and XᵀY, so no pass computes z."""
+    n, dim = max(s.n, 1), s.w.shape[0]
+    xx = s.g[:dim, :dim]
+    sz = s.g[dim, :dim] @ s.w
+    szz = np.einsum("ij,ij->j", s.w, xx @ s.w)
+    syz = np.einsum("ij,ij->j", s.w, s.xy[:dim])
     var_z = szz / n - (sz / n) ** 2
     cov = syz / n - (sz / n) * (s.ysum / n)
     a = np.where(var_z > 1e-12, cov / np.maximum(var_z, 1e-12), 1.0)
