@@ -289,10 +289,12 @@ def stream_pair(slim, original, slim_tensors, original_tensors, batches, consume
     `consume(slim_values, original_values)`; only one batch is in memory at a time. A batch
     whose requested tensors would outgrow STREAM_BYTES (dozens of full-resolution maps of a
     big network) runs in smaller parts, sized after the first sample. Models whose batch
-    size is fixed (often 1) run each part in chunks of it."""
-    s1 = _named_runner(_session_up_to(slim, slim_tensors)) if slim_tensors else None
-    s0 = _named_runner(_session_up_to(original, original_tensors)) if original_tensors else None
-    per_run = None
+    size is fixed (often 1) run parts of that size."""
+    s1 = _session_up_to(slim, slim_tensors) if slim_tensors else None
+    s0 = _session_up_to(original, original_tensors) if original_tensors else None
+    # a fixed batch size: one run each (no copies to join); otherwise sized after the first sample
+    per_run = next((fixed_batch(s) for s in (s1, s0) if s is not None and fixed_batch(s)), None)
+    s1, s0 = (_named_runner(s) if s is not None else None for s in (s1, s0))
     for feeds in batches():
         n, start = _samples(feeds), 0
         while start < n:

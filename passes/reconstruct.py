@@ -30,6 +30,7 @@ from onnxprune.layer_data import (MAX_POSITIONS, Positions, bias, can_take_bias,
 
 RIDGE = 1e-4            # λ relative to the mean diagonal of XᵀX
 MIN_ROWS_PER_DIM = 2    # fewer rows than this per unknown: affine correction only
+FLUSH_ROWS = 1024       # rows gathered per update of a layer's XᵀX
 
 
 def run(model, step) -> None:
@@ -67,10 +68,23 @@ class NormalEquations:
         self.xy = np.zeros((dim + 1, width))
         self.yy = np.zeros(width)
         self.n = 0
+        self._held, self._rows = [], 0
 
     def add(self, x: np.ndarray, y: np.ndarray) -> None:
-        """One batch of rows. The products run in the rows' precision (float32: half the
-        time of float64; a batch is a few thousand rows) and are summed in float64."""
+        """Rows are held until there are FLUSH_ROWS of them: each update rewrites all of
+        XᵀX, which for a wide layer costs as much as the products of a few hundred rows."""
+        self._held.append((x, y))
+        self._rows += x.shape[0]
+        if self._rows >= FLUSH_ROWS:
+            self.flush()
+
+    def flush(self) -> None:
+        """The held rows into the sums. The products run in the rows' precision (float32:
+        half the time of float64, over at most a few thousand rows) and are summed in float64."""
+        if not self._held:
+            return
+        x, y = (np.concatenate(parts) for parts in zip(*self._held))
+        self._held, self._rows = [], 0
         dim = x.shape[1]
         self.g[:dim, :dim] += x.T @ x           # x.T @ x: numpy computes one triangle (syrk)
         sx = x.sum(axis=0, dtype=np.float64)
@@ -123,6 +137,9 @@ def _accumulate(model, step, chunk) -> dict:
 
     stream_pair(model, step.original, [nodes[n].input[0] for n in chunk],
                 [nodes[n].output[0] for n in chunk], step.calibration, consume)
+    for group_systems in systems.values():
+        for system in group_systems:
+            system.flush()
     return systems
 
 

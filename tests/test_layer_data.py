@@ -70,6 +70,9 @@ def test_float32_products_give_the_float64_solution():
     for i in range(0, len(x), 1000):   # batch by batch, as the stream gives them
         exact.add(x[i:i + 1000], y[i:i + 1000])
         fast.add(x[i:i + 1000].astype(np.float32), y[i:i + 1000].astype(np.float32))
+    exact.flush()
+    fast.flush()
+    assert exact.n == fast.n == len(x)
     a, b = _ridge(exact, with_bias=True), _ridge(fast, with_bias=True)
     assert np.abs(a - b).max() < 1e-3 * np.abs(a).max()
     spread = ((y - y.mean(0)) ** 2).sum()
@@ -82,7 +85,9 @@ def test_affine_correction_from_the_accumulated_sums():
     x, y = _layer_rows(rng, n=500)
     w0 = rng.standard_normal((x.shape[1], y.shape[1]))
     s = NormalEquations(w0)
-    s.add(x, y)
+    for i in range(0, len(x), 100):
+        s.add(x[i:i + 100], y[i:i + 100])
+    s.flush()
     z = x @ w0   # what the per-channel scale and shift are fitted to, computed directly
     a = np.array([np.polyfit(z[:, j], y[:, j], 1) for j in range(y.shape[1])])
     expected = np.vstack([w0 * a[:, 0], a[:, 1]])
@@ -108,3 +113,15 @@ def test_stream_pair_splits_big_batches(monkeypatch):
     assert [len(h) for h, _ in whole] == [1, 11, 8]
     for k in (0, 1):
         assert np.allclose(np.concatenate([v[k] for v in got]), np.concatenate([v[k] for v in whole]), atol=1e-5)
+
+
+def test_stream_pair_runs_a_fixed_batch_model_batch_by_batch():
+    b = GraphBuilder(seed=6)
+    x = b.input("x", [2, 4, 6, 6])
+    y = b.conv(x, 4, 3)
+    proto = b.model([y])
+    model = analyze_model(proto)[0]
+    data = np.random.default_rng(3).standard_normal((7, 4, 6, 6)).astype(np.float32)
+    got = []
+    stream_pair(model, model, [y], [y], lambda: iter([{"x": data}]), lambda s, o: got.append(s[y]))
+    assert [len(v) for v in got] == [2, 2, 2, 1]   # one run each, the last padded and trimmed
