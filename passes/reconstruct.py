@@ -10,7 +10,9 @@ vectors for Gemm/MatMul), Y the original layer's output rows. XᵀX and XᵀY ar
 batch by batch (memory: (fan-in)² per layer, not activations × samples). Layers are refit
 in graph order, in chunks: each chunk's inputs come from the network with every earlier
 chunk already refit, so errors do not pile up layer after layer. Small models get one
-chunk per layer; for big ones the number of chunks follows a compute budget.
+chunk per layer; for big ones the number of chunks follows a compute budget, and a
+memory budget for the accumulated sums. How many rows a layer takes, and in what precision,
+is in docs/methods.md §5.3 ("Cost on big models").
 
 Where the rows are too few for the fan-in, each output channel only gets an affine
 correction (one scale, one shift) of its current value — the same statistics the
