@@ -167,7 +167,7 @@ def set_weight(model, node, value: np.ndarray) -> None:
 
 
 # -- rows ----------------------------------------------------------------------------------
-ROWS_PER_UNKNOWN = 32  # rows per unknown of a layer's least squares: more fit little better, cost rows x dim²
+ROWS_PER_UNKNOWN = 32  # rows per unknown of a layer's least squares: cost grows with rows x dim², the fit's noise falls as 1/rows
 MIN_ROWS = 16384       # below this many rows a layer's statistics are cheap: no reason to thin them
 
 
