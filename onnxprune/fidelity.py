@@ -331,10 +331,12 @@ def _labels(data: CalibrationSet, labels) -> np.ndarray | None:
 # Entry points
 # ---------------------------------------------------------------------------------------
 def compare_models(original, pruned, data: CalibrationSet, *, batch_size: int = 32, labels=None,
-                   threads: int = 0) -> Fidelity:
+                   threads: int = 0, original_outputs: dict | None = None) -> Fidelity:
     """Fidelity of `pruned` to `original` (paths, ModelProtos or onnxprune Models) on `data`,
     which must not be the calibration samples. `labels` (one int class per sample)
-    default to the data's own."""
+    default to the data's own. `original_outputs`, a dict passed to several calls with the
+    same original, data and batch size, keeps the original's outputs so they are computed
+    once (up to ORIGINAL_OUTPUT_BYTES of them)."""
     if len(data) == 0:
         raise OnnxPruneError("no held-out samples to compare the models on")
     if not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
@@ -348,9 +350,9 @@ def compare_models(original, pruned, data: CalibrationSet, *, batch_size: int = 
     accs: dict[int, OutputFidelity] = {}
     skipped: set[int] = set()
     start = 0
-    for feeds in data.batches(batch_size):
+    for b, feeds in enumerate(data.batches(batch_size)):
         n = len(next(iter(feeds.values())))
-        a_out, b_out = orig.run(feeds), slim.run(feeds)
+        a_out, b_out = _original_run(orig, feeds, b, original_outputs), slim.run(feeds)
         batch_labels = None if labels is None else labels[start:start + n]
         start += n
         for k, (i, j) in enumerate(pairs):
@@ -370,6 +372,19 @@ def compare_models(original, pruned, data: CalibrationSet, *, batch_size: int = 
         notes.append("The labels fit no N×C output (one with more classes than the largest label): "
                      "no accuracy.")
     return Fidelity(len(data), outputs, batch_size, notes)
+
+
+ORIGINAL_OUTPUT_BYTES = 256 << 20
+
+
+def _original_run(orig: _Runner, feeds, b: int, kept: dict | None) -> list:
+    if kept is not None and b in kept:
+        return kept[b]
+    out = orig.run(feeds)
+    if kept is not None and sum(a.nbytes for v in [*kept.values(), out] for a in v if a is not None) \
+            <= ORIGINAL_OUTPUT_BYTES:
+        kept[b] = out
+    return out
 
 
 def _not_comparable(a, b, n: int) -> str | None:

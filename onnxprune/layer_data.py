@@ -25,6 +25,8 @@ from .runtime import fixed_batch, model_session, run_chunked
 REFITTABLE = ("Conv", "Gemm", "MatMul")
 MAX_POSITIONS = 256     # output positions per sample entering the statistics
 MAC_BUDGET = 1e12       # multiply-accumulates the chunks of one pass may spend running both models
+SYSTEM_BYTES = 1 << 30  # what the accumulators of one chunk may hold (a layer over it gets a chunk alone)
+STREAM_BYTES = 256 << 20  # requested tensors of one onnxruntime run: bigger batches are split
 
 
 def refit_targets(slim, couplings, kept) -> list[str]:
@@ -41,15 +43,30 @@ def refit_targets(slim, couplings, kept) -> list[str]:
     return out
 
 
-def refit_chunks(slim, targets: list[str], samples: int) -> list[list[str]]:
+def refit_chunks(slim, targets: list[str], samples: int, nbytes=None) -> list[list[str]]:
     """Targets in graph order, cut into chunks; each chunk costs one run of both models over
     the calibration data. One chunk per layer (each sees every earlier refit) while the
-    budget allows; fewer, larger chunks for big models."""
+    budget allows; fewer, larger chunks for big models. `nbytes(target)`, when given, is
+    what the target's accumulators hold: a chunk is cut further so that its targets
+    together stay under SYSTEM_BYTES."""
     from .cost import cost
     per_run = 2 * max(cost(slim).macs, 1) * max(samples, 1)
     n = max(1, min(len(targets), int(MAC_BUDGET // per_run)))
     size = -(-len(targets) // n)
-    return [targets[i:i + size] for i in range(0, len(targets), size)]
+    chunks = [targets[i:i + size] for i in range(0, len(targets), size)]
+    return chunks if nbytes is None else [c for chunk in chunks for c in _split_by_bytes(chunk, nbytes)]
+
+
+def _split_by_bytes(chunk: list[str], nbytes) -> list[list[str]]:
+    out, held = [[]], 0
+    for t in chunk:
+        b = nbytes(t)
+        if out[-1] and held + b > SYSTEM_BYTES:
+            out.append([])
+            held = 0
+        out[-1].append(t)
+        held += b
+    return out
 
 
 def kept_outputs(couplings, kept, node, y: np.ndarray) -> np.ndarray:
@@ -150,6 +167,17 @@ def set_weight(model, node, value: np.ndarray) -> None:
 
 
 # -- rows ----------------------------------------------------------------------------------
+ROWS_PER_UNKNOWN = 32  # rows per unknown of a layer's least squares: cost grows with rows x dim², the fit's noise falls as 1/rows
+MIN_ROWS = 16384       # below this many rows a layer's statistics are cheap: no reason to thin them
+
+
+def positions_per_sample(dim: int, samples: int) -> int:
+    """Output positions per sample for a layer with `dim` inputs per output: ROWS_PER_UNKNOWN
+    rows per unknown over the calibration set (at least MIN_ROWS rows), at most MAX_POSITIONS."""
+    want = max(ROWS_PER_UNKNOWN * (dim + 1), MIN_ROWS)
+    return int(min(MAX_POSITIONS, max(1, -(-want // max(samples, 1)))))
+
+
 @dataclass
 class Positions:
     """Which output positions of a batch enter the statistics (a random subset when a map
@@ -157,37 +185,45 @@ class Positions:
     limit: int
     rng: np.random.Generator = field(default_factory=lambda: np.random.default_rng(0))
 
-    def pick(self, n_positions: int) -> np.ndarray | None:
-        if n_positions <= self.limit:
+    def pick(self, n_positions: int, limit: int | None = None) -> np.ndarray | None:
+        limit = self.limit if limit is None else limit
+        if n_positions <= limit:
             return None
-        return np.sort(self.rng.choice(n_positions, self.limit, replace=False))
+        return np.sort(self.rng.choice(n_positions, limit, replace=False))
 
 
 def rows(node, x: np.ndarray, w_shape, g: int, picked) -> np.ndarray:
     """(samples x positions, inputs read by conv group g) for a Conv; feature rows otherwise.
-    `picked` output positions only (all when None): patches are gathered there alone."""
+    `picked` output positions only (all when None): patches are gathered there alone, before
+    any conversion. float32 (float64 for a float64 model): the products are summed in
+    float64 by the accumulators, batch by batch."""
     if node.op_type != "Conv":
-        x = x.astype(np.float64, copy=False)
-        if picked is None:
-            return x.reshape(-1, x.shape[-1])
-        return x.reshape(x.shape[0], -1, x.shape[-1])[:, picked].reshape(-1, x.shape[-1])
+        if picked is not None:
+            x = x.reshape(x.shape[0], -1, x.shape[-1])[:, picked]
+        return _work(x.reshape(-1, x.shape[-1]))
     groups = groups_of(node)
     per_in = x.shape[1] // groups
     patches = _patches(node, x[:, g * per_in:(g + 1) * per_in], w_shape[2:], picked)   # (N, C, taps, P)
     n, c, taps, p = patches.shape
-    return patches.reshape(n, c * taps, p).transpose(0, 2, 1).reshape(-1, c * taps)
+    return _work(patches.reshape(n, c * taps, p).transpose(0, 2, 1).reshape(-1, c * taps))
 
 
 def out_rows(node, y: np.ndarray, g: int, picked) -> np.ndarray:
     """Rows of a layer output matching `rows` (conv group g's output channels)."""
-    y = y.astype(np.float64, copy=False)
     if node.op_type != "Conv":
-        return y.reshape(-1, y.shape[-1]) if picked is None else y.reshape(y.shape[0], -1, y.shape[-1])[:, picked].reshape(-1, y.shape[-1])
+        if picked is not None:
+            y = y.reshape(y.shape[0], -1, y.shape[-1])[:, picked]
+        return _work(y.reshape(-1, y.shape[-1]))
     per = y.shape[1] // groups_of(node)
     y = y[:, g * per:(g + 1) * per].reshape(y.shape[0], per, -1)
     if picked is not None:
         y = y[..., picked]
-    return y.transpose(0, 2, 1).reshape(-1, per)
+    return _work(y.transpose(0, 2, 1).reshape(-1, per))
+
+
+def _work(a: np.ndarray) -> np.ndarray:
+    """float16 (and integer) rows become float32; float32 and float64 stay."""
+    return np.ascontiguousarray(a, dtype=np.promote_types(a.dtype, np.float32))
 
 
 def n_positions(node, y_shape) -> int:
@@ -210,7 +246,7 @@ def _patches(node, x, kernel, picked) -> np.ndarray:
             total = max(0, (out - 1) * strides[d] + (kernel[d] - 1) * dilations[d] + 1 - x.shape[2 + d])
             pads[d] = total // 2 if auto == "SAME_UPPER" else total - total // 2
             pads[d + nd] = total - pads[d]
-    x = np.pad(x.astype(np.float64, copy=False), [(0, 0), (0, 0)] + [(pads[d], pads[d + nd]) for d in range(nd)])
+    x = np.pad(x, [(0, 0), (0, 0)] + [(pads[d], pads[d + nd]) for d in range(nd)])
     out_size = [(x.shape[2 + d] - (kernel[d] - 1) * dilations[d] - 1) // strides[d] + 1 for d in range(nd)]
     flat = np.arange(int(np.prod(out_size))) if picked is None else picked
     coords = np.unravel_index(flat, out_size)
@@ -229,6 +265,7 @@ class Moments:
         self.n, self.s, self.ss = 0, 0.0, 0.0
 
     def add(self, rows_: np.ndarray) -> None:
+        rows_ = rows_.astype(np.float64, copy=False)   # sums of many float32 values
         self.n += rows_.shape[0]
         self.s = self.s + rows_.sum(axis=0)
         self.ss = self.ss + np.einsum("ij,ij->j", rows_, rows_)
@@ -248,13 +285,30 @@ def channel_rows(y: np.ndarray, axis: int) -> np.ndarray:
 
 
 def stream_pair(slim, original, slim_tensors, original_tensors, batches, consume) -> None:
-    """Run calibration batches through both models, handing each batch's requested tensors
-    to `consume(slim_values, original_values)`; only one batch is in memory at a time.
-    Models whose batch size is fixed (often 1) run each batch in chunks of it."""
-    s1 = _named_runner(_session_up_to(slim, slim_tensors)) if slim_tensors else None
-    s0 = _named_runner(_session_up_to(original, original_tensors)) if original_tensors else None
+    """Run calibration batches through both models, handing the requested tensors to
+    `consume(slim_values, original_values)`; only one batch is in memory at a time. A batch
+    whose requested tensors would outgrow STREAM_BYTES (dozens of full-resolution maps of a
+    big network) runs in smaller parts, sized after the first sample. Models whose batch
+    size is fixed (often 1) run parts of that size."""
+    s1 = _session_up_to(slim, slim_tensors) if slim_tensors else None
+    s0 = _session_up_to(original, original_tensors) if original_tensors else None
+    # a fixed batch size: one run each (no copies to join); otherwise sized after the first sample
+    per_run = next((fixed_batch(s) for s in (s1, s0) if s is not None and fixed_batch(s)), None)
+    s1, s0 = (_named_runner(s) if s is not None else None for s in (s1, s0))
     for feeds in batches():
-        consume(s1(feeds) if s1 is not None else {}, s0(feeds) if s0 is not None else {})
+        n, start = _samples(feeds), 0
+        while start < n:
+            part = {k: v[start:start + (per_run or 1)] for k, v in feeds.items()}
+            values = (s1(part) if s1 is not None else {}, s0(part) if s0 is not None else {})
+            start += _samples(part)
+            if per_run is None:
+                held = sum(v.nbytes for d in values for v in d.values() if v is not None)
+                per_run = max(1, int(STREAM_BYTES // max(held / _samples(part), 1)))
+            consume(*values)
+
+
+def _samples(feeds) -> int:
+    return len(next(iter(feeds.values())))
 
 
 def _session_up_to(model, tensors):

@@ -101,8 +101,9 @@ def recover_stage(model, couplings, removed, slim, folds, data: DataOptions, see
         slim_rec, notes = recover(model, slim, couplings, removed, batches_of(model, calib), len(calib),
                                   methods, folds)
     with stage("evaluate", timings):
-        before = compare_models(model, slim, held, labels=held.labels) if methods else None
-        after = compare_models(model, slim_rec, held, labels=held.labels)
+        kept = {}   # the original's outputs: computed once for both comparisons
+        before = compare_models(model, slim, held, labels=held.labels, original_outputs=kept) if methods else None
+        after = compare_models(model, slim_rec, held, labels=held.labels, original_outputs=kept)
     info = {"methods": list(methods), "calibration": calib.describe(), "evaluation": held.describe(),
             "notes": notes + [f"fidelity: {after.summary()}"]}
     return slim_rec, after, before, info
@@ -122,8 +123,9 @@ def _recover_without_data(model, couplings, removed, slim, folds, data: DataOpti
         return slim_rec, None, None, ({"methods": list(methods), "notes": notes} if methods else {})
     with stage("evaluate", timings):
         held = _load(data.eval_data, model, data)
-        before = compare_models(model, slim, held, labels=held.labels) if methods else None
-        after = compare_models(model, slim_rec, held, labels=held.labels)
+        kept = {}
+        before = compare_models(model, slim, held, labels=held.labels, original_outputs=kept) if methods else None
+        after = compare_models(model, slim_rec, held, labels=held.labels, original_outputs=kept)
     return slim_rec, after, before, {"methods": list(methods), "evaluation": held.describe(),
                                      "notes": notes + [f"fidelity: {after.summary()}"]}
 

@@ -10,7 +10,9 @@ vectors for Gemm/MatMul), Y the original layer's output rows. XᵀX and XᵀY ar
 batch by batch (memory: (fan-in)² per layer, not activations × samples). Layers are refit
 in graph order, in chunks: each chunk's inputs come from the network with every earlier
 chunk already refit, so errors do not pile up layer after layer. Small models get one
-chunk per layer; for big ones the number of chunks follows a compute budget.
+chunk per layer; for big ones the number of chunks follows a compute budget, and a
+memory budget for the accumulated sums. How many rows a layer takes, and in what precision,
+is in docs/methods.md §5.3 ("Cost on big models").
 
 Where the rows are too few for the fan-in, each output channel only gets an affine
 correction (one scale, one shift) of its current value — the same statistics the
@@ -22,13 +24,15 @@ import math
 
 import numpy as np
 
+from onnxprune.graph import attr
 from onnxprune.layer_data import (MAX_POSITIONS, Positions, bias, can_take_bias, groups_of, kept_outputs,
-                                  n_positions, out_rows,
+                                  n_positions, out_rows, positions_per_sample,
                                   refit_chunks, refit_targets, rows, set_bias, set_weight,
                                   set_weight_matrix, stream_pair, weight_matrix)
 
 RIDGE = 1e-4            # λ relative to the mean diagonal of XᵀX
 MIN_ROWS_PER_DIM = 2    # fewer rows than this per unknown: affine correction only
+FLUSH_ROWS = 1024       # rows gathered per update of a layer's XᵀX
 
 
 def run(model, step) -> None:
@@ -38,7 +42,9 @@ def run(model, step) -> None:
     if not targets:
         return
     errors, fallbacks = [], 0
-    for chunk in refit_chunks(model, targets, step.calibration_size):
+    nodes = model.index().nodes
+    nbytes = {t: system_bytes(nodes[t], model.inits[nodes[t].input[1]].shape) for t in targets}
+    for chunk in refit_chunks(model, targets, step.calibration_size, nbytes.get):
         systems = _accumulate(model, step, chunk)
         nodes = model.index().nodes
         for name in chunk:
@@ -63,43 +69,79 @@ class NormalEquations:
         self.g = np.zeros((dim + 1, dim + 1))   # last row/column: the bias
         self.xy = np.zeros((dim + 1, width))
         self.yy = np.zeros(width)
-        self.ysum = np.zeros(width)
-        self.affine = np.zeros((4, width))      # Σz, Σz², Σy·z, with z = X W_current
         self.n = 0
+        self._held, self._rows = [], 0
 
     def add(self, x: np.ndarray, y: np.ndarray) -> None:
-        xa = np.hstack([x, np.ones((x.shape[0], 1))])
-        self.g += xa.T @ xa
-        self.xy += xa.T @ y
+        """Rows are held until there are FLUSH_ROWS of them: each update rewrites all of
+        XᵀX, which for a wide layer costs as much as the products of a few hundred rows."""
+        self._held.append((x, y))
+        self._rows += x.shape[0]
+        if self._rows >= FLUSH_ROWS:
+            self.flush()
+
+    def flush(self) -> None:
+        """The held rows into the sums. The products run in the rows' precision (float32:
+        half the time of float64, over at most a few thousand rows) and are summed in float64."""
+        if not self._held:
+            return
+        x, y = (np.concatenate(parts) for parts in zip(*self._held))
+        self._held, self._rows = [], 0
+        dim = x.shape[1]
+        self.g[:dim, :dim] += x.T @ x           # x.T @ x: numpy computes one triangle (syrk)
+        sx = x.sum(axis=0, dtype=np.float64)
+        self.g[:dim, dim] += sx
+        self.g[dim, :dim] += sx
+        self.g[dim, dim] += x.shape[0]
+        self.xy[:dim] += x.T @ y
+        y = y.astype(np.float64)
+        self.xy[dim] += y.sum(axis=0)
         self.yy += np.einsum("ij,ij->j", y, y)
-        self.ysum += y.sum(axis=0)
-        z = x @ self.w
-        self.affine += np.stack([z.sum(0), np.einsum("ij,ij->j", z, z), np.einsum("ij,ij->j", y, z),
-                                 np.zeros(z.shape[1])])
         self.n += x.shape[0]
+
+    @property
+    def ysum(self) -> np.ndarray:
+        return self.xy[-1]
+
+    def nbytes(self) -> int:
+        return self.g.nbytes + self.xy.nbytes
+
+
+def system_bytes(node, w_shape) -> int:
+    """What a layer's NormalEquations hold (float64), before they are made."""
+    groups = groups_of(node)
+    if node.op_type == "Conv":
+        dim, width = int(np.prod(w_shape[1:])), w_shape[0] // groups
+    else:
+        dim, width = (w_shape[1], w_shape[0]) if node.op_type == "Gemm" and attr(node, "transB", 0) else w_shape
+    return 8 * groups * (dim + 1) * (dim + 1 + width)
 
 
 def _accumulate(model, step, chunk) -> dict:
     nodes = model.index().nodes
     positions = Positions(MAX_POSITIONS)
-    systems = {}
+    systems, limits = {}, {}
     for name in chunk:
         node = nodes[name]
         w = model.inits[node.input[1]].astype(np.float64)
         systems[name] = [NormalEquations(weight_matrix(node, w, g)) for g in range(groups_of(node))]
+        limits[name] = positions_per_sample(systems[name][0].w.shape[0], step.calibration_size)
 
     def consume(slim_values, original_values):
         for name in chunk:
             node = nodes[name]
             x = slim_values[node.input[0]]
             y = kept_outputs(step.couplings, step.kept, node, original_values[node.output[0]])
-            picked = positions.pick(n_positions(node, y.shape))
+            picked = positions.pick(n_positions(node, y.shape), limits[name])
             w_shape = model.inits[node.input[1]].shape
             for g, system in enumerate(systems[name]):
                 system.add(rows(node, x, w_shape, g, picked), out_rows(node, y, g, picked))
 
     stream_pair(model, step.original, [nodes[n].input[0] for n in chunk],
                 [nodes[n].output[0] for n in chunk], step.calibration, consume)
+    for group_systems in systems.values():
+        for system in group_systems:
+            system.flush()
     return systems
 
 
@@ -153,9 +195,13 @@ def _solve(a, b):
 
 
 def _affine(s: NormalEquations) -> np.ndarray:
-    """y ≈ a·(z + b) + c per output channel, from the sums of z = X W and y."""
-    n = max(s.n, 1)
-    sz, szz, syz = s.affine[0], s.affine[1], s.affine[2]
+    """y ≈ a·(z + b) + c per output channel, with z = X W_current: the sums of z, z² and y·z
+    come from XᵀX and XᵀY, so no pass computes z."""
+    n, dim = max(s.n, 1), s.w.shape[0]
+    xx = s.g[:dim, :dim]
+    sz = s.g[dim, :dim] @ s.w
+    szz = np.einsum("ij,ij->j", s.w, xx @ s.w)
+    syz = np.einsum("ij,ij->j", s.w, s.xy[:dim])
     var_z = szz / n - (sz / n) ** 2
     cov = syz / n - (sz / n) * (s.ysum / n)
     a = np.where(var_z > 1e-12, cov / np.maximum(var_z, 1e-12), 1.0)

@@ -311,3 +311,26 @@ def test_errors(tmp_path):
 def test_fidelity_of_no_outputs_still_summarises():
     f = Fidelity(0, [], 32)
     assert f.max_rel_error is None and f.top1_agreement is None and f.table().count("\n") >= 3
+
+
+def test_original_outputs_shared_between_comparisons_run_the_original_once(monkeypatch):
+    from onnxprune import fidelity
+    d = np.random.default_rng(4).standard_normal(W.shape).astype(np.float32)
+    runs = []
+    real = fidelity._Runner.run
+    monkeypatch.setattr(fidelity._Runner, "run", lambda self, feeds: runs.append(self.what) or real(self, feeds))
+    kept = {}
+    first = [compare_models(linear(W, B), linear(W + t * d, B), data(X), batch_size=16, original_outputs=kept)
+             for t in (0.1, 0.3)]
+    assert runs.count("original") == 4 and runs.count("pruned") == 8   # 4 batches, the original once
+    runs.clear()
+    alone = [compare_models(linear(W, B), linear(W + t * d, B), data(X), batch_size=16) for t in (0.1, 0.3)]
+    assert runs.count("original") == 8
+    for a, b in zip(first, alone):
+        assert a.output("logits").mean_rel_error == b.output("logits").mean_rel_error
+    monkeypatch.setattr(fidelity, "ORIGINAL_OUTPUT_BYTES", 0)   # too big to keep: run again
+    runs.clear()
+    kept = {}
+    for t in (0.1, 0.3):
+        compare_models(linear(W, B), linear(W + t * d, B), data(X), batch_size=16, original_outputs=kept)
+    assert runs.count("original") == 8 and not kept
