@@ -343,7 +343,8 @@ def _load_feeds(feeds: Iterable, spec: dict, limit, labels_key: str) -> Calibrat
         if len(shapes) > 1:
             raise OnnxPruneError(f"calibration batches of input '{n}' have different sample shapes "
                                  f"{sorted(shapes)}")
-        arrays[n] = np.concatenate(chunks)
+        # one batch (a dict of arrays) is used as it is: no second copy of a large set
+        arrays[n] = chunks[0] if len(chunks) == 1 else np.concatenate(chunks)
     labels = arrays.pop(labels_key, None)
     return _from_arrays(arrays, labels, spec, None, where="<iterable>", key=("iterable", object()),
                         kind="iterable", labels_key=labels_key)

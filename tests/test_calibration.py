@@ -463,6 +463,7 @@ def test_a_dict_of_arrays_is_one_batch():
     cs = load_calibration({"x": arrays, "labels": np.arange(5)}, image_model())
     assert len(cs) == 5
     assert np.array_equal(np.concatenate([b["x"] for b in batches_of(cs, 2)]), arrays)
+    assert np.shares_memory(batches_of(cs, 5)[0]["x"], arrays)   # used in place, never copied
     assert "calibration batch 0: no array for input(s) ['x']" in error(load_calibration, {"y": arrays},
                                                                         image_model())
 
