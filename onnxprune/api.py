@@ -62,7 +62,7 @@ def analyze_model(source: str | os.PathLike | onnx.ModelProto,
 
 def prune(source: str | os.PathLike | onnx.ModelProto, ratio: float | None = None, *,
           target_macs: float | None = None, target_params: float | None = None, plan: Plan | None = None,
-          criterion: str = "l1", seed: int = 0, scope: str | None = None, ranking: str | None = None,
+          criterion: str = "auto", seed: int = 0, scope: str | None = None, ranking: str | None = None,
           allocator: str = "rank", coupled: str | None = None, min_keep: float | str = 0.1,
           round_to: int | None = None, exclude: Sequence[str] = (),
           input_shapes: Mapping[str, Sequence[int]] | None = None, fold: str = "exact",
@@ -128,7 +128,7 @@ def checked_in_memory(slim: Model) -> bool:
 
 def prune_model(source: str | os.PathLike | onnx.ModelProto, ratio: float | None = None, *,
                 target_macs: float | None = None, target_params: float | None = None,
-                plan: Plan | None = None, criterion: str = "l1", seed: int = 0, scope: str | None = None,
+                plan: Plan | None = None, criterion: str = "auto", seed: int = 0, scope: str | None = None,
                 ranking: str | None = None, allocator: str = "rank", coupled: str | None = None,
                 min_keep: float | str = 0.1, round_to: int | None = None, exclude: Sequence[str] = (),
                 input_shapes: Mapping[str, Sequence[int]] | None = None, fold: str = "exact",
@@ -146,7 +146,8 @@ def prune_model(source: str | os.PathLike | onnx.ModelProto, ratio: float | None
     s = settings(ratio=ratio, target_macs=target_macs, target_params=target_params, plan=plan,
                   criterion=criterion, seed=seed, scope=scope, ranking=ranking, allocator=allocator,
                   coupled=coupled, min_keep=min_keep, round_to=round_to, exclude=exclude,
-                  input_shapes=input_shapes, fold=fold, verify=verify, tolerance=tolerance)
+                  input_shapes=input_shapes, fold=fold, verify=verify, tolerance=tolerance,
+                  calibration=calibration)
     check_flag("check_output", check_output)
     check_data_options(recover, calibration_limit, labels_key)
     check_needs_data(s, calibration)
@@ -179,7 +180,7 @@ def prune_model(source: str | os.PathLike | onnx.ModelProto, ratio: float | None
 
 
 def plan(source: str | os.PathLike | onnx.ModelProto, ratio: float | None = None, *,
-         target_macs: float | None = None, target_params: float | None = None, criterion: str = "l1",
+         target_macs: float | None = None, target_params: float | None = None, criterion: str = "auto",
          seed: int = 0, scope: str | None = None, ranking: str | None = None, allocator: str = "rank",
          coupled: str | None = None, min_keep: float | str = 0.1, round_to: int | None = None,
          exclude: Sequence[str] = (), input_shapes: Mapping[str, Sequence[int]] | None = None,
@@ -193,7 +194,8 @@ def plan(source: str | os.PathLike | onnx.ModelProto, ratio: float | None = None
     s = settings(ratio=ratio, target_macs=target_macs, target_params=target_params, plan=None,
                   criterion=criterion, seed=seed, scope=scope, ranking=ranking, allocator=allocator,
                   coupled=coupled, min_keep=min_keep, round_to=round_to, exclude=exclude,
-                  input_shapes=input_shapes, fold=fold, verify=False, tolerance=DEFAULT_TOLERANCE)
+                  input_shapes=input_shapes, fold=fold, verify=False, tolerance=DEFAULT_TOLERANCE,
+                  calibration=calibration)
     check_data_options("auto", calibration_limit, "labels")
     check_needs_data(s, calibration)
     check_source(source)

@@ -16,6 +16,7 @@ from .errors import OnnxPruneError
 from .plan import Plan, checked_removed
 from .recover import parse_methods
 from .saliency import CRITERIA, needs_data
+from .synthetic import is_synthetic
 
 # Defaults per criterion: BGSC scores are comparable across groups (one bound, in the same
 # units everywhere), so it ranks globally, as DFPC does; magnitudes are not, so the
@@ -23,6 +24,15 @@ from .saliency import CRITERIA, needs_data
 DEFAULT_SCOPE = {"bgsc": "global", "bgsc-position": "global", "bn-variance": "global"}
 DEFAULT_RANKING = {"bgsc": "normalized", "bgsc-position": "raw", "bn-variance": "raw"}
 DEFAULT_COUPLED = {"bn-variance": "last"}
+
+
+def default_criterion(calibration) -> str:
+    """What `criterion="auto"` picks, by measurement on the trained digits models
+    (benchmarks/RESULTS_accuracy.md): with real calibration data, `activation` (best or tied
+    best after least-squares recovery, and the best before it); without data, or with
+    synthetic images, `bn-variance` (the only criterion meeting the data-free bar on every
+    BN model with `--calib synthetic`, and the best with BN-statistics recovery alone)."""
+    return "bn-variance" if calibration is None or is_synthetic(calibration) else "activation"
 # rank: one ranking of channel classes decides how many each group keeps and which;
 # density: PreCrop layer densities decide how many, the criterion which (onnxprune/density.py);
 # sensitivity: fidelity measured on calibration data decides how many (onnxprune/sensitivity.py)
@@ -53,7 +63,8 @@ class Settings:
 
 
 def settings(*, ratio, target_macs, target_params, plan, criterion, seed, scope, ranking, allocator,
-              coupled, min_keep, round_to, exclude, input_shapes, fold, verify, tolerance) -> Settings:
+              coupled, min_keep, round_to, exclude, input_shapes, fold, verify, tolerance,
+              calibration=None) -> Settings:
     ratio = _number("ratio", ratio)
     target_macs, target_params = _number("target_macs", target_macs), _number("target_params", target_params)
     if plan is not None and not isinstance(plan, Plan):
@@ -70,6 +81,8 @@ def settings(*, ratio, target_macs, target_params, plan, criterion, seed, scope,
             raise OnnxPruneError(f"{flag} must be in (0, 1], got {fraction}")
     if plan is not None:  # a Plan built by hand gets the checks a plan file gets
         plan = Plan(checked_removed(plan.removed, "plan"), plan.meta)
+    if isinstance(criterion, str) and criterion == "auto":
+        criterion = default_criterion(calibration)
     criterion = _choice("criterion", criterion, sorted(CRITERIA))
     seed = integer("--seed", seed, least=0)
     scope = _choice("--scope", scope, SCOPES) if scope is not None else DEFAULT_SCOPE.get(criterion, "local")

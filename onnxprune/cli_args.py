@@ -47,8 +47,9 @@ def prune_arguments(p):
 
 def selection_options(p):
     """How channels are chosen and removed: shared by prune and sweep."""
-    p.add_argument("--criterion", default="l1", help="saliency: bgsc (data-free DFPC bound), bn-variance (data-free, "
-                   "from BN statistics), l1, l2, random; with --calib also activation, fluctuation, heatmap, lsq-aware")
+    p.add_argument("--criterion", default="auto", help="saliency: auto (default: activation with --calib, "
+                   "bn-variance without), bgsc (data-free DFPC bound), bn-variance (data-free, from BN "
+                   "statistics), l1, l2, random; with --calib also activation, fluctuation, heatmap, lsq-aware")
     p.add_argument("--seed", type=int, default=0, help="seed of the random criterion and the oracle inputs")
     p.add_argument("--scope", choices=["local", "global"],
                    help="local: the same fraction in every group; global: one ranking across groups "
