@@ -83,7 +83,9 @@ COMMAND = "python benchmarks/ocr_recovery.py"
 MODEL = base.MODEL
 INPUT_SHAPES = {"x": (1, 3, 48, 320)}
 TARGETS = [0.95, 0.9, 0.8, 0.7]
-CRITERIA = {"l1": {"criterion": "l1"}, "bgsc-raw": {"criterion": "bgsc", "ranking": "raw"}}
+CRITERIA = {"l1": {"criterion": "l1"}, "bgsc-raw": {"criterion": "bgsc", "ranking": "raw"},
+            "activation": {"criterion": "activation"},   # reads the calibration lines
+            "bn-variance": {"criterion": "bn-variance"}}
 RECOVERIES = ["none", "stats", "lsq", "stats,lsq"]
 CALIB_N = 256
 CALIB_SIZES = [24, 26, 28, 30, 34, 36]
@@ -297,8 +299,9 @@ def main():
                 for target in args.targets:
                     entry0 = {"criterion": crit, "target_macs": target, "round_to_arg": rt}
                     try:
+                        data = {"calibration": calib, "eval_data": held} if crit == "activation" else {}
                         plan, info = onnxprune.plan(MODEL, target_macs=target, input_shapes=INPUT_SHAPES,
-                                                    round_to=round_to, **CRITERIA[crit])
+                                                    round_to=round_to, **CRITERIA[crit], **data)
                         entry0["round_to"] = info.options.get("round_to")
                         entry0["plan_s"] = info.timings.get("total")
                     except Exception as e:
