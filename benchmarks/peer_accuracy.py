@@ -21,10 +21,10 @@ instance of models/digits_seeds.py):
      test split, and exported to ONNX to count its MACs with onnxprune's own counter too;
   3. onnxprune.prune(<model>.onnx, target_macs=T, eval_data=test split) with T = the smallest
      achieved MAC fraction of the two TP variants under either counter (so onnxprune never
-     gets more MACs than TP): library defaults, criterion="bn-variance", and
-     criterion="l1", recover="none", and the defaults with round_to=1 (TP rounds nothing); on
-     the BN-kept and the BN-folded export.
-No calibration data anywhere. Writes benchmarks/results/peer_accuracy.{json,md}.
+     gets more MACs than TP): library defaults (criterion auto = bn-variance without data),
+     calibration="synthetic" (1/f-noise images: no data), criterion="l1", recover="none", and
+     the defaults with round_to=1 (TP rounds nothing); on the BN-kept and the BN-folded export.
+No real calibration data anywhere. Writes benchmarks/results/peer_accuracy.{json,md}.
 """
 from __future__ import annotations
 
@@ -53,7 +53,7 @@ from onnxprune.load import load  # noqa: E402
 
 SHAPE = (1, 1, 16, 16)
 DEFAULT_MODELS = ["resnet", "mobilenet", "vgg", "densenet", "resnet_s1", "mobilenet_s1", "vgg_s1", "densenet_s1"]
-ONNXPRUNE_RUNS = {"default": {}, "bn-variance": {"criterion": "bn-variance"},
+ONNXPRUNE_RUNS = {"default": {}, "synthetic": {"calibration": "synthetic"},   # 1/f images, no data
                   "l1 none": {"criterion": "l1", "recover": "none"},
                   "default round_to 1": {"round_to": 1}}  # TP's round_to is None: channel counts as free
 
@@ -278,7 +278,7 @@ def markdown(meta, models_info, rows) -> str:
              "(achieved MAC fraction, onnxprune's counter for every cell; TP's bisection used TP's counter). "
              "onnxprune's target is the smaller TP fraction (either counter).", "",
              "| model | file | target | unpruned onnx / torch | TP local | TP global | onnxprune default | "
-             "onnxprune bn-variance | onnxprune l1 no recovery | onnxprune default, round_to 1 | default ≥ best TP |",
+             "onnxprune --calib synthetic | onnxprune l1 no recovery | onnxprune default, round_to 1 | default ≥ best TP |",
              "|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         op = r["onnxprune"]
@@ -286,15 +286,15 @@ def markdown(meta, models_info, rows) -> str:
                      f"{100 * r['unpruned_torch']:.1f} | {cell(r['tp']['TP local'])} | {cell(r['tp']['TP global'])} | "
                      + " | ".join(cell(op[k]) if k in op else "—" for k in ONNXPRUNE_RUNS) + f" | {verdict(r)} |")
     lines += ["", "† onnxprune did not reach TP's MAC fraction (achieved more MACs): not an equal-MACs cell.", "",
-              "Per model and file: does onnxprune (default / bn-variance / default with round_to 1) reach the best "
+              "Per model and file: does onnxprune (default / --calib synthetic / default with round_to 1) reach the best "
               "TP variant at every target, at no more MACs?", ""]
     groups: dict = {}
     for r in rows:
         groups.setdefault((r["model"], r["bn"]), []).append(
-            [verdict(r, k) == "yes" for k in ("default", "bn-variance", "default round_to 1")])
+            [verdict(r, k) == "yes" for k in ("default", "synthetic", "default round_to 1")])
     for (model, bn), oks in groups.items():
         parts = [f"{'yes' if all(o[i] for o in oks) else 'no'} ({sum(o[i] for o in oks)}/{len(oks)})" for i in range(3)]
-        lines.append(f"* {model} ({bn}): default {parts[0]}; bn-variance {parts[1]}; default round_to 1 {parts[2]}")
+        lines.append(f"* {model} ({bn}): default {parts[0]}; --calib synthetic {parts[1]}; default round_to 1 {parts[2]}")
     lines += ["", "Unpruned: torch module with the ONNX weights vs the ONNX file (onnxruntime), a retrained module "
               "(models/default_model.train, same seed) vs the file, and the two MAC counters.", "",
               "| model | torch acc | onnx acc | predictions differing | retrained acc | retrained: predictions differing "
