@@ -16,6 +16,7 @@ from .passes import remove_dead_nodes
 from .passes.fold_removed_constants import add_to_bias
 from .pipeline import RECOVERY_PASSES, Step, run_passes
 from .progress import stage
+from .synthetic import SYNTHETIC
 
 METHODS = tuple(RECOVERY_PASSES)
 
@@ -104,6 +105,11 @@ def recover_stage(model, couplings, removed, slim, folds, data: DataOptions, see
         kept = {}   # the original's outputs: computed once for both comparisons
         before = compare_models(model, slim, held, labels=held.labels, original_outputs=kept) if methods else None
         after = compare_models(model, slim_rec, held, labels=held.labels, original_outputs=kept)
+    if held.describe()["kind"] == SYNTHETIC:   # say so: these numbers are not about real inputs
+        for f in (before, after):
+            if f is not None:
+                f.notes.append("The held-out samples are synthetic images (1/f noise), not real inputs: "
+                               "give --eval-data to measure on real ones.")
     info = {"methods": list(methods), "calibration": calib.describe(), "evaluation": held.describe(),
             "notes": notes + [f"fidelity: {after.summary()}"]}
     return slim_rec, after, before, info

@@ -60,6 +60,7 @@ def test_prune_recovers_from_synthetic_images():
     _, report = onnxprune.prune(proto, target_macs=0.6, round_to=1, calibration="synthetic",
                                 calibration_limit=64)
     assert report.recovery["calibration"]["kind"] == "synthetic"
+    assert "synthetic images (1/f noise), not real inputs" in report.fidelity.summary()
     assert report.fidelity_unrecovered is not None
     # fidelity here is measured on held-out synthetic images: recovery must bring them closer
     assert report.fidelity.max_rel_error < report.fidelity_unrecovered.max_rel_error
