@@ -16,7 +16,7 @@ from .passes import remove_dead_nodes
 from .passes.fold_removed_constants import add_to_bias
 from .pipeline import RECOVERY_PASSES, Step, run_passes
 from .progress import stage
-from .synthetic import SYNTHETIC
+from .synthetic import SYNTHETIC, has_one_image_input
 
 METHODS = tuple(RECOVERY_PASSES)
 
@@ -125,8 +125,11 @@ def _recover_without_data(model, couplings, removed, slim, folds, data: DataOpti
             slim_rec, notes = recover(model, slim, couplings, removed, None, 0, methods, folds)
     else:
         slim_rec = slim
+    if removed and data.recover == "auto" and has_one_image_input(model):
+        notes = notes + ["no calibration data: for more accuracy, try --calib synthetic (1/f-noise images; "
+                         "give the input's normalisation with --calib-preprocess; docs/methods.md §5.7)"]
     if data.eval_data is None:
-        return slim_rec, None, None, ({"methods": list(methods), "notes": notes} if methods else {})
+        return slim_rec, None, None, ({"methods": list(methods), "notes": notes} if methods or notes else {})
     with stage("evaluate", timings):
         held = _load(data.eval_data, model, data)
         kept = {}

@@ -30,6 +30,12 @@ def is_synthetic(source) -> bool:
     return isinstance(source, str) and source == SYNTHETIC
 
 
+def has_one_image_input(model) -> bool:
+    """Whether synthetic images can feed the model: a single rank-4 input."""
+    names = model.input_names
+    return len(names) == 1 and len(model.shapes.get(names[0]) or ()) == 4
+
+
 def synthetic_arrays(spec: dict, preprocess: Preprocess | None, samples: int, seed: int = 0) -> dict:
     """{input name: (samples, ...) float32} for a model with one image input."""
     if len(spec) != 1:

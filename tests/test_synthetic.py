@@ -64,3 +64,18 @@ def test_prune_recovers_from_synthetic_images():
     assert report.fidelity_unrecovered is not None
     # fidelity here is measured on held-out synthetic images: recovery must bring them closer
     assert report.fidelity.max_rel_error < report.fidelity_unrecovered.max_rel_error
+
+
+def test_pruning_without_data_suggests_synthetic_images_for_an_image_model():
+    b = GraphBuilder(seed=3)
+    x = b.input("x", ["N", 1, 8, 8])
+    h = b.op("Relu", [b.bn(b.conv(x, 1, 8), 8)])
+    proto = b.model([b.conv(h, 8, 4)])
+    _, report = onnxprune.prune(proto, 0.5, round_to=1)
+    assert any("try --calib synthetic" in n for n in report.notes), report.notes
+    _, report = onnxprune.prune(proto, 0.5, round_to=1, recover="stats")   # asked for: no advice
+    assert not any("try --calib synthetic" in n for n in report.notes)
+    flat = GraphBuilder()
+    h = flat.op("Relu", [flat.gemm(flat.input("v", ["N", 6]), 6, 8)])
+    _, report = onnxprune.prune(flat.model([flat.gemm(h, 8, 2)]), 0.5, round_to=1)
+    assert not any("try --calib synthetic" in n for n in report.notes)
