@@ -16,7 +16,9 @@ upstream, as in BN-folded exports) the variance is taken as 1: the score falls b
 L2 norm of the consumer weights.
 
 Unlike l1 (which scores the filters that *produce* a channel) this looks at the consumers,
-the side the error appears on, and weighs each channel by how much it varies.
+the side the error appears on, and weighs each channel by how much it varies: it is the
+`fluctuation` criterion (onnxprune/saliency/activation.py) with the variance predicted
+instead of measured, and shares its weight energies (onnxprune/saliency/data.py).
 """
 from __future__ import annotations
 
@@ -24,6 +26,7 @@ import numpy as np
 
 from ..channels import FEED_OUT
 from ..moments import predict
+from .data import input_energy, per_class
 from .scores import Scores
 
 
@@ -38,13 +41,12 @@ def bn_variance(model, couplings, seed=0) -> Scores:
             continue
         node = nodes[s.node]
         w = np.asarray(model.inits[node.input[s.input]], dtype=np.float64)
-        column_sq = np.moveaxis(w * w, s.axis, 0).reshape(w.shape[s.axis], -1).sum(axis=1)
+        energy = input_energy(node, w, s.axis, len(s.ids))   # ‖W[:, c]‖², as the data criteria take it
+        variance = _input_variance(estimates, node.input[0], len(energy))
         classes = couplings.class_of[s.ids]
-        variance = _input_variance(estimates, node.input[0], len(column_sq))
-        if variance is not None:
-            estimated[classes] = True
-        np.add.at(total, classes, column_sq * (variance if variance is not None else 1.0))
+        estimated[classes] |= variance is not None
         read[classes] = True
+        per_class(couplings, s.ids, energy * (variance if variance is not None else 1.0), total)
     notes = []
     read[list(couplings.frozen)] = False   # frozen classes are never pruned: no need to say
     if read.any() and not estimated[read].all():
