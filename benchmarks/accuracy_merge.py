@@ -7,16 +7,14 @@ over all 16 files.
     python benchmarks/accuracy_merge.py [--targets 0.8 0.7] [--models digits_resnet ...]
         [--criteria bn-variance l1] [--thresholds 0.1 0.2 ...] [--no-sweep]
 
-The column `merge,stats*` runs a prototype of the change correct_statistics needs after a
-merge (`_stats_after_merge` below, monkeypatched in for that column only): its data-free
-path computes the pruned layer's predicted mean and variance from the ORIGINAL weights
-minus the removed rows, which is wrong for a consumer whose kept columns merging changed.
-Writes benchmarks/results/accuracy_merge.{json,md}.
+`merge,stats` predicts each pruned layer with its merged columns (correct_statistics
+`_as_pruned`). The recorded results (2026-12-01) predate that: their `merge,stats` column
+is the earlier behaviour (the original rows minus the removed ones) and `merge,stats*` a
+prototype of today's. Writes benchmarks/results/accuracy_merge.{json,md}.
 """
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import os
 import sys
@@ -30,14 +28,14 @@ import numpy as np  # noqa: E402
 
 import onnxprune  # noqa: E402
 from models.digits import load_digits_split  # noqa: E402
-from onnxprune.passes import correct_statistics, merge_neurons  # noqa: E402
+from onnxprune.passes import merge_neurons  # noqa: E402
 
 FAMILIES = ["resnet", "mobilenet", "vgg", "densenet"]
 BN_MODELS = [f"digits_{f}{s}" for f in FAMILIES for s in ("", "_s1")]
 MODELS = BN_MODELS + [f"{m}_folded" for m in BN_MODELS]
 CRITERIA = ["bn-variance", "l1"]
 THRESHOLDS = [0.0, 0.1, 0.2, 0.3, 0.45, 0.6]
-BN_RECOVERY = ["none", "merge", "stats", "merge,stats", "merge,stats*"]
+BN_RECOVERY = ["none", "merge", "stats", "merge,stats"]
 FOLDED_RECOVERY = ["none", "merge"]
 BARS = {0.8: 0.97, 0.7: 0.95}
 FOLDED_BAR = 0.90   # at T = 0.8
@@ -58,11 +56,8 @@ def main() -> None:
         np.savez(test, input=x_test, labels=y_test)
 
         def run(name, target, criterion, recover):
-            fixed = recover.endswith("*")
-            with _patched_stats() if fixed else contextlib.nullcontext():
-                _, rep = onnxprune.prune(os.path.join(ROOT, "models", f"{name}.onnx"), target_macs=target,
-                                         criterion=criterion, eval_data=test, labels_key="labels",
-                                         recover=recover.rstrip("*"))
+            _, rep = onnxprune.prune(os.path.join(ROOT, "models", f"{name}.onnx"), target_macs=target,
+                                     criterion=criterion, eval_data=test, labels_key="labels", recover=recover)
             notes = [n for n in (rep.recovery or {}).get("notes", []) if n.startswith("merge_neurons")]
             return rep, notes
 
@@ -91,7 +86,7 @@ def main() -> None:
                         try:
                             entry = {"model": name, "target_macs": target, "criterion": criterion, "threshold": t,
                                      "none": row["none"]}
-                            for recover in (["merge"] if name.endswith("_folded") else ["merge", "merge,stats*"]):
+                            for recover in (["merge"] if name.endswith("_folded") else ["merge", "merge,stats"]):
                                 rep, notes = run(name, target, criterion, recover)
                                 entry[recover] = rep.fidelity.outputs[0].accuracy_pruned
                                 entry["merged"] = _merged(notes[0]) if notes else 0
@@ -126,8 +121,7 @@ def _merged(note: str) -> int:
 
 def _table(rows, targets) -> str:
     cols = BN_RECOVERY
-    lines = [f"Merge threshold (cosine) {merge_neurons.THRESHOLD}; `merged`: removed channels merged; "
-             "`merge,stats*`: with the proposed correct_statistics fix (prototype).", "",
+    lines = [f"Merge threshold (cosine) {merge_neurons.THRESHOLD}; `merged`: removed channels merged.", "",
              "| model | T (achieved) | criterion | unpruned | merged | " + " | ".join(cols) + " |",
              "|---|---|---|---|---|" + "---|" * len(cols)]
     for r in rows:
@@ -163,14 +157,14 @@ def _sweep_table(sweep, rows) -> str:
     """Per threshold, over every (model, target, criterion): mean accuracy of merge (all 16
     files), mean gain over none, how often merge is worse than none by more than 1 pp."""
     lines = ["Threshold sweep (all models, targets and criteria): `merge` vs `none`; "
-             "`merge,stats*` on the BN-kept models.", "",
+             "`merge,stats` on the BN-kept models.", "",
              "| threshold | merged channels (total) | merge: mean acc | mean gain over none | "
-             "cases worse than none by > 1 pp / better by > 1 pp | merge,stats* mean acc (BN kept) |",
+             "cases worse than none by > 1 pp / better by > 1 pp | merge,stats mean acc (BN kept) |",
              "|---|---|---|---|---|---|"]
     for t in sorted({e["threshold"] for e in sweep}):
         sel = [e for e in sweep if e["threshold"] == t]
         gain = [e["merge"] - e["none"] for e in sel]
-        ms = [e["merge,stats*"] for e in sel if "merge,stats*" in e]
+        ms = [e["merge,stats"] for e in sel if "merge,stats" in e]
         ms_cell = f"{np.mean(ms):.3f}" if ms else "-"
         lines.append(f"| {t} | {sum(e['merged'] for e in sel)} | {np.mean([e['merge'] for e in sel]):.3f} | "
                      f"{np.mean(gain):+.3f} | {sum(g < -0.01 for g in gain)} / {sum(g > 0.01 for g in gain)} of {len(sel)} | "
@@ -179,71 +173,6 @@ def _sweep_table(sweep, rows) -> str:
     if base:
         lines.append(f"\nFor comparison, `stats` alone on the BN-kept models: mean {np.mean(base):.3f}.")
     return "\n".join(lines)
-
-
-# -- the proposed correct_statistics fix, as a prototype ------------------------------------
-@contextlib.contextmanager
-def _patched_stats():
-    saved = correct_statistics._from_bn_statistics
-    correct_statistics._from_bn_statistics = _stats_after_merge
-    try:
-        yield
-    finally:
-        correct_statistics._from_bn_statistics = saved
-
-
-def _stats_after_merge(model, step) -> None:
-    """correct_statistics._from_bn_statistics with one change: the predicted mean and
-    variance of the PRUNED layer come from the original weight matrix with each merged row
-    folded into its kept row (W'[k] += s·W[r], W'[r] = 0, from `step.merged`), not from the
-    original rows. The target (the original layer's mean and variance) is unchanged."""
-    from onnxprune.layer_data import (bias, can_take_bias, groups_of, input_columns, refit_targets,
-                                      removed_inputs, set_bias, weight_matrix)
-    from onnxprune.moments import predict
-    estimates = predict(step.original)
-    onodes = step.original.index().nodes
-    removed = removed_inputs(step.couplings, step.kept)
-    out_ids = {p.node: p.ids for p in step.couplings.producers}
-    done = 0
-    for t in refit_targets(model, step.couplings, step.kept):
-        node, slim_node = onodes[t], model.index().nodes[t]
-        x = node.input[0]
-        if x not in estimates or not can_take_bias(node) or t not in removed:
-            continue
-        w = step.original.inits[node.input[1]].astype(np.float32)
-        mean, var = estimates[x]
-        cols = input_columns(node, w, removed[t])
-        groups = groups_of(node)
-        per_in = len(mean) // groups
-        merged = step.merged.get(t, {})
-        scale, new_bias = [], []
-        b_full = bias(step.original, node, w.shape[0] if node.op_type == "Conv" else weight_matrix(node, w).shape[1])
-        for g in range(groups):
-            m = weight_matrix(node, w, g)
-            mk = m.copy()                       # the kept part as the pruned layer has it
-            for r, (k, s) in merged.items():    # (merging only touches group-1 layers)
-                mk[k] += s * m[r]
-            mk[cols] = 0.0
-            taps = m.shape[0] // per_in
-            mu = np.repeat(mean[g * per_in:(g + 1) * per_in], taps)
-            sd2 = np.repeat(var[g * per_in:(g + 1) * per_in], taps)
-            v_full, mu_full = sd2 @ (m * m), mu @ m
-            v_kept, mu_kept = sd2 @ (mk * mk), mu @ mk
-            s = np.where(v_kept > 1e-12 * np.maximum(v_full, 1e-30),
-                         np.sqrt(v_full / np.maximum(v_kept, 1e-30)), 1.0)
-            width = m.shape[1]
-            scale.append(s)
-            new_bias.append(mu_full + b_full[g * width:(g + 1) * width] - s * mu_kept)
-        scale, new_bias = np.concatenate(scale), np.concatenate(new_bias)
-        if t in out_ids:
-            kept_out = step.kept(out_ids[t])
-            scale, new_bias = scale[kept_out], new_bias[kept_out]
-        correct_statistics._apply_scale(model, slim_node, scale)
-        set_bias(model, slim_node, new_bias, model.inits[slim_node.input[1]].dtype)
-        done += 1
-    model.touch()
-    if done:
-        step.notes.append(f"correct_statistics (merge-aware prototype): {done} layer(s) rescaled")
 
 
 if __name__ == "__main__":

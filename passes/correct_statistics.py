@@ -14,6 +14,7 @@ variances σ²_c, a layer's output channel o has mean Σ_c W[o,c]·μ_c + b and,
 as independent, variance Σ_c W[o,c]²·σ²_c. Kept input channels are rescaled so that the
 predicted variance of the pruned layer equals the predicted variance of the original, and
 the bias restores the original mean (which includes the removed channels' expectation).
+The pruned layer is predicted as it now is: after neuron merging, with the merged columns.
 Layers whose inputs have no estimate are left as they are.
 """
 from __future__ import annotations
@@ -93,11 +94,9 @@ def _from_bn_statistics(model, step) -> None:
             taps = m.shape[0] // per_in
             mu = np.repeat(mean[g * per_in:(g + 1) * per_in], taps)
             sd2 = np.repeat(var[g * per_in:(g + 1) * per_in], taps)
-            removed_rows = m[cols]   # few rows: the kept part is the whole minus these
-            v_full = sd2 @ (m * m)
-            v_kept = v_full - sd2[cols] @ (removed_rows * removed_rows)
-            mu_full = mu @ m
-            mu_kept = mu_full - mu[cols] @ removed_rows
+            v_full, mu_full = sd2 @ (m * m), mu @ m   # the target: the original layer
+            kept_m = _as_pruned(m, cols, step.merged.get(t))
+            v_kept, mu_kept = sd2 @ (kept_m * kept_m), mu @ kept_m
             s = np.where(v_kept > 1e-12 * np.maximum(v_full, 1e-30),
                          np.sqrt(v_full / np.maximum(v_kept, 1e-30)), 1.0)
             width = m.shape[1]
@@ -114,6 +113,16 @@ def _from_bn_statistics(model, step) -> None:
     if done:
         step.notes.append(f"correct_statistics: {done} layer(s) rescaled to the output variance and mean "
                           "that the BatchNormalization statistics predict (no calibration data)")
+
+
+def _as_pruned(m: np.ndarray, removed_rows: np.ndarray, merged: dict | None) -> np.ndarray:
+    """The original weight matrix as the pruned layer now has it: removed rows zero, and
+    rows that neuron merging (passes/merge_neurons.py) folded in added to their kept row."""
+    out = m.copy()
+    for r, (k, scale) in (merged or {}).items():   # merging touches group-1 layers only
+        out[k] += scale * m[r]
+    out[removed_rows] = 0.0
+    return out
 
 
 def _apply_scale(model, node, scale) -> None:

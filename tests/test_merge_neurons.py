@@ -173,3 +173,31 @@ def test_mean_compensation_leaves_a_merged_channel_alone(bn):
 def test_merge_runs_first():
     assert parse_methods("stats,merge") == ("merge", "stats")
     assert parse_methods("lsq,means,merge") == ("merge", "means", "lsq")
+
+
+def test_statistics_correction_after_a_merge_predicts_the_merged_layer():
+    """merge,stats without data: the BN-predicted mean and variance of the consumer's output
+    after both passes equal the original's, which holds only if correct_statistics sees the
+    merged columns (it used to predict the pruned layer from the original rows)."""
+    from onnxprune.load import load
+    from onnxprune.moments import predict
+    b = GraphBuilder(seed=9)
+    x = b.input("x", [None, 16])
+    w = b.rng.standard_normal((8, 16)).astype(np.float32)
+    bias = b.rng.standard_normal(8).astype(np.float32)
+    gamma, beta = b.rng.uniform(0.5, 1.5, 8), b.rng.uniform(-0.3, 0.3, 8)
+    mean, var = b.rng.uniform(-0.5, 0.5, 8), b.rng.uniform(0.5, 2.0, 8)
+    s = 1.7   # channel 5 is s times channel 2 after the BN, and the BN statistics agree
+    w[5], bias[5], mean[5], var[5], gamma[5], beta[5] = s * w[2], s * bias[2], s * mean[2], s * s * var[2], \
+        s * gamma[2], s * beta[2]
+    z = b.op("Gemm", [x, b.const(w), b.const(bias)], transB=1)
+    g1 = b.last()
+    h = b.op("Relu", [b.op("BatchNormalization", [z] + [b.const(v.astype(np.float32)) for v in
+                                                         (gamma, beta, mean, var)])])
+    y = b.op("Gemm", [h, b.weight((8, 5)), b.weight((5,))])
+    proto = b.model([y])
+    fixed, report = _prune(proto, Plan({g1: [5]}), "merge,stats")
+    assert _merged_count(report) == 1
+    want, got = predict(load(proto))[y], predict(load(fixed))[y]
+    np.testing.assert_allclose(got[0], want[0], rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(got[1], want[1], rtol=1e-5, atol=1e-6)
