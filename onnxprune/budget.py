@@ -129,15 +129,20 @@ def _check_options(scope, ranking, round_to):
         raise OnnxPruneError(f"--round-to must be >= 1, got {round_to}")
 
 
+def phases(groups, coupled: str) -> list:
+    """The groups in the order they are thinned: coupled="last" puts every coupled group
+    (a residual stream) in a second phase after the others; otherwise one phase."""
+    if coupled != "last":
+        return [groups]
+    return [[g for g in groups if not is_coupled(g)], [g for g in groups if is_coupled(g)]]
+
+
 def removal_order(groups, scores: np.ndarray, scope: str, ranking: str, coupled: str = "all") -> np.ndarray:
     """All prunable classes, least important first. With coupled="last", every class of the
     uncoupled groups comes before any class of a coupled one (a residual stream is thinned
     only once the blocks' own channels are at their floors)."""
     if coupled == "last":
-        inner = [g for g in groups if not is_coupled(g)]
-        streams = [g for g in groups if is_coupled(g)]
-        return np.concatenate([removal_order(inner, scores, scope, ranking),
-                               removal_order(streams, scores, scope, ranking)])
+        return np.concatenate([removal_order(p, scores, scope, ranking) for p in phases(groups, coupled)])
     if not groups:
         return np.zeros(0, np.int64)
     classes = np.concatenate([g.classes for g in groups])
@@ -246,9 +251,7 @@ def allocate_target(model, couplings, scores: np.ndarray, metric: str, target: f
     class_cost = {g.index: -_delta(tracker, metric, [int(g.classes[0])]) for g in groups if steps[g.index] > 1}
     # coupled="last": the streams' classes are a second phase, entered only when the blocks'
     # own channels cannot reach the target (they never just fill the last gap)
-    phases = ([[g for g in groups if not is_coupled(g)], [g for g in groups if is_coupled(g)]]
-              if coupled == "last" else [groups])
-    for phase in phases:
+    for phase in phases(groups, coupled):
         for c in removal_order(phase, scores, scope, ranking).tolist():
             if value() <= goal:
                 break
