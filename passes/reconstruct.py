@@ -1,9 +1,9 @@
 """Layer-wise least-squares reconstruction (docs/methods.md §5): every layer whose input
 lost channels is refit, in closed form, so that its output on the calibration data —
 computed from the already pruned and already repaired network — matches the original
-network's output:
+network's output, with W₀ the layer's current (pruned, not yet refit) weights:
 
-    min_W', b'  ‖ X' W' + b' − Y ‖² + λ ‖W'‖²
+    min_W', b'  ‖ X' W' + b' − Y ‖² + λ ‖W' − W₀‖²
 
 X' are the layer's input rows in the pruned model (im2col patches per conv group, feature
 vectors for Gemm/MatMul), Y the original layer's output rows. XᵀX and XᵀY are accumulated
@@ -30,7 +30,7 @@ from onnxprune.layer_data import (MAX_POSITIONS, Positions, bias, can_take_bias,
                                   refit_chunks, refit_targets, rows, set_bias, set_weight,
                                   set_weight_matrix, stream_pair, weight_matrix)
 
-RIDGE = 1e-4            # λ relative to the mean diagonal of XᵀX
+RIDGE = 1e-3            # λ relative to the mean diagonal of XᵀX (benchmarks/RESULTS_accuracy.md)
 MIN_ROWS_PER_DIM = 2    # fewer rows than this per unknown: affine correction only
 FLUSH_ROWS = 1024       # rows gathered per update of a layer's XᵀX
 
@@ -178,13 +178,17 @@ def _sse(s: NormalEquations, m: np.ndarray) -> float:
 
 
 def _ridge(s: NormalEquations, with_bias: bool) -> np.ndarray:
+    """The ridge solution pulled toward the layer's current weights, not toward zero: where
+    the calibration rows say little (few samples, synthetic images), the pruned layer keeps
+    what it had rather than shrinking."""
     dim = s.g.shape[0] - 1
     lam = RIDGE * max(np.trace(s.g[:dim, :dim]) / max(dim, 1), 1e-12)
     a = s.g + np.diag(np.r_[np.full(dim, lam), 0.0])
+    rhs = s.xy + np.vstack([lam * s.w, np.zeros((1, s.w.shape[1]))])
     if not with_bias:   # MatMul: no bias to write; solve without the ones column
-        sol = _solve(a[:dim, :dim], s.xy[:dim])
+        sol = _solve(a[:dim, :dim], rhs[:dim])
         return np.vstack([sol, np.zeros((1, sol.shape[1]))])
-    return _solve(a, s.xy)
+    return _solve(a, rhs)
 
 
 def _solve(a, b):

@@ -125,3 +125,20 @@ def test_stream_pair_runs_a_fixed_batch_model_batch_by_batch():
     got = []
     stream_pair(model, model, [y], [y], lambda: iter([{"x": data}]), lambda s, o: got.append(s[y]))
     assert [len(v) for v in got] == [2, 2, 2, 1]   # one run each, the last padded and trimmed
+
+
+def test_ridge_keeps_the_current_weights_where_the_rows_say_nothing():
+    """An input the calibration rows never excite (a column of zeros) leaves its weights as they
+    were; toward zero, the layer would lose them for whatever input does excite it later."""
+    rng = np.random.default_rng(2)
+    x = rng.standard_normal((400, 6))
+    x[:, 2] = 0.0
+    w_true, w0 = rng.standard_normal((6, 3)), rng.standard_normal((6, 3))
+    s = NormalEquations(w0)
+    s.add(x, x @ w_true + 0.25)
+    s.flush()
+    solution = _ridge(s, with_bias=True)
+    np.testing.assert_allclose(solution[2], w0[2], rtol=1e-9)
+    seen = [0, 1, 3, 4, 5]
+    np.testing.assert_allclose(solution[seen], w_true[seen], atol=1e-2)
+    np.testing.assert_allclose(solution[-1], 0.25, atol=1e-2)
