@@ -234,8 +234,9 @@ def load_calibration(source, input_names, *, limit: int | None = None, preproces
     if isinstance(preprocess, str):
         preprocess = Preprocess.parse(preprocess)
     if is_synthetic(source):   # data-free: 1/f noise images (onnxprune/synthetic.py)
-        arrays = synthetic_arrays(spec, preprocess, limit or DEFAULT_SAMPLES, seed)
-        return _from_arrays(arrays, None, spec, None, where="synthetic images (1/f noise)",
+        arrays, how = synthetic_arrays(spec, preprocess, limit or DEFAULT_SAMPLES, seed,
+                                       model=None if isinstance(input_names, (Mapping, list, tuple)) else input_names)
+        return _from_arrays(arrays, None, spec, None, where=f"synthetic images (1/f noise; {how})",
                             key=("synthetic", seed), kind=SYNTHETIC, labels_key=labels_key)
     if isinstance(source, (str, os.PathLike)):
         path = os.fspath(source)

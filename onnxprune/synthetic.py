@@ -20,6 +20,7 @@ import numpy as np
 
 from .errors import OnnxPruneError
 from .images import Preprocess
+from .input_range import fit_input_range
 
 SYNTHETIC = "synthetic"
 DEFAULT_SAMPLES = 256
@@ -36,8 +37,25 @@ def has_one_image_input(model) -> bool:
     return len(names) == 1 and len(model.shapes.get(names[0]) or ()) == 4
 
 
-def synthetic_arrays(spec: dict, preprocess: Preprocess | None, samples: int, seed: int = 0) -> dict:
-    """{input name: (samples, ...) float32} for a model with one image input."""
+def fits_without_options(model) -> bool:
+    """Whether synthetic images can feed the model with nothing given: one rank-4 input whose
+    channel count (1 or 3, on axis 1 or 3) and spatial size are static."""
+    if not has_one_image_input(model):
+        return False
+    shape = model.shapes[model.input_names[0]]
+    try:
+        Preprocess().for_input(model.input_names[0], tuple(d if isinstance(d, int) and d > 0 else None
+                                                             for d in shape))
+    except OnnxPruneError:
+        return False
+    return True
+
+
+def synthetic_arrays(spec: dict, preprocess: Preprocess | None, samples: int, seed: int = 0,
+                     model=None) -> tuple[dict, str]:
+    """({input name: (samples, ...) float32}, how their range was chosen) for a model with
+    one image input. Without `preprocess`, the normalisation is fitted to the model's first
+    BatchNormalization (onnxprune/input_range.py) when `model` has one, else pixels in [0, 1]."""
     if len(spec) != 1:
         raise OnnxPruneError(f"--calib synthetic feeds a single image input; the model has inputs {list(spec)}")
     name, shape = next(iter(spec.items()))
@@ -47,12 +65,21 @@ def synthetic_arrays(spec: dict, preprocess: Preprocess | None, samples: int, se
     p = (preprocess or Preprocess()).for_input(name, shape)
     channels = 1 if p.channels == "L" else 3
     pixels = pink_noise(samples, channels, p.size, np.random.default_rng(seed))   # (S, C, H, W) in [0, 1]
-    mean = np.asarray(p.mean, dtype=np.float32).reshape(1, -1, 1, 1)
-    std = np.asarray(p.std, dtype=np.float32).reshape(1, -1, 1, 1)
-    x = (pixels - mean) / std
     if p.layout == "NHWC":
-        x = x.transpose(0, 2, 3, 1)
-    return {name: np.ascontiguousarray(x, dtype=np.float32)}
+        pixels = np.ascontiguousarray(pixels.transpose(0, 2, 3, 1))
+    axis = 3 if p.layout == "NHWC" else 1
+    how = "pixels in [0, 1] as given by --calib-preprocess" if preprocess is not None else \
+        "pixels in [0, 1] (no BatchNormalization statistics to fit the input range to; give the " \
+        "model's normalisation with --calib-preprocess)"
+    if preprocess is None and model is not None:
+        fit = fit_input_range(model, name, pixels, axis)
+        if fit is not None:
+            p, how = fit.preprocess.for_input(name, shape), fit.describe()
+    shape_c = [1, 1, 1, 1]
+    shape_c[axis] = -1
+    mean = np.asarray(p.mean, dtype=np.float32).reshape(shape_c)
+    std = np.asarray(p.std, dtype=np.float32).reshape(shape_c)
+    return {name: np.ascontiguousarray((pixels - mean) / std, dtype=np.float32)}, how
 
 
 def pink_noise(samples: int, channels: int, size: tuple[int, int], rng) -> np.ndarray:
