@@ -66,16 +66,36 @@ def test_prune_recovers_from_synthetic_images():
     assert report.fidelity.max_rel_error < report.fidelity_unrecovered.max_rel_error
 
 
-def test_pruning_without_data_suggests_synthetic_images_for_an_image_model():
+@pytest.mark.synthetic_default
+def test_an_image_model_without_data_recovers_on_synthetic_images_by_default():
     b = GraphBuilder(seed=3)
     x = b.input("x", ["N", 1, 8, 8])
     h = b.op("Relu", [b.bn(b.conv(x, 1, 8), 8)])
     proto = b.model([b.conv(h, 8, 4)])
     _, report = onnxprune.prune(proto, 0.5, round_to=1)
-    assert any("try --calib synthetic" in n for n in report.notes), report.notes
-    _, report = onnxprune.prune(proto, 0.5, round_to=1, recover="stats")   # asked for: no advice
-    assert not any("try --calib synthetic" in n for n in report.notes)
+    assert report.recovery["calibration"]["kind"] == "synthetic"
+    assert "fitted to BatchNormalization" in report.recovery["calibration"]["source"]
+    assert any("recovered on synthetic images (1/f noise) by default" in n for n in report.notes), report.notes
+    _, report = onnxprune.prune(proto, 0.5, round_to=1, recover="stats")   # the fast path, asked for
+    assert "calibration" not in report.recovery and report.recovery["methods"] == ["stats"]
     flat = GraphBuilder()
     h = flat.op("Relu", [flat.gemm(flat.input("v", ["N", 6]), 6, 8)])
     _, report = onnxprune.prune(flat.model([flat.gemm(h, 8, 2)]), 0.5, round_to=1)
-    assert not any("try --calib synthetic" in n for n in report.notes)
+    assert "calibration" not in report.recovery
+
+
+@pytest.mark.synthetic_default
+def test_a_rank4_input_that_is_no_image_gets_no_synthetic_images():
+    b = GraphBuilder(seed=3)
+    x = b.input("x", ["N", 2, 8, 8])   # two channels: not grey, not colour
+    h = b.op("Relu", [b.bn(b.conv(x, 2, 8), 8)])
+    _, report = onnxprune.prune(b.model([b.conv(h, 8, 4)]), 0.5, round_to=1)
+    assert "calibration" not in report.recovery
+
+
+@pytest.mark.synthetic_default
+def test_a_model_synthetic_images_cannot_run_falls_back_to_the_statistics():
+    from test_batch import flatten_net   # Reshape to (1, -1): runs at batch 1 only
+    _, report = onnxprune.prune(flatten_net(target=(1, -1)), 0.5, round_to=1)
+    assert any(n.startswith("recovery on synthetic images could not run") for n in report.notes), report.notes
+    assert report.recovery["methods"] == ["stats"]
