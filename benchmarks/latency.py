@@ -322,7 +322,7 @@ def main(argv=None) -> int:
                 for target in args.targets:
                     t0 = time.perf_counter()
                     slim, rep = onnxprune.prune(proto, criterion=args.criterion, target_macs=target,
-                                                round_to=rt, coupled=cp, fold=args.fold)
+                                                round_to=rt, coupled=cp, fold=args.fold, recover="stats")
                     info = {"model": model, "target": target, "round_to": rt, "coupled": cp,
                             "macs_before": rep.before["macs"], "macs_after": rep.after["macs"],
                             "params_before": rep.before["params"], "params_after": rep.after["params"],

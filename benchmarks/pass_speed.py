@@ -52,7 +52,8 @@ def child(src: str, dst: str, repeat: int, ratio, target_macs, criterion: str) -
     for _ in range(repeat):
         start, cpu = time.perf_counter(), time.process_time()
         # what the CLI does: the checker runs on the bytes being saved
-        slim, report = prune_model(src, ratio, criterion=criterion, target_macs=target_macs, check_output=False)
+        slim, report = prune_model(src, ratio, criterion=criterion, target_macs=target_macs, check_output=False,
+                                     recover="stats")  # the pass, not a calibration run
         t_save = time.perf_counter()
         save_model(slim, dst, check=True)
         end = time.perf_counter()

@@ -39,7 +39,7 @@ def main(argv=None) -> int:
         proto = onnx.load(cached)
     else:
         proto = build(args.model, (1, 3, 224, 224), keep_bn=True)
-    slim, _ = onnxprune.prune(proto, criterion="bgsc", target_macs=args.target)
+    slim, _ = onnxprune.prune(proto, criterion="bgsc", target_macs=args.target, recover="stats")
     rows = []
     for threads in (1, 2):
         for label, models, stop in (("alternating, spinning kept after a run", [proto, slim], False),

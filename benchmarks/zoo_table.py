@@ -47,7 +47,7 @@ def main():
         source, shapes = load(name)
         for ratio in (0.3, 0.5):
             slim, r = onnxprune.prune(source, ratio, criterion=args.criterion, input_shapes=shapes,
-                                      round_to=args.round_to, verify=True)
+                                      round_to=args.round_to, verify=True, recover="stats")
             frozen = Counter(g["frozen"] for g in r.frozen_groups)
             rows.append({"model": name, "ratio": ratio, "input": r.options["input_shapes"],
                          "macs": [r.before["macs"], r.after["macs"]],

@@ -104,7 +104,9 @@ def prune(source: str | os.PathLike | onnx.ModelProto, ratio: float | None = Non
       eval_data: held-out samples for the fidelity report (same forms as calibration).
       labels_key: the npz key of integer labels (adds accuracy to the fidelity report).
       recover: recovery methods after the exact rewrite: 'none' or a comma list of 'means',
-        'stats', 'lsq' (run in that order); 'auto' is 'lsq' with calibration, 'none' without.
+        'stats', 'lsq' (run in that order); 'auto' is 'lsq' with calibration; without, 'lsq' on
+        synthetic images for an image model (onnxprune/recover.py `default_calibration`), else
+        'stats'. 'stats' is the fast data-free path.
     Bad arguments raise OnnxPruneError before any work. For models beyond protobuf's 2 GB,
     use `prune_model` and `onnxprune.io.save_model`, which never build the whole proto."""
     slim, report = prune_model(

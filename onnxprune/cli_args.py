@@ -102,12 +102,14 @@ def data_options(p):
     """Calibration data for recovery, held-out data for fidelity (docs/methods.md §5)."""
     g = p.add_argument_group("data (optional): recovery and fidelity")
     g.add_argument("--calib", metavar="PATH",
-                   help="unlabelled calibration inputs: .npz keyed by input name, .npy (one input), or a "
-                        "folder of images (see --calib-preprocess); recovery fits on them")
+                   help="unlabelled calibration inputs: .npz keyed by input name, .npy (one input), a "
+                        "folder of images (see --calib-preprocess), or the word 'synthetic' (1/f-noise images); "
+                        "recovery fits on them")
     g.add_argument("--calib-limit", type=int, metavar="N", help="use the first N calibration samples")
     g.add_argument("--calib-preprocess", metavar="SPEC",
-                   help="image folders: e.g. 'size=224,224;mean=0.485,0.456,0.406;std=0.229,0.224,0.225;"
-                        "scale=255;layout=NCHW;channels=RGB' (defaults from the model's input)")
+                   help="image folders and synthetic images: e.g. 'size=224,224;mean=0.485,0.456,0.406;"
+                        "std=0.229,0.224,0.225;scale=255;layout=NCHW;channels=RGB' (defaults from the model's "
+                        "input; for synthetic images, the normalisation read from its first BatchNormalization)")
     g.add_argument("--eval-data", metavar="PATH",
                    help="held-out inputs for the fidelity report (default: a fifth of --calib, held out)")
     g.add_argument("--labels", default="labels", metavar="KEY",
@@ -115,7 +117,8 @@ def data_options(p):
     g.add_argument("--recover", default="auto", metavar="METHODS",
                    help="after the exact rewrite: 'none' or a comma list of merge, means, stats, lsq (neuron "
                         "merging, mean compensation, statistics correction, least-squares refit); default 'auto': "
-                        "lsq with --calib, none without")
+                        "lsq with --calib; without, lsq on synthetic images for an image model (range read "
+                        "from its first BatchNormalization), stats otherwise; 'stats' is the fast data-free path")
 
 
 def evaluate_arguments(p):
