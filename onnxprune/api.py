@@ -17,7 +17,7 @@ import numpy as np
 import onnx
 
 from . import passes
-from .budget import allocate, allocate_target, check_plan_classes, kept_whole_by_rounding
+from .budget import allocate, allocate_target, check_plan_classes, kept_whole_by_rounding, prunable_groups
 from .couplings import analyze
 from .density import allocate_density
 from .errors import OnnxPruneError
@@ -33,7 +33,8 @@ from .recover import DataOptions, batches_of, calibration_sets, recover_stage
 from .report import PlanInfo, Report, group_table, model_stats
 from .runtime import model_session, random_inputs
 from .saliency import CalibrationData, needs_data, score
-from .sensitivity import allocate_sensitivity
+from .sensitivity import allocate_sensitivity, group_weights
+from .synexp import allocate_synexp
 from .verify import DEFAULT_TOLERANCE, check, masking_oracle
 
 log = logging.getLogger("onnxprune")
@@ -158,7 +159,7 @@ def prune_model(source: str | os.PathLike | onnx.ModelProto, ratio: float | None
     start = time.perf_counter()
     model, couplings = _load(source, s, timings)
     data = DataOptions(calibration, calibration_limit, calibration_preprocess, eval_data, labels_key, recover)
-    sets = calibration_sets(model, data, s.seed) if _choice_reads_data(s) else None
+    sets = calibration_sets(model, data, s.seed) if _choice_reads_data(s, calibration) else None
     removed, target, couplings, score_notes = _choose(model, couplings, s, timings, _score_data(model, sets))
     with stage("fold", timings):
         folds, fold_stats = _plan_folds(model, couplings, removed, s)
@@ -205,7 +206,7 @@ def plan(source: str | os.PathLike | onnx.ModelProto, ratio: float | None = None
     start = time.perf_counter()
     model, couplings = _load(source, s, timings)
     data = DataOptions(calibration, calibration_limit, calibration_preprocess, eval_data, "labels", "auto")
-    sets = calibration_sets(model, data, s.seed) if _choice_reads_data(s) else None
+    sets = calibration_sets(model, data, s.seed) if _choice_reads_data(s, calibration) else None
     removed, target, couplings, score_notes = _choose(model, couplings, s, timings, _score_data(model, sets))
     timings["total"] = round(time.perf_counter() - start, 4)
     options = _report_options(s, model)
@@ -238,8 +239,10 @@ def _load(source, s: "Settings", timings: dict):
     return model, couplings
 
 
-def _choice_reads_data(s: "Settings") -> bool:
-    return s.plan is None and (needs_data(s.criterion) or s.allocator == "sensitivity")
+def _choice_reads_data(s: "Settings", calibration) -> bool:
+    """synexp-weighted measures its weights on calibration data when there is some."""
+    return s.plan is None and (needs_data(s.criterion) or s.allocator == "sensitivity"
+                               or (s.allocator == "synexp-weighted" and calibration is not None))
 
 
 def _score_data(model, sets):
@@ -271,6 +274,8 @@ def _choose(model, couplings, s: "Settings", timings: dict, data: CalibrationDat
                 target, allocator_notes = allocate_sensitivity(model, couplings, scores, metric, fraction,
                                                                s.min_keep, s.round_to, s.coupled,
                                                                s.fold != "none", data)
+            elif s.allocator in ("synexp", "synexp-weighted"):
+                target, allocator_notes = _allocate_synexp(model, couplings, scores, metric, fraction, s, data)
             elif s.allocator == "density":
                 target = allocate_density(model, couplings, scores, metric, fraction, s.min_keep, s.round_to,
                                           s.coupled, s.fold != "none")
@@ -281,6 +286,15 @@ def _choose(model, couplings, s: "Settings", timings: dict, data: CalibrationDat
         check_plan_classes(couplings, removed)
     log.debug("removing %d of %d channel classes", len(removed), couplings.n_classes)
     return removed, target, couplings, [f"{s.criterion}: {n}" for n in scored.notes] + allocator_notes
+
+
+def _allocate_synexp(model, couplings, scores, metric: str, fraction: float, s: "Settings", data):
+    weights, notes = None, []
+    if s.allocator == "synexp-weighted":
+        weights, notes = group_weights(model, couplings, scores, prunable_groups(couplings, s.coupled), s.min_keep,
+                                       s.round_to, data)
+    return allocate_synexp(model, couplings, scores, metric, fraction, s.min_keep, s.round_to, s.coupled,
+                           s.fold != "none", weights), notes
 
 
 def _plan_folds(model, couplings, removed, s: "Settings"):

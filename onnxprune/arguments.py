@@ -35,8 +35,10 @@ def default_criterion(calibration) -> str:
     return "bn-variance" if calibration is None or is_synthetic(calibration) else "activation"
 # rank: one ranking of channel classes decides how many each group keeps and which;
 # density: PreCrop layer densities decide how many, the criterion which (onnxprune/density.py);
-# sensitivity: fidelity measured on calibration data decides how many (onnxprune/sensitivity.py)
-ALLOCATORS = ("rank", "density", "sensitivity")
+# sensitivity: fidelity measured on calibration data decides how many (onnxprune/sensitivity.py);
+# synexp: PreCrop's convex program solved continuously, then rounded and repaired (onnxprune/synexp.py);
+# synexp-weighted: the same, each group weighted by its measured sensitivity
+ALLOCATORS = ("rank", "density", "sensitivity", "synexp", "synexp-weighted")
 SCOPES = ("local", "global")
 
 

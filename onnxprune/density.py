@@ -33,10 +33,12 @@ def allocate_density(model, couplings, scores: np.ndarray, metric: str, target: 
 
 
 def allocate_greedy(model, couplings, scores: np.ndarray, metric: str, target: float, min_keep: float,
-                    round_to: int, coupled: str, fold: bool, step_loss) -> TargetResult:
+                    round_to: int, coupled: str, fold: bool, step_loss, start=None) -> TargetResult:
     """Take the cheapest step, `step_loss(group index, kept before, kept after, Δ Σ log p)`
     per unit of the metric saved, until the target is met (the density allocator's loss is
-    −Δ Σ log p; the sensitivity allocator's a measured fidelity curve)."""
+    −Δ Σ log p; the sensitivity allocator's a measured fidelity curve). `start(tracker)`
+    (group index -> kept count; default full width) says where the steps start from: the
+    synexp allocator starts from its rounded continuous optimum."""
     if not 0 < target <= 1:
         raise OnnxPruneError(f"--target-{metric} must be in (0, 1], got {target}")
     groups = prunable_groups(couplings, coupled)
@@ -67,6 +69,12 @@ def allocate_greedy(model, couplings, scores: np.ndarray, metric: str, target: f
         saved = -(d_macs if metric == "macs" else d_params)
         return step_loss(gi, keep[gi], keep[gi] - len(chunk), d_log) / saved if saved > 0 else None
 
+    removed: set[int] = set()
+    for gi, k in (start(tracker) if start else {}).items():
+        for c in order[gi][:keep[gi] - k]:
+            tracker.remove(c)
+            removed.add(c)
+        taken[gi], keep[gi] = keep[gi] - k, k
     neighbours = _groups_sharing_weights(tracker, couplings, groups)
     current, heap = {}, []
 
@@ -77,7 +85,6 @@ def allocate_greedy(model, couplings, scores: np.ndarray, metric: str, target: f
 
     for g in groups:
         refresh(g.index)
-    removed: set[int] = set()
     deferred = set()
 
     def apply(gi, chunk):

@@ -37,8 +37,17 @@ def allocate_sensitivity(model, couplings, scores, metric: str, target: float, m
                          round_to: int = 1, coupled: str = "all", fold: bool = True, data=None):
     """Returns (TargetResult, notes)."""
     data = require_data(data, "--allocator sensitivity")
+    curves, note = measured_curves(model, couplings, scores, prunable_groups(couplings, coupled), min_keep,
+                                   round_to, data)
+    result = allocate_greedy(model, couplings, scores, metric, target, min_keep, round_to, coupled, fold,
+                             lambda gi, before, after, _: curves[gi](after) - curves[gi](before))
+    return result, [note]
+
+
+def measured_curves(model, couplings, scores, groups, min_keep: float, round_to: int, data):
+    """Each group's loss curve over its kept count, measured with the other groups whole:
+    ({group index: _Curve}, a note saying what was measured)."""
     start = time.perf_counter()
-    groups = prunable_groups(couplings, coupled)
     probe = _MaskedModel(model, couplings, data)
     multiplicity = class_multiplicity(couplings)
     runs = min(MAX_EVALUATIONS, MAC_BUDGET // max(cost(model).macs * probe.samples, 1))
@@ -50,12 +59,38 @@ def allocate_sensitivity(model, couplings, scores, metric: str, target: float, m
         order = removal_order([g], scores, "global", "raw")
         losses = [probe.loss(order[:g.width - k]) for k in keeps]
         curves[g.index] = _Curve([g.width] + keeps, [0.0] + losses)
-    result = allocate_greedy(model, couplings, scores, metric, target, min_keep, round_to, coupled, fold,
-                             lambda gi, before, after, _: curves[gi](after) - curves[gi](before))
     evaluations = sum(len(c.keeps) - 1 for c in curves.values())
     note = (f"sensitivity: {len(groups)} group(s), {evaluations} thinned model(s) measured on "
             f"{probe.samples} calibration sample(s) in {time.perf_counter() - start:.1f} s")
-    return result, [note]
+    return curves, note
+
+
+def group_weights(model, couplings, scores, groups, min_keep: float, round_to: int, data=None):
+    """Per-group sensitivity, scaled to mean 1, that weights the synexp objective
+    (`--allocator synexp-weighted`): with calibration data, the measured output loss of the
+    group thinned to half its width; without, the share of the group's score mass that its
+    weaker half carries (a group whose weak half scores almost nothing loses little when
+    thinned). Floored at WEIGHT_FLOOR so that no group is free to empty to its floor.
+    Returns ({group index: weight}, notes)."""
+    if data is not None:
+        curves, note = measured_curves(model, couplings, scores, groups, min_keep, round_to, data)
+        raw = {g.index: curves[g.index](g.width / 2) for g in groups}
+    else:
+        note = "synexp-weighted: data-free weights, the score share of each group's weaker half"
+        raw = {g.index: _weak_half_share(scores[g.classes]) for g in groups}
+    mean = float(np.mean(list(raw.values()))) if raw else 0.0
+    if mean <= 0:
+        return {gi: 1.0 for gi in raw}, [note]
+    return {gi: max(v / mean, WEIGHT_FLOOR) for gi, v in raw.items()}, [note]
+
+
+WEIGHT_FLOOR = 0.05
+
+
+def _weak_half_share(values: np.ndarray) -> float:
+    values = np.sort(np.maximum(np.asarray(values, dtype=np.float64), 0))
+    total = values.sum()
+    return float(values[:len(values) // 2].sum() / total) if total > 0 else 0.5
 
 
 def _keeps(width: int, floor: int, step: int, limit: int) -> list[int]:
