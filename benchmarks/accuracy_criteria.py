@@ -165,23 +165,47 @@ def markdown(result):
     return "\n".join(lines)
 
 
-def main(argv=None):
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--models", nargs="+", default=MODELS)
-    ap.add_argument("--targets", nargs="+", type=float, default=TARGETS)
-    ap.add_argument("--configs", nargs="+", default=CONFIGS)
+def digits_data(calib: int):
+    """(calibration feeds: the first `calib` of the shuffled TRAIN images, unlabelled; the
+    labelled TEST images as eval data; the test labels)."""
+    x_train, _, x_test, y_test = load_digits_split(16)
+    pool = x_train[np.random.default_rng(CALIB_SEED).permutation(len(x_train))]
+    return [{"input": pool[:calib]}], [{"input": x_test, "labels": y_test}], y_test
+
+
+def digits_model_path(model: str) -> str:
+    path = os.path.join(ROOT, "models", f"{model}.onnx")
+    if not os.path.exists(path):
+        sys.exit(f"models/{model}.onnx is missing: run `{MODELS_COMMAND}` first")
+    return path
+
+
+def environment() -> dict:
+    return {"python": platform.python_version(), "onnx": onnx.__version__, "onnxruntime": ort.__version__,
+            "numpy": np.__version__, "cpus": os.cpu_count()}
+
+
+def study_parser(doc: str, models: list, targets: list) -> argparse.ArgumentParser:
+    """The options every digits study takes: models, MAC targets, calibration size, output folder."""
+    ap = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--models", nargs="+", default=models)
+    ap.add_argument("--targets", nargs="+", type=float, default=targets)
     ap.add_argument("--calib", type=int, default=256)
-    ap.add_argument("--plans-only", nargs="*", default=None, metavar="MODEL")
     ap.add_argument("--out", default=os.path.join(ROOT, "benchmarks", "results"))
+    return ap
+
+
+def main(argv=None):
+    ap = study_parser(__doc__, MODELS, TARGETS)
+    ap.add_argument("--configs", nargs="+", default=CONFIGS)
+    ap.add_argument("--plans-only", nargs="*", default=None, metavar="MODEL")
     ap.add_argument("--render", action="store_true")
     args = ap.parse_args(argv)
     path_json = os.path.join(args.out, "accuracy_criteria.json")
     if args.render:
         return write(json.load(open(path_json)), args.out)
     start = time.perf_counter()
-    x_train, _, x_test, y_test = load_digits_split(16)
-    pool = x_train[np.random.default_rng(CALIB_SEED).permutation(len(x_train))]
-    feeds, eval_data = [{"input": pool[:args.calib]}], [{"input": x_test, "labels": y_test}]
+    feeds, eval_data, y_test = digits_data(args.calib)
     old = json.load(open(path_json)) if os.path.exists(path_json) else {}
     if args.plans_only is not None:
         old["plans"] = compare_plans(args.plans_only or MODELS, feeds)
@@ -198,14 +222,10 @@ def main(argv=None):
               "calibration": args.calib, "test_samples": len(y_test), "default_round_to": default_round_to(),
               "heatmap_default_mass": DEFAULT_MASS, "bar_pp": {str(k): v for k, v in BAR.items()},
               "plans": old.get("plans"),
-              "environment": {"python": platform.python_version(), "onnx": onnx.__version__,
-                              "onnxruntime": ort.__version__, "numpy": np.__version__, "cpus": os.cpu_count()},
-              "runs": kept}
+              "environment": environment(), "runs": kept}
     os.makedirs(args.out, exist_ok=True)
     for model in args.models:
-        path = os.path.join(ROOT, "models", f"{model}.onnx")
-        if not os.path.exists(path):
-            sys.exit(f"models/{model}.onnx is missing: run `{MODELS_COMMAND}` first")
+        path = digits_model_path(model)
         t0 = time.perf_counter()
         for target in args.targets:
             for config in args.configs:

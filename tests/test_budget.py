@@ -170,16 +170,21 @@ def test_density_allocator_meets_the_target_from_below(metric, target):
     assert target - 0.05 <= achieved <= target + 1e-9
 
 
-def test_density_allocator_thins_the_cheapest_layers_in_log_density_per_mac():
-    # A wide block next to a narrow one: removing a channel of the wide block loses less
-    # log-density per MAC saved, so the density allocator thins it first.
+def wide_then_narrow():
+    """A 64-wide conv block next to an 8-wide one."""
     b = GraphBuilder(seed=3)
     x = b.input("x", [1, 3, 16, 16])
     h = b.op("Relu", [b.bn(b.conv(x, 3, 64), 64)])
     h = b.op("Relu", [b.bn(b.conv(h, 64, 8), 8)])
     out = b.op("Gemm", [b.op("Flatten", [b.op("GlobalAveragePool", [b.conv(h, 8, 16)])]), b.weight((5, 16)),
                         b.weight((5,))], transB=1)
-    slim, report = prune_and_check(b.model([out]), criterion="l1", allocator="density", target_macs=0.8)
+    return b.model([out])
+
+
+def test_density_allocator_thins_the_cheapest_layers_in_log_density_per_mac():
+    # A wide block next to a narrow one: removing a channel of the wide block loses less
+    # log-density per MAC saved, so the density allocator thins it first.
+    slim, report = prune_and_check(wide_then_narrow(), criterion="l1", allocator="density", target_macs=0.8)
     kept = {g["channels_before"]: g["channels_after"] for g in report.groups if not g["frozen"]}
     assert kept[64] < 64 and kept[8] == 8, kept
 

@@ -16,7 +16,7 @@ from onnxprune.cost import CostTracker
 from onnxprune.saliency import score
 from onnxprune.sensitivity import group_weights
 from onnxprune.synexp import Program, allocate_synexp, build_program, solve
-from test_budget import grouped_net, resnet_like
+from test_budget import grouped_net, resnet_like, wide_then_narrow
 
 
 def random_program(rng) -> Program:
@@ -135,13 +135,7 @@ def test_grouped_convolutions_keep_their_divisibility():
 def test_continuous_optimum_thins_the_cheap_wide_block_first():
     # as for the density allocator (tests/test_budget.py): the 64-wide group loses less
     # log-density per MAC saved than the 8-wide one
-    b = GraphBuilder(seed=3)
-    x = b.input("x", [1, 3, 16, 16])
-    h = b.op("Relu", [b.bn(b.conv(x, 3, 64), 64)])
-    h = b.op("Relu", [b.bn(b.conv(h, 64, 8), 8)])
-    out = b.op("Gemm", [b.op("Flatten", [b.op("GlobalAveragePool", [b.conv(h, 8, 16)])]), b.weight((5, 16)),
-                        b.weight((5,))], transB=1)
-    _, report = prune_and_check(b.model([out]), criterion="l1", allocator="synexp", target_macs=0.8,
+    _, report = prune_and_check(wide_then_narrow(), criterion="l1", allocator="synexp", target_macs=0.8,
                                 round_to=1, recover="none")
     kept = {g["channels_before"]: g["channels_after"] for g in report.groups if not g["frozen"]}
     assert kept[64] < 64 and kept[8] == 8, kept
