@@ -101,7 +101,7 @@ def allocate_greedy(model, couplings, scores: np.ndarray, metric: str, target: f
         if current.get(gi) != p:
             continue  # stale entry: the group's priority changed since it was pushed
         chunk = next_chunk(gi)
-        if steps[gi] > 1 and overshoots(tracker, metric, target * base, chunk):
+        if (steps[gi] > 1 or start) and overshoots(tracker, metric, target * base, chunk):
             deferred.add(gi)  # waits while smaller steps of other groups may fit
             continue
         apply(gi, chunk)
