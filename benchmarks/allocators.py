@@ -7,7 +7,10 @@ solve + repair) and synexp-weighted (docs/methods.md §4).
     synexp program's build and solve alone, and whole allocations by synexp and density at MAC
     target 0.6 with round_to 8 and 1 (median of REPEATS runs), with the Σ log p each reaches
     and whether their plans are the same.
-(2) Accuracy on the trained digits models at each MAC target, for every allocator: 256
+(2) Plans of synexp and density on the digits files of every architecture (ResNet, MobileNet,
+    VGG, DenseNet) at MAC targets 0.8, 0.6 and 0.4, round_to 8 and 1 (criterion bn-variance):
+    the MAC fraction and Σ log p each reaches.
+(3) Accuracy on the trained digits models at each MAC target, for every allocator: 256
     unlabelled TRAIN images calibrate (criterion `auto`, i.e. activation, the synexp-weighted
     sensitivity and the lsq refit read them), the 450 labelled TEST images evaluate; one run
     gives the accuracy without recovery (report.fidelity_unrecovered) and after `lsq`.
@@ -91,6 +94,27 @@ def resnet152_timing(target=0.6):
             "allocations": rows}
 
 
+PLAN_MODELS = ["digits_resnet", "digits_mobilenet", "digits_vgg", "digits_densenet"]
+
+
+def plan_agreement():
+    rows = []
+    for name in PLAN_MODELS:
+        model, couplings = analyze_model(digits_model_path(name))
+        scores = score(model, couplings, "bn-variance").values
+        for round_to, target in itertools.product((8, 1), (0.8, 0.6, 0.4)):
+            row = {"model": name, "round_to": round_to, "target_macs": target}
+            plans = {}
+            for key, fn in (("synexp", allocate_synexp), ("density", allocate_density)):
+                result = fn(model, couplings, scores, "macs", target, round_to=round_to)
+                plans[key] = result.removed
+                row[key] = {"mac_fraction": round(result.achieved, 4),
+                            "log_density": round(log_density(model, couplings, result.removed), 3)}
+            row["same_plan"] = plans["synexp"] == plans["density"]
+            rows.append(row)
+    return rows
+
+
 def accuracy_run(path, model, target, allocator, feeds, eval_data, n_test):
     start = time.perf_counter()
     _, report = onnxprune.prune(path, target_macs=target, allocator=allocator, calibration=feeds,
@@ -119,6 +143,15 @@ def markdown(result) -> str:
             s, d = r["synexp"], r["density"]
             lines.append(f"| {r['round_to']} | {s['allocate_s']:.2f} | {d['allocate_s']:.2f} | {s['log_density']} | "
                          f"{d['log_density']} | {s['mac_fraction']} / {d['mac_fraction']} | {r['same_plan']} |")
+        lines.append("")
+    agreement = result.get("plans", [])
+    if agreement:
+        lines += ["| model | round_to | T | synexp MACs / Σ log p | density MACs / Σ log p | same plan |",
+                  "|---|---|---|---|---|---|"]
+        for r in agreement:
+            s, d = r["synexp"], r["density"]
+            lines.append(f"| {r['model']} | {r['round_to']} | {r['target_macs']} | {s['mac_fraction']} / "
+                         f"{s['log_density']} | {d['mac_fraction']} / {d['log_density']} | {r['same_plan']} |")
         lines.append("")
     runs = result["runs"]
     if runs:
@@ -150,6 +183,7 @@ def main(argv=None):
               "calibration": args.calib, "environment": environment(), "runs": []}
     if not args.skip_zoo:
         result["resnet152"] = resnet152_timing()
+    result["plans"] = plan_agreement()
     feeds, eval_data, y_test = digits_data(args.calib)
     os.makedirs(args.out, exist_ok=True)
     for model in args.models:

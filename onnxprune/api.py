@@ -85,8 +85,9 @@ def prune(source: str | os.PathLike | onnx.ModelProto, ratio: float | None = Non
       scope: 'local' (the same fraction in every group) or 'global' (one ranking); default
         'global' for bgsc, 'local' otherwise.
       ranking: with a global scope, 'raw' or 'normalized' scores; default 'normalized' for bgsc.
-      allocator: 'rank', 'density' or 'sensitivity' (the last two need target_macs or
-        target_params; 'sensitivity' also `calibration`).
+      allocator: 'rank', 'density', 'synexp', 'synexp-weighted' or 'sensitivity' (all but
+        'rank' need target_macs or target_params; 'sensitivity' also `calibration`;
+        'synexp-weighted' measures its weights on `calibration` when given).
       coupled: 'all', 'only' (coupled groups only) or 'none' (uncoupled groups only).
       min_keep: floor per group, a count >= 1 or a fraction in (0, 1).
       round_to: kept counts are multiples of this integer >= 1 (default: 16 on AVX-512 CPUs, else 8).
@@ -191,8 +192,8 @@ def plan(source: str | os.PathLike | onnx.ModelProto, ratio: float | None = None
          calibration_preprocess: str | None = None, eval_data: object = None) -> tuple[Plan, PlanInfo]:
     """Score and allocate without rewriting: returns (the Plan that `prune` with the same
     arguments would apply, PlanInfo). The arguments are `prune`'s (`fold` matters here too:
-    a MAC or parameter target counts the biases that folding adds; the data criteria and
-    the sensitivity allocator read `calibration`, less the fifth `prune` holds out unless
+    a MAC or parameter target counts the biases that folding adds; the data criteria, the
+    sensitivity allocator and synexp-weighted read `calibration`, less the fifth `prune` holds out unless
     `eval_data` is given). Edit or inspect the plan, then `apply_plan` it."""
     s = settings(ratio=ratio, target_macs=target_macs, target_params=target_params, plan=None,
                   criterion=criterion, seed=seed, scope=scope, ranking=ranking, allocator=allocator,

@@ -12,7 +12,8 @@ step (one class, or the group's `round_to` step) whose removal loses the least Î
 per unit of the budget metric it saves, as previewed on the CostTracker, until the
 target is met. A step only changes the priority of the groups sharing a weight with it.
 The same greedy, with a step loss measured on data, is the sensitivity allocator
-(onnxprune/sensitivity.py).
+(onnxprune/sensitivity.py); started from the rounded continuous optimum of the same
+program, it is the synexp allocator's repair (onnxprune/synexp.py).
 """
 from __future__ import annotations
 
