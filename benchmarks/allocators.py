@@ -75,7 +75,7 @@ def resnet152_timing(target=0.6):
     scores = score(model, couplings, "bn-variance").values
     groups = prunable_groups(couplings)
     tracker = CostTracker(model, couplings, fold=False)
-    build_s, program = median_time(lambda: build_program(tracker, couplings, groups, "macs", target, 0.1))
+    build_s, program = median_time(lambda: build_program(tracker, groups, "macs", target, 0.1))
     solve_s, x = median_time(lambda: solve(program))
     rows = []
     for round_to in (8, 1):

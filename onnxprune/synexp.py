@@ -27,7 +27,6 @@ import numpy as np
 from .budget import class_multiplicity, floor_of, group_round_to, prunable_groups
 from .cost import CostTracker
 from .density import allocate_greedy
-from .errors import OnnxPruneError
 
 
 @dataclass
@@ -46,13 +45,11 @@ class Program:
 def allocate_synexp(model, couplings, scores: np.ndarray, metric: str, target: float, min_keep: float = 0.1,
                     round_to: int = 1, coupled: str = "all", fold: bool = True, weights=None):
     """Returns the TargetResult; `weights` maps group index -> objective weight (default 1)."""
-    if not 0 < target <= 1:
-        raise OnnxPruneError(f"--target-{metric} must be in (0, 1], got {target}")
     groups = prunable_groups(couplings, coupled)
     multiplicity = class_multiplicity(couplings)
 
     def start(tracker):
-        keep = synexp_keep(tracker, couplings, groups, metric, target, min_keep, weights)
+        keep = synexp_keep(tracker, groups, metric, target, min_keep, weights)
         return {g.index: _round_up(keep[g.index], g.width, floor_of(g.width, min_keep),
                                    group_round_to(g, multiplicity, round_to)) for g in groups}
 
@@ -60,20 +57,22 @@ def allocate_synexp(model, couplings, scores: np.ndarray, metric: str, target: f
                            lambda gi, keep_before, keep_after, d_log: -d_log * _weight(weights, gi), start)
 
 
-def synexp_keep(tracker: CostTracker, couplings, groups, metric: str, target: float, min_keep: float,
+def synexp_keep(tracker: CostTracker, groups, metric: str, target: float, min_keep: float,
                 weights=None) -> dict:
     """The continuous optimum on a tracker with nothing removed: group index -> kept class
     count (a float)."""
     variables = [g for g in groups if floor_of(g.width, min_keep) < g.width]
-    program = build_program(tracker, couplings, variables, metric, target, min_keep, weights)
+    program = build_program(tracker, variables, metric, target, min_keep, weights)
     x = solve(program)
     keep = {g.index: float(g.width) for g in groups}
     keep.update({g.index: g.width * math.exp(x[i]) for i, g in enumerate(variables)})
     return keep
 
 
-def build_program(tracker: CostTracker, couplings, groups, metric: str, target: float, min_keep: float,
+def build_program(tracker: CostTracker, groups, metric: str, target: float, min_keep: float,
                   weights=None) -> Program:
+    """The program for `groups` (the variables, in order) on a tracker with nothing removed;
+    the cost of every other channel is a constant."""
     var_of_group = {g.index: i for i, g in enumerate(groups)}
     n_slots = len(tracker.counts)
     # per axis slot: channels that each variable's classes hold on it; the rest stay

@@ -68,7 +68,7 @@ def program_of(proto, metric="macs", target=0.5, min_keep=0.1):
     model, couplings = analyze_model(proto)
     tracker = CostTracker(model, couplings, fold=False)
     groups = prunable_groups(couplings)
-    return model, couplings, tracker, groups, build_program(tracker, couplings, groups, metric, target, min_keep)
+    return model, couplings, tracker, groups, build_program(tracker, groups, metric, target, min_keep)
 
 
 @pytest.mark.parametrize("metric", ["macs", "params"])
