@@ -14,6 +14,8 @@ solve + repair) and synexp-weighted (docs/methods.md §4).
     unlabelled TRAIN images calibrate (criterion `auto`, i.e. activation, the synexp-weighted
     sensitivity and the lsq refit read them), the 450 labelled TEST images evaluate; one run
     gives the accuracy without recovery (report.fidelity_unrecovered) and after `lsq`.
+    Then the same without calibration data: criterion `auto` (bn-variance), synexp-weighted
+    weights from the scores, recovery `stats` (BN statistics; no synthetic images).
 
 Writes benchmarks/results/allocators.{json,md}.
 """
@@ -116,18 +118,47 @@ def plan_agreement():
 
 
 def accuracy_run(path, model, target, allocator, feeds, eval_data, n_test):
+    """With calibration feeds: recovery lsq; without (data-free): criterion auto is
+    bn-variance, synexp-weighted takes its weights from the scores, recovery is stats."""
     start = time.perf_counter()
+    recover = "lsq" if feeds is not None else "stats"
     _, report = onnxprune.prune(path, target_macs=target, allocator=allocator, calibration=feeds,
-                                eval_data=eval_data, recover="lsq")
+                                eval_data=eval_data, recover=recover)
     f, u = report.fidelity.outputs[0], report.fidelity_unrecovered.outputs[0]
     if f.labelled != n_test:
         raise SystemExit(f"{model}: evaluated {f.labelled} labelled samples, not {n_test}")
     return {"model": model, "target_macs": target, "allocator": allocator, "criterion": report.options["criterion"],
-            "round_to": report.options["round_to"], "accuracy_lsq": f.accuracy_pruned,
+            "data": "calibration" if feeds is not None else "data-free", "recover": recover,
+            "round_to": report.options["round_to"], "accuracy_recovered": f.accuracy_pruned,
             "accuracy_none": u.accuracy_pruned, "accuracy_original": f.accuracy_original,
             "mac_fraction": report.after["macs"] / report.before["macs"],
             "allocate_s": report.timings.get("allocate"), "prune_s": round(time.perf_counter() - start, 2),
             "removed": {k: sorted(v) for k, v in report.plan.removed.items()}}
+
+
+def accuracy_table(result, data: str) -> list[str]:
+    runs = [r for r in result["runs"] if r["data"] == data]
+    if not runs:
+        return []
+    recover = runs[0]["recover"]
+    head = " | ".join(f"{a} none / {recover}" for a in result["allocators"])
+    lines = [f"{data}, criterion {runs[0]['criterion']}:", "", f"| model | T | {head} |",
+             "|---|---|" + "---|" * len(result["allocators"])]
+    for model in result["models"]:
+        for t in result["targets"]:
+            cells = []
+            for a in result["allocators"]:
+                r = next((r for r in runs if r["model"] == model and r["target_macs"] == t and r["allocator"] == a),
+                         None)
+                cells.append("-" if r is None else f"{pct(r['accuracy_none'])} / {pct(r['accuracy_recovered'])}")
+            lines.append(f"| {model} | {t} | " + " | ".join(cells) + " |")
+    same = [r for r in runs if r["allocator"] == "synexp" and any(
+        d["allocator"] == "density" and d["model"] == r["model"] and d["target_macs"] == r["target_macs"]
+        and d["removed"] == r["removed"] for d in runs)]
+    if not {"synexp", "density"} <= set(result["allocators"]):
+        return lines + [""]
+    return lines + ["", f"synexp and density chose the same plan in {len(same)} of "
+                    f"{sum(1 for r in runs if r['allocator'] == 'synexp')} (model, target) cells.", ""]
 
 
 def markdown(result) -> str:
@@ -153,24 +184,9 @@ def markdown(result) -> str:
             lines.append(f"| {r['model']} | {r['round_to']} | {r['target_macs']} | {s['mac_fraction']} / "
                          f"{s['log_density']} | {d['mac_fraction']} / {d['log_density']} | {r['same_plan']} |")
         lines.append("")
-    runs = result["runs"]
-    if runs:
-        head = " | ".join(f"{a} none / lsq" for a in result["allocators"])
-        lines += [f"| model | T | {head} |", "|---|---|" + "---|" * len(result["allocators"])]
-        for model in result["models"]:
-            for t in result["targets"]:
-                cells = []
-                for a in result["allocators"]:
-                    r = next((r for r in runs if r["model"] == model and r["target_macs"] == t
-                              and r["allocator"] == a), None)
-                    cells.append("-" if r is None else f"{pct(r['accuracy_none'])} / {pct(r['accuracy_lsq'])}")
-                lines.append(f"| {model} | {t} | " + " | ".join(cells) + " |")
-        same = [(r["model"], r["target_macs"]) for r in runs if r["allocator"] == "synexp"
-                and any(d["allocator"] == "density" and d["model"] == r["model"] and d["target_macs"] == r["target_macs"]
-                        and d["removed"] == r["removed"] for d in runs)]
-        lines += ["", f"synexp and density chose the same plan in {len(same)} of "
-                  f"{sum(1 for r in runs if r['allocator'] == 'synexp')} (model, target) cells."]
-    return "\n".join(lines)
+    for data in ("calibration", "data-free"):
+        lines += accuracy_table(result, data)
+    return "\n".join(lines).rstrip()
 
 
 def main(argv=None):
@@ -188,11 +204,11 @@ def main(argv=None):
     os.makedirs(args.out, exist_ok=True)
     for model in args.models:
         path = digits_model_path(model)
-        for target, allocator in itertools.product(args.targets, args.allocators):
-            r = accuracy_run(path, model, target, allocator, feeds, eval_data, len(y_test))
+        for calibration, target, allocator in itertools.product((feeds, None), args.targets, args.allocators):
+            r = accuracy_run(path, model, target, allocator, calibration, eval_data, len(y_test))
             result["runs"].append(r)
-            print(f"{model} T={target} {allocator}: none {pct(r['accuracy_none'])} lsq {pct(r['accuracy_lsq'])} "
-                  f"macs {r['mac_fraction']:.3f} ({r['prune_s']:.1f}s)", flush=True)
+            print(f"{model} {r['data']} T={target} {allocator}: none {pct(r['accuracy_none'])} {r['recover']} "
+                  f"{pct(r['accuracy_recovered'])} macs {r['mac_fraction']:.3f} ({r['prune_s']:.1f}s)", flush=True)
     result["elapsed_s"] = round(time.perf_counter() - start, 1)
     with open(os.path.join(args.out, "allocators.json"), "w") as f:
         json.dump(result, f, indent=1)
