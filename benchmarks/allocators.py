@@ -21,6 +21,7 @@ Writes benchmarks/results/allocators.{json,md}.
 """
 from __future__ import annotations
 
+import hashlib
 import itertools
 import json
 import math
@@ -133,7 +134,13 @@ def accuracy_run(path, model, target, allocator, feeds, eval_data, n_test):
             "accuracy_none": u.accuracy_pruned, "accuracy_original": f.accuracy_original,
             "mac_fraction": report.after["macs"] / report.before["macs"],
             "allocate_s": report.timings.get("allocate"), "prune_s": round(time.perf_counter() - start, 2),
-            "removed": {k: sorted(v) for k, v in report.plan.removed.items()}}
+            "plan_sha1": plan_digest(report.plan.removed)}
+
+
+def plan_digest(removed: dict) -> str:
+    """A short fingerprint of a plan, to tell whether two allocators chose the same one."""
+    text = json.dumps({k: sorted(v) for k, v in removed.items()}, sort_keys=True)
+    return hashlib.sha1(text.encode()).hexdigest()[:16]
 
 
 def accuracy_table(result, data: str) -> list[str]:
@@ -154,7 +161,7 @@ def accuracy_table(result, data: str) -> list[str]:
             lines.append(f"| {model} | {t} | " + " | ".join(cells) + " |")
     same = [r for r in runs if r["allocator"] == "synexp" and any(
         d["allocator"] == "density" and d["model"] == r["model"] and d["target_macs"] == r["target_macs"]
-        and d["removed"] == r["removed"] for d in runs)]
+        and d["plan_sha1"] == r["plan_sha1"] for d in runs)]
     if not {"synexp", "density"} <= set(result["allocators"]):
         return lines + [""]
     return lines + ["", f"synexp and density chose the same plan in {len(same)} of "
