@@ -115,7 +115,11 @@ def _choose(model, couplings, live, approximate: bool, seed: int):
     (the weights said constant: a measurement wins) and, unless `approximate`, those
     carrying a non-zero constant into a consumer that cannot take it exactly."""
     removed = set(np.flatnonzero(live.removable(couplings)).tolist())
-    kept_back = {"varying": set(), "inexact": set()}
+    kept_back = {"varying": set(), "inexact": set(), "last": set()}
+    for g in couplings.groups:   # a layer cannot be left without output channels
+        if g.width and removed.issuperset(g.classes.tolist()):
+            kept_back["last"].add(int(g.classes[0]))
+    removed -= kept_back["last"]
     runs = _input_runs(model, couplings, removed, seed)
     while True:
         values, varying = _constants(couplings, live, removed, runs)
@@ -216,6 +220,9 @@ def _notes(couplings, zeroed, removed, kept_back) -> list[str]:
     if kept_back["inexact"]:
         notes.append(f"shrink: {len(kept_back['inexact'])} dead channel class(es) kept: their constant cannot "
                      f"be folded exactly into a consumer (zero padding, no bias); --approximate removes them")
+    if kept_back["last"]:
+        notes.append(f"shrink: {len(kept_back['last'])} group(s) are dead or unused whole; each keeps one "
+                     f"channel (a layer needs one; removing whole branches is not done)")
     if kept_back["varying"]:
         notes.append(f"shrink: {len(kept_back['varying'])} channel class(es) kept: their weights are zero but "
                      f"their values vary with the input")
@@ -252,4 +259,5 @@ def _summary(model, couplings, live, removed, kept_back, report, to_input: float
             "classes_removed": len(removed), "classes_removed_dead": len(removed & dead_somewhere),
             "classes_removed_unused": len(removed - dead_somewhere),
             "classes_kept_inexact": len(kept_back["inexact"]), "classes_kept_varying": len(kept_back["varying"]),
+            "classes_kept_last_in_group": len(kept_back["last"]),
             "max_rel_diff_to_input": to_input, "exact": exact}
