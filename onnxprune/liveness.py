@@ -95,7 +95,7 @@ def _forward(model, couplings, weighted, tolerance):
             if node.name in weighted and o == node.output[0]:
                 x = node.input[0]
                 alive[o] = (weighted[node.name][1] & alive[x][None, :]).any(axis=1)
-            elif o in produced or any(t in varies for t in node.input if t):
+            elif o in produced or any(t in varies for t in node.input if t) or _foreign_alive(node, alive, tensors, class_of):
                 alive[o] = np.full(len(cmap.ids), depends)   # new channels, or a broadcast activation
             else:
                 live_classes = np.zeros(couplings.n_classes, dtype=bool)
@@ -136,13 +136,26 @@ def _backward(model, couplings, weighted, tolerance):
                 used[t] |= (weighted[node.name][1] & used[node.output[0]][:, None]).any(axis=0)
             elif blind:
                 used[t][:] = True
-            else:
-                reach = used_classes[class_of[tensors[t].ids]]
+            else:   # positions of classes no output holds (a width-1 operand broadcast) reach every output
+                reach = used_classes[class_of[tensors[t].ids]] | ~_held(node, tensors, class_of, t)
                 zero = _zero_factor(node, model, node.output[0], tensors.get(node.output[0]), tolerance)
                 if zero is not None and len(zero) == len(reach):
                     reach &= ~zero
                 used[t] |= reach
     return used
+
+
+def _held(node, tensors, class_of, t) -> np.ndarray:
+    """Per channel position of input `t`: its class is among the node's output channels."""
+    out_classes = [class_of[tensors[o].ids] for o in node.output if o in tensors]
+    held = np.concatenate(out_classes) if out_classes else np.zeros(0, np.int64)
+    return np.isin(class_of[tensors[t].ids], held)
+
+
+def _foreign_alive(node, alive, tensors, class_of) -> bool:
+    """An input channel whose class no output holds is alive: it is broadcast into every
+    output channel (x * gate with a one-channel gate)."""
+    return any((alive[t] & ~_held(node, tensors, class_of, t)).any() for t in node.input if t in alive)
 
 
 def _zero_factor(node, model, output, cmap, tolerance):

@@ -152,6 +152,28 @@ def test_filters_nobody_reads_are_removed_back_to_front():
     assert _max_rel_diff(proto, slim) <= 1e-5
 
 
+@pytest.mark.parametrize("gate_reads_them", [True, False])
+def test_a_one_channel_gate_reads_every_channel(gate_reads_them):
+    """y = x * sigmoid(conv_g(x)) with a one-channel gate, then conv2(y) with zero columns
+    on x's channels 0-2: they are still read through the gate, unless the gate's weights
+    on them are zero too (found by a fuzzed graph: the gate's channel was taken for unused)."""
+    b = GraphBuilder(seed=9)
+    x = b.conv(b.input("x", [1, 3, 6, 6]), 3, 8, k=1)
+    conv1 = b.last()
+    gate = b.op("Sigmoid", [b.conv(x, 8, 1, k=1)])
+    conv_g = b.nodes[-2]
+    y = b.conv(b.op("Mul", [x, gate]), 8, 4, k=1)
+    conv2 = b.last()
+    proto = b.model([y])
+    names = {n.name: n for n in proto.graph.node}
+    _set(proto, names[conv2].input[1], lambda a: a.__setitem__((slice(None), slice(0, 3)), 0))
+    if not gate_reads_them:
+        _set(proto, conv_g.input[1], lambda a: a.__setitem__((slice(None), slice(0, 3)), 0))
+    slim, report = onnxprune.shrink(proto, verify=True)
+    assert _conv_out(slim, next(n for n in slim.graph.node if n.name == conv1)) == (8 if gate_reads_them else 5)
+    assert _max_rel_diff(proto, slim) <= 1e-5
+
+
 def test_gemm_rows_and_columns():
     b = GraphBuilder(seed=5)
     h, gemms = b.input("x", [2, 16]), []
