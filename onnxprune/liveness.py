@@ -31,7 +31,7 @@ class Liveness:
     alive: dict          # tensor with a channel map -> bool per position: depends on the input
     used: dict           # tensor with a channel map -> bool per position: some output depends on it
     zeroed: np.ndarray   # bool per channel identity: a producer's filter is zero, or a zero factor
-                         # multiplies its class (the mask a training-time pruner applied)
+                         # multiplies its channel (the mask a training-time pruner applied)
 
     def removable(self, couplings) -> np.ndarray:
         """Per class: dead or unused at every tensor it appears in, and not frozen."""
@@ -52,7 +52,7 @@ def liveness(model, couplings, tolerance: float = 0.0) -> Liveness:
         if p.node in weighted and p.output == weighted[p.node][0].output[0]:
             zeroed[p.ids] = ~weighted[p.node][1].any(axis=1)
     alive, killed = _forward(model, couplings, weighted, tolerance)
-    zeroed |= np.isin(couplings.class_of, np.flatnonzero(killed))
+    zeroed |= killed
     used = _backward(model, couplings, weighted, tolerance)
     return Liveness(alive, used, zeroed)
 
@@ -78,12 +78,12 @@ def _weighted_layers(model, couplings, tolerance):
 
 
 def _forward(model, couplings, weighted, tolerance):
-    """alive per channel-mapped tensor; and the classes a zero factor multiplies somewhere."""
+    """alive per channel-mapped tensor; and the channel identities a zero factor multiplies."""
     tensors, class_of = couplings.tensors, couplings.class_of
     alive = {t: np.ones(len(tensors[t].ids), dtype=bool) for t in model.input_names if t in tensors}
     varies = set(model.input_names)          # tensors without a channel map that depend on the input
     produced = {p.output for p in couplings.producers}
-    killed = np.zeros(couplings.n_classes, dtype=bool)
+    killed = np.zeros(len(class_of), dtype=bool)
     for node in model.graph.node:
         depends = any(t in varies or (t in alive and alive[t].any()) for t in node.input if t)
         for o in (o for o in node.output if o):
@@ -105,7 +105,7 @@ def _forward(model, couplings, weighted, tolerance):
                 alive[o] = live_classes[class_of[cmap.ids]]
             zero = _zero_factor(node, model, o, cmap, tolerance)
             if zero is not None:
-                killed[class_of[cmap.ids[zero]]] = True
+                killed[cmap.ids[zero]] = True
                 alive[o] &= ~zero
     return alive, killed
 

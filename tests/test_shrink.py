@@ -1,8 +1,8 @@
 """`onnxprune shrink` (onnxprune/shrink.py, onnxprune/liveness.py): models whose pruned
 channels are only zeroed come out smaller and compute what they computed.
 
-The masks are random (zeroed filters, zeroed BN scales, zeroed Gemm rows and columns) at
-several rates on a ResNet and a DenseNet; the shrunk model is compared with the masked one
+The masks (models/masks.py: random or smallest filters, zeroed BN scales, zeroed Gemm
+columns; Gemm rows below) come at several rates on a ResNet and a DenseNet; the shrunk model is compared with the masked one
 by onnxruntime here, independently of the report's own comparison."""
 from __future__ import annotations
 
@@ -18,6 +18,7 @@ from onnx import numpy_helper
 import onnxprune
 from helpers import GraphBuilder, residual_net
 from onnxprune.cli import main
+from models import masks
 from onnxprune.ops.layers import CONV, CONV_TRANSPOSE
 
 RATES = (0.2, 0.5, 0.8)
@@ -35,23 +36,6 @@ def _set(proto, name, change):
     a = numpy_helper.to_array(t).copy()
     change(a)
     t.CopyFrom(numpy_helper.from_array(a, name))
-
-
-def _mask(proto, rate, kinds, seed=0):
-    """A copy of `proto` with a random fraction `rate` of the filters / BN scales / Gemm
-    columns (input features) of each layer zeroed, as a training-time pruner leaves them."""
-    masked = onnx.ModelProto()
-    masked.CopyFrom(proto)
-    rng = np.random.default_rng(seed)
-    inits = {t.name for t in masked.graph.initializer}
-    for n in masked.graph.node:
-        if n.op_type == "Conv" and "filters" in kinds and n.input[1] in inits:
-            _set(masked, n.input[1], lambda a: a.__setitem__(rng.random(a.shape[0]) < rate, 0))
-        elif n.op_type == "BatchNormalization" and "bn" in kinds:
-            _set(masked, n.input[1], lambda a: a.__setitem__(rng.random(a.shape[0]) < rate, 0))
-        elif n.op_type == "Gemm" and "gemm" in kinds:
-            _set(masked, n.input[1], lambda a: a.__setitem__((slice(None), rng.random(a.shape[1]) < rate), 0))
-    return masked
 
 
 def _outputs(proto, feeds):
@@ -77,9 +61,9 @@ def _params(proto):
 # -- the shrunk model equals the masked one --------------------------------------------------
 @pytest.mark.parametrize("name", ["small_resnet", "densenet_small"])
 @pytest.mark.parametrize("rate", RATES)
-@pytest.mark.parametrize("kinds", [("filters",), ("bn", "gemm"), ("filters", "bn", "gemm")])
-def test_shrunk_model_equals_masked_model(zoo_models, name, rate, kinds):
-    masked = _mask(zoo_models[name], rate, kinds)
+@pytest.mark.parametrize("styles", [("random",), ("bn", "gemm"), ("magnitude", "slimming", "gemm")])
+def test_shrunk_model_equals_masked_model(zoo_models, name, rate, styles):
+    masked = masks.masked(zoo_models[name], rate, styles)
     before = masked.SerializeToString()
     slim, report = onnxprune.shrink(masked, verify=True)
     assert masked.SerializeToString() == before          # the input is never modified
@@ -93,7 +77,7 @@ def test_shrunk_model_equals_masked_model(zoo_models, name, rate, kinds):
 
 
 def test_approximate_removes_more_and_says_the_output_differs(zoo_models):
-    masked = _mask(zoo_models["small_resnet"], 0.5, ("bn",))
+    masked = masks.masked(zoo_models["small_resnet"], 0.5, ("bn",))
     _, exact = onnxprune.shrink(masked)
     slim, approx = onnxprune.shrink(masked, approximate=True, verify=True)
     assert exact.shrink["classes_kept_inexact"] > 0 and approx.shrink["classes_kept_inexact"] == 0
