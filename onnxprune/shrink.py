@@ -35,7 +35,7 @@ from .couplings import analyze
 from .errors import OnnxPruneError
 from .liveness import liveness
 from .load import load
-from .ops import layer_of
+from .ops import layer_of, spec_of
 from .plan import plan_from_classes
 from .progress import stage
 from .report import Report, group_table, model_stats
@@ -52,7 +52,8 @@ def shrink(source: str | os.PathLike | onnx.ModelProto, *, tolerance: float = 0.
     never modified). Returns (smaller ModelProto, Report); `report.shrink` has the zeroed
     filters against the real remaining parameters and MACs.
 
-      tolerance: weights (and BN scales, constant factors) with |w| <= tolerance count as zero.
+      tolerance: weights (and BN scales, constant factors) with |w| <= tolerance count as zero,
+        in the output too.
       approximate: also remove dead channels whose constant cannot be folded exactly (their
         interior value is folded); by default they stay, and the output equals the input's.
       verify: run the masking oracle and, where nothing was approximated, compare with the
@@ -79,7 +80,8 @@ def shrink_model(source, *, tolerance: float = 0.0, approximate: bool = False, v
     timings: dict = {}
     start = time.perf_counter()
     with stage("load", timings):
-        model = load(source, input_shapes)
+        original = load(source, input_shapes)
+        model = _snapped(original, tolerance) if tolerance else original
     with stage("analyze", timings):
         couplings = analyze(model, exclude)
         live = liveness(model, couplings, tolerance)
@@ -92,7 +94,7 @@ def shrink_model(source, *, tolerance: float = 0.0, approximate: bool = False, v
         if check_output and checked_in_memory(slim):
             check(slim.to_proto().SerializeToString())
         oracle = run_pruned(model, couplings, removed, slim, folds, verify, seed)
-        to_input = compare_models(model, slim, seed=seed)
+        to_input = compare_models(original, slim, seed=seed)
         if oracle is not None and exact:   # nothing approximated: the input itself is the reference
             oracle.max_rel_diff = max(oracle.max_rel_diff, to_input)
     timings["total"] = round(time.perf_counter() - start, 4)
@@ -107,6 +109,26 @@ def shrink_model(source, *, tolerance: float = 0.0, approximate: bool = False, v
                     plan_from_classes(couplings, removed, options))
     report.shrink = _summary(model, couplings, live, removed, kept_back, report, to_input, exact)
     return slim, report
+
+
+def _snapped(model, tolerance: float):
+    """The model with every layer weight and constant factor (BN scale, x * c) of
+    |w| <= tolerance set to zero: the masked model that shrink then makes exact. Its dead
+    channels are exactly constant, so their values can be read and checked as usual."""
+    out = model.copy()
+    names = set()
+    for node in out.graph.node:
+        layer, spec = layer_of(node), spec_of(node)
+        if layer is not None and len(node.input) > layer.weight:
+            names.add(node.input[layer.weight])
+        factor = spec.factor(node, out) if spec is not None and spec.factor is not None else None
+        if factor is not None:   # the factor is a view of one of the node's initializers
+            names.update(t for t in node.input if t in out.inits and np.shares_memory(out.inits[t], factor))
+    for name in names & set(out.inits):
+        a = out.inits[name]
+        if a.dtype.kind == "f":
+            out.inits[name] = np.where(np.abs(a) <= tolerance, np.zeros((), a.dtype), a)
+    return out
 
 
 def _choose(model, couplings, live, approximate: bool, seed: int):
