@@ -5,7 +5,8 @@ really obtains, and how far the shrunk model is from the masked one.
                                        [--styles random magnitude slimming]
 
 Per model (our torch definitions of models/zoo.py, random init, randomised BN statistics,
-BN kept; the test input sizes of models/export.py), mask style (models/masks.py) and rate:
+BN kept; the test input sizes of models/export.py; or an .onnx path relative to the
+repository, such as the trained models/digits_resnet.onnx), mask style (models/masks.py) and rate:
 the fraction of layer filters zeroed, the kept fraction that predicts (1 - zeroed), the
 real kept fractions of parameters and MACs after `shrink`, by default and with
 `--approximate`, and max |masked - shrunk| on the outputs (4 random inputs in [-1, 1],
@@ -21,12 +22,14 @@ import sys
 import time
 
 import numpy as np
+import onnx
 import onnxruntime as ort
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-DEFAULT_MODELS = ["resnet18", "resnet50", "mobilenet_v2", "densenet_small"]
+DEFAULT_MODELS = ["resnet18", "resnet50", "mobilenet_v2", "densenet_small", "models/digits_resnet.onnx",
+                  "models/digits_mobilenet.onnx"]
 
 
 def output_difference(a_proto, b_proto, samples=4, seed=0):
@@ -87,7 +90,8 @@ def main():
     from models import build
     rows = []
     for name in args.models:
-        proto = build(name)
+        proto = onnx.load(os.path.join(ROOT, name)) if name.endswith(".onnx") else build(name)
+        name = os.path.basename(name)
         for style in args.styles:
             for rate in args.rates:
                 rows.append(run(name, proto, style, rate))

@@ -78,12 +78,14 @@ def _weighted_layers(model, couplings, tolerance):
 
 
 def _forward(model, couplings, weighted, tolerance):
-    """alive per channel-mapped tensor; and the channel identities a zero factor multiplies."""
+    """alive per channel-mapped tensor; and the producer channels a zero factor multiplies
+    before they meet other producers' channels."""
     tensors, class_of = couplings.tensors, couplings.class_of
     alive = {t: np.ones(len(tensors[t].ids), dtype=bool) for t in model.input_names if t in tensors}
     varies = set(model.input_names)          # tensors without a channel map that depend on the input
     produced = {p.output for p in couplings.producers}
     killed = np.zeros(len(class_of), dtype=bool)
+    own = set()     # tensors whose channels are still their producer's alone (no Add or Concat yet)
     for node in model.graph.node:
         depends = any(t in varies or (t in alive and alive[t].any()) for t in node.input if t)
         for o in (o for o in node.output if o):
@@ -103,9 +105,14 @@ def _forward(model, couplings, weighted, tolerance):
                     if t in alive:
                         live_classes[class_of[tensors[t].ids[alive[t]]]] = True
                 alive[o] = live_classes[class_of[cmap.ids]]
+            mapped = [t for t in node.input if t in tensors]
+            if o in produced or (len(mapped) == 1 and mapped[0] in own
+                                 and np.array_equal(tensors[mapped[0]].ids, cmap.ids)):
+                own.add(o)
             zero = _zero_factor(node, model, o, cmap, tolerance)
             if zero is not None:
-                killed[cmap.ids[zero]] = True
+                if o in own:    # a zero BN scale right after a layer masks that layer's filter
+                    killed[cmap.ids[zero]] = True
                 alive[o] &= ~zero
     return alive, killed
 
