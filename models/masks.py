@@ -7,6 +7,7 @@ Styles, each applied per layer to a fraction `rate` of its channels:
   * "slimming": the BatchNormalization scales γ of smallest |γ| zeroed (network slimming;
     the shift β stays, as it does after sparsity training);
   * "bn": random BatchNormalization scales zeroed;
+  * "inputs": random input channels of every convolution zeroed (channels a layer ignores);
   * "gemm": random input columns of every Gemm zeroed (features nobody reads).
 """
 from __future__ import annotations
@@ -15,9 +16,9 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
-STYLES = ("random", "magnitude", "slimming", "bn", "gemm")
+STYLES = ("random", "magnitude", "slimming", "bn", "inputs", "gemm")
 _TARGET = {"random": "Conv", "magnitude": "Conv", "slimming": "BatchNormalization", "bn": "BatchNormalization",
-           "gemm": "Gemm"}
+           "inputs": "Conv", "gemm": "Gemm"}
 
 
 def masked(proto: onnx.ModelProto, rate: float, styles=("random",), seed: int = 0) -> onnx.ModelProto:
@@ -37,8 +38,9 @@ def masked(proto: onnx.ModelProto, rate: float, styles=("random",), seed: int = 
 
 
 def _zero(a: np.ndarray, rate: float, style: str, rng) -> None:
-    if style == "gemm":   # columns = input features (transB=1 layout, as torch exports)
-        a[:, rng.random(a.shape[1]) < rate] = 0
+    if style in ("gemm", "inputs"):   # axis 1: Conv input channels; Gemm features (transB=1, as torch exports)
+        if a.ndim >= 2:
+            a[:, rng.random(a.shape[1]) < rate] = 0
         return
     n = a.shape[0]
     if style in ("random", "bn"):

@@ -61,7 +61,7 @@ def _params(proto):
 # -- the shrunk model equals the masked one --------------------------------------------------
 @pytest.mark.parametrize("name", ["small_resnet", "densenet_small"])
 @pytest.mark.parametrize("rate", RATES)
-@pytest.mark.parametrize("styles", [("random",), ("bn", "gemm"), ("magnitude", "slimming", "gemm")])
+@pytest.mark.parametrize("styles", [("random",), ("bn", "inputs", "gemm"), ("magnitude", "slimming", "gemm")])
 def test_shrunk_model_equals_masked_model(zoo_models, name, rate, styles):
     masked = masks.masked(zoo_models[name], rate, styles)
     before = masked.SerializeToString()
@@ -262,3 +262,27 @@ def test_cli_never_writes_over_its_input(tmp_path, capsys):
     assert "the input is never overwritten" in capsys.readouterr().err
     assert src.read_bytes() == before
     assert main(["shrink", str(tmp_path / "missing.onnx"), str(tmp_path / "o.onnx")]) == 2
+
+
+# -- fuzzed graphs -------------------------------------------------------------------------------
+@pytest.mark.parametrize("first", [0, 40])
+def test_fuzzed_graphs_shrink_to_what_they_compute(first):
+    """Random CNN DAGs (tests/fuzz_graphs.py: residual Adds, Concat/Split/Slice, gates,
+    shuffles, Resize, unknown ops, ...) with 30 % of their filters, convolution inputs, BN
+    scales and Gemm columns zeroed: shrink either refuses with a message or writes a model
+    that computes what the masked one computes."""
+    import fuzz_graphs as fg
+    from onnxprune.errors import OnnxPruneError
+    removed = 0
+    for seed in range(first, first + 40):
+        proto = masks.masked(fg.generate(seed, max_nodes=20).proto, 0.3, ("random", "inputs", "bn", "gemm"),
+                             seed=seed)
+        try:
+            slim, report = onnxprune.shrink(proto, verify=True)
+        except OnnxPruneError:
+            continue      # e.g. a zeroed Resize input the masks made unrunnable: a message, no model
+        assert report.oracle_passed and report.shrink["max_rel_diff_to_input"] <= 1e-4, seed
+        if len(proto.graph.input) == 1:
+            assert _max_rel_diff(proto, slim) <= 1e-4, seed
+        removed += report.shrink["classes_removed"]
+    assert removed > 100
