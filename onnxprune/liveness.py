@@ -82,7 +82,7 @@ def _forward(model, couplings, weighted, tolerance):
     before they meet other producers' channels."""
     tensors, class_of = couplings.tensors, couplings.class_of
     alive = {t: np.ones(len(tensors[t].ids), dtype=bool) for t in model.input_names if t in tensors}
-    varies = set(model.input_names)          # tensors without a channel map that depend on the input
+    varies = {t for t in model.input_names if t not in tensors}   # unmapped tensors that depend on the input
     produced = {p.output for p in couplings.producers}
     killed = np.zeros(len(class_of), dtype=bool)
     own = set()     # tensors whose channels are still their producer's alone (no Add or Concat yet)
@@ -97,7 +97,8 @@ def _forward(model, couplings, weighted, tolerance):
             if node.name in weighted and o == node.output[0]:
                 x = node.input[0]
                 alive[o] = (weighted[node.name][1] & alive[x][None, :]).any(axis=1)
-            elif o in produced or any(t in varies for t in node.input if t) or _foreign_alive(node, alive, tensors, class_of):
+            elif (o in produced or any(t in varies for t in node.input if t)
+                  or _foreign_alive(node, alive, tensors, class_of)):
                 alive[o] = np.full(len(cmap.ids), depends)   # new channels, or a broadcast activation
             else:
                 live_classes = np.zeros(couplings.n_classes, dtype=bool)
