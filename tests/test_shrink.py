@@ -158,6 +158,22 @@ def test_a_one_channel_gate_reads_every_channel(gate_reads_them):
     assert _max_rel_diff(proto, slim) <= 1e-5
 
 
+def test_a_zero_constant_factor_kills_its_channels():
+    """x * c with c[0:2] = 0 (the registry's `factor` of Mul): those channels are dead
+    after the Mul, though the filters that write them are not zero."""
+    b = GraphBuilder(seed=11)
+    x = b.conv(b.input("x", [1, 3, 6, 6]), 3, 6, k=1)
+    conv1 = b.last()
+    scale = np.ones((1, 6, 1, 1), np.float32)
+    scale[0, :2] = 0
+    y = b.conv(b.op("Relu", [b.op("Mul", [x, b.const(scale, "c")])]), 6, 4, k=1)
+    proto = b.model([y])
+    slim, report = onnxprune.shrink(proto, verify=True)
+    assert _conv_out(slim, next(n for n in slim.graph.node if n.name == conv1)) == 4
+    assert report.shrink["filters_zeroed"] == 2 and report.shrink["classes_removed_dead"] == 2
+    assert _max_rel_diff(proto, slim) <= 1e-5
+
+
 def test_gemm_rows_and_columns():
     b = GraphBuilder(seed=5)
     h, gemms = b.input("x", [2, 16]), []
