@@ -167,7 +167,7 @@ def prune_model(source: str | os.PathLike | onnx.ModelProto, ratio: float | None
     with stage("verify", timings):
         if check_output and checked_in_memory(slim):
             check(slim.to_proto().SerializeToString())  # the checker would serialise a proto itself, more slowly
-        oracle = _run_pruned(model, couplings, removed, slim, folds, s)
+        oracle = run_pruned(model, couplings, removed, slim, folds, s.verify, s.seed)
     slim, fidelity, unrecovered, recovery = recover_stage(model, couplings, removed, slim, folds, data, s.seed, timings,
                                                           sets)
     timings["total"] = round(time.perf_counter() - start, 4)
@@ -290,22 +290,22 @@ def _plan_folds(model, couplings, removed, s: "Settings"):
     except OnnxPruneError:
         raise
     except Exception:
-        _raise_if_input_fails(model, s.seed)
+        raise_if_input_fails(model, s.seed)
         raise
 
 
-def _run_pruned(model, couplings, removed, slim, folds, s: "Settings"):
+def run_pruned(model, couplings, removed, slim, folds, verify: bool, seed: int):
     """Run the pruned model once (the oracle does, with `verify`): an output onnxruntime
     cannot run is never returned. Returns the OracleResult or None."""
     try:
-        if s.verify:
-            return masking_oracle(model, couplings, removed, slim, folds, seed=s.seed)
-        run_once(slim, s.seed)
+        if verify:
+            return masking_oracle(model, couplings, removed, slim, folds, seed=seed)
+        run_once(slim, seed)
         return None
     except OnnxPruneError:
         raise
     except Exception as e:
-        _raise_if_input_fails(model, s.seed)
+        raise_if_input_fails(model, seed)
         raise RuntimeError(f"onnxruntime cannot run the pruned model, though it runs the input model: "
                            f"{_first_line(e)}") from e
 
@@ -316,7 +316,7 @@ def run_once(model: Model, seed: int = 0) -> None:
     sess.run(None, random_inputs(model, np.random.default_rng(seed), sess))
 
 
-def _raise_if_input_fails(model: Model, seed: int) -> None:
+def raise_if_input_fails(model: Model, seed: int) -> None:
     """A run failed: if onnxruntime cannot run the input model either, the input is at fault."""
     try:
         run_once(model, seed)

@@ -95,12 +95,17 @@ def settings(*, ratio, target_macs, target_params, plan, criterion, seed, scope,
     round_to = default_round_to() if round_to is None else integer("--round-to", round_to, least=1)
     fold = _choice("--fold", fold, passes.fold_removed_constants.MODES)
     check_flag("verify", verify)
-    tolerance = _number("tolerance", tolerance)
-    if not 0 <= tolerance < math.inf:
-        raise OnnxPruneError(f"--tolerance must be >= 0 and finite, got {tolerance}")
+    tolerance = check_tolerance(tolerance)
     return Settings(ratio, target_macs, target_params, plan, criterion, seed, scope, ranking, allocator,
                      coupled, _min_keep(min_keep), round_to, check_patterns(exclude), check_input_shapes(input_shapes),
                      fold, verify, tolerance)
+
+
+def check_tolerance(tolerance) -> float:
+    tolerance = _number("tolerance", tolerance)
+    if not 0 <= tolerance < math.inf:
+        raise OnnxPruneError(f"--tolerance must be >= 0 and finite, got {tolerance}")
+    return tolerance
 
 
 def type_name(value) -> str:

@@ -45,6 +45,22 @@ def prune_arguments(p):
     _common(p)
 
 
+def shrink_arguments(p):
+    p.add_argument("input", help="model whose pruned channels are zeroed (never modified)")
+    p.add_argument("output", help="where to write the smaller model")
+    p.add_argument("--tolerance", type=float, default=0.0,
+                   help="weights, BN scales and constant factors with |w| <= T count as zero (default 0)")
+    p.add_argument("--approximate", action="store_true",
+                   help="also remove dead channels whose constant cannot be folded exactly (interior value "
+                        "folded; the output then differs from the input's)")
+    p.add_argument("--report", "--report-json", dest="report", help="write the full report as JSON")
+    p.add_argument("--verify", action="store_true",
+                   help="run the masking oracle and compare with the input; exit 1 (and write no model) "
+                        "when they differ")
+    p.add_argument("--seed", type=int, default=0, help="seed of the random inputs the checks run on")
+    _common(p)
+
+
 def selection_options(p):
     """How channels are chosen and removed: shared by prune and sweep."""
     p.add_argument("--criterion", default="auto", help="saliency: auto (default: activation with --calib, "

@@ -132,7 +132,15 @@ BINARY = {
 }
 
 
-@op(*BINARY, bounds=BINARY)
+def _constant_factor(node, model):
+    """x * constant: where the constant is zero, the output is zero whatever x."""
+    if node.op_type != "Mul":
+        return None
+    constants = [model.inits[t] for t in node.input[:2] if t in model.inits]
+    return constants[0] if len(constants) == 1 else None
+
+
+@op(*BINARY, bounds=BINARY, factor=_constant_factor)
 def elementwise(node, ctx):
     """Broadcasting elementwise op. An operand of channel width 1 couples nothing; a constant
     operand with one value per channel is a parameter to slice; two activation operands with
