@@ -174,7 +174,7 @@ def _prune(args) -> int:
                          plan=plan, verify=args.verify, tolerance=args.tolerance, fold=args.fold,
                          calibration=args.calib, calibration_limit=args.calib_limit,
                          calibration_preprocess=args.calib_preprocess, eval_data=args.eval_data,
-                         labels_key=args.labels, recover=args.recover,
+                         labels_key=args.labels, recover=args.recover, residual=args.residual,
                          check_output=False)  # save_model checks the bytes it writes
     log.info(report.table())
     for note in report.notes:
@@ -341,6 +341,7 @@ def _sweep(args) -> int:
                    runs=args.runs, keep_models=bool(models), criterion=args.criterion, seed=args.seed,
                    scope=args.scope, ranking=args.ranking, allocator=args.allocator, coupled=args.coupled,
                    min_keep=args.min_keep, round_to=args.round_to, fold=args.fold, exclude=args.exclude,
+                   residual=args.residual,
                    input_shapes=_input_shapes(args.input_shape))
     print(result.table())
     _write([(args.json, result.to_json() if args.json else ""),

@@ -65,6 +65,10 @@ def selection_options(p):
     p.add_argument("--coupled", default=None, choices=["all", "only", "none", "last"],
                    help="prune all groups, only coupled ones (several feed-in layers), none of those, "
                         "or coupled ones last (default: per criterion)")
+    p.add_argument("--residual", default="coupled", choices=["coupled", "independent"],
+                   help="a residual Add's branches keep the same channels (coupled, default) or each "
+                        "its own: the Add then reads a branch through Pad + Gather where it lacks some "
+                        "of the union's channels (independent)")
     p.add_argument("--min-keep", default="0.1",
                    help="floor per group: a count >= 1, or a fraction in (0, 1) (default 0.1)")
     p.add_argument("--round-to", type=int, default=None,
