@@ -29,5 +29,7 @@ def run(model, step) -> None:
             onnx.helper.make_node("Gather", [f"{name}_padded", f"{name}_index"], [f"{name}_scattered"],
                                   name=f"{name}_gather", axis=s.axis)])
         node.input[s.input] = f"{name}_scattered"
+        if s.node in step.dead_in_input:  # a sum already dead in the input stays, and so do its gathers
+            step.dead_in_input = step.dead_in_input | {f"{name}_pad", f"{name}_gather"}
     if before:
         replace_nodes(model.graph, [m for n in model.graph.node for m in before.get(n.name, []) + [n]])

@@ -930,14 +930,15 @@ def exact_fold_reference_diff(proto, slim, report, seed, samples=2):
 
 
 def run_case(proto, ratio: float, criterion: str, seed: int, tolerance: float = TOLERANCE,
-             output_shapes=None, exact_fold_check: bool = True) -> Outcome:
+             output_shapes=None, exact_fold_check: bool = True, options=None) -> Outcome:
     """Prune `proto` with the oracle on and classify the outcome. `output_shapes`: the original
     model's output shapes, if already known (saves an onnxruntime session).
-    `exact_fold_check`: also run the second oracle (`exact_fold_reference_diff`)."""
+    `exact_fold_check`: also run the second oracle (`exact_fold_reference_diff`).
+    `options`: more of prune's options (e.g. residual="independent")."""
     import onnxprune
     try:
         slim, report = onnxprune.prune(proto, ratio, criterion=criterion, seed=seed, verify=True,
-                                       **PRUNE_OPTIONS)
+                                       **{**PRUNE_OPTIONS, **(options or {})})
     except onnxprune.OnnxPruneError as e:
         msg = str(e)
         if not msg.strip():

@@ -1,0 +1,183 @@
+"""Independent vs coupled residual branches (`--residual`, docs/methods.md §2), at equal MAC targets.
+
+    python benchmarks/residual_independent.py [--part accuracy latency] [--targets 0.8 0.7 0.6]
+        [--models digits_resnet ...] [--zoo resnet50 mobilenet_v2] [--size 224] [--runs 15]
+
+(a) accuracy: the trained digits models (models/digits_*.onnx; we have no trained ImageNet
+    weights), 450 labelled test images. Per model x target x mode, two prunes:
+      * `calib`: 256 unlabelled train images, the library defaults with data (criterion auto =
+        activation, recover auto = lsq); one run gives the accuracy before the refit ("none")
+        and after it ("lsq");
+      * `datafree`: no data, the library defaults without it (bn-variance, coupled last, stats
+        recovery from the BN statistics), and the same with `coupled="all"`, which thins the
+        residual streams alongside the blocks (with `last`, streams are thinned only once
+        every block is at its floor, so at light targets both modes prune the same channels).
+(b) latency: ResNet-50 and MobileNetV2 from models/zoo.py (random init, BN kept) at SIZE x SIZE,
+    pruned data-free with coupled="all" (so the streams are pruned in both modes) at every target
+    in both modes; the original and all pruned variants timed in ONE alternating onnxruntime run
+    (onnxprune.bench.compare, 1 thread, batch 1), so ratios are measured within one run.
+
+Writes benchmarks/results/residual_independent.{json,md}.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import time
+
+import numpy as np
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+
+import onnxprune  # noqa: E402
+from models.digits import load_digits_split  # noqa: E402
+
+MODELS = ["digits_resnet", "digits_resnet_s1", "digits_mobilenet", "digits_mobilenet_s1"]
+ZOO = ["resnet50", "mobilenet_v2"]
+TARGETS = [0.8, 0.7, 0.6]
+MODES = ["coupled", "independent"]
+RESULTS = os.path.join(ROOT, "benchmarks", "results")
+
+
+def gathers(report) -> str:
+    note = next((n for n in report.notes if n.startswith("residual independent")), "")
+    return note.split(" residual sum")[0].replace("residual independent: ", "") if note else "-"
+
+
+def accuracy_runs(models, targets):
+    x_train, _, x_test, y_test = load_digits_split(16)
+    calib = [{"input": x_train[np.random.default_rng(0).permutation(len(x_train))][:256]}]
+    held = [{"input": x_test, "labels": y_test}]
+    rows = []
+    for model in models:
+        path = os.path.join(ROOT, "models", f"{model}.onnx")
+        for target in targets:
+            for mode in MODES:
+                t = time.perf_counter()
+                _, rep = onnxprune.prune(path, target_macs=target, calibration=calib, eval_data=held, residual=mode)
+                f, u = rep.fidelity.outputs[0], rep.fidelity_unrecovered.outputs[0]
+                row = {"model": model, "target": target, "mode": mode, "criterion": rep.options["criterion"],
+                       "acc_original": f.accuracy_original, "calib_none": u.accuracy_pruned,
+                       "calib_lsq": f.accuracy_pruned, "calib_macs": rep.after["macs"] / rep.before["macs"],
+                       "calib_gathers": gathers(rep)}
+                for coupled in ("last", "all"):
+                    _, rep = onnxprune.prune(path, target_macs=target, eval_data=held, residual=mode,
+                                             coupled=coupled)
+                    row[f"free_{coupled}"] = rep.fidelity.outputs[0].accuracy_pruned
+                    row[f"free_{coupled}_macs"] = rep.after["macs"] / rep.before["macs"]
+                    row[f"free_{coupled}_gathers"] = gathers(rep)
+                row["seconds"] = round(time.perf_counter() - t, 2)
+                rows.append(row)
+                print(json.dumps(row), flush=True)
+    return rows
+
+
+def latency_runs(models, targets, size, runs, warmup):
+    from models import build
+    from onnxprune import bench
+    rows = []
+    for model in models:
+        proto = build(model, (1, 3, size, size), keep_bn=True)
+        variants, names, info = [proto], [f"{model} original"], []
+        for target in targets:
+            for mode in MODES:
+                t = time.perf_counter()
+                slim, rep = onnxprune.prune(proto, target_macs=target, residual=mode, coupled="all")
+                variants.append(slim)
+                names.append(f"{model}@{target:g} {mode}")
+                info.append({"model": model, "target": target, "mode": mode, "criterion": rep.options["criterion"],
+                             "round_to": rep.options["round_to"], "macs": rep.after["macs"] / rep.before["macs"],
+                             "gathers": gathers(rep), "prune_s": round(time.perf_counter() - t, 1)})
+                print(names[-1], info[-1], flush=True)
+        timings = bench.compare(variants, threads=1, batch=1, warmup=warmup, runs=runs, names=names)
+        base = timings[0]
+        rows.append({"model": model, "variant": "original", "median_ms": base.median_ms, "speedup": 1.0})
+        for t, meta in zip(timings[1:], info):
+            rows.append({**meta, "variant": t.name, "median_ms": t.median_ms, "p10_ms": t.p10_ms,
+                         "p90_ms": t.p90_ms, "speedup": t.speedup})
+            print(rows[-1], flush=True)
+    return rows
+
+
+def pct(x):
+    return f"{100 * x:.1f}"
+
+
+def markdown(result) -> str:
+    lines = [f"Measured {result['date']} on {result['machine']}, onnxruntime {result['onnxruntime']}, "
+             f"git {result['git']}. Command: `{result['command']}`.", ""]
+    acc = result.get("accuracy", [])
+    if acc:
+        lines += ["Accuracy (%) on the 450 digits test images, coupled -> independent, at the MAC target "
+                  "(calib: 256 unlabelled train images, criterion auto = activation; none = before the lsq "
+                  "refit; data-free: bn-variance + BN-statistics recovery, coupled last (default) or all). "
+                  "`gathers`: residual sums that read a branch through Pad + Gather (independent, calib run).", "",
+                  "| model | target | unpruned | calib none | calib lsq | data-free (last) | data-free (all) | gathers |",
+                  "|---|---|---|---|---|---|---|---|"]
+        for model in dict.fromkeys(r["model"] for r in acc):
+            for target in dict.fromkeys(r["target"] for r in acc):
+                c = next(r for r in acc if r["model"] == model and r["target"] == target and r["mode"] == "coupled")
+                i = next(r for r in acc if r["model"] == model and r["target"] == target and r["mode"] == "independent")
+                cells = [f"{pct(c[k])} -> {pct(i[k])}" for k in ("calib_none", "calib_lsq", "free_last", "free_all")]
+                lines.append(f"| {model} | {target:g} | {pct(c['acc_original'])} | " + " | ".join(cells)
+                             + f" | {i['calib_gathers']} |")
+        lines += [""]
+        for key, label in (("calib_none", "calib none"), ("calib_lsq", "calib lsq"), ("free_last", "data-free last"),
+                           ("free_all", "data-free all")):
+            c = np.mean([r[key] for r in acc if r["mode"] == "coupled"])
+            i = np.mean([r[key] for r in acc if r["mode"] == "independent"])
+            lines.append(f"- mean {label}: coupled {pct(c)}, independent {pct(i)}")
+        lines += [""]
+    lat = result.get("latency", [])
+    if lat:
+        lines += [f"onnxruntime CPU latency, 1 thread, batch 1, {result['size']}x{result['size']}, median of "
+                  f"{result['runs']} alternating runs (original and every variant in one run); pruned data-free "
+                  "(bn-variance) with coupled=all, default round-to.", "",
+                  "| model | target | mode | MAC fraction | median ms | speedup | gathers |", "|---|---|---|---|---|---|---|"]
+        for r in lat:
+            if r["variant"] == "original":
+                lines.append(f"| {r['model']} | original | | 1.000 | {r['median_ms']:.1f} | 1.00x | |")
+            else:
+                lines.append(f"| {r['model']} | {r['target']:g} | {r['mode']} | {r['macs']:.3f} | "
+                             f"{r['median_ms']:.1f} | {r['speedup']:.2f}x | {r['gathers']} |")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--part", nargs="+", default=["accuracy", "latency"], choices=["accuracy", "latency"])
+    ap.add_argument("--models", nargs="+", default=MODELS)
+    ap.add_argument("--zoo", nargs="+", default=ZOO)
+    ap.add_argument("--targets", nargs="+", type=float, default=TARGETS)
+    ap.add_argument("--size", type=int, default=224)
+    ap.add_argument("--runs", type=int, default=15)
+    ap.add_argument("--warmup", type=int, default=3)
+    ap.add_argument("--out", default=RESULTS)
+    args = ap.parse_args(argv)
+    import onnxruntime
+    from latency import _git_state
+    path = os.path.join(args.out, "residual_independent.json")
+    result = json.load(open(path)) if os.path.exists(path) else {}
+    result.update({"date": time.strftime("%Y-%m-%d %H:%M"), "machine": f"{platform.machine()}, {os.cpu_count()} cores",
+                   "onnxruntime": onnxruntime.__version__, "git": _git_state(), "size": args.size, "runs": args.runs,
+                   "command": "python benchmarks/residual_independent.py " + " ".join(argv or sys.argv[1:])})
+    if "accuracy" in args.part:
+        result["accuracy"] = accuracy_runs(args.models, args.targets)
+    if "latency" in args.part:
+        result["latency"] = latency_runs(args.zoo, args.targets, args.size, args.runs, args.warmup)
+    os.makedirs(args.out, exist_ok=True)
+    with open(path, "w") as f:
+        json.dump(result, f, indent=1)
+    with open(os.path.join(args.out, "residual_independent.md"), "w") as f:
+        f.write(markdown(result))
+    print(markdown(result))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
+    sys.exit(main())
