@@ -22,6 +22,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .channels import FEED_OUT
+
 RESIDUAL = ("coupled", "independent")
 DERIVED_REASON = "sum of independent residual branches: kept while any branch keeps the channel"
 
@@ -89,6 +91,27 @@ def scattered(couplings, kept) -> list[Scatter]:
             index = np.where(keep, position, int(keep.sum()))[keep_out]
             out.append(Scatter(join.node, i, cmap.axis, index.astype(np.int64), keep))
     return out
+
+
+def changed_readers(couplings, kept) -> set[str]:
+    """Layers that read kept channels of a sum that lost a branch's contribution (here or in
+    an earlier sum of the stream): their inputs differ from the original's although none
+    was removed, so the recovery passes refit them too."""
+    if not couplings.joins:
+        return set()
+    one_id = np.zeros(couplings.n_classes, dtype=np.int64)
+    one_id[couplings.class_of] = np.arange(len(couplings.class_of))
+    gone = ~kept(one_id)
+    changed: set[int] = set()
+    grew = True
+    while grew:   # a stream's later sums inherit the change of its earlier ones
+        grew = False
+        for cls, sources in couplings.derivation.inputs.items():
+            if cls not in changed and not gone[cls] and any(gone[c] or c in changed for c in sources):
+                changed.add(cls)
+                grew = True
+    return {s.node for s in couplings.slices if s.role == FEED_OUT
+            and changed.intersection(couplings.class_of[s.ids].tolist())}
 
 
 def gather_note(couplings, kept) -> str | None:
