@@ -1,7 +1,7 @@
 """Independent vs coupled residual branches (`--residual`, docs/methods.md §2), at equal MAC targets.
 
     python benchmarks/residual_independent.py [--part accuracy latency] [--targets 0.8 0.7 0.6]
-        [--models digits_resnet ...] [--zoo resnet50 mobilenet_v2] [--size 224] [--runs 15]
+        [--models digits_resnet ...] [--zoo resnet50 mobilenet_v2] [--size 224] [--runs 15] [--repeat 3]
 
 (a) accuracy: the trained digits models (models/digits_*.onnx; we have no trained ImageNet
     weights), 450 labelled test images. Per model x target x mode, two prunes:
@@ -14,8 +14,9 @@
         every block is at its floor, so at light targets both modes prune the same channels).
 (b) latency: ResNet-50 and MobileNetV2 from models/zoo.py (random init, BN kept) at SIZE x SIZE,
     pruned data-free with coupled="all" (so the streams are pruned in both modes) at every target
-    in both modes; the original and all pruned variants timed in ONE alternating onnxruntime run
-    (onnxprune.bench.compare, 1 thread, batch 1), so ratios are measured within one run.
+    in both modes; the original and all pruned variants timed in one alternating onnxruntime run
+    (onnxprune.bench.compare, 1 thread, batch 1), so ratios are measured within one run; the run
+    is repeated (the variants' order rotated) and rows give the median over the repeats.
 
 Writes benchmarks/results/residual_independent.{json,md}.
 """
@@ -76,7 +77,7 @@ def accuracy_runs(models, targets):
     return rows
 
 
-def latency_runs(models, targets, size, runs, warmup):
+def latency_runs(models, targets, size, runs, warmup, repeat):
     from models import build
     from onnxprune import bench
     rows = []
@@ -93,12 +94,21 @@ def latency_runs(models, targets, size, runs, warmup):
                              "round_to": rep.options["round_to"], "macs": rep.after["macs"] / rep.before["macs"],
                              "gathers": gathers(rep), "prune_s": round(time.perf_counter() - t, 1)})
                 print(names[-1], info[-1], flush=True)
-        timings = bench.compare(variants, threads=1, batch=1, warmup=warmup, runs=runs, names=names)
-        base = timings[0]
-        rows.append({"model": model, "variant": "original", "median_ms": base.median_ms, "speedup": 1.0})
-        for t, meta in zip(timings[1:], info):
-            rows.append({**meta, "variant": t.name, "median_ms": t.median_ms, "p10_ms": t.p10_ms,
-                         "p90_ms": t.p90_ms, "speedup": t.speedup})
+        medians = {name: [] for name in names}
+        for r in range(repeat):   # the pruned variants' order rotates, so none always follows another
+            order = [0] + [1 + (k + r) % (len(names) - 1) for k in range(len(names) - 1)]
+            timings = bench.compare([variants[k] for k in order], threads=1, batch=1, warmup=warmup, runs=runs,
+                                    names=[names[k] for k in order])
+            for t in timings:
+                medians[t.name].append(t.median_ms)
+        base = float(np.median(medians[names[0]]))
+        rows.append({"model": model, "variant": "original", "median_ms": base, "repeats_ms": medians[names[0]],
+                     "speedup": 1.0})
+        for name, meta in zip(names[1:], info):
+            ms = float(np.median(medians[name]))
+            ratios = [b / m for b, m in zip(medians[names[0]], medians[name])]
+            rows.append({**meta, "variant": name, "median_ms": ms, "repeats_ms": medians[name], "speedup": base / ms,
+                         "speedup_min": min(ratios), "speedup_max": max(ratios)})
             print(rows[-1], flush=True)
     return rows
 
@@ -107,12 +117,17 @@ def pct(x):
     return f"{100 * x:.1f}"
 
 
+def measured(run) -> str:
+    return (f"Measured {run['date']} on {run['machine']}, onnxruntime {run['onnxruntime']}, git {run['git']}. "
+            f"Command: `{run['command']}`.")
+
+
 def markdown(result) -> str:
-    lines = [f"Measured {result['date']} on {result['machine']}, onnxruntime {result['onnxruntime']}, "
-             f"git {result['git']}. Command: `{result['command']}`.", ""]
+    lines = []
     acc = result.get("accuracy", [])
     if acc:
-        lines += ["Accuracy (%) on the 450 digits test images, coupled -> independent, at the MAC target "
+        lines += [measured(result["accuracy_run"]), "",
+                  "Accuracy (%) on the 450 digits test images, coupled -> independent, at the MAC target "
                   "(calib: 256 unlabelled train images, criterion auto = activation; none = before the lsq "
                   "refit; data-free: bn-variance + BN-statistics recovery, coupled last (default) or all). "
                   "`gathers`: residual sums that read a branch through Pad + Gather (independent, calib run).", "",
@@ -134,16 +149,23 @@ def markdown(result) -> str:
         lines += [""]
     lat = result.get("latency", [])
     if lat:
-        lines += [f"onnxruntime CPU latency, 1 thread, batch 1, {result['size']}x{result['size']}, median of "
-                  f"{result['runs']} alternating runs (original and every variant in one run); pruned data-free "
-                  "(bn-variance) with coupled=all, default round-to.", "",
-                  "| model | target | mode | MAC fraction | median ms | speedup | gathers |", "|---|---|---|---|---|---|---|"]
+        run = result["latency_run"]
+        lines += [measured(run) + f" Load average {run['load_average']:.1f} before, {run['load_average_after']:.1f} "
+                  "after (2 cores shared).", "",
+                  f"onnxruntime CPU latency, 1 thread, batch 1, {run['size']}x{run['size']}: {run['repeat']} "
+                  f"alternating runs of {run['runs']} rounds each (original and every variant in one run, the "
+                  "variants' order rotated between runs); median ms and speedup are medians over the runs, "
+                  "[min, max] the speedup's range. Pruned data-free (bn-variance) with coupled=all, default "
+                  "round-to.", "",
+                  "| model | target | mode | MAC fraction | median ms | speedup [min, max] | gathers |",
+                  "|---|---|---|---|---|---|---|"]
         for r in lat:
             if r["variant"] == "original":
                 lines.append(f"| {r['model']} | original | | 1.000 | {r['median_ms']:.1f} | 1.00x | |")
             else:
                 lines.append(f"| {r['model']} | {r['target']:g} | {r['mode']} | {r['macs']:.3f} | "
-                             f"{r['median_ms']:.1f} | {r['speedup']:.2f}x | {r['gathers']} |")
+                             f"{r['median_ms']:.1f} | {r['speedup']:.2f}x [{r['speedup_min']:.2f}, "
+                             f"{r['speedup_max']:.2f}] | {r['gathers']} |")
     return "\n".join(lines) + "\n"
 
 
@@ -156,19 +178,22 @@ def main(argv=None) -> int:
     ap.add_argument("--size", type=int, default=224)
     ap.add_argument("--runs", type=int, default=15)
     ap.add_argument("--warmup", type=int, default=3)
+    ap.add_argument("--repeat", type=int, default=3, help="alternating runs per model; rows give the median")
     ap.add_argument("--out", default=RESULTS)
     args = ap.parse_args(argv)
     import onnxruntime
     from latency import _git_state
     path = os.path.join(args.out, "residual_independent.json")
-    result = json.load(open(path)) if os.path.exists(path) else {}
-    result.update({"date": time.strftime("%Y-%m-%d %H:%M"), "machine": f"{platform.machine()}, {os.cpu_count()} cores",
-                   "onnxruntime": onnxruntime.__version__, "git": _git_state(), "size": args.size, "runs": args.runs,
-                   "command": "python benchmarks/residual_independent.py " + " ".join(argv or sys.argv[1:])})
+    result = json.load(open(path)) if os.path.exists(path) else {}   # a part not asked for is kept
+    run = {"date": time.strftime("%Y-%m-%d %H:%M"), "machine": f"{platform.machine()}, {os.cpu_count()} cores",
+           "load_average": os.getloadavg()[0], "onnxruntime": onnxruntime.__version__, "git": _git_state(),
+           "size": args.size, "runs": args.runs, "repeat": args.repeat,
+           "command": "python benchmarks/residual_independent.py " + " ".join(argv or sys.argv[1:])}
     if "accuracy" in args.part:
-        result["accuracy"] = accuracy_runs(args.models, args.targets)
+        result["accuracy"], result["accuracy_run"] = accuracy_runs(args.models, args.targets), run
     if "latency" in args.part:
-        result["latency"] = latency_runs(args.zoo, args.targets, args.size, args.runs, args.warmup)
+        result["latency"] = latency_runs(args.zoo, args.targets, args.size, args.runs, args.warmup, args.repeat)
+        result["latency_run"] = {**run, "load_average_after": os.getloadavg()[0]}
     os.makedirs(args.out, exist_ok=True)
     with open(path, "w") as f:
         json.dump(result, f, indent=1)

@@ -13,6 +13,8 @@ import fuzz_graphs as fg
 import onnxprune
 from helpers import GraphBuilder, prune_and_check, residual_net
 from onnxprune.api import analyze_model
+from onnxprune.layer_data import refit_targets
+from onnxprune.plan import classes_from_plan
 from onnxprune.residual import DERIVED_REASON, propagate_scores
 from onnxprune.saliency import score
 from test_cli import run_main
@@ -60,7 +62,7 @@ def op_count(proto, op_type):
 
 
 def branch_producers(proto):
-    """Feed-in layers of the groups that are branches of an independent sum."""
+    """Feed-in layers of the groups that are branches of an independent sum, by name."""
     _, couplings = analyze_model(proto, residual="independent")
     return sorted(n for g in couplings.groups if g.residual for n in g.feed_in)
 
@@ -97,8 +99,8 @@ def test_each_criterion_prunes_independent_branches_exactly(criterion):
 
 def test_forced_disagreement_gathers_both_branches_into_the_union():
     proto = residual_net()
-    stem, branch = branch_producers(proto)
-    plan = onnxprune.Plan({stem: [0, 1], branch: [2, 3]})
+    a, b = branch_producers(proto)   # the stem and the block's last conv
+    plan = onnxprune.Plan({a: [0, 1], b: [2, 3]})
     slim, report = prune_and_check(proto, plan=plan, **INDEPENDENT)
     assert op_count(slim, "Gather") == 2 and op_count(slim, "Pad") == 2
     gemm = next(n for n in slim.graph.node if n.op_type == "Gemm")
@@ -109,13 +111,13 @@ def test_forced_disagreement_gathers_both_branches_into_the_union():
 
 def test_agreeing_branches_need_no_gather_and_shrink_the_readers():
     proto = residual_net()
-    stem, branch = branch_producers(proto)
-    slim, report = prune_and_check(proto, plan=onnxprune.Plan({stem: [0, 1, 5], branch: [0, 1, 5]}), **INDEPENDENT)
+    a, b = branch_producers(proto)   # the stem and the block's last conv
+    slim, report = prune_and_check(proto, plan=onnxprune.Plan({a: [0, 1, 5], b: [0, 1, 5]}), **INDEPENDENT)
     assert op_count(slim, "Gather") == 0 and op_count(slim, "Pad") == 0
     gemm = next(n for n in slim.graph.node if n.op_type == "Gemm")
     assert next(t for t in slim.graph.initializer if t.name == gemm.input[1]).dims[1] == 5
     # the same channels removed in coupled mode give the same model, byte for byte in weights
-    coupled, _ = onnxprune.prune(proto, plan=onnxprune.Plan({stem: [0, 1, 5]}), round_to=1)
+    coupled, _ = onnxprune.prune(proto, plan=onnxprune.Plan({a: [0, 1, 5]}), round_to=1)
     assert sorted(t.dims[0] if t.dims else 0 for t in slim.graph.initializer) == \
         sorted(t.dims[0] if t.dims else 0 for t in coupled.graph.initializer)
 
@@ -195,3 +197,16 @@ def test_random_graphs_with_residual_sums_match_the_oracle():
         if checked >= 16:
             break
     assert checked >= 10
+
+
+def test_readers_of_a_sum_that_lost_a_branch_are_recovered_too():
+    proto = residual_net()
+    model, couplings = analyze_model(proto, residual="independent")
+    last = next(g.feed_in[0] for g in couplings.groups if g.residual and not g.feed_out)  # the block's last conv
+    removed = classes_from_plan(couplings, onnxprune.Plan({last: [2, 3]}))
+    kept = couplings.kept_fn(removed)
+    gemm = next(n.name for n in model.graph.node if n.op_type == "Gemm")
+    assert kept(couplings.tensors[model.index().nodes[gemm].input[0]].ids).all()   # it lost no input
+    assert gemm in refit_targets(model, couplings, kept)                           # but its input changed
+    _, report = onnxprune.prune(proto, plan=onnxprune.Plan({last: [2, 3]}), recover="stats", **INDEPENDENT)
+    assert any("correct_statistics: 1 layer(s)" in n for n in report.notes), report.notes   # the Gemm
