@@ -49,6 +49,16 @@ def gathers(report) -> str:
     return note.split(" residual sum")[0].replace("residual independent: ", "") if note else "-"
 
 
+def misaligned(proto, round_to: int) -> str:
+    """Convolutions whose input width is not a multiple of `round_to` (off onnxruntime's
+    blocked kernels): a sum's union width is not rounded, its branches' widths are."""
+    weights = {t.name: t.dims for t in proto.graph.initializer}
+    convs = [n for n in proto.graph.node if n.op_type == "Conv"]
+    groups = [next((a.i for a in n.attribute if a.name == "group"), 1) for n in convs]
+    widths = [weights[n.input[1]][1] * g for n, g in zip(convs, groups)]
+    return f"{sum(w % round_to != 0 for w in widths)} of {len(convs)}"
+
+
 def accuracy_runs(models, targets):
     x_train, _, x_test, y_test = load_digits_split(16)
     calib = [{"input": x_train[np.random.default_rng(0).permutation(len(x_train))][:256]}]
@@ -92,7 +102,8 @@ def latency_runs(models, targets, size, runs, warmup, repeat):
                 names.append(f"{model}@{target:g} {mode}")
                 info.append({"model": model, "target": target, "mode": mode, "criterion": rep.options["criterion"],
                              "round_to": rep.options["round_to"], "macs": rep.after["macs"] / rep.before["macs"],
-                             "gathers": gathers(rep), "prune_s": round(time.perf_counter() - t, 1)})
+                             "gathers": gathers(rep), "misaligned": misaligned(slim, rep.options["round_to"]),
+                             "prune_s": round(time.perf_counter() - t, 1)})
                 print(names[-1], info[-1], flush=True)
         medians = {name: [] for name in names}
         for r in range(repeat):   # the pruned variants' order rotates, so none always follows another
@@ -131,14 +142,15 @@ def markdown(result) -> str:
                   "(calib: 256 unlabelled train images, criterion auto = activation; none = before the lsq "
                   "refit; data-free: bn-variance + BN-statistics recovery, coupled last (default) or all). "
                   "`gathers`: residual sums that read a branch through Pad + Gather (independent, calib run).", "",
-                  "| model | target | unpruned | calib none | calib lsq | data-free (last) | data-free (all) | gathers |",
-                  "|---|---|---|---|---|---|---|---|"]
+                  "| model | target | unpruned | calib MACs | calib none | calib lsq | data-free (last) | data-free (all) "
+                  "| gathers |", "|---|---|---|---|---|---|---|---|---|"]
         for model in dict.fromkeys(r["model"] for r in acc):
             for target in dict.fromkeys(r["target"] for r in acc):
                 c = next(r for r in acc if r["model"] == model and r["target"] == target and r["mode"] == "coupled")
                 i = next(r for r in acc if r["model"] == model and r["target"] == target and r["mode"] == "independent")
                 cells = [f"{pct(c[k])} -> {pct(i[k])}" for k in ("calib_none", "calib_lsq", "free_last", "free_all")]
-                lines.append(f"| {model} | {target:g} | {pct(c['acc_original'])} | " + " | ".join(cells)
+                lines.append(f"| {model} | {target:g} | {pct(c['acc_original'])} | {c['calib_macs']:.3f} -> "
+                             f"{i['calib_macs']:.3f} | " + " | ".join(cells)
                              + f" | {i['calib_gathers']} |")
         lines += [""]
         for key, label in (("calib_none", "calib none"), ("calib_lsq", "calib lsq"), ("free_last", "data-free last"),
@@ -157,15 +169,15 @@ def markdown(result) -> str:
                   "variants' order rotated between runs); median ms and speedup are medians over the runs, "
                   "[min, max] the speedup's range. Pruned data-free (bn-variance) with coupled=all, default "
                   "round-to.", "",
-                  "| model | target | mode | MAC fraction | median ms | speedup [min, max] | gathers |",
-                  "|---|---|---|---|---|---|---|"]
+                  "| model | target | mode | MAC fraction | median ms | speedup [min, max] | gathers | convs off round-to |",
+                  "|---|---|---|---|---|---|---|---|"]
         for r in lat:
             if r["variant"] == "original":
-                lines.append(f"| {r['model']} | original | | 1.000 | {r['median_ms']:.1f} | 1.00x | |")
+                lines.append(f"| {r['model']} | original | | 1.000 | {r['median_ms']:.1f} | 1.00x | | |")
             else:
                 lines.append(f"| {r['model']} | {r['target']:g} | {r['mode']} | {r['macs']:.3f} | "
                              f"{r['median_ms']:.1f} | {r['speedup']:.2f}x [{r['speedup_min']:.2f}, "
-                             f"{r['speedup_max']:.2f}] | {r['gathers']} |")
+                             f"{r['speedup_max']:.2f}] | {r['gathers']} | {r.get('misaligned', '')} |")
     return "\n".join(lines) + "\n"
 
 
@@ -180,7 +192,13 @@ def main(argv=None) -> int:
     ap.add_argument("--warmup", type=int, default=3)
     ap.add_argument("--repeat", type=int, default=3, help="alternating runs per model; rows give the median")
     ap.add_argument("--out", default=RESULTS)
+    ap.add_argument("--render", action="store_true", help="measure nothing: rewrite the .md from the .json")
     args = ap.parse_args(argv)
+    if args.render:
+        text = markdown(json.load(open(os.path.join(args.out, "residual_independent.json"))))
+        with open(os.path.join(args.out, "residual_independent.md"), "w") as f:
+            f.write(text)
+        return 0
     import onnxruntime
     from latency import _git_state
     path = os.path.join(args.out, "residual_independent.json")
