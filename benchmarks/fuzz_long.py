@@ -27,6 +27,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path[:0] = [ROOT, os.path.join(ROOT, "tests")]
 
 import fuzz_graphs as fg  # noqa: E402
+from onnxprune.api import analyze_model  # noqa: E402
 
 
 BATCH = 5  # seeds per forked child
@@ -59,6 +60,8 @@ def one_batch(args):
     for gen, results in batch:
         row = {"seed": gen.seed, "nodes": len(gen.proto.graph.node), "ops": gen.ops,
                "rejected": gen.rejected, "rejections": gen.rejections, "results": [], "seconds": per_seed}
+        if options:   # how many sums the option made independent
+            row["independent_sums"] = len(analyze_model(gen.proto, **options)[1].joins)
         for ratio, crit, o in results:
             entry = {"ratio": ratio, "criterion": crit, "kind": o.kind, "category": o.category,
                      "detail": o.detail[:2000], "max_rel_diff": o.max_rel_diff}
@@ -176,6 +179,7 @@ def summarise(rows, args, wall):
                   "mean": round(sum(nodes) / max(len(nodes), 1), 2)},
         "ratios": list(fg.RATIOS),
         "ratios_run": len(runs),
+        "graphs_with_independent_sums": sum(row.get("independent_sums", 0) > 0 for row in rows),
         "passes": sum(r["kind"] == "pass" for _, r in runs),
         "refusals": {"total": sum(refusals.values()),
                      "by_reason": {k: {"count": n, "seeds": sorted(refusal_seeds[k])[:50]}
@@ -202,7 +206,9 @@ def summarise(rows, args, wall):
 
 
 def print_summary(s):
-    print(f"graphs generated: {s['graphs_generated']} (regenerated attempts: {s['attempts_regenerated']})")
+    print(f"graphs generated: {s['graphs_generated']} (regenerated attempts: {s['attempts_regenerated']})"
+          + (f"; {s['graphs_with_independent_sums']} with independent residual sums"
+             if s["graphs_with_independent_sums"] else ""))
     print(f"ratio runs: {s['ratios_run']}  passes: {s['passes']}  refusals: {s['refusals']['total']}  "
           f"failures: {s['failures']['total']}")
     for reason, v in s["refusals"]["by_reason"].items():
