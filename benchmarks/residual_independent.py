@@ -17,6 +17,8 @@
     in both modes; the original and all pruned variants timed in one alternating onnxruntime run
     (onnxprune.bench.compare, 1 thread, batch 1), so ratios are measured within one run; the run
     is repeated (the variants' order rotated) and rows give the median over the repeats.
+(c) scatter: the Pad + Gather the rewrite emits against a Gather + Mul by a mask, and against a
+    plain Add, on tensors the size of ResNet-50's streams.
 
 Writes benchmarks/results/residual_independent.{json,md}.
 """
@@ -124,6 +126,60 @@ def latency_runs(models, targets, size, runs, warmup, repeat):
     return rows
 
 
+# Ways to add a branch with `width` channels into a sum of `union` channels (onnxruntime, CPU).
+SCATTER_SHAPES = [(256, 224, 56), (512, 448, 28), (1024, 896, 14), (2048, 1792, 7)]   # ResNet-50's streams
+
+
+def scatter_graph(form: str, union: int, width: int, size: int):
+    """out = scatter(a) + b, for a branch `a` that keeps `width` of the `union` channels of `b`:
+    `pad-gather` (what passes/scatter_residual.py emits), `gather-mul` (gather with a
+    clamped index, then zero the missing channels), or `plain` (a branch as wide as the sum:
+    the cost of the Add alone)."""
+    from onnx import TensorProto, helper, numpy_helper
+    rng = np.random.default_rng(0)
+    keep = np.sort(rng.choice(union, width, replace=False))
+    position = np.full(union, width, dtype=np.int64)
+    position[keep] = np.arange(width)
+    inits, nodes = [], []
+    a_width = union if form == "plain" else width
+    if form == "pad-gather":
+        pads = np.zeros(8, np.int64)
+        pads[5] = 1
+        inits += [numpy_helper.from_array(pads, "pads"), numpy_helper.from_array(position, "index")]
+        nodes += [helper.make_node("Pad", ["a", "pads"], ["padded"]),
+                  helper.make_node("Gather", ["padded", "index"], ["scattered"], axis=1)]
+    elif form == "gather-mul":
+        mask = (position < width).astype(np.float32).reshape(1, union, 1, 1)
+        inits += [numpy_helper.from_array(np.minimum(position, width - 1), "index"),
+                  numpy_helper.from_array(mask, "mask")]
+        nodes += [helper.make_node("Gather", ["a", "index"], ["gathered"], axis=1),
+                  helper.make_node("Mul", ["gathered", "mask"], ["scattered"])]
+    nodes.append(helper.make_node("Add", ["a" if form == "plain" else "scattered", "b"], ["out"]))
+    inputs = [helper.make_tensor_value_info("a", TensorProto.FLOAT, [1, a_width, size, size]),
+              helper.make_tensor_value_info("b", TensorProto.FLOAT, [1, union, size, size])]
+    graph = helper.make_graph(nodes, form, inputs, [helper.make_tensor_value_info("out", TensorProto.FLOAT, None)],
+                              inits)
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+
+
+def scatter_runs(runs, warmup, repeat):
+    from onnxprune import bench
+    rows = []
+    for union, width, size in SCATTER_SHAPES:
+        forms = ["plain", "pad-gather", "gather-mul"]
+        medians = {f: [] for f in forms}
+        for r in range(repeat):
+            order = forms[r % 3:] + forms[:r % 3]
+            for t in bench.compare([scatter_graph(f, union, width, size) for f in order], runs=runs,
+                                   warmup=warmup, names=order):
+                medians[t.name].append(t.median_ms)
+        row = {"union": union, "width": width, "size": size,
+               **{f: float(np.median(m)) * 1e3 for f, m in medians.items()}}
+        rows.append(row)
+        print(row, flush=True)
+    return rows
+
+
 def pct(x):
     return f"{100 * x:.1f}"
 
@@ -178,12 +234,26 @@ def markdown(result) -> str:
                 lines.append(f"| {r['model']} | {r['target']:g} | {r['mode']} | {r['macs']:.3f} | "
                              f"{r['median_ms']:.1f} | {r['speedup']:.2f}x [{r['speedup_min']:.2f}, "
                              f"{r['speedup_max']:.2f}] | {r['gathers']} | {r.get('misaligned', '')} |")
+    scatter = result.get("scatter", [])
+    if scatter:
+        run = result["scatter_run"]
+        lines += ["", measured(run), "",
+                  f"A branch added into a wider sum, alone (onnxruntime CPU, 1 thread, median µs over {run['repeat']} "
+                  f"alternating runs of {run['runs']} rounds, the order rotated): `plain` is an Add of two tensors as "
+                  "wide as the sum (no scatter); `pad-gather` is what the rewrite emits; `gather-mul` gathers with "
+                  "a clamped index and zeroes the missing channels by a mask.", "",
+                  "| sum channels | branch channels | H=W | plain µs | pad-gather µs | gather-mul µs |",
+                  "|---|---|---|---|---|---|"]
+        for r in scatter:
+            lines.append(f"| {r['union']} | {r['width']} | {r['size']} | {r['plain']:.0f} | {r['pad-gather']:.0f} | "
+                         f"{r['gather-mul']:.0f} |")
     return "\n".join(lines) + "\n"
 
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--part", nargs="+", default=["accuracy", "latency"], choices=["accuracy", "latency"])
+    ap.add_argument("--part", nargs="+", default=["accuracy", "latency", "scatter"],
+                    choices=["accuracy", "latency", "scatter"])
     ap.add_argument("--models", nargs="+", default=MODELS)
     ap.add_argument("--zoo", nargs="+", default=ZOO)
     ap.add_argument("--targets", nargs="+", type=float, default=TARGETS)
@@ -212,6 +282,9 @@ def main(argv=None) -> int:
     if "latency" in args.part:
         result["latency"] = latency_runs(args.zoo, args.targets, args.size, args.runs, args.warmup, args.repeat)
         result["latency_run"] = {**run, "load_average_after": os.getloadavg()[0]}
+    if "scatter" in args.part:
+        rounds = 5 * args.runs   # microseconds each: more rounds for the same wall time
+        result["scatter"], result["scatter_run"] = scatter_runs(rounds, args.warmup, args.repeat), {**run, "runs": rounds}
     os.makedirs(args.out, exist_ok=True)
     with open(path, "w") as f:
         json.dump(result, f, indent=1)
