@@ -273,7 +273,7 @@ def _analyze(args) -> int:
     from .api import analyze_model
     from .report import group_table
 
-    model, couplings = analyze_model(args.input, _input_shapes(args.input_shape), args.exclude)
+    model, couplings = analyze_model(args.input, _input_shapes(args.input_shape), args.exclude, args.residual)
     rows = group_table(couplings, set())
     if args.criterion:
         from .diagnostics import group_diagnostics

@@ -210,3 +210,13 @@ def test_readers_of_a_sum_that_lost_a_branch_are_recovered_too():
     assert gemm in refit_targets(model, couplings, kept)                           # but its input changed
     _, report = onnxprune.prune(proto, plan=onnxprune.Plan({last: [2, 3]}), recover="stats", **INDEPENDENT)
     assert any("correct_statistics: 1 layer(s)" in n for n in report.notes), report.notes   # the Gemm
+
+
+def test_analyze_command_shows_the_branches_and_their_sums(tmp_path, capsys):
+    src = tmp_path / "m.onnx"
+    onnx.save(resnet_style(), str(src))
+    code, out, _ = run_main(capsys, "analyze", src, "--residual", "independent", "--json")
+    rows = json.loads(out)
+    assert code == 0 and sum(r["frozen"] == DERIVED_REASON for r in rows) >= 2
+    code, out, _ = run_main(capsys, "analyze", src, "--json")
+    assert code == 0 and not any(r["frozen"] == DERIVED_REASON for r in json.loads(out))
