@@ -25,13 +25,13 @@ from .io import is_large
 from .load import load
 from .model import Model
 from .pipeline import REWRITE_PASSES, Step, run_passes
-from .arguments import (DEFAULT_RESIDUAL, Settings, check_data_options, check_flag, check_input_shapes, check_needs_data,
-                        check_patterns, check_source, settings, type_name)
+from .arguments import (DEFAULT_RESIDUAL, Settings, check_data_options, check_flag, check_input_shapes,
+                        check_needs_data, check_patterns, check_source, settings, type_name)
 from .plan import Plan, classes_from_plan, plan_from_classes
 from .progress import stage
 from .recover import DataOptions, batches_of, calibration_sets, recover_stage
 from .report import PlanInfo, Report, group_table, model_stats
-from .residual import gather_note
+from .residual import RESIDUAL, gather_note
 from .runtime import model_session, random_inputs
 from .saliency import CalibrationData, needs_data, score
 from .sensitivity import allocate_sensitivity
@@ -56,8 +56,8 @@ def analyze_model(source: str | os.PathLike | onnx.ModelProto,
     """Load and analyze a model: returns (Model, Couplings); changes nothing."""
     check_source(source)
     input_shapes, exclude = check_input_shapes(input_shapes), check_patterns(exclude)
-    if residual not in ("coupled", "independent"):
-        raise OnnxPruneError(f"residual must be 'coupled' or 'independent', got {residual!r}")
+    if residual not in RESIDUAL:
+        raise OnnxPruneError(f"--residual must be one of {RESIDUAL}, got {residual!r}")
     with stage("load"):
         model = load(source, input_shapes)
     with stage("analyze"):
@@ -359,5 +359,5 @@ def _report_options(s: "Settings", model: Model) -> dict:
     return {"criterion": s.criterion if s.plan is None else "plan", "ratio": s.ratio,
             "target_macs": s.target_macs, "target_params": s.target_params, "scope": s.scope,
             "ranking": s.ranking, "allocator": s.allocator, "coupled": s.coupled, "min_keep": s.min_keep,
-            "round_to": s.round_to, "fold": s.fold, "seed": s.seed, "residual": s.residual, "exclude": list(s.exclude),
-            "input_shapes": {k: list(v) for k, v in model.input_shapes.items()}}
+            "round_to": s.round_to, "fold": s.fold, "seed": s.seed, "residual": s.residual,
+            "exclude": list(s.exclude), "input_shapes": {k: list(v) for k, v in model.input_shapes.items()}}

@@ -61,11 +61,12 @@ class Settings:
     fold: str
     verify: bool
     tolerance: float
-    residual: str = "coupled"
+    residual: str = "coupled"   # DEFAULT_RESIDUAL
 
 
 # How a residual Add treats its operands' channels: "coupled" (one class per stream channel)
-# or "independent" (each branch its own; onnxprune/residual.py).
+# or "independent" (each branch its own; onnxprune/residual.py). Coupled measured better
+# (benchmarks/RESULTS.md §8).
 DEFAULT_RESIDUAL = "coupled"
 
 

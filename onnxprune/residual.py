@@ -49,19 +49,26 @@ class Derivation:
     def follow(self, removed, added) -> list[int]:
         """Derived classes that removing `added` on top of `removed` removes too, upstream
         sums first."""
-        gone = set(removed) | set(added)
+        if not self.users:
+            return []
+        added = list(added)
+        extra = set(added)   # `removed` is not copied: the cost tracker calls this per class
+
+        def gone(c):
+            return c in extra or c in removed
+
         new, stack = [], list(added)
         while stack:
             for d in self.users.get(stack.pop(), ()):
-                if d not in gone and d not in self.pinned and self.inputs[d] <= gone:
-                    gone.add(d)
+                if not gone(d) and d not in self.pinned and all(gone(c) for c in self.inputs[d]):
+                    extra.add(d)
                     new.append(d)
                     stack.append(d)
         return new
 
     def closure(self, removed) -> set[int]:
         removed = set(removed)
-        return removed | set(self.follow((), removed)) if self.inputs else removed
+        return removed | set(self.follow(set(), removed))
 
 
 @dataclass

@@ -220,3 +220,9 @@ def test_analyze_command_shows_the_branches_and_their_sums(tmp_path, capsys):
     assert code == 0 and sum(r["frozen"] == DERIVED_REASON for r in rows) >= 2
     code, out, _ = run_main(capsys, "analyze", src, "--json")
     assert code == 0 and not any(r["frozen"] == DERIVED_REASON for r in json.loads(out))
+
+
+def test_sweep_passes_the_option_on():
+    from onnxprune.sweep import sweep
+    result = sweep(resnet_style(), [0.7], criterion="random", round_to=1, **INDEPENDENT)
+    assert result.options["residual"] == "independent"
