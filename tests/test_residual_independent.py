@@ -139,9 +139,10 @@ def test_branch_shares_of_a_sum_score_add_up_to_it():
 
 @pytest.mark.parametrize("build", [resnet_style, mobilenet_v2_style])
 @pytest.mark.parametrize("target", [0.8, 0.5])
-def test_mac_target_is_reached_and_tracked_exactly(build, target):
+@pytest.mark.parametrize("allocator", ["rank", "density"])
+def test_mac_target_is_reached_and_tracked_exactly(build, target, allocator):
     slim, report = prune_and_check(build(), target_macs=target, criterion="bn-variance", coupled="all",
-                                   **INDEPENDENT)
+                                   allocator=allocator, **INDEPENDENT)
     achieved = report.after["macs"] / report.before["macs"]
     assert achieved <= target
     note = next(n for n in report.notes if n.startswith("target macs"))
