@@ -177,7 +177,7 @@ def _prune(args) -> int:
                          plan=plan, verify=args.verify, tolerance=args.tolerance, fold=args.fold,
                          calibration=args.calib, calibration_limit=args.calib_limit,
                          calibration_preprocess=args.calib_preprocess, eval_data=args.eval_data,
-                         labels_key=args.labels, recover=args.recover,
+                         labels_key=args.labels, recover=args.recover, residual=args.residual,
                          check_output=False)  # save_model checks the bytes it writes
     if not _write_result(args, slim, report, args.tolerance,
                          [(args.plan_out, report.plan.to_json() if args.plan_out else "")]):
@@ -297,7 +297,7 @@ def _analyze(args) -> int:
     from .api import analyze_model
     from .report import group_table
 
-    model, couplings = analyze_model(args.input, _input_shapes(args.input_shape), args.exclude)
+    model, couplings = analyze_model(args.input, _input_shapes(args.input_shape), args.exclude, args.residual)
     rows = group_table(couplings, set())
     if args.criterion:
         from .diagnostics import group_diagnostics
@@ -365,6 +365,7 @@ def _sweep(args) -> int:
                    runs=args.runs, keep_models=bool(models), criterion=args.criterion, seed=args.seed,
                    scope=args.scope, ranking=args.ranking, allocator=args.allocator, coupled=args.coupled,
                    min_keep=args.min_keep, round_to=args.round_to, fold=args.fold, exclude=args.exclude,
+                   residual=args.residual,
                    input_shapes=_input_shapes(args.input_shape))
     print(result.table())
     _write([(args.json, result.to_json() if args.json else ""),

@@ -81,6 +81,7 @@ def selection_options(p):
     p.add_argument("--coupled", default=None, choices=["all", "only", "none", "last"],
                    help="prune all groups, only coupled ones (several feed-in layers), none of those, "
                         "or coupled ones last (default: per criterion)")
+    residual_option(p)
     p.add_argument("--min-keep", default="0.1",
                    help="floor per group: a count >= 1, or a fraction in (0, 1) (default 0.1)")
     p.add_argument("--round-to", type=int, default=None,
@@ -90,6 +91,13 @@ def selection_options(p):
     p.add_argument("--fold", default="exact", choices=["none", "exact", "approx"],
                    help="constants carried by removed channels: fold into consumer biases where "
                         "exact (default), also approximately (interior value), or drop")
+
+
+def residual_option(p):
+    p.add_argument("--residual", default="coupled", choices=["coupled", "independent"],
+                   help="a residual Add's branches keep the same channels (coupled, default) or each "
+                        "its own: the Add then reads a branch through Pad + Gather where it lacks some "
+                        "of the union's channels (independent)")
 
 
 def bench_options(p):
@@ -111,6 +119,7 @@ def analyze_arguments(p):
     p.add_argument("--json", action="store_true", help="print the groups as JSON")
     p.add_argument("--criterion", help="also score channels: per-group score statistics and the "
                    "Maximum Score Disagreement between feed-in layers")
+    residual_option(p)
     _common(p)
 
 

@@ -23,7 +23,7 @@ def model_stats(model) -> dict:
 
 def group_table(couplings, removed_classes) -> list[dict]:
     removed = np.zeros(couplings.n_classes, dtype=bool)
-    removed[list(removed_classes)] = True
+    removed[list(couplings.closure(removed_classes))] = True
     kept_indices: dict[int, dict[str, list[int]]] = {}
     for p in couplings.producers:
         cls = couplings.class_of[p.ids]

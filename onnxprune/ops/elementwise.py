@@ -160,6 +160,8 @@ def elementwise(node, ctx):
     width = out_shape[axis]
     full = [m for i, m in mapped if len(m.ids) == width and aligned[i] == axis]
     require(len(full) > 0, "channels created by broadcasting")
+    if _independent_sum(node, ctx, mapped, aligned, axis, width):
+        return
     ids = full[0].ids
     for i, t in enumerate(node.input):
         if not t:
@@ -179,3 +181,21 @@ def elementwise(node, ctx):
             require(ctx.const(t) is not None, f"operand {t} has one value per channel but is not a constant")
             ctx.param(node, i, local, ids, CHANNELWISE)
     ctx.out(node.output[0], ChannelMap(axis, ids))
+
+
+RESIDUAL_SUMS = ("Add", "Sum")
+
+
+def _independent_sum(node, ctx, mapped, aligned, axis: int, width: int) -> bool:
+    """With `--residual independent`, a sum of two or more full-width activations keeps
+    each operand's channels apart (indexation-addition, docs/methods.md §2): the output
+    gets identities of its own. Any other operand (a per-channel constant, a broadcast
+    activation) keeps the coupled rule."""
+    if ctx.residual != "independent" or node.op_type not in RESIDUAL_SUMS:
+        return False
+    operands = [(i, m) for i, m in mapped if len(m.ids) == width and aligned[i] == axis
+                and m.axis == axis - (len(ctx.shape(node.output[0])) - len(ctx.shape(node.input[i])))]
+    if len(operands) < 2 or len(operands) != sum(1 for t in node.input if t):
+        return False
+    ctx.join(node, node.output[0], width, axis, operands)
+    return True
