@@ -47,14 +47,14 @@ def output_difference(a_proto, b_proto, samples=4, seed=0):
     return worst, worst / max(scale, 1e-12)
 
 
-def run(name, proto, style, rate):
+def run(name, proto, style, rate, residual="coupled"):
     import onnxprune
     from models.masks import masked
     m = masked(proto, rate, (style,))
     row = {"model": name, "style": style, "rate": rate}
     for mode, approximate in (("exact", False), ("approx", True)):
         start = time.perf_counter()
-        slim, report = onnxprune.shrink(m, approximate=approximate)
+        slim, report = onnxprune.shrink(m, approximate=approximate, residual=residual)
         s = report.shrink
         diff, rel = output_difference(m, slim)
         row.update({"filters": s["filters"], "zeroed_fraction": round(s["zeroed_fraction"], 4),
@@ -85,8 +85,12 @@ def main():
     ap.add_argument("--models", nargs="+", default=DEFAULT_MODELS)
     ap.add_argument("--rates", nargs="+", type=float, default=[0.1, 0.3, 0.5, 0.7])
     ap.add_argument("--styles", nargs="+", default=["random", "magnitude", "slimming"])
-    ap.add_argument("--out", default=os.path.join(ROOT, "benchmarks", "results", "shrink_masked"))
+    ap.add_argument("--residual", default="coupled", choices=["coupled", "independent"],
+                    help="independent: masks that differ across residual branches are honoured")
+    ap.add_argument("--out", default=None, help="default: benchmarks/results/shrink_masked[_independent]")
     args = ap.parse_args()
+    args.out = args.out or os.path.join(ROOT, "benchmarks", "results", "shrink_masked"
+                                        + ("_independent" if args.residual == "independent" else ""))
     from models import build
     rows = []
     for name in args.models:
@@ -94,7 +98,7 @@ def main():
         name = os.path.basename(name)
         for style in args.styles:
             for rate in args.rates:
-                rows.append(run(name, proto, style, rate))
+                rows.append(run(name, proto, style, rate, args.residual))
                 r = rows[-1]
                 print(f"{name:15s} {style:9s} {rate:.1f}  zeroed {r['zeroed_fraction']:.3f}  predicted "
                       f"{r['predicted_kept']:.3f}  params {r['exact_params_kept']:.3f}  MACs {r['exact_macs_kept']:.3f}"

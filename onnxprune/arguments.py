@@ -136,6 +136,10 @@ def integer(flag: str, value, least: int) -> int:
     return int(value)
 
 
+def check_residual(value) -> str:
+    return _choice("--residual", value, RESIDUAL)
+
+
 def _choice(flag: str, value, choices) -> str:
     if flag == "criterion" and value not in choices:  # the message score() has always given
         raise OnnxPruneError(f"unknown criterion {value!r}; choose from {list(choices)}")

@@ -193,7 +193,7 @@ def _shrink(args) -> int:
 
     _check_targets(args)
     slim, report = shrink_model(args.input, tolerance=args.tolerance, approximate=args.approximate,
-                                verify=args.verify, exclude=args.exclude, seed=args.seed,
+                                verify=args.verify, exclude=args.exclude, seed=args.seed, residual=args.residual,
                                 input_shapes=_input_shapes(args.input_shape), check_output=False)
     return 0 if _write_result(args, slim, report, DEFAULT_TOLERANCE) else EXIT_ORACLE
 

@@ -58,6 +58,7 @@ def shrink_arguments(p):
                    help="run the masking oracle and compare with the input; exit 1 (and write no model) "
                         "when they differ")
     p.add_argument("--seed", type=int, default=0, help="seed of the random inputs the checks run on")
+    residual_option(p)
     _common(p)
 
 

@@ -11,7 +11,9 @@ it is unused, however far the zeros propagate.
 Per-operator facts come from the registry (onnxprune/ops/): a layer's `connections` (which
 output channel reads which input channel through a non-zero weight) and an operator's
 `factor` (the constant it multiplies its input by: a BatchNormalization's scale, x * c).
-Every other operator is read through its channel map alone, conservatively: an output
+A sum of independent residual branches (`--residual independent`) has channel k alive when
+any branch's channel k is, and each branch's channel k used when the sum's is. Every other
+operator is read through its channel map alone, conservatively: an output
 channel is alive when any input channel of its class is, and an input channel is used when
 its class is used at any output. A tensor without a channel map that depends on the input
 (a spatial-attention map broadcast over channels) makes every channel it touches alive.
@@ -85,6 +87,7 @@ def _forward(model, couplings, weighted, tolerance):
     varies = {t for t in model.input_names if t not in tensors}   # unmapped tensors that depend on the input
     produced = {p.output for p in couplings.producers}
     killed = np.zeros(len(class_of), dtype=bool)
+    joins = {j.node: j for j in couplings.joins}
     own = set()     # tensors whose channels are still their producer's alone (no Add or Concat yet)
     for node in model.graph.node:
         depends = any(t in varies or (t in alive and alive[t].any()) for t in node.input if t)
@@ -97,6 +100,9 @@ def _forward(model, couplings, weighted, tolerance):
             if node.name in weighted and o == node.output[0]:
                 x = node.input[0]
                 alive[o] = (weighted[node.name][1] & alive[x][None, :]).any(axis=1)
+            elif node.name in joins and o == node.output[0]:   # independent branches: any one feeds k
+                alive[o] = np.logical_or.reduce([alive.get(node.input[i], np.ones(len(cmap.ids), bool))
+                                                 for i, _ in joins[node.name].operands])
             elif (o in produced or any(t in varies for t in node.input if t)
                   or _foreign_alive(node, alive, tensors, class_of)):
                 alive[o] = np.full(len(cmap.ids), depends)   # new channels, or a broadcast activation
@@ -126,6 +132,7 @@ def _backward(model, couplings, weighted, tolerance):
         if t in used:
             used[t][:] = True
     produced = {p.output for p in couplings.producers}
+    joins = {j.node: j for j in couplings.joins}
     for node in reversed(model.graph.node):
         outs = [o for o in node.output if o]
         if not any(o in needed or (o in used and used[o].any()) for o in outs):
@@ -142,6 +149,8 @@ def _backward(model, couplings, weighted, tolerance):
                 needed.add(t)
             elif node.name in weighted and i == 0:
                 used[t] |= (weighted[node.name][1] & used[node.output[0]][:, None]).any(axis=0)
+            elif node.name in joins and i in {j for j, _ in joins[node.name].operands}:
+                used[t] |= used[node.output[0]]   # a branch's channel k feeds the sum's channel k only
             elif blind:
                 used[t][:] = True
             else:   # positions of classes no output holds (a width-1 operand broadcast) reach every output

@@ -29,7 +29,8 @@ import onnx
 
 from . import passes
 from .api import checked_in_memory, raise_if_input_fails, rewrite, run_pruned
-from .arguments import check_flag, check_input_shapes, check_patterns, check_source, check_tolerance, integer
+from .arguments import (check_flag, check_input_shapes, check_patterns, check_residual, check_source,
+                        check_tolerance, integer)
 from .channels import FEED_OUT
 from .couplings import analyze
 from .errors import OnnxPruneError
@@ -47,7 +48,8 @@ fold_pass = passes.fold_removed_constants
 
 def shrink(source: str | os.PathLike | onnx.ModelProto, *, tolerance: float = 0.0, approximate: bool = False,
            verify: bool = False, exclude: Sequence[str] = (),
-           input_shapes: Mapping[str, Sequence[int]] | None = None, seed: int = 0) -> tuple[onnx.ModelProto, Report]:
+           input_shapes: Mapping[str, Sequence[int]] | None = None, seed: int = 0,
+           residual: str = "coupled") -> tuple[onnx.ModelProto, Report]:
     """Remove the structurally dead and unused channels of a model (a path or a ModelProto,
     never modified). Returns (smaller ModelProto, Report); `report.shrink` has the zeroed
     filters against the real remaining parameters and MACs.
@@ -58,8 +60,12 @@ def shrink(source: str | os.PathLike | onnx.ModelProto, *, tolerance: float = 0.
         interior value is folded); by default they stay, and the output equals the input's.
       verify: run the masking oracle and, where nothing was approximated, compare with the
         input itself (report.oracle_passed tells the result).
+      residual: "independent" honours masks that differ across the branches of a residual Add
+        (each branch loses its own dead channels; the sum keeps a channel any branch keeps,
+        read through Pad + Gather); "coupled" (default) removes a stream channel only where
+        every branch lost it.
       exclude, input_shapes, seed: as for `onnxprune.prune`."""
-    slim, report = shrink_model(source, tolerance=tolerance, approximate=approximate, verify=verify,
+    slim, report = shrink_model(source, tolerance=tolerance, approximate=approximate, verify=verify, residual=residual,
                                 exclude=exclude, input_shapes=input_shapes, seed=seed)
     proto = slim.to_proto()
     if checked_in_memory(slim):
@@ -68,10 +74,12 @@ def shrink(source: str | os.PathLike | onnx.ModelProto, *, tolerance: float = 0.
 
 
 def shrink_model(source, *, tolerance: float = 0.0, approximate: bool = False, verify: bool = False,
-                 exclude: Sequence[str] = (), input_shapes=None, seed: int = 0, check_output: bool = True):
+                 exclude: Sequence[str] = (), input_shapes=None, seed: int = 0, check_output: bool = True,
+                 residual: str = "coupled"):
     """`shrink`, returning the smaller `Model` instead of a proto (`check_output=False`
     leaves the ONNX checker to `io.save_model`, as `prune_model` does)."""
     tolerance = check_tolerance(tolerance)
+    residual = check_residual(residual)
     for name, flag in (("approximate", approximate), ("verify", verify), ("check_output", check_output)):
         check_flag(name, flag)
     seed = integer("--seed", seed, least=0)
@@ -83,7 +91,7 @@ def shrink_model(source, *, tolerance: float = 0.0, approximate: bool = False, v
         original = load(source, input_shapes)
         model = _snapped(original, tolerance) if tolerance else original
     with stage("analyze", timings):
-        couplings = analyze(model, exclude)
+        couplings = analyze(model, exclude, residual)
         live = liveness(model, couplings, tolerance)
     with stage("fold", timings):
         removed, folds, approximated, kept_back = _choose(model, couplings, live, approximate, seed)
@@ -99,6 +107,7 @@ def shrink_model(source, *, tolerance: float = 0.0, approximate: bool = False, v
             oracle.max_rel_diff = max(oracle.max_rel_diff, to_input)
     timings["total"] = round(time.perf_counter() - start, 4)
     options = {"command": "shrink", "tolerance": tolerance, "approximate": approximate, "seed": seed,
+               "residual": residual,
                "exclude": list(exclude), "input_shapes": {k: list(v) for k, v in model.input_shapes.items()}}
     groups = group_table(couplings, removed)
     zeroed = _zeroed_classes(model, couplings, live)
@@ -137,6 +146,7 @@ def _choose(model, couplings, live, approximate: bool, seed: int):
     (the weights said constant: a measurement wins) and, unless `approximate`, those
     carrying a non-zero constant into a consumer that cannot take it exactly."""
     removed = set(np.flatnonzero(live.removable(couplings)).tolist())
+    removed -= set(couplings.derivation.inputs)   # sums of independent branches follow their branches
     kept_back = {"varying": set(), "inexact": set(), "last": set()}
     for g in couplings.groups:   # a layer cannot be left without output channels
         if g.width and removed.issuperset(g.classes.tolist()):
@@ -150,11 +160,31 @@ def _choose(model, couplings, live, approximate: bool, seed: int):
             kept_back["varying"] |= varying
             continue
         folds, stats = fold_pass.plan_folds(model, couplings, removed, "approx", seed, values)
-        inexact = _carried_where_inexact(model, couplings, removed, values, folds)
+        inexact = _carried_where_inexact(model, couplings, removed, values, folds) \
+            | _carried_into_kept_sums(model, couplings, removed, runs)
         if approximate or not inexact:
             return removed, folds, bool(inexact), kept_back
         removed -= inexact
         kept_back["inexact"] |= inexact
+
+
+def _carried_into_kept_sums(model, couplings, removed, runs) -> set:
+    """Branch classes (`--residual independent`) removed while their sum keeps the channel:
+    the sum then loses what the branch carried, exact only where that is zero."""
+    closure = couplings.closure(removed)
+    nodes = model.index().nodes
+    carried = set()
+    for join in couplings.joins:
+        kept_sum = ~np.isin(couplings.class_of[join.ids], list(closure))
+        for i, cmap in join.operands:
+            classes = couplings.class_of[cmap.ids]
+            lost = np.isin(classes, list(closure)) & kept_sum   # a branch may itself be a removed sum
+            if lost.any():
+                nonzero = np.zeros(len(lost), dtype=bool)
+                for a in runs[nodes[join.node].input[i]]:
+                    nonzero |= np.moveaxis(np.asarray(a), cmap.axis, 0).reshape(len(lost), -1).any(axis=1)
+                carried |= set(np.unique(classes[lost & nonzero]).tolist())
+    return _chosen(couplings, carried) & removed
 
 
 def _readers(model, couplings, removed):
@@ -168,7 +198,8 @@ def _readers(model, couplings, removed):
 def _input_runs(model, couplings, removed, seed):
     """The inputs of the layers reading removable channels, in the input model, on two
     random inputs (drawn as the fold pass draws them)."""
-    wanted = sorted(set(_readers(model, couplings, removed).values()))
+    wanted = sorted(set(_readers(model, couplings, removed).values())
+                    | {model.index().nodes[j.node].input[i] for j in couplings.joins for i, _ in j.operands})
     if not wanted:
         return {}
     try:
@@ -209,7 +240,19 @@ def _carried_where_inexact(model, couplings, removed, values, folds):
         cmap = couplings.tensors[x]
         value = np.moveaxis(values[x], cmap.axis, 0).reshape(len(cmap.ids), -1)
         carries = (value != 0).any(axis=1)
-        out |= set(np.unique(couplings.class_of[cmap.ids[carries]]).tolist()) & removed
+        out |= _chosen(couplings, set(np.unique(couplings.class_of[cmap.ids[carries]]).tolist())) & removed
+    return out
+
+
+def _chosen(couplings, classes: set) -> set:
+    """The classes themselves, and for a sum of independent branches the branch classes it
+    follows from (all the way down nested sums): what keeping it back means."""
+    inputs, out, todo = couplings.derivation.inputs, set(), list(classes)
+    while todo:
+        c = todo.pop()
+        if c not in out:
+            out.add(c)
+            todo.extend(inputs.get(c, ()))
     return out
 
 

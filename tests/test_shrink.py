@@ -281,8 +281,8 @@ def test_cli_never_writes_over_its_input(tmp_path, capsys):
 
 
 # -- fuzzed graphs -------------------------------------------------------------------------------
-@pytest.mark.parametrize("first", [0, 40])
-def test_fuzzed_graphs_shrink_to_what_they_compute(first):
+@pytest.mark.parametrize("first, residual", [(0, "coupled"), (40, "coupled"), (0, "independent")])
+def test_fuzzed_graphs_shrink_to_what_they_compute(first, residual):
     """Random CNN DAGs (tests/fuzz_graphs.py: residual Adds, Concat/Split/Slice, gates,
     shuffles, Resize, unknown ops, ...) with 30 % of their filters, convolution inputs, BN
     scales and Gemm columns zeroed: shrink either refuses with a message or writes a model
@@ -294,7 +294,7 @@ def test_fuzzed_graphs_shrink_to_what_they_compute(first):
         proto = masks.masked(fg.generate(seed, max_nodes=20).proto, 0.3, ("random", "inputs", "bn", "gemm"),
                              seed=seed)
         try:
-            slim, report = onnxprune.shrink(proto, verify=True)
+            slim, report = onnxprune.shrink(proto, verify=True, residual=residual)
         except OnnxPruneError:
             continue      # e.g. a zeroed Resize input the masks made unrunnable: a message, no model
         assert report.oracle_passed and report.shrink["max_rel_diff_to_input"] <= 1e-4, seed
@@ -302,3 +302,67 @@ def test_fuzzed_graphs_shrink_to_what_they_compute(first):
             assert _max_rel_diff(proto, slim) <= 1e-4, seed
         removed += report.shrink["classes_removed"]
     assert removed > 100
+
+
+# -- masks that differ across the branches of a residual Add (--residual independent) -------------
+def _residual_block(width=8):
+    """conv_a -> s; s -> relu -> conv_b -> relu -> conv_c -> (+ s) -> conv_d -> pool -> Gemm (1x1
+    convs: every constant folds exactly)."""
+    b = GraphBuilder(seed=4)
+    s = b.conv(b.input("x", [1, 3, 6, 6]), 3, width, k=1)
+    h = b.op("Relu", [b.conv(b.op("Relu", [s]), width, width, k=1)])
+    branch = b.conv(h, width, width, k=1)
+    conv_c = b.last()
+    y = b.conv(b.op("Add", [s, branch]), width, width, k=1)
+    p = b.op("Flatten", [b.op("GlobalAveragePool", [b.op("Relu", [y])])])
+    proto = b.model([b.op("Gemm", [p, b.weight((4, width)), b.weight((4,))], transB=1)])
+    return proto, next(n for n in proto.graph.node if n.name == conv_c)
+
+
+def test_independent_residual_removes_what_one_branch_alone_lost():
+    proto, conv_c = _residual_block()
+    zero_rows = lambda a: a.__setitem__(slice(0, 3), 0)   # noqa: E731 - filters 0-2 and their biases
+    _set(proto, conv_c.input[1], zero_rows)
+    _set(proto, conv_c.input[2], zero_rows)
+    coupled, c_report = onnxprune.shrink(proto, verify=True)
+    independent, i_report = onnxprune.shrink(proto, verify=True, residual="independent")
+    assert _conv_out(coupled, conv_c) == 8          # the stream keeps channels 0-2: coupled cannot drop them
+    assert _conv_out(independent, conv_c) == 5      # the branch alone lost them: independent does
+    assert any(n.op_type == "Gather" for n in independent.graph.node)
+    for slim, report in ((coupled, c_report), (independent, i_report)):
+        assert report.oracle_passed and _max_rel_diff(proto, slim) <= 1e-5
+    assert i_report.after["macs"] < c_report.after["macs"]
+    assert i_report.options["residual"] == "independent"
+
+
+def test_independent_residual_keeps_a_branch_channel_that_carries_a_constant():
+    """A dead branch channel with a bias is a constant the sum still adds: dropping it
+    would change the output, so it stays (the stream keeps the channel)."""
+    proto, conv_c = _residual_block()
+    _set(proto, conv_c.input[1], lambda a: a.__setitem__(slice(0, 3), 0))   # biases left non-zero
+    slim, report = onnxprune.shrink(proto, verify=True, residual="independent")
+    assert _conv_out(slim, conv_c) == 8 and _max_rel_diff(proto, slim) <= 1e-5
+
+
+@pytest.mark.parametrize("name", ["small_resnet", "mobilenet_v2"])
+def test_independent_residual_shrinks_random_masks_exactly(name):
+    from models import build
+    base = build(name)
+    for rate in (0.2, 0.5):
+        masked = masks.masked(base, rate, ("random",), seed=1)
+        slim, report = onnxprune.shrink(masked, verify=True, residual="independent")
+        assert report.oracle_passed and report.shrink["exact"], (name, rate)
+        assert _max_rel_diff(masked, slim) <= 1e-4, (name, rate)
+        _, coupled = onnxprune.shrink(masked, residual="coupled")
+        assert report.after["macs"] <= coupled.after["macs"]
+
+
+def test_cli_shrink_takes_the_residual_option(tmp_path, capsys):
+    proto, conv_c = _residual_block()
+    _set(proto, conv_c.input[1], lambda a: a.__setitem__(slice(0, 3), 0))
+    _set(proto, conv_c.input[2], lambda a: a.__setitem__(slice(0, 3), 0))
+    src, out = tmp_path / "m.onnx", tmp_path / "o.onnx"
+    onnx.save(proto, src)
+    assert main(["shrink", str(src), str(out), "--residual", "independent", "--verify"]) == 0
+    assert _conv_out(onnx.load(out), conv_c) == 5
+    assert main(["shrink", str(src), str(tmp_path / "p.onnx"), "--residual", "sideways"]) == 2
