@@ -91,8 +91,10 @@ def _from_bn_statistics(model, step) -> None:
         w = step.original.inits[node.input[1]].astype(np.float32)   # only ranks a rescale: float32 is plenty
         mean, var = estimates[x]
         mean_now, var_now = pruned_estimates[x]
-        # removed columns of one group (none where only a residual branch was dropped)
-        cols = input_columns(node, w, removed.get(t, np.zeros(len(mean) // groups_of(node), dtype=bool)))
+        # removed inputs of one group (none where only a residual branch was dropped)
+        gone = removed.get(t, np.zeros(len(mean) // groups_of(node), dtype=bool))
+        cols = input_columns(node, w, gone)
+        merged = step.merged.get(t)
         groups = groups_of(node)
         per_in = len(mean) // groups
         scale, new_bias = [], []
@@ -101,11 +103,16 @@ def _from_bn_statistics(model, step) -> None:
             m = weight_matrix(node, w, g)
             taps = m.shape[0] // per_in
             part = slice(g * per_in, (g + 1) * per_in)
-            mu, sd2 = np.repeat(mean[part], taps), np.repeat(var[part], taps)
-            v_full, mu_full = sd2 @ (m * m), mu @ m   # the target: the original layer
-            kept_m = _as_pruned(m, cols, step.merged.get(t))
-            mu, sd2 = np.repeat(mean_now[part], taps), np.repeat(var_now[part], taps)
-            v_kept, mu_kept = sd2 @ (kept_m * kept_m), mu @ kept_m
+            # per input channel: Σ over its taps of w and of w² (inputs taken as independent)
+            per_channel = m.reshape(per_in, taps, m.shape[1])
+            s1, s2 = per_channel.sum(axis=1), np.einsum("itj,itj->ij", per_channel, per_channel)
+            v_full, mu_full = var[part] @ s2, mean[part] @ s1   # the target: the original layer
+            if merged:   # merged rows changed the kept ones: the matrix as the pruned layer has it
+                kept_m = _as_pruned(m, cols, merged)
+                mu, sd2 = np.repeat(mean_now[part], taps), np.repeat(var_now[part], taps)
+                v_kept, mu_kept = sd2 @ (kept_m * kept_m), mu @ kept_m
+            else:
+                v_kept, mu_kept = (var_now[part] * ~gone) @ s2, (mean_now[part] * ~gone) @ s1
             s = np.where(v_kept > 1e-12 * np.maximum(v_full, 1e-30),
                          np.sqrt(v_full / np.maximum(v_kept, 1e-30)), 1.0)
             width = m.shape[1]
