@@ -88,7 +88,7 @@ def _from_bn_statistics(model, step) -> None:
         x = node.input[0]
         if x not in estimates or x not in pruned_estimates or not can_take_bias(node):
             continue
-        w = step.original.inits[node.input[1]].astype(np.float32)   # only ranks a rescale: float32 is plenty
+        w = step.original.inits[node.input[1]].astype(np.float32, copy=False)   # float32 is plenty for a rescale
         mean, var = estimates[x]
         mean_now, var_now = pruned_estimates[x]
         # removed inputs of one group (none where only a residual branch was dropped)
@@ -103,9 +103,7 @@ def _from_bn_statistics(model, step) -> None:
             m = weight_matrix(node, w, g)
             taps = m.shape[0] // per_in
             part = slice(g * per_in, (g + 1) * per_in)
-            # per input channel: Σ over its taps of w and of w² (inputs taken as independent)
-            per_channel = m.reshape(per_in, taps, m.shape[1])
-            s1, s2 = per_channel.sum(axis=1), np.einsum("itj,itj->ij", per_channel, per_channel)
+            s1, s2 = _channel_sums(node, w, g, per_in)
             v_full, mu_full = var[part] @ s2, mean[part] @ s1   # the target: the original layer
             if merged:   # merged rows changed the kept ones: the matrix as the pruned layer has it
                 kept_m = _as_pruned(m, cols, merged)
@@ -129,6 +127,18 @@ def _from_bn_statistics(model, step) -> None:
     if done:
         step.notes.append(f"correct_statistics: {done} layer(s) rescaled to the output variance and mean "
                           "that the BatchNormalization statistics predict (no calibration data)")
+
+
+def _channel_sums(node, w: np.ndarray, g: int, per_in: int):
+    """(Σ w, Σ w²) over each input channel's taps, as (inputs, outputs) of conv group g:
+    what the output's mean and variance need when the inputs are taken as independent.
+    Summed on the weight's own layout, not on the (transposed) weight matrix: no copy."""
+    if node.op_type == "Conv":
+        per_out = w.shape[0] // groups_of(node)
+        wg = w[g * per_out:(g + 1) * per_out].reshape(per_out, per_in, -1)
+        return wg.sum(axis=2).T, np.square(wg).sum(axis=2).T
+    m = weight_matrix(node, w, g)
+    return m, np.square(m)
 
 
 def _as_pruned(m: np.ndarray, removed_rows: np.ndarray, merged: dict | None) -> np.ndarray:
