@@ -1,6 +1,7 @@
 """Long fuzz tier: thousands of random CNN DAGs, each pruned at ratios 0.3 and 0.5.
 
     python benchmarks/fuzz_long.py --graphs 2000 --seed 0 [--jobs N] [--max-nodes 40]
+        [--residual independent --out benchmarks/results/fuzz_long_residual.json]
 
 Prints a summary and writes benchmarks/results/fuzz_long.json: graphs generated, attempts
 regenerated (and why), ratios run, passes, refusals by reason, failures by category and by
@@ -26,6 +27,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path[:0] = [ROOT, os.path.join(ROOT, "tests")]
 
 import fuzz_graphs as fg  # noqa: E402
+from onnxprune.api import analyze_model  # noqa: E402
 
 
 BATCH = 5  # seeds per forked child
@@ -42,22 +44,24 @@ def _quiet_worker():
 
 def one_batch(args):
     """Fuzz a few seeds in a forked child (crash-safe, see fuzz_graphs.fuzz_seeds)."""
-    seeds, max_nodes = args
+    seeds, max_nodes, options = args
     rows = []
     t = time.perf_counter()
     try:
-        batch = fg.fuzz_seeds(seeds, max_nodes)
+        batch = fg.fuzz_seeds(seeds, max_nodes, options=options)
     except Exception as e:  # noqa: BLE001 - e.g. the generator failed on one seed: go one by one
         batch = []
         for seed in seeds:
             try:
-                batch.extend(fg.fuzz_seeds([seed], max_nodes))
+                batch.extend(fg.fuzz_seeds([seed], max_nodes, options=options))
             except Exception as e2:  # noqa: BLE001
                 rows.append({"seed": seed, "generator_error": f"{type(e2).__name__}: {e2}"})
     per_seed = round((time.perf_counter() - t) / max(len(seeds), 1), 3)
     for gen, results in batch:
         row = {"seed": gen.seed, "nodes": len(gen.proto.graph.node), "ops": gen.ops,
                "rejected": gen.rejected, "rejections": gen.rejections, "results": [], "seconds": per_seed}
+        if options:   # how many sums the option made independent
+            row["independent_sums"] = len(analyze_model(gen.proto, **options)[1].joins)
         for ratio, crit, o in results:
             entry = {"ratio": ratio, "criterion": crit, "kind": o.kind, "category": o.category,
                      "detail": o.detail[:2000], "max_rel_diff": o.max_rel_diff}
@@ -79,13 +83,18 @@ def main(argv=None):
     ap.add_argument("--jobs", type=int, default=os.cpu_count() or 1)
     ap.add_argument("--minimise", type=int, default=3,
                     help="minimise the first N failing graphs of each failure category (0: none)")
+    ap.add_argument("--residual", default="coupled", choices=["coupled", "independent"],
+                    help="prune's residual option (independent: failures are not minimised)")
     ap.add_argument("--out", default=os.path.join(ROOT, "benchmarks", "results", "fuzz_long.json"))
     args = ap.parse_args(argv)
+    options = {"residual": args.residual} if args.residual != "coupled" else None
+    if options:
+        args.minimise = 0   # the minimiser replays the default options
 
     start = time.perf_counter()
     seeds = list(range(args.seed, args.seed + args.graphs))
     rows = []
-    tasks = [(seeds[i:i + BATCH], args.max_nodes) for i in range(0, len(seeds), BATCH)]
+    tasks = [(seeds[i:i + BATCH], args.max_nodes, options) for i in range(0, len(seeds), BATCH)]
     ctx = mp.get_context("fork")
     with ctx.Pool(args.jobs, initializer=_quiet_worker) as pool:
         for batch_rows in pool.imap(one_batch, tasks):
@@ -158,7 +167,8 @@ def summarise(rows, args, wall):
     diffs = [r["max_rel_diff"] for _, r in runs if r["kind"] == "pass" and r["max_rel_diff"] is not None]
     nodes = [row["nodes"] for row in rows if "nodes" in row]
     return {
-        "command": f"benchmarks/fuzz_long.py --graphs {args.graphs} --seed {args.seed} --max-nodes {args.max_nodes}",
+        "command": f"benchmarks/fuzz_long.py --graphs {args.graphs} --seed {args.seed} --max-nodes {args.max_nodes}"
+                   + (f" --residual {args.residual}" if args.residual != "coupled" else ""),
         "graphs_requested": args.graphs,
         "graphs_generated": len(nodes),
         "generator_errors": [{"seed": row["seed"], "error": row["generator_error"]}
@@ -169,6 +179,7 @@ def summarise(rows, args, wall):
                   "mean": round(sum(nodes) / max(len(nodes), 1), 2)},
         "ratios": list(fg.RATIOS),
         "ratios_run": len(runs),
+        "graphs_with_independent_sums": sum(row.get("independent_sums", 0) > 0 for row in rows),
         "passes": sum(r["kind"] == "pass" for _, r in runs),
         "refusals": {"total": sum(refusals.values()),
                      "by_reason": {k: {"count": n, "seeds": sorted(refusal_seeds[k])[:50]}
@@ -195,7 +206,9 @@ def summarise(rows, args, wall):
 
 
 def print_summary(s):
-    print(f"graphs generated: {s['graphs_generated']} (regenerated attempts: {s['attempts_regenerated']})")
+    print(f"graphs generated: {s['graphs_generated']} (regenerated attempts: {s['attempts_regenerated']})"
+          + (f"; {s['graphs_with_independent_sums']} with independent residual sums"
+             if s["graphs_with_independent_sums"] else ""))
     print(f"ratio runs: {s['ratios_run']}  passes: {s['passes']}  refusals: {s['refusals']['total']}  "
           f"failures: {s['failures']['total']}")
     for reason, v in s["refusals"]["by_reason"].items():

@@ -3,7 +3,8 @@ from .api import analyze_model, apply_plan, plan, prune, rewrite
 from .errors import OnnxPruneError
 from .plan import Plan
 from .report import PlanInfo, Report
+from .shrink import shrink
 
-__all__ = ["prune", "plan", "apply_plan", "analyze_model", "rewrite", "Plan", "PlanInfo", "Report",
+__all__ = ["prune", "shrink", "plan", "apply_plan", "analyze_model", "rewrite", "Plan", "PlanInfo", "Report",
            "OnnxPruneError"]
 __version__ = "0.2.0"

@@ -25,12 +25,13 @@ from .io import is_large
 from .load import load
 from .model import Model
 from .pipeline import REWRITE_PASSES, Step, run_passes
-from .arguments import (Settings, check_data_options, check_flag, check_input_shapes, check_needs_data,
-                        check_patterns, check_source, settings, type_name)
+from .arguments import (DEFAULT_RESIDUAL, Settings, check_data_options, check_flag, check_input_shapes,
+                        check_needs_data, check_patterns, check_source, settings, type_name)
 from .plan import Plan, classes_from_plan, plan_from_classes
 from .progress import stage
 from .recover import DataOptions, batches_of, calibration_sets, recover_stage
 from .report import PlanInfo, Report, group_table, model_stats
+from .residual import RESIDUAL, gather_note
 from .runtime import model_session, random_inputs
 from .saliency import CalibrationData, needs_data, score
 from .sensitivity import allocate_sensitivity, group_weights
@@ -51,14 +52,17 @@ def rewrite(model: Model, couplings, removed_classes, folds=None) -> Model:
 
 
 def analyze_model(source: str | os.PathLike | onnx.ModelProto,
-                  input_shapes: Mapping[str, Sequence[int]] | None = None, exclude: Sequence[str] = ()):
+                  input_shapes: Mapping[str, Sequence[int]] | None = None, exclude: Sequence[str] = (),
+                  residual: str = DEFAULT_RESIDUAL):
     """Load and analyze a model: returns (Model, Couplings); changes nothing."""
     check_source(source)
     input_shapes, exclude = check_input_shapes(input_shapes), check_patterns(exclude)
+    if residual not in RESIDUAL:
+        raise OnnxPruneError(f"--residual must be one of {RESIDUAL}, got {residual!r}")
     with stage("load"):
         model = load(source, input_shapes)
     with stage("analyze"):
-        return model, analyze(model, exclude)
+        return model, analyze(model, exclude, residual)
 
 
 def prune(source: str | os.PathLike | onnx.ModelProto, ratio: float | None = None, *,
@@ -70,7 +74,7 @@ def prune(source: str | os.PathLike | onnx.ModelProto, ratio: float | None = Non
           verify: bool = False, tolerance: float = DEFAULT_TOLERANCE, calibration: object = None,
           calibration_limit: int | None = None, calibration_preprocess: str | None = None,
           eval_data: object = None, labels_key: str = "labels",
-          recover: str = "auto") -> tuple[onnx.ModelProto, Report]:
+          recover: str = "auto", residual: str = DEFAULT_RESIDUAL) -> tuple[onnx.ModelProto, Report]:
     """Prune a model (a path or a ModelProto, never modified). Returns (pruned ModelProto, Report).
 
     Budget, one of (default: ratio 0.3):
@@ -89,6 +93,9 @@ def prune(source: str | os.PathLike | onnx.ModelProto, ratio: float | None = Non
         'rank' need target_macs or target_params; 'sensitivity' also `calibration`;
         'synexp-weighted' measures its weights on `calibration` when given).
       coupled: 'all', 'only' (coupled groups only) or 'none' (uncoupled groups only).
+      residual: 'coupled' (a residual Add's operands keep the same channels) or 'independent'
+        (each branch keeps its own; the Add reads a branch that lacks some of the union's
+        channels through Pad + Gather; docs/methods.md §2).
       min_keep: floor per group, a count >= 1 or a fraction in (0, 1).
       round_to: kept counts are multiples of this integer >= 1 (default: 16 on AVX-512 CPUs, else 8).
       exclude: node-name globs (a list, not a string) whose channels stay.
@@ -117,7 +124,7 @@ def prune(source: str | os.PathLike | onnx.ModelProto, ratio: float | None = Non
         coupled=coupled, min_keep=min_keep, round_to=round_to, exclude=exclude,
         input_shapes=input_shapes, fold=fold, verify=verify, tolerance=tolerance, calibration=calibration,
         calibration_limit=calibration_limit, calibration_preprocess=calibration_preprocess,
-        eval_data=eval_data, labels_key=labels_key, recover=recover)
+        eval_data=eval_data, labels_key=labels_key, recover=recover, residual=residual)
     proto = slim.to_proto()
     if not checked_in_memory(slim) and not is_large(slim):
         check(proto)
@@ -139,7 +146,7 @@ def prune_model(source: str | os.PathLike | onnx.ModelProto, ratio: float | None
                 verify: bool = False, tolerance: float = DEFAULT_TOLERANCE, calibration: object = None,
                 calibration_limit: int | None = None, calibration_preprocess: str | None = None,
                 eval_data: object = None, labels_key: str = "labels", recover: str = "auto",
-                check_output: bool = True) -> tuple[Model, Report]:
+                check_output: bool = True, residual: str = DEFAULT_RESIDUAL) -> tuple[Model, Report]:
     """`prune`, returning the pruned `Model` (graph + numpy weights) instead of a proto; the
     arguments are `prune`'s. `check_output=False` leaves the ONNX checker to
     `io.save_model(..., check=True)`, which runs it on the bytes it is about to write (the
@@ -151,7 +158,7 @@ def prune_model(source: str | os.PathLike | onnx.ModelProto, ratio: float | None
                   criterion=criterion, seed=seed, scope=scope, ranking=ranking, allocator=allocator,
                   coupled=coupled, min_keep=min_keep, round_to=round_to, exclude=exclude,
                   input_shapes=input_shapes, fold=fold, verify=verify, tolerance=tolerance,
-                  calibration=calibration)
+                  calibration=calibration, residual=residual)
     check_flag("check_output", check_output)
     check_data_options(recover, calibration_limit, labels_key)
     check_needs_data(s, calibration)
@@ -169,13 +176,13 @@ def prune_model(source: str | os.PathLike | onnx.ModelProto, ratio: float | None
     with stage("verify", timings):
         if check_output and checked_in_memory(slim):
             check(slim.to_proto().SerializeToString())  # the checker would serialise a proto itself, more slowly
-        oracle = _run_pruned(model, couplings, removed, slim, folds, s)
+        oracle = run_pruned(model, couplings, removed, slim, folds, s.verify, s.seed)
     slim, fidelity, unrecovered, recovery = recover_stage(model, couplings, removed, slim, folds, data, s.seed, timings,
                                                           sets)
     timings["total"] = round(time.perf_counter() - start, 4)
     fold_note = [fold_stats.note()] if removed and s.fold != "none" else []
-    notes = (list(model.notes) + score_notes + fold_note + _budget_notes(couplings, s, target)
-             + recovery.get("notes", []))
+    notes = (list(model.notes) + score_notes + fold_note + _residual_notes(couplings, removed)
+             + _budget_notes(couplings, s, target) + recovery.get("notes", []))
     options = _report_options(s, model)
     report = Report(options, model_stats(model), model_stats(slim), group_table(couplings, removed),
                     timings, oracle, notes, plan_from_classes(couplings, removed, options), s.tolerance,
@@ -189,7 +196,8 @@ def plan(source: str | os.PathLike | onnx.ModelProto, ratio: float | None = None
          coupled: str | None = None, min_keep: float | str = 0.1, round_to: int | None = None,
          exclude: Sequence[str] = (), input_shapes: Mapping[str, Sequence[int]] | None = None,
          fold: str = "exact", calibration: object = None, calibration_limit: int | None = None,
-         calibration_preprocess: str | None = None, eval_data: object = None) -> tuple[Plan, PlanInfo]:
+         calibration_preprocess: str | None = None, eval_data: object = None,
+         residual: str = DEFAULT_RESIDUAL) -> tuple[Plan, PlanInfo]:
     """Score and allocate without rewriting: returns (the Plan that `prune` with the same
     arguments would apply, PlanInfo). The arguments are `prune`'s (`fold` matters here too:
     a MAC or parameter target counts the biases that folding adds; the data criteria, the
@@ -199,7 +207,7 @@ def plan(source: str | os.PathLike | onnx.ModelProto, ratio: float | None = None
                   criterion=criterion, seed=seed, scope=scope, ranking=ranking, allocator=allocator,
                   coupled=coupled, min_keep=min_keep, round_to=round_to, exclude=exclude,
                   input_shapes=input_shapes, fold=fold, verify=False, tolerance=DEFAULT_TOLERANCE,
-                  calibration=calibration)
+                  calibration=calibration, residual=residual)
     check_data_options("auto", calibration_limit, "labels")
     check_needs_data(s, calibration)
     check_source(source)
@@ -212,21 +220,22 @@ def plan(source: str | os.PathLike | onnx.ModelProto, ratio: float | None = None
     timings["total"] = round(time.perf_counter() - start, 4)
     options = _report_options(s, model)
     info = PlanInfo(options, model_stats(model), group_table(couplings, removed), timings,
-                    list(model.notes) + score_notes + _budget_notes(couplings, s, target))
+                    list(model.notes) + score_notes + _residual_notes(couplings, removed)
+                    + _budget_notes(couplings, s, target))
     return plan_from_classes(couplings, removed, options), info
 
 
 def apply_plan(source: str | os.PathLike | onnx.ModelProto, plan: Plan, *, seed: int = 0,
                exclude: Sequence[str] = (), input_shapes: Mapping[str, Sequence[int]] | None = None,
-               fold: str = "exact", verify: bool = False,
-               tolerance: float = DEFAULT_TOLERANCE) -> tuple[onnx.ModelProto, Report]:
+               fold: str = "exact", verify: bool = False, tolerance: float = DEFAULT_TOLERANCE,
+               residual: str = DEFAULT_RESIDUAL) -> tuple[onnx.ModelProto, Report]:
     """Rewrite `source` by `plan` (from `plan`, `Report.plan` or `Plan.from_json`). Returns
-    (pruned ModelProto, Report). Pass the `seed`, `exclude`, `input_shapes` and `fold` that
-    made the plan to get exactly what `prune` would have produced."""
+    (pruned ModelProto, Report). Pass the `seed`, `exclude`, `input_shapes`, `fold` and
+    `residual` that made the plan to get exactly what `prune` would have produced."""
     if not isinstance(plan, Plan):
         raise OnnxPruneError(f"plan must be an onnxprune.Plan, got {type_name(plan)}")
     return prune(source, plan=plan, seed=seed, exclude=exclude, input_shapes=input_shapes, fold=fold,
-                 verify=verify, tolerance=tolerance)
+                 verify=verify, tolerance=tolerance, residual=residual)
 
 
 # -- stages ----------------------------------------------------------------------------------
@@ -234,7 +243,7 @@ def _load(source, s: "Settings", timings: dict):
     with stage("load", timings):
         model = load(source, s.input_shapes)
     with stage("analyze", timings):
-        couplings = analyze(model, s.exclude)
+        couplings = analyze(model, s.exclude, s.residual)
     log.debug("%d channel classes in %d groups (%d frozen)", couplings.n_classes, len(couplings.groups),
               sum(1 for g in couplings.groups if g.frozen))
     return model, couplings
@@ -305,22 +314,22 @@ def _plan_folds(model, couplings, removed, s: "Settings"):
     except OnnxPruneError:
         raise
     except Exception:
-        _raise_if_input_fails(model, s.seed)
+        raise_if_input_fails(model, s.seed)
         raise
 
 
-def _run_pruned(model, couplings, removed, slim, folds, s: "Settings"):
+def run_pruned(model, couplings, removed, slim, folds, verify: bool, seed: int):
     """Run the pruned model once (the oracle does, with `verify`): an output onnxruntime
     cannot run is never returned. Returns the OracleResult or None."""
     try:
-        if s.verify:
-            return masking_oracle(model, couplings, removed, slim, folds, seed=s.seed)
-        run_once(slim, s.seed)
+        if verify:
+            return masking_oracle(model, couplings, removed, slim, folds, seed=seed)
+        run_once(slim, seed)
         return None
     except OnnxPruneError:
         raise
     except Exception as e:
-        _raise_if_input_fails(model, s.seed)
+        raise_if_input_fails(model, seed)
         raise RuntimeError(f"onnxruntime cannot run the pruned model, though it runs the input model: "
                            f"{_first_line(e)}") from e
 
@@ -331,7 +340,7 @@ def run_once(model: Model, seed: int = 0) -> None:
     sess.run(None, random_inputs(model, np.random.default_rng(seed), sess))
 
 
-def _raise_if_input_fails(model: Model, seed: int) -> None:
+def raise_if_input_fails(model: Model, seed: int) -> None:
     """A run failed: if onnxruntime cannot run the input model either, the input is at fault."""
     try:
         run_once(model, seed)
@@ -342,6 +351,11 @@ def _raise_if_input_fails(model: Model, seed: int) -> None:
 def _first_line(e: Exception) -> str:
     lines = str(e).strip().splitlines()
     return (lines[0] if lines else type(e).__name__)[:300]
+
+
+def _residual_notes(couplings, removed) -> list[str]:
+    note = gather_note(couplings, couplings.kept_fn(removed))
+    return [note] if note else []
 
 
 def _budget_notes(couplings, s: "Settings", target) -> list[str]:
@@ -362,5 +376,5 @@ def _report_options(s: "Settings", model: Model) -> dict:
     return {"criterion": s.criterion if s.plan is None else "plan", "ratio": s.ratio,
             "target_macs": s.target_macs, "target_params": s.target_params, "scope": s.scope,
             "ranking": s.ranking, "allocator": s.allocator, "coupled": s.coupled, "min_keep": s.min_keep,
-            "round_to": s.round_to, "fold": s.fold, "seed": s.seed, "exclude": list(s.exclude),
-            "input_shapes": {k: list(v) for k, v in model.input_shapes.items()}}
+            "round_to": s.round_to, "fold": s.fold, "seed": s.seed, "residual": s.residual,
+            "exclude": list(s.exclude), "input_shapes": {k: list(v) for k, v in model.input_shapes.items()}}

@@ -15,6 +15,7 @@ from .budget import COUPLED, RANKINGS, parse_min_keep, default_round_to
 from .errors import OnnxPruneError
 from .plan import Plan, checked_removed
 from .recover import parse_methods
+from .residual import RESIDUAL
 from .saliency import CRITERIA, needs_data
 from .synthetic import is_synthetic
 
@@ -62,11 +63,18 @@ class Settings:
     fold: str
     verify: bool
     tolerance: float
+    residual: str = "coupled"   # DEFAULT_RESIDUAL
+
+
+# How a residual Add treats its operands' channels: "coupled" (one class per stream channel)
+# or "independent" (each branch its own; onnxprune/residual.py). Coupled measured better
+# (benchmarks/RESULTS.md §9).
+DEFAULT_RESIDUAL = "coupled"
 
 
 def settings(*, ratio, target_macs, target_params, plan, criterion, seed, scope, ranking, allocator,
               coupled, min_keep, round_to, exclude, input_shapes, fold, verify, tolerance,
-              calibration=None) -> Settings:
+              calibration=None, residual=DEFAULT_RESIDUAL) -> Settings:
     ratio = _number("ratio", ratio)
     target_macs, target_params = _number("target_macs", target_macs), _number("target_params", target_params)
     if plan is not None and not isinstance(plan, Plan):
@@ -96,13 +104,19 @@ def settings(*, ratio, target_macs, target_params, plan, criterion, seed, scope,
     coupled = _choice("--coupled", coupled, COUPLED) if coupled is not None else DEFAULT_COUPLED.get(criterion, "all")
     round_to = default_round_to() if round_to is None else integer("--round-to", round_to, least=1)
     fold = _choice("--fold", fold, passes.fold_removed_constants.MODES)
+    residual = _choice("--residual", residual, RESIDUAL)
     check_flag("verify", verify)
+    tolerance = check_tolerance(tolerance)
+    return Settings(ratio, target_macs, target_params, plan, criterion, seed, scope, ranking, allocator,
+                     coupled, _min_keep(min_keep), round_to, check_patterns(exclude), check_input_shapes(input_shapes),
+                     fold, verify, tolerance, residual)
+
+
+def check_tolerance(tolerance) -> float:
     tolerance = _number("tolerance", tolerance)
     if not 0 <= tolerance < math.inf:
         raise OnnxPruneError(f"--tolerance must be >= 0 and finite, got {tolerance}")
-    return Settings(ratio, target_macs, target_params, plan, criterion, seed, scope, ranking, allocator,
-                     coupled, _min_keep(min_keep), round_to, check_patterns(exclude), check_input_shapes(input_shapes),
-                     fold, verify, tolerance)
+    return tolerance
 
 
 def type_name(value) -> str:
@@ -122,6 +136,10 @@ def integer(flag: str, value, least: int) -> int:
     if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < least:
         raise OnnxPruneError(f"{flag} must be an integer >= {least}, got {value!r}")
     return int(value)
+
+
+def check_residual(value) -> str:
+    return _choice("--residual", value, RESIDUAL)
 
 
 def _choice(flag: str, value, choices) -> str:

@@ -105,8 +105,9 @@ def kept_whole_by_rounding(couplings, round_to: int, min_keep: float, coupled: s
 
 def is_coupled(group) -> bool:
     """Coupled channels: written by more than one layer (a residual stream, DFPC's DFCs
-    with several feed-ins). A plain conv -> BN -> ReLU -> conv pair is not coupled."""
-    return len(group.feed_in) > 1
+    with several feed-ins), or, with independent residual branches, one branch of a
+    residual stream. A plain conv -> BN -> ReLU -> conv pair is not coupled."""
+    return len(group.feed_in) > 1 or group.residual
 
 
 def prunable_groups(couplings, coupled: str = "all"):

@@ -5,7 +5,9 @@ integer identity. A rule reads its inputs' channel maps and records through the 
   - the channel map of each output (`ctx.out`, or `ctx.produce` for new channels),
   - identities that must be removed together (`ctx.unify`),
   - initializer axes that hold channels (`ctx.param`), so the rewrite can slice them,
-  - attributes or shape constants that depend on the kept channels (`ctx.edit`).
+  - attributes or shape constants that depend on the kept channels (`ctx.edit`),
+  - with independent residual branches, sums whose output keeps a channel while any
+    operand keeps it (`ctx.join`).
 Any assumption a rule cannot verify is a `require(...)` that freezes the node's channels.
 """
 from __future__ import annotations
@@ -48,6 +50,16 @@ class Edit:
 
 
 @dataclass
+class Join:
+    """`node` sums activations whose channels stay independent (`--residual independent`):
+    output position k (identity `ids[k]`) is kept while any operand keeps its position k.
+    `operands` are (input index, channel map) of the full-width activation inputs."""
+    node: str
+    ids: np.ndarray
+    operands: list[tuple[int, ChannelMap]]
+
+
+@dataclass
 class Producer:
     node: str
     output: str
@@ -61,8 +73,10 @@ class RuleError(Exception):
 class Context:
     """What a rule sees: shapes, constants, channel maps, and the calls that record facts."""
 
-    def __init__(self, model: Model):
+    def __init__(self, model: Model, residual: str = "coupled"):
         self.model = model
+        self.residual = residual            # "coupled": a residual Add unifies its operands
+        self.joins: list[Join] = []
         self.maps: dict[str, ChannelMap] = {}
         self.next_id = 0
         self.pairs: list[tuple[np.ndarray, np.ndarray]] = []
@@ -101,6 +115,13 @@ class Context:
         if len(a) != len(b):
             raise RuleError(f"cannot couple {len(a)} with {len(b)} channels")
         self.pairs.append((np.asarray(a), np.asarray(b)))
+
+    def join(self, node, output: str, width: int, axis: int, operands) -> None:
+        """`output` is a sum of `operands` that keep their own channels: it gets identities
+        of its own, kept while any operand keeps the same position."""
+        ids = self.fresh(width)
+        self.joins.append(Join(node.name, ids, list(operands)))
+        self.out(output, ChannelMap(axis, ids))
 
     def freeze(self, ids: np.ndarray, reason: str) -> None:
         if len(ids):

@@ -1,4 +1,5 @@
 """Command line: `onnxprune prune IN OUT [options]` (short form: `onnxprune IN OUT [options]`),
+`onnxprune shrink IN OUT` (remove channels a training-time pruner only zeroed),
 `onnxprune analyze IN`, `onnxprune bench A B ...`, `onnxprune evaluate ORIG PRUNED --data D`
 and `onnxprune sweep IN --targets LIST`.
 
@@ -24,7 +25,7 @@ from . import cli_args, progress
 from .errors import OnnxPruneError
 
 EXIT_ORACLE, EXIT_INPUT, EXIT_INTERNAL = 1, 2, 3
-COMMANDS = ("prune", "analyze", "bench", "evaluate", "sweep")
+COMMANDS = ("prune", "shrink", "analyze", "bench", "evaluate", "sweep")
 TOP_LEVEL_OPTIONS = ("-h", "--help", "--version")
 log = logging.getLogger("onnxprune")
 
@@ -45,6 +46,9 @@ def _parsers() -> tuple[_Parser, dict[str, _Parser]]:
     verbosity = cli_args.verbosity()
     specs = (("prune", cli_args.prune_arguments, "prune a model: IN OUT [options] (the default command)",
               "Remove the least salient coupled channels and write a smaller model."),
+             ("shrink", cli_args.shrink_arguments, "remove the channels a pruner only zeroed: IN OUT",
+              "Remove structurally dead channels (zeroed filters, zero BN scales, zero Gemm rows or "
+              "columns, channels nothing reads) and write a smaller model that computes the same."),
              ("analyze", cli_args.analyze_arguments, "print the coupled channel groups of a model; change nothing",
               "Print the coupled channel groups; change nothing."),
              ("bench", cli_args.bench_arguments, "time models in onnxruntime, compared with the first one",
@@ -158,7 +162,6 @@ def _check_targets(args) -> None:
 def _prune(args) -> int:
     from .api import prune_model as prune
     from .bench import check_options, require_provider
-    from .io import save_model
 
     _check_targets(args)
     check_options(args.provider, args.threads, args.batch, args.warmup, args.runs)
@@ -174,27 +177,48 @@ def _prune(args) -> int:
                          plan=plan, verify=args.verify, tolerance=args.tolerance, fold=args.fold,
                          calibration=args.calib, calibration_limit=args.calib_limit,
                          calibration_preprocess=args.calib_preprocess, eval_data=args.eval_data,
-                         labels_key=args.labels, recover=args.recover,
+                         labels_key=args.labels, recover=args.recover, residual=args.residual,
                          check_output=False)  # save_model checks the bytes it writes
+    if not _write_result(args, slim, report, args.tolerance,
+                         [(args.plan_out, report.plan.to_json() if args.plan_out else "")]):
+        return EXIT_ORACLE
+    if args.bench:
+        _print_bench([args.input, args.output], args, report.options["input_shapes"])
+    return 0
+
+
+def _shrink(args) -> int:
+    from .shrink import shrink_model
+    from .verify import DEFAULT_TOLERANCE
+
+    _check_targets(args)
+    slim, report = shrink_model(args.input, tolerance=args.tolerance, approximate=args.approximate,
+                                verify=args.verify, exclude=args.exclude, seed=args.seed, residual=args.residual,
+                                input_shapes=_input_shapes(args.input_shape), check_output=False)
+    return 0 if _write_result(args, slim, report, DEFAULT_TOLERANCE) else EXIT_ORACLE
+
+
+def _write_result(args, slim, report, tolerance: float, more_texts=()) -> bool:
+    """Print the table and notes; write the model and its texts, or, when the oracle ran and
+    failed, the report alone (it says by how much: the model must not be used). Returns
+    whether the model was written."""
+    from .io import save_model
+
     log.info(report.table())
     for note in report.notes:
         log.info("note: %s", note)
     if args.verify and not report.oracle_passed:
-        # the report says by how much it failed; the model must not be used
         _write([(args.report, report.to_json() if args.report else "")])
         written = f"model not written, report in {args.report}" if args.report else "nothing written"
         print(f"onnxprune: masking oracle failed: max relative difference "
-              f"{report.oracle.max_rel_diff:.3e} > {report.oracle.threshold(args.tolerance):.3g} "
-              f"(tolerance {args.tolerance:g}, {report.oracle.dtype} noise "
+              f"{report.oracle.max_rel_diff:.3e} > {report.oracle.threshold(tolerance):.3g} "
+              f"(tolerance {tolerance:g}, {report.oracle.dtype} noise "
               f"{report.oracle.noise:.1e}); {written}", file=sys.stderr)
-        return EXIT_ORACLE
-    _write([(args.report, report.to_json() if args.report else ""),
-            (args.plan_out, report.plan.to_json() if args.plan_out else "")],
+        return False
+    _write([(args.report, report.to_json() if args.report else "")] + list(more_texts),
            save=lambda: _save(save_model, slim, args.output))
     log.info("wrote %s", args.output)
-    if args.bench:
-        _print_bench([args.input, args.output], args, report.options["input_shapes"])
-    return 0
+    return True
 
 
 def _save(save_model, slim, path: str) -> None:
@@ -273,7 +297,7 @@ def _analyze(args) -> int:
     from .api import analyze_model
     from .report import group_table
 
-    model, couplings = analyze_model(args.input, _input_shapes(args.input_shape), args.exclude)
+    model, couplings = analyze_model(args.input, _input_shapes(args.input_shape), args.exclude, args.residual)
     rows = group_table(couplings, set())
     if args.criterion:
         from .diagnostics import group_diagnostics
@@ -341,6 +365,7 @@ def _sweep(args) -> int:
                    runs=args.runs, keep_models=bool(models), criterion=args.criterion, seed=args.seed,
                    scope=args.scope, ranking=args.ranking, allocator=args.allocator, coupled=args.coupled,
                    min_keep=args.min_keep, round_to=args.round_to, fold=args.fold, exclude=args.exclude,
+                   residual=args.residual,
                    input_shapes=_input_shapes(args.input_shape))
     print(result.table())
     _write([(args.json, result.to_json() if args.json else ""),
@@ -391,4 +416,4 @@ def _save_sweep_models(result, folder, paths) -> None:
         _save(save_model, row.model, path)
 
 
-RUNNERS = {"prune": _prune, "analyze": _analyze, "bench": _bench, "evaluate": _evaluate, "sweep": _sweep}  # command -> function(args) -> exit code
+RUNNERS = {"prune": _prune, "shrink": _shrink, "analyze": _analyze, "bench": _bench, "evaluate": _evaluate, "sweep": _sweep}  # command -> function(args) -> exit code

@@ -45,6 +45,23 @@ def prune_arguments(p):
     _common(p)
 
 
+def shrink_arguments(p):
+    p.add_argument("input", help="model whose pruned channels are zeroed (never modified)")
+    p.add_argument("output", help="where to write the smaller model")
+    p.add_argument("--tolerance", type=float, default=0.0,
+                   help="weights, BN scales and constant factors with |w| <= T count as zero (default 0)")
+    p.add_argument("--approximate", action="store_true",
+                   help="also remove dead channels whose constant cannot be folded exactly (interior value "
+                        "folded; the output then differs from the input's)")
+    p.add_argument("--report", "--report-json", dest="report", help="write the full report as JSON")
+    p.add_argument("--verify", action="store_true",
+                   help="run the masking oracle and compare with the input; exit 1 (and write no model) "
+                        "when they differ")
+    p.add_argument("--seed", type=int, default=0, help="seed of the random inputs the checks run on")
+    residual_option(p)
+    _common(p)
+
+
 def selection_options(p):
     """How channels are chosen and removed: shared by prune and sweep."""
     p.add_argument("--criterion", default="auto", help="saliency: auto (default: activation with --calib, "
@@ -68,6 +85,7 @@ def selection_options(p):
     p.add_argument("--coupled", default=None, choices=["all", "only", "none", "last"],
                    help="prune all groups, only coupled ones (several feed-in layers), none of those, "
                         "or coupled ones last (default: per criterion)")
+    residual_option(p)
     p.add_argument("--min-keep", default="0.1",
                    help="floor per group: a count >= 1, or a fraction in (0, 1) (default 0.1)")
     p.add_argument("--round-to", type=int, default=None,
@@ -77,6 +95,13 @@ def selection_options(p):
     p.add_argument("--fold", default="exact", choices=["none", "exact", "approx"],
                    help="constants carried by removed channels: fold into consumer biases where "
                         "exact (default), also approximately (interior value), or drop")
+
+
+def residual_option(p):
+    p.add_argument("--residual", default="coupled", choices=["coupled", "independent"],
+                   help="a residual Add's branches keep the same channels (coupled, default) or each "
+                        "its own: the Add then reads a branch through Pad + Gather where it lacks some "
+                        "of the union's channels (independent)")
 
 
 def bench_options(p):
@@ -98,6 +123,7 @@ def analyze_arguments(p):
     p.add_argument("--json", action="store_true", help="print the groups as JSON")
     p.add_argument("--criterion", help="also score channels: per-group score statistics and the "
                    "Maximum Score Disagreement between feed-in layers")
+    residual_option(p)
     _common(p)
 
 

@@ -44,7 +44,9 @@ class CostTracker:
     hold channels; a layer's MACs are proportional to its weight's size (spatial sizes do
     not change). A removal updates only the tensors its class touches, so each step costs
     a few operations, and the tracked value equals what the rewritten model reports
-    (a tensor shared by users that need different cuts is counted once)."""
+    (a tensor shared by users that need different cuts is counted once). Removing the last
+    branch that keeps a channel of an independent residual sum removes the sum's channel
+    too (onnxprune/residual.py), and with it the inputs of the layers reading it."""
 
     def __init__(self, model, couplings, fold: bool = True):
         nodes = model.index().nodes
@@ -89,6 +91,7 @@ class CostTracker:
         self.sizes = np.array([self._size(t) for t in range(len(self.tensors))], dtype=np.float64)
         self.params, self.macs = float(self.params0), float(self.macs0)
         self.new_biases = self._new_biases(model, couplings, uses, nodes) if fold else []
+        self.derivation, self.removed = couplings.derivation, set()
 
     def _new_biases(self, model, couplings, uses, nodes):
         """Feed-out layers without a bias (and no BN after them to take the fold) gain one
@@ -133,7 +136,8 @@ class CostTracker:
         """What removing `classes` would change, without removing them: (params, MACs, sum
         over the layers' weights of log(new size / old size)). Biases a fold would add are
         left out of the params; `remove` counts them."""
-        slots = self._slots(classes)
+        classes = list(classes)
+        slots = self._slots(classes + self.derivation.follow(self.removed, classes))
         d_params = d_macs = d_log = 0.0
         for t in {t for slot in slots for t in self.slot_tensors[slot]}:
             tensor = self.tensors[t]
@@ -147,6 +151,11 @@ class CostTracker:
         return d_params, d_macs, d_log
 
     def remove(self, cls: int) -> None:
+        for c in [cls] + self.derivation.follow(self.removed, [cls]):
+            self.removed.add(c)
+            self._remove_one(c)
+
+    def _remove_one(self, cls: int) -> None:
         slots = self._slots([cls])
         for slot, n in slots.items():
             self.counts[slot] -= n

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import traceback
 from dataclasses import dataclass, field, replace
+from functools import cached_property
 from typing import Callable
 
 import numpy as np
@@ -18,6 +19,7 @@ from .channels import (BIAS, CHANNELWISE, FEED_IN, FEED_OUT, ChannelMap, Context
 from .graph import is_default_domain, subgraph_reads
 from .ops import REGISTRY
 from .model import Model
+from .residual import DERIVED_REASON, RESIDUAL, Derivation
 
 
 @dataclass
@@ -29,6 +31,7 @@ class Group:
     feed_out: list[str]
     channelwise: list[str]
     frozen: str | None = None   # reason, when the group cannot be pruned
+    residual: bool = False      # its classes are branches of independent residual sums
 
     @property
     def width(self) -> int:
@@ -47,10 +50,20 @@ class Couplings:
     groups: list[Group] = field(default_factory=list)
     group_of: np.ndarray = None          # class -> group index
     segments: list = field(default_factory=list)  # class -> Split/Slice parts it is in
+    joins: list = field(default_factory=list)     # independent residual sums (onnxprune/residual.py)
+
+    @cached_property
+    def derivation(self) -> Derivation:
+        return Derivation(self)
+
+    def closure(self, removed_classes) -> set[int]:
+        """The chosen classes and the derived classes (sums of independent residual
+        branches) that they remove."""
+        return self.derivation.closure(removed_classes)
 
     def kept_fn(self, removed_classes) -> Callable[[np.ndarray], np.ndarray]:
         keep = np.ones(self.n_classes, dtype=bool)
-        keep[np.asarray(sorted(removed_classes), dtype=np.int64)] = False
+        keep[np.asarray(sorted(self.closure(removed_classes)), dtype=np.int64)] = False
         return lambda ids: keep[self.class_of[np.asarray(ids, dtype=np.int64)]]
 
     def with_frozen(self, frozen: dict[int, str]) -> "Couplings":
@@ -59,7 +72,7 @@ class Couplings:
         if all(c in self.frozen for c in frozen):
             return self
         merged = {**frozen, **self.frozen}
-        out = replace(self, frozen=merged)
+        out = replace(self, frozen=merged)   # a new Derivation: frozen sums are never removed
         out.groups, out.group_of = _groups(out, self.segments)
         return out
 
@@ -71,13 +84,17 @@ class Couplings:
         return sizes
 
 
-def analyze(model: Model, exclude: tuple[str, ...] = ()) -> Couplings:
-    return _build(trace(model, exclude))
+def analyze(model: Model, exclude: tuple[str, ...] = (), residual: str = "coupled") -> Couplings:
+    """`residual`: "coupled" (a residual Add unifies its operands' channels) or
+    "independent" (each operand keeps its own; onnxprune/residual.py)."""
+    if residual not in RESIDUAL:
+        raise ValueError(f"residual must be one of {RESIDUAL}, got {residual!r}")
+    return _build(trace(model, exclude, residual))
 
 
-def trace(model: Model, exclude: tuple[str, ...] = ()) -> Context:
+def trace(model: Model, exclude: tuple[str, ...] = (), residual: str = "coupled") -> Context:
     """Run every node's channel rule: the identities, the pairs to unify, the frozen ones."""
-    ctx = Context(model)
+    ctx = Context(model, residual)
     outputs = set(model.output_names)
     for name in model.input_names:
         shape = model.input_shapes.get(name, ())
@@ -95,7 +112,7 @@ def trace(model: Model, exclude: tuple[str, ...] = ()) -> Context:
             ctx.freeze_node(node, f"unsupported operator {node.op_type}"
                             + (f" (domain {node.domain})" if node.domain not in ("", "ai.onnx") else ""))
             continue
-        mark = (len(ctx.pairs), len(ctx.slices), len(ctx.edits), len(ctx.producers))
+        mark = (len(ctx.pairs), len(ctx.slices), len(ctx.edits), len(ctx.producers), len(ctx.joins))
         try:
             spec.channels(node, ctx)
             _freeze_unmapped_graph_outputs(ctx, node, outputs)
@@ -142,6 +159,7 @@ class _InputNode:
 
 def _rollback(ctx: Context, mark) -> None:
     del ctx.pairs[mark[0]:], ctx.slices[mark[1]:], ctx.edits[mark[2]:], ctx.producers[mark[3]:]
+    del ctx.joins[mark[4]:]
 
 
 def _freeze_excluded(ctx: Context, patterns) -> None:
@@ -186,7 +204,7 @@ def _build(ctx: Context) -> Couplings:
     for ids, reason in ctx.frozen:
         for c in np.unique(class_of[ids]).tolist():
             frozen.setdefault(c, reason)
-    c = Couplings(class_of, n_classes, ctx.maps, ctx.slices, ctx.edits, ctx.producers, frozen)
+    c = Couplings(class_of, n_classes, ctx.maps, ctx.slices, ctx.edits, ctx.producers, frozen, joins=ctx.joins)
     segments = [set() for _ in range(n_classes)]
     for k, (node, ids) in enumerate(ctx.segments):
         for cls in np.unique(class_of[ids]).tolist():
@@ -198,7 +216,9 @@ def _build(ctx: Context) -> Couplings:
 
 def _groups(c: Couplings, segments):
     """Group classes by (feed-in layers, feed-out layers, the Split/Slice parts they are in,
-    frozen reason)."""
+    frozen reason, branch of an independent residual sum). Sums of independent branches
+    are never chosen: they follow their branches."""
+    derivation = Derivation(c)
     members: dict[str, list[set]] = {FEED_IN: [set() for _ in range(c.n_classes)],
                                      FEED_OUT: [set() for _ in range(c.n_classes)],
                                      CHANNELWISE: [set() for _ in range(c.n_classes)]}
@@ -216,12 +236,13 @@ def _groups(c: Couplings, segments):
             members[FEED_IN][cls].add(p.node)
     by_key: dict[tuple, list[int]] = {}
     for cls in range(c.n_classes):
+        reason = c.frozen.get(cls) or (DERIVED_REASON if cls in derivation.inputs else None)
         key = (tuple(sorted(members[FEED_IN][cls])), tuple(sorted(members[FEED_OUT][cls])),
-               c.frozen.get(cls), tuple(sorted(segments[cls])))
+               reason, tuple(sorted(segments[cls])), cls in derivation.operands)
         by_key.setdefault(key, []).append(cls)
     groups, group_of = [], np.zeros(c.n_classes, dtype=np.int64)
-    for i, ((fin, fout, reason, _), classes) in enumerate(by_key.items()):
+    for i, ((fin, fout, reason, _, branch), classes) in enumerate(by_key.items()):
         cw = sorted(set().union(*(members[CHANNELWISE][k] for k in classes)))
-        groups.append(Group(i, np.asarray(classes, dtype=np.int64), list(fin), list(fout), cw, reason))
+        groups.append(Group(i, np.asarray(classes, dtype=np.int64), list(fin), list(fout), cw, reason, branch))
         group_of[classes] = i
     return groups, group_of

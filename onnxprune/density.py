@@ -116,11 +116,20 @@ def allocate_greedy(model, couplings, scores: np.ndarray, metric: str, target: f
 
 
 def _groups_sharing_weights(tracker, couplings, groups) -> dict[int, list[int]]:
-    """For each group, the groups (itself included) whose classes touch a weight it touches."""
+    """For each group, the groups (itself included) whose classes touch a weight it touches,
+    counting the weights of the independent residual sums its classes feed (removing a
+    branch's channel can remove the sum's)."""
     prunable = {g.index for g in groups}
     tensors_of = {}
     for g in groups:
-        tensors_of[g.index] = {t for c in g.classes.tolist() for slot, _ in tracker.incidence.get(c, [])
+        classes = set(g.classes.tolist())
+        stack = list(classes)
+        while stack:
+            for d in tracker.derivation.users.get(stack.pop(), ()):
+                if d not in classes:
+                    classes.add(d)
+                    stack.append(d)
+        tensors_of[g.index] = {t for c in classes for slot, _ in tracker.incidence.get(c, [])
                                for t in tracker.slot_tensors[slot]}
     groups_of_tensor: dict[int, set] = {}
     for gi, tensors in tensors_of.items():

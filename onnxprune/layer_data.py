@@ -20,6 +20,7 @@ import numpy as np
 
 from .channels import FEED_OUT
 from .graph import attr, replace_nodes, set_attr, subgraph_reads
+from .residual import changed_readers
 from .runtime import fixed_batch, model_session, run_chunked
 
 REFITTABLE = ("Conv", "Gemm", "MatMul")
@@ -30,8 +31,10 @@ STREAM_BYTES = 256 << 20  # requested tensors of one onnxruntime run: bigger bat
 
 
 def refit_targets(slim, couplings, kept) -> list[str]:
-    """Layers whose input lost channels, in graph (topological) order."""
+    """Layers whose input lost channels, or (independent residual branches) whose kept input
+    channels lost a branch's contribution, in graph (topological) order."""
     hit = {s.node for s in couplings.slices if s.role == FEED_OUT and not kept(s.ids).all()}
+    hit |= changed_readers(couplings, kept)
     out = []
     for n in slim.graph.node:
         if n.name in hit and n.op_type in REFITTABLE and len(n.input) > 1 and n.input[1] in slim.inits:

@@ -3,7 +3,9 @@ copying and zeroing weights (a multi-GB model would otherwise be duplicated).
 
   * `mask_feed_out_inputs`: every feed-out layer reads its input with the removed channels
     set to zero — the same as zeroing the weights that read them (x·0 adds +0 terms).
-    This is the masking oracle's reference.
+    This is the masking oracle's reference. With independent residual branches, a branch
+    that lost channels its sum keeps is masked where it enters the sum (those channels of
+    the sum come from the other branches alone).
   * `zero_feed_in_filters`: every feed-in layer's removed output channels carry only their
     bias — the same as zeroing those filters. The fold pass reads the constants of removed
     channels from it.
@@ -16,7 +18,9 @@ import numpy as np
 import onnx
 
 from .channels import FEED_IN, FEED_OUT
+from .dtypes import float_types
 from .ops import layer_of
+from .residual import scattered
 
 
 def _mask_shape(mask: np.ndarray, axis: int, rank: int, dtype=np.float32) -> np.ndarray:
@@ -58,8 +62,27 @@ def mask_feed_out_inputs(model, couplings, kept):
                                               layer_dtype(model, node))
         before[node.name] = [onnx.helper.make_node("Mul", [x, mask_name], [out], name=f"{node.name}__mask")]
         node.input[0] = out
+    _mask_branches(masked, couplings, kept, before)
     _rebuild(masked, before, {})
+    masked.touch()
     return masked
+
+
+def _mask_branches(masked, couplings, kept, before) -> None:
+    """Zero the channels a residual branch removed where it enters its sum."""
+    if not couplings.joins:
+        return
+    nodes = masked.index().nodes
+    types = float_types(masked)
+    dtype = next(iter(types)) if len(types) == 1 else np.dtype(np.float32)
+    for s in scattered(couplings, kept):
+        node = nodes[s.node]
+        x = node.input[s.input]
+        mask_name, out = f"{x}__mask_{node.name}_{s.input}", f"{x}__masked_{node.name}_{s.input}"
+        masked.inits[mask_name] = _mask_shape(s.keep, s.axis, len(masked.shapes[x]), dtype)
+        before.setdefault(node.name, []).append(
+            onnx.helper.make_node("Mul", [x, mask_name], [out], name=f"{node.name}__mask_{s.input}"))
+        node.input[s.input] = out
 
 
 def zero_feed_in_filters(model, couplings, kept):

@@ -34,7 +34,8 @@ LOAD_PASSES = (passes.inline_functions, passes.name_nodes, passes.constants_to_i
 RECOVERY_PASSES = {"merge": passes.merge_neurons, "means": passes.compensate_means, "stats": passes.correct_statistics,
                    "lsq": passes.reconstruct}
 # Turn a plan into a smaller model.
-REWRITE_PASSES = (passes.slice_initializers, passes.update_attributes, passes.fold_removed_constants,
+REWRITE_PASSES = (passes.slice_initializers, passes.update_attributes, passes.scatter_residual,
+                  passes.fold_removed_constants,
                   passes.remove_dead_nodes, passes.infer_shapes)
 
 

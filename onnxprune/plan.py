@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from .errors import OnnxPruneError
+from .residual import DERIVED_REASON
 
 
 @dataclass
@@ -92,5 +93,8 @@ def classes_from_plan(couplings, plan: Plan) -> set[int]:
         for c in np.unique(couplings.class_of[p.ids[indices]]).tolist():
             if c in couplings.frozen:
                 raise OnnxPruneError(f"plan removes a frozen channel of '{node}': {couplings.frozen[c]}")
+            if c in couplings.derivation.inputs:
+                raise OnnxPruneError(f"plan removes a channel of '{node}' that is a {DERIVED_REASON}; "
+                                     "remove it from the branches")
             classes.add(c)
     return classes

@@ -14,6 +14,7 @@ import onnx
 from .calibration import CalibrationSet, load_calibration
 from .errors import OnnxPruneError
 from .fidelity import compare_models
+from .io import is_large
 from .passes import remove_dead_nodes
 from .passes.fold_removed_constants import add_to_bias
 from .pipeline import RECOVERY_PASSES, Step, run_passes
@@ -74,8 +75,10 @@ def default_calibration(model, calibration, recover: str):
     model gets synthetic images (input range fitted to its first BatchNormalization, else
     pixels in [0, 1]). On the 16 trained digits files that kept 97.6-99.8 % accuracy at 80 %
     of the MACs where BN-statistics recovery alone kept 82-99.8 % (benchmarks/RESULTS_accuracy.md).
-    `recover="stats"` is the fast data-free path; other models keep it."""
-    if calibration is None and recover == "auto" and fits_without_options(model):
+    `recover="stats"` is the fast data-free path; other models keep it, and so do models over
+    2 GB (a calibration run there costs minutes and several times the model's size in memory:
+    `--calib synthetic` asks for it)."""
+    if calibration is None and recover == "auto" and fits_without_options(model) and not is_large(model):
         return SYNTHETIC
     return calibration
 
@@ -146,7 +149,26 @@ def _recover_stage(model, couplings, removed, slim, folds, data: DataOptions, se
                                "give --eval-data to measure on real ones.")
     info = {"methods": list(methods), "calibration": calib.describe(), "evaluation": held.describe(),
             "notes": notes + [f"fidelity: {after.summary()}"]}
+    worse = _worse(after, before)
+    if worse and data.recover == "auto":   # our choice made it worse: do not hand that back
+        info.update(methods=[], rejected={"methods": list(methods), "fidelity": after.to_dict()},
+                    notes=notes + [f"recovery ({', '.join(methods)}) made the held-out outputs worse ({worse}): "
+                                   "the model is returned without it", f"fidelity: {before.summary()}"])
+        return slim, before, None, info
+    if worse:
+        info["notes"].append(f"recovery ({', '.join(methods)}) made the held-out outputs worse ({worse})")
     return slim_rec, after, before, info
+
+
+def _worse(after, before) -> str | None:
+    """'mean relative error a -> b' when recovery raised the held-out outputs' mean relative
+    error (averaged over outputs), else None."""
+    def error(f):
+        values = [o.mean_rel_error for o in f.outputs if o.mean_rel_error is not None]
+        return float(np.mean(values)) if values else None
+    if before is None or error(before) is None or error(after) is None or error(after) <= error(before):
+        return None
+    return f"mean relative error {error(before):.1%} -> {error(after):.1%}"
 
 
 def _recover_without_data(model, couplings, removed, slim, folds, data: DataOptions, methods, timings):

@@ -23,7 +23,7 @@ def model_stats(model) -> dict:
 
 def group_table(couplings, removed_classes) -> list[dict]:
     removed = np.zeros(couplings.n_classes, dtype=bool)
-    removed[list(removed_classes)] = True
+    removed[list(couplings.closure(removed_classes))] = True
     kept_indices: dict[int, dict[str, list[int]]] = {}
     for p in couplings.producers:
         cls = couplings.class_of[p.ids]
@@ -55,6 +55,8 @@ class Report:
     fidelity: object = None            # fidelity.Fidelity
     fidelity_unrecovered: object = None
     recovery: dict = field(default_factory=dict)
+    # `onnxprune shrink` (onnxprune/shrink.py): zeroed filters against the real compression
+    shrink: dict = field(default_factory=dict)
 
     def __post_init__(self):
         # what the oracle could not compare (a batch size the original does not run at) is a note too
@@ -87,6 +89,7 @@ class Report:
                 "fidelity": None if self.fidelity is None else self.fidelity.to_dict(),
                 "fidelity_without_recovery": None if self.fidelity_unrecovered is None
                 else self.fidelity_unrecovered.to_dict(),
+                **({"shrink": self.shrink} if self.shrink else {}),
                 "groups": self.groups}
 
     def to_json(self) -> str:
@@ -109,6 +112,7 @@ class Report:
         rows += [("Groups", f"{len(self.groups)} ({len(self.frozen_groups)} frozen)", ""),
                  ("Prunable channels", str(sum(g["channels_before"] for g in prunable)),
                   str(sum(g["channels_after"] for g in prunable)))]
+        rows += _shrink_rows(self.shrink)
         if self.oracle is not None:
             rows.append(("Oracle max rel. diff", f"noise {self.oracle.noise:.1e}",
                          f"{self.oracle.max_rel_diff:.2e} ({'pass' if self.oracle_passed else 'FAIL'})"))
@@ -146,6 +150,19 @@ class PlanInfo:
     def to_dict(self) -> dict:
         return {"schema_version": SCHEMA_VERSION, "options": self.options, "before": self.before,
                 "timings_s": self.timings, "notes": self.notes, "groups": self.groups}
+
+
+def _shrink_rows(s: dict) -> list[tuple[str, str, str]]:
+    """The masked fraction next to the real compression (what `shrink` obtained)."""
+    if not s:
+        return []
+    return [("Zeroed filters", f"{s['filters_zeroed']} of {s['filters']}", f"{100 * s['zeroed_fraction']:.1f}%"),
+            ("Params kept", f"predicted {s['predicted_kept_fraction']:.3f}", f"real {s['params_kept_fraction']:.3f}"),
+            ("MACs kept", f"predicted {s['predicted_kept_fraction']:.3f}", f"real {s['macs_kept_fraction']:.3f}"),
+            ("Classes removed", "", f"{s['classes_removed']} (dead {s['classes_removed_dead']}, "
+                                    f"unused {s['classes_removed_unused']})"),
+            ("Kept: constant not foldable", "", str(s["classes_kept_inexact"])),
+            ("Max rel. diff to input", "", f"{s['max_rel_diff_to_input']:.2e}")]
 
 
 def _pct(new, old) -> str:

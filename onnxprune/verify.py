@@ -125,6 +125,21 @@ def masking_oracle(model, couplings, removed_classes, slim, folds=None, samples:
     return OracleResult(worst, noise, dtype.name, batch_sizes, notes)
 
 
+def compare_models(reference, other, samples: int = 2, seed: int = 0) -> float:
+    """max relative difference (as the oracle measures it) between two models with the same
+    inputs and outputs, on random inputs in [-1, 1] at the analysed batch size."""
+    rng = np.random.default_rng(seed)
+    first = model_session(reference)
+    feeds = [random_inputs(reference, rng, first) for _ in range(samples)]
+    expected = _run(first, feeds)
+    del first
+    got = _run(model_session(other), feeds)
+    for result in (expected, got):
+        if isinstance(result, Exception):
+            raise result
+    return _worst(expected, got)
+
+
 def _outputs(model, runs, batches, samples, seed):
     """{run: {batch: outputs per sample, or the exception}}, one session at a time (each holds
     a view of a full set of weights). Only at the analysed batch (None) does a failure of the

@@ -15,13 +15,16 @@ as independent, variance Σ_c W[o,c]²·σ²_c. Kept input channels are rescaled
 predicted variance of the pruned layer equals the predicted variance of the original, and
 the bias restores the original mean (which includes the removed channels' expectation).
 The pruned layer is predicted as it now is: after neuron merging, with the merged columns.
-Layers whose inputs have no estimate are left as they are.
+Layers whose inputs have no estimate are left as they are. With independent residual
+branches, the kept inputs are predicted as the pruned network has them: a sum's channel
+that lost a branch no longer carries that branch's mean and variance.
 """
 from __future__ import annotations
 
 import numpy as np
 
 from onnxprune.graph import attr
+from onnxprune.masking import mask_feed_out_inputs
 from onnxprune.moments import predict
 from onnxprune.layer_data import (Moments, bias, can_take_bias, channel_rows, groups_of, input_columns,
                                   kept_outputs, output_axis, refit_chunks, refit_targets, removed_inputs,
@@ -73,6 +76,9 @@ def _rescale(model, node, pruned: Moments, original: Moments) -> None:
 
 def _from_bn_statistics(model, step) -> None:
     estimates = predict(step.original)
+    # the inputs as the pruned network has them (differs only where residual branches were dropped)
+    pruned_estimates = predict(mask_feed_out_inputs(step.original, step.couplings, step.kept)) \
+        if step.couplings.joins else estimates
     onodes = step.original.index().nodes
     removed = removed_inputs(step.couplings, step.kept)
     out_ids = {p.node: p.ids for p in step.couplings.producers}
@@ -80,11 +86,15 @@ def _from_bn_statistics(model, step) -> None:
     for t in refit_targets(model, step.couplings, step.kept):
         node, slim_node = onodes[t], model.index().nodes[t]
         x = node.input[0]
-        if x not in estimates or not can_take_bias(node) or t not in removed:
+        if x not in estimates or x not in pruned_estimates or not can_take_bias(node):
             continue
-        w = step.original.inits[node.input[1]].astype(np.float32)   # only ranks a rescale: float32 is plenty
+        w = step.original.inits[node.input[1]].astype(np.float32, copy=False)   # float32 is plenty for a rescale
         mean, var = estimates[x]
-        cols = input_columns(node, w, removed[t])            # removed columns of one group
+        mean_now, var_now = pruned_estimates[x]
+        # removed inputs of one group (none where only a residual branch was dropped)
+        gone = removed.get(t, np.zeros(len(mean) // groups_of(node), dtype=bool))
+        cols = input_columns(node, w, gone)
+        merged = step.merged.get(t)
         groups = groups_of(node)
         per_in = len(mean) // groups
         scale, new_bias = [], []
@@ -92,11 +102,15 @@ def _from_bn_statistics(model, step) -> None:
         for g in range(groups):
             m = weight_matrix(node, w, g)
             taps = m.shape[0] // per_in
-            mu = np.repeat(mean[g * per_in:(g + 1) * per_in], taps)
-            sd2 = np.repeat(var[g * per_in:(g + 1) * per_in], taps)
-            v_full, mu_full = sd2 @ (m * m), mu @ m   # the target: the original layer
-            kept_m = _as_pruned(m, cols, step.merged.get(t))
-            v_kept, mu_kept = sd2 @ (kept_m * kept_m), mu @ kept_m
+            part = slice(g * per_in, (g + 1) * per_in)
+            s1, s2 = _channel_sums(node, w, g, per_in)
+            v_full, mu_full = var[part] @ s2, mean[part] @ s1   # the target: the original layer
+            if merged:   # merged rows changed the kept ones: the matrix as the pruned layer has it
+                kept_m = _as_pruned(m, cols, merged)
+                mu, sd2 = np.repeat(mean_now[part], taps), np.repeat(var_now[part], taps)
+                v_kept, mu_kept = sd2 @ (kept_m * kept_m), mu @ kept_m
+            else:
+                v_kept, mu_kept = (var_now[part] * ~gone) @ s2, (mean_now[part] * ~gone) @ s1
             s = np.where(v_kept > 1e-12 * np.maximum(v_full, 1e-30),
                          np.sqrt(v_full / np.maximum(v_kept, 1e-30)), 1.0)
             width = m.shape[1]
@@ -113,6 +127,18 @@ def _from_bn_statistics(model, step) -> None:
     if done:
         step.notes.append(f"correct_statistics: {done} layer(s) rescaled to the output variance and mean "
                           "that the BatchNormalization statistics predict (no calibration data)")
+
+
+def _channel_sums(node, w: np.ndarray, g: int, per_in: int):
+    """(Σ w, Σ w²) over each input channel's taps, as (inputs, outputs) of conv group g:
+    what the output's mean and variance need when the inputs are taken as independent.
+    Summed on the weight's own layout, not on the (transposed) weight matrix: no copy."""
+    if node.op_type == "Conv":
+        per_out = w.shape[0] // groups_of(node)
+        wg = w[g * per_out:(g + 1) * per_out].reshape(per_out, per_in, -1)
+        return wg.sum(axis=2).T, np.square(wg).sum(axis=2).T
+    m = weight_matrix(node, w, g)
+    return m, np.square(m)
 
 
 def _as_pruned(m: np.ndarray, removed_rows: np.ndarray, merged: dict | None) -> np.ndarray:

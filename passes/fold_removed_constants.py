@@ -47,7 +47,10 @@ class FoldStats:
                 f"approximately into {self.approximate}, dropped at {self.dropped}")
 
 
-def plan_folds(model, couplings, removed_classes, mode: str = "exact", seed: int = 0):
+def plan_folds(model, couplings, removed_classes, mode: str = "exact", seed: int = 0, values=None):
+    """{consumer: Fold} and FoldStats. `values` ({tensor: the removed channels' constant
+    values, others zero}) replaces the run of the zeroed model (onnxprune/shrink.py reads
+    them from the input model itself, whose removed channels are constant already)."""
     stats = FoldStats()
     if mode == "none" or not removed_classes:
         return {}, stats
@@ -63,7 +66,9 @@ def plan_folds(model, couplings, removed_classes, mode: str = "exact", seed: int
                 stats.dropped += 1
     if not uses:
         return {}, stats
-    values = _removed_channel_values(model, couplings, kept, [n.input[0] for n in uses.values()], seed)
+    if values is None:
+        values = _removed_channel_values(model, couplings, kept, [n.input[0] for n in uses.values()], seed)
+    out_ids = {p.node: p.ids for p in couplings.producers}
     folds = {}
     contributions = _contributions(model, list(uses.values()), values)
     for name, node in uses.items():
@@ -72,7 +77,8 @@ def plan_folds(model, couplings, removed_classes, mode: str = "exact", seed: int
             stats.dropped += 1
             continue
         y = contributions[name]
-        delta, exact = _bias_delta(node, y)
+        rows = kept(out_ids[name]) if name in out_ids else None   # removed rows need no fold
+        delta, exact = _bias_delta(node, y, rows)
         if delta is None or (not exact and mode == "exact"):
             stats.dropped += 1
             continue
@@ -95,14 +101,27 @@ def _removed_channel_values(model, couplings, kept, tensors, seed):
     for t in wanted:
         cmap = couplings.tensors[t]
         removed = ~kept(cmap.ids)
-        shape = [1] * runs[0][t].ndim
-        shape[cmap.axis] = len(removed)
-        keep_removed = removed.reshape(shape)
-        a, b = runs[0][t] * keep_removed, runs[1][t] * keep_removed
-        scale = max(float(np.abs(a).max()), 1e-30)
-        if np.abs(a - b).max() <= 1e-6 * scale:
-            values[t] = a  # in the model's own type: what its consumer reads
+        samples = [only_channels(run[t], removed, cmap.axis) for run in runs]
+        if steady_channels(samples, cmap.axis).all():
+            values[t] = samples[0]  # in the model's own type: what its consumer reads
     return values
+
+
+def steady_channels(samples, axis: int) -> np.ndarray:
+    """Per channel: the same value in every sample, to 1e-6 of the largest value of all."""
+    flat = [np.moveaxis(a, axis, 0).reshape(a.shape[axis], -1).astype(np.float64) for a in samples]
+    scale = max(float(np.abs(flat[0]).max()) if flat[0].size else 0.0, 1e-30)
+    steady = np.ones(len(flat[0]), dtype=bool)
+    for other in flat[1:]:
+        steady &= (np.abs(other - flat[0]) <= 1e-6 * scale).all(axis=1)
+    return steady
+
+
+def only_channels(value: np.ndarray, channels: np.ndarray, axis: int) -> np.ndarray:
+    """`value` with every channel but `channels` (a mask) set to zero."""
+    shape = [1] * value.ndim
+    shape[axis] = len(channels)
+    return value * channels.reshape(shape).astype(value.dtype)
 
 
 def _contributions(model, nodes, values):
@@ -131,14 +150,17 @@ def _contributions(model, nodes, values):
     return run_named(sess, feeds)
 
 
-def _bias_delta(node, y):
-    """Per-channel constant of a contribution, and whether it is the same everywhere."""
+def _bias_delta(node, y, rows=None):
+    """Per-channel constant of a contribution, and whether it is the same everywhere (on
+    the output channels `rows`, a mask, when given: the others are removed)."""
     sample = y[0]
     if node.op_type == "Gemm":
         return sample, True
     flat = sample.reshape(sample.shape[0], -1)
-    scale = max(float(np.abs(flat).max()), 1e-30)
-    exact = bool(np.abs(flat - flat[:, :1]).max() <= 1e-5 * scale)
+    if rows is not None and len(rows) == len(flat):
+        flat = flat[rows]
+    scale = max(float(np.abs(flat).max()) if flat.size else 0.0, 1e-30)
+    exact = bool(flat.size == 0 or np.abs(flat - flat[:, :1]).max() <= 1e-5 * scale)
     centre = tuple(d // 2 for d in sample.shape[1:])
     return sample[(slice(None),) + centre], exact
 

@@ -930,14 +930,15 @@ def exact_fold_reference_diff(proto, slim, report, seed, samples=2):
 
 
 def run_case(proto, ratio: float, criterion: str, seed: int, tolerance: float = TOLERANCE,
-             output_shapes=None, exact_fold_check: bool = True) -> Outcome:
+             output_shapes=None, exact_fold_check: bool = True, options=None) -> Outcome:
     """Prune `proto` with the oracle on and classify the outcome. `output_shapes`: the original
     model's output shapes, if already known (saves an onnxruntime session).
-    `exact_fold_check`: also run the second oracle (`exact_fold_reference_diff`)."""
+    `exact_fold_check`: also run the second oracle (`exact_fold_reference_diff`).
+    `options`: more of prune's options (e.g. residual="independent")."""
     import onnxprune
     try:
         slim, report = onnxprune.prune(proto, ratio, criterion=criterion, seed=seed, verify=True,
-                                       **PRUNE_OPTIONS)
+                                       **{**PRUNE_OPTIONS, **(options or {})})
     except onnxprune.OnnxPruneError as e:
         msg = str(e)
         if not msg.strip():
@@ -1051,29 +1052,32 @@ def criterion_for(seed: int, ratio_index: int) -> str:
 RATIOS = (0.3, 0.5)
 
 
-def fuzz_seed(seed: int, max_nodes: int = 40, ratios=RATIOS, isolate: bool = True):
+def fuzz_seed(seed: int, max_nodes: int = 40, ratios=RATIOS, isolate: bool = True, options=None):
     """Generate one graph and prune it at every ratio: (Generated, [(ratio, criterion, Outcome)]).
-    With `isolate`, each prune runs in a forked child (crash-safe)."""
+    With `isolate`, each prune runs in a forked child (crash-safe). `options`: more of prune's
+    options (residual="independent" skips the second reference: a removed branch channel's
+    constant is dropped where its sum keeps the channel, by definition, not folded)."""
     gen = generate(seed, max_nodes)
     results = []
     case = run_case_isolated if isolate else run_case
+    extra = {"options": options, "exact_fold_check": options.get("residual") != "independent"} if options else {}
     for k, ratio in enumerate(ratios):
         crit = criterion_for(seed, k)
-        results.append((ratio, crit, case(gen.proto, ratio, crit, seed, output_shapes=gen.output_shapes)))
+        results.append((ratio, crit, case(gen.proto, ratio, crit, seed, output_shapes=gen.output_shapes, **extra)))
     return gen, results
 
 
-def fuzz_seeds(seeds, max_nodes: int = 40, ratios=RATIOS):
+def fuzz_seeds(seeds, max_nodes: int = 40, ratios=RATIOS, options=None):
     """`fuzz_seed` for several seeds in one forked child (cheaper than a child per prune).
     If that child crashes, hangs or errs, every prune of these seeds is redone in its own
     child, so the crash is pinned on its seed and ratio."""
     import onnxprune  # noqa: F401 - imported once here, not in every child
     seeds = list(seeds)
-    status, value = isolated(lambda: [fuzz_seed(s, max_nodes, ratios, isolate=False) for s in seeds],
+    status, value = isolated(lambda: [fuzz_seed(s, max_nodes, ratios, isolate=False, options=options) for s in seeds],
                              timeout_s=CASE_TIMEOUT_S * max(len(seeds), 1))
     if status == "ok":
         return value
-    return [fuzz_seed(s, max_nodes, ratios, isolate=True) for s in seeds]
+    return [fuzz_seed(s, max_nodes, ratios, isolate=True, options=options) for s in seeds]
 
 
 # -- minimisation ------------------------------------------------------------------------

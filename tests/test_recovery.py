@@ -216,3 +216,28 @@ def test_cli_bad_calibration_is_one_line(digits_data, tmp_path):
     lines = p.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("onnxprune: error:") and "input" in lines[0], p.stderr
     assert not (tmp_path / "out.onnx").exists()
+
+
+def test_auto_recovery_that_makes_held_out_outputs_worse_is_not_handed_back():
+    """Calibrating on constant images teaches the refit nothing about the held-out ones: the
+    least-squares layers drift, and `auto` returns the exact rewrite instead (saying so);
+    asked for by name, recovery is kept and the report says it made things worse."""
+    b = GraphBuilder(seed=3)
+    x = b.input("x", ["N", 1, 8, 8])
+    h = b.op("Relu", [b.bn(b.conv(x, 1, 16), 16)])
+    h = b.op("Relu", [b.bn(b.conv(h, 16, 16), 16)])
+    proto = b.model([b.conv(h, 16, 4)])
+    rng = np.random.default_rng(0)
+    calib = {"x": np.full((64, 1, 8, 8), 0.5, dtype=np.float32) + 0.01 * rng.standard_normal((64, 1, 8, 8)).astype(np.float32)}
+    held = {"x": rng.standard_normal((32, 1, 8, 8)).astype(np.float32)}
+    same = dict(criterion="l1", round_to=1, eval_data=held)   # the same channels in every run
+    bare, bare_report = onnxprune.prune(proto, 0.5, recover="none", **same)
+    slim, report = onnxprune.prune(proto, 0.5, calibration=calib, **same)
+    assert report.recovery["rejected"]["methods"] == ["lsq"] and report.recovery["methods"] == []
+    assert any("made the held-out outputs worse" in n for n in report.notes), report.notes
+    assert report.fidelity.max_rel_error == pytest.approx(bare_report.fidelity.max_rel_error)
+    assert {i.name: i.raw_data for i in slim.graph.initializer} == {i.name: i.raw_data for i in bare.graph.initializer}
+    _, asked = onnxprune.prune(proto, 0.5, calibration=calib, recover="lsq", **same)
+    assert asked.recovery["methods"] == ["lsq"] and "rejected" not in asked.recovery
+    assert asked.fidelity.max_rel_error > bare_report.fidelity.max_rel_error
+    assert any("made the held-out outputs worse" in n for n in asked.notes)

@@ -33,7 +33,8 @@ def test_every_registered_operator_has_every_piece():
         if spec.layer is not None:
             layer = spec.layer
             assert isinstance(layer, Layer)
-            for piece in (layer.in_axis, layer.out_axis, layer.transposed_bound, layer.bias_scale):
+            for piece in (layer.in_axis, layer.out_axis, layer.transposed_bound, layer.bias_scale,
+                          layer.connections):
                 assert callable(piece), op_type
             assert isinstance(layer.weight, int) and (layer.bias is None or isinstance(layer.bias, int))
             assert spec.macs is not no_macs, f"{op_type} has a weight but no MAC count"

@@ -132,7 +132,15 @@ BINARY = {
 }
 
 
-@op(*BINARY, bounds=BINARY)
+def _constant_factor(node, model):
+    """x * constant: where the constant is zero, the output is zero whatever x."""
+    if node.op_type != "Mul":
+        return None
+    constants = [model.inits[t] for t in node.input[:2] if t in model.inits]
+    return constants[0] if len(constants) == 1 else None
+
+
+@op(*BINARY, bounds=BINARY, factor=_constant_factor)
 def elementwise(node, ctx):
     """Broadcasting elementwise op. An operand of channel width 1 couples nothing; a constant
     operand with one value per channel is a parameter to slice; two activation operands with
@@ -152,6 +160,8 @@ def elementwise(node, ctx):
     width = out_shape[axis]
     full = [m for i, m in mapped if len(m.ids) == width and aligned[i] == axis]
     require(len(full) > 0, "channels created by broadcasting")
+    if _independent_sum(node, ctx, mapped, aligned, axis, width):
+        return
     ids = full[0].ids
     for i, t in enumerate(node.input):
         if not t:
@@ -171,3 +181,21 @@ def elementwise(node, ctx):
             require(ctx.const(t) is not None, f"operand {t} has one value per channel but is not a constant")
             ctx.param(node, i, local, ids, CHANNELWISE)
     ctx.out(node.output[0], ChannelMap(axis, ids))
+
+
+RESIDUAL_SUMS = ("Add", "Sum")
+
+
+def _independent_sum(node, ctx, mapped, aligned, axis: int, width: int) -> bool:
+    """With `--residual independent`, a sum of two or more full-width activations keeps
+    each operand's channels apart (indexation-addition, docs/methods.md §2): the output
+    gets identities of its own. Any other operand (a per-channel constant, a broadcast
+    activation) keeps the coupled rule."""
+    if ctx.residual != "independent" or node.op_type not in RESIDUAL_SUMS:
+        return False
+    operands = [(i, m) for i, m in mapped if len(m.ids) == width and aligned[i] == axis
+                and m.axis == axis - (len(ctx.shape(node.output[0])) - len(ctx.shape(node.input[i])))]
+    if len(operands) < 2 or len(operands) != sum(1 for t in node.input if t):
+        return False
+    ctx.join(node, node.output[0], width, axis, operands)
+    return True

@@ -61,14 +61,39 @@ def _matmul_bound(b, node):
     b.emit("MatMul", [a, c], [node.output[0]])
 
 
-CONV = Layer(in_axis=lambda node: 1, out_axis=lambda node: 0, transposed_bound=conv_transposed_bound)
+# -- which output channel reads which input channel through a non-zero weight -------------
+def _conv_connections(node, nonzero):
+    """Conv weight [O, I/g, k...]: output o reads the I/g input channels of its group."""
+    reads = nonzero.reshape(nonzero.shape[0], nonzero.shape[1], -1).any(axis=2)
+    out, per_group = reads.shape
+    group = attr(node, "group", 1)
+    first_input = (np.arange(out) // (out // group)) * per_group
+    links = np.zeros((out, per_group * group), dtype=bool)
+    links[np.arange(out)[:, None], first_input[:, None] + np.arange(per_group)] = reads
+    return links
+
+
+def _conv_transpose_connections(node, nonzero):
+    """ConvTranspose weight [I, O/g, k...]: input i writes the O/g output channels of its group."""
+    writes = nonzero.reshape(nonzero.shape[0], nonzero.shape[1], -1).any(axis=2)
+    inputs, per_group = writes.shape
+    group = attr(node, "group", 1)
+    first_output = (np.arange(inputs) // (inputs // group)) * per_group
+    links = np.zeros((per_group * group, inputs), dtype=bool)
+    links[first_output[:, None] + np.arange(per_group), np.arange(inputs)[:, None]] = writes
+    return links
+
+
+CONV = Layer(in_axis=lambda node: 1, out_axis=lambda node: 0, transposed_bound=conv_transposed_bound,
+             connections=_conv_connections)
 CONV_TRANSPOSE = Layer(in_axis=lambda node: 0, out_axis=lambda node: 1,
-                       transposed_bound=conv_transpose_transposed_bound)
+                       transposed_bound=conv_transpose_transposed_bound, connections=_conv_transpose_connections)
 GEMM = Layer(in_axis=lambda node: 1 if attr(node, "transB", 0) else 0,
              out_axis=lambda node: 0 if attr(node, "transB", 0) else 1,
-             transposed_bound=_gemm_transposed_bound, bias_scale=lambda node: attr(node, "beta", 1.0))
+             transposed_bound=_gemm_transposed_bound, bias_scale=lambda node: attr(node, "beta", 1.0),
+             connections=lambda node, nonzero: nonzero if attr(node, "transB", 0) else nonzero.T)
 MATMUL = Layer(in_axis=lambda node: 0, out_axis=lambda node: 1, transposed_bound=_matmul_transposed_bound,
-               bias=None)
+               bias=None, connections=lambda node, nonzero: nonzero.T)
 
 
 # -- channel rules ---------------------------------------------------------------------------

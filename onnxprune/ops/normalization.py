@@ -36,7 +36,15 @@ def _layer_norm_bound(b, node):
     b.emit("Mul", [node.input[0], b.abs_weight(node.input[1])], [node.output[0]])
 
 
-@op("BatchNormalization", bound=_batch_norm_bound)
+def _scale(node, model):
+    """The per-channel scale (axis 1): where it is zero, the output is the shift alone."""
+    scale, shape = model.inits.get(node.input[1]), model.shapes.get(node.input[0])
+    if scale is None or shape is None or scale.ndim != 1 or len(shape) < 2:
+        return None
+    return scale.reshape((-1,) + (1,) * (len(shape) - 2))
+
+
+@op("BatchNormalization", bound=_batch_norm_bound, factor=_scale)
 def batch_normalization(node, ctx):
     m = input_map(node, ctx)
     require(m.axis == 1, "channel axis is not 1")
@@ -46,7 +54,7 @@ def batch_normalization(node, ctx):
     ctx.out(node.output[0], m)
 
 
-@op("InstanceNormalization", bound=_instance_norm_bound)
+@op("InstanceNormalization", bound=_instance_norm_bound, factor=_scale)
 def instance_normalization(node, ctx):
     m = input_map(node, ctx)
     require(m.axis == 1, "channel axis is not 1")

@@ -10,7 +10,11 @@ Each family module (elementwise.py, layers.py, ...) registers its operators with
   - `macs`: multiply-accumulates of one node from static shapes (`no_macs` by default);
   - `layer`: for operators with a weight — which input is the weight, which of its axes
     read input channels and which write output channels, which input takes a bias (where
-    constants of removed channels can be folded) and the transposed bound r_b of BGSC.
+    constants of removed channels can be folded), the transposed bound r_b of BGSC, and
+    `connections`: which output channel reads which input channel through a non-zero weight;
+  - `factor`: for operators that multiply their input by a constant (a BatchNormalization's
+    scale, x * c), that constant, broadcastable to the output: where it is zero, the output
+    does not depend on the input (onnxprune/liveness.py reads it).
 `tests/test_registry.py` walks the registry and fails when an entry lacks a piece.
 """
 from __future__ import annotations
@@ -44,6 +48,9 @@ class Layer:
     bias: int | None = 2              # input index of the bias; None: no bias to fold into
     weight: int = 1                   # input index of the weight
     bias_scale: Callable = lambda node: 1.0   # the bias enters as bias_scale * C (Gemm's beta)
+    # (node, nonzero weight mask) -> bool [output channels, input channels]: which output
+    # channel a non-zero weight connects to which input channel (groups included)
+    connections: Callable | None = None
 
 
 @dataclass(frozen=True)
@@ -53,6 +60,7 @@ class OpSpec:
     bound: object
     macs: Callable
     layer: Layer | None = None
+    factor: Callable | None = None    # (node, model) -> the constant factor on the input, or None
 
 
 def no_macs(node, shapes) -> int:
@@ -62,7 +70,7 @@ def no_macs(node, shapes) -> int:
 REGISTRY: dict[str, OpSpec] = {}
 
 
-def op(*op_types, bound=None, bounds=None, macs=no_macs, layer=None):
+def op(*op_types, bound=None, bounds=None, macs=no_macs, layer=None, factor=None):
     """Register the decorated channel rule for `op_types`, with one `bound` for all of them
     or `bounds[op_type]` each."""
     def register(rule):
@@ -72,7 +80,7 @@ def op(*op_types, bound=None, bounds=None, macs=no_macs, layer=None):
                 raise ValueError(f"{op_type}: every operator states its BGSC bound")
             if op_type in REGISTRY:
                 raise ValueError(f"{op_type} is registered twice")
-            REGISTRY[op_type] = OpSpec(op_type, rule, chosen, macs, layer)
+            REGISTRY[op_type] = OpSpec(op_type, rule, chosen, macs, layer, factor)
         return rule
     return register
 

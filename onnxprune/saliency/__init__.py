@@ -16,10 +16,17 @@ from .heatmap import heatmap
 from .magnitude import l1, l2, random_scores
 from .obs import lsq_aware
 from .scores import Scores
+from ..residual import propagate_scores
 
 CRITERIA = {"bgsc": bgsc, "bgsc-position": bgsc_per_position, "bn-variance": bn_variance, "l1": l1,
             "l2": l2, "random": random_scores, "activation": activation, "fluctuation": fluctuation,
             "heatmap": heatmap, "lsq-aware": lsq_aware}
+
+
+# Criteria that score a channel by the filters producing it (or not at all): a branch of an
+# independent residual sum has its own. The others measure what the layers reading a channel
+# lose, and only a sum's output is read: its branches get their share (onnxprune/residual.py).
+PRODUCER_SIDE = ("l1", "l2", "random")
 
 
 def needs_data(criterion: str) -> bool:
@@ -34,6 +41,8 @@ def score(model, couplings, criterion: str = "l1", seed: int = 0, data: Calibrat
     result = fn(model, couplings, seed=seed, data=data) if needs_data(criterion) else fn(model, couplings, seed=seed)
     scores = result if isinstance(result, Scores) else Scores(np.asarray(result, dtype=np.float64))
     scores.values = np.asarray(scores.values, dtype=np.float64)
+    if criterion not in PRODUCER_SIDE:  # branches of independent residual sums: their share
+        scores.values = propagate_scores(model, couplings, scores.values)
     assert scores.values.shape == (couplings.n_classes,)
     return scores
 
