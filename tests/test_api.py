@@ -7,7 +7,7 @@ import inspect
 import numpy as np
 import onnx
 import pytest
-from onnx import TensorProto, helper, numpy_helper
+from onnx import helper, numpy_helper
 
 import onnxprune
 from helpers import GraphBuilder, residual_net

@@ -1,9 +1,7 @@
 """bn-variance: the data-free score ‖consumer columns‖ · predicted std of the channel."""
 import numpy as np
-import onnx
 from onnx import numpy_helper
 
-import onnxprune
 from helpers import GraphBuilder, prune_and_check
 from onnxprune.api import analyze_model
 from onnxprune.saliency import score

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 import onnxprune
-from helpers import GraphBuilder, node, param, prune_and_check
+from helpers import GraphBuilder, param, prune_and_check
 from onnxprune.api import analyze_model
 from onnxprune.budget import CostTracker, allocate, allocate_target, is_coupled, removal_order
 from onnxprune.plan import plan_from_classes

@@ -9,15 +9,12 @@ import sys
 from pathlib import Path
 
 import numpy as np
-import onnx
 import pytest
 
 import onnxprune
 from helpers import GraphBuilder
 from onnxprune.api import analyze_model, prune_model
 from onnxprune.errors import OnnxPruneError
-from onnxprune.fidelity import compare_models
-from onnxprune.calibration import load_calibration
 from onnxprune.plan import Plan, classes_from_plan
 from onnxprune.recover import parse_methods, recover
 from onnxprune.runtime import model_session
