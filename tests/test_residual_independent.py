@@ -155,6 +155,12 @@ def test_plan_round_trip_keeps_the_same_model():
     a, _ = onnxprune.apply_plan(proto, plan, **INDEPENDENT)
     b, _ = onnxprune.prune(proto, 0.5, criterion="random", round_to=1, **INDEPENDENT)
     assert a.SerializeToString() == b.SerializeToString()
+    assert plan.meta["residual"] == "independent"
+    with pytest.raises(onnxprune.OnnxPruneError, match="made with --residual independent"):
+        onnxprune.apply_plan(proto, plan)   # the coupled analysis's classes would not line up
+    coupled_plan, _ = onnxprune.plan(proto, 0.5, criterion="random", round_to=1)
+    with pytest.raises(onnxprune.OnnxPruneError, match="made with --residual coupled"):
+        onnxprune.prune(proto, plan=coupled_plan, **INDEPENDENT)
 
 
 def test_recovery_runs_on_gathered_branches():
