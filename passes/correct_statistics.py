@@ -89,8 +89,8 @@ def _from_bn_statistics(model, step) -> None:
         if x not in estimates or x not in pruned_estimates or not can_take_bias(node):
             continue
         w = step.original.inits[node.input[1]].astype(np.float32, copy=False)   # float32 is plenty for a rescale
-        mean, var = estimates[x]
-        mean_now, var_now = pruned_estimates[x]
+        mean, var = (a.astype(np.float32) for a in estimates[x])   # float32 products: BLAS, no cast of the sums
+        mean_now, var_now = (a.astype(np.float32) for a in pruned_estimates[x])
         # removed inputs of one group (none where only a residual branch was dropped)
         gone = removed.get(t, np.zeros(len(mean) // groups_of(node), dtype=bool))
         cols = input_columns(node, w, gone)
