@@ -147,6 +147,8 @@ def _recover_stage(model, couplings, removed, slim, folds, data: DataOptions, se
             if f is not None:
                 f.notes.append("The held-out samples are synthetic images (1/f noise), not real inputs: "
                                "give --eval-data to measure on real ones.")
+    if calib.describe()["kind"] == SYNTHETIC:   # which input range they were given, and why
+        notes = [f"calibration: {calib.describe()['source']}"] + notes
     info = {"methods": list(methods), "calibration": calib.describe(), "evaluation": held.describe(),
             "notes": notes + [f"fidelity: {after.summary()}"]}
     worse = _worse(after, before)

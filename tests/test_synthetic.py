@@ -76,6 +76,7 @@ def test_an_image_model_without_data_recovers_on_synthetic_images_by_default():
     assert report.recovery["calibration"]["kind"] == "synthetic"
     assert "fitted to BatchNormalization" in report.recovery["calibration"]["source"]
     assert any("recovered on synthetic images (1/f noise) by default" in n for n in report.notes), report.notes
+    assert any(n.startswith("calibration: synthetic images") and "BatchNormalization" in n for n in report.notes)
     _, report = onnxprune.prune(proto, 0.5, round_to=1, recover="stats")   # the fast path, asked for
     assert "calibration" not in report.recovery and report.recovery["methods"] == ["stats"]
     flat = GraphBuilder()
