@@ -28,13 +28,10 @@ import argparse
 import functools
 import json
 import os
-import platform
 import sys
 import time
 
 import numpy as np
-import onnx
-import onnxruntime as ort
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
@@ -44,7 +41,7 @@ import onnxprune  # noqa: E402
 from onnxprune.budget import default_round_to  # noqa: E402
 from onnxprune.saliency import CRITERIA  # noqa: E402
 from onnxprune.saliency.heatmap import DEFAULT_MASS, heatmap  # noqa: E402
-from accuracy_recovery import BAR, CALIB_SEED, MODELS_COMMAND, family, pct  # noqa: E402
+from accuracy_recovery import BAR, CALIB_SEED, MODELS_COMMAND, dump_json, environment, family, pct  # noqa: E402
 from models.digits import load_digits_split  # noqa: E402
 
 COMMAND = "python benchmarks/accuracy_criteria.py"
@@ -180,11 +177,6 @@ def digits_model_path(model: str) -> str:
     return path
 
 
-def environment() -> dict:
-    return {"python": platform.python_version(), "onnx": onnx.__version__, "onnxruntime": ort.__version__,
-            "numpy": np.__version__, "cpus": os.cpu_count()}
-
-
 def study_parser(doc: str, models: list, targets: list) -> argparse.ArgumentParser:
     """The options every digits study takes: models, MAC targets, calibration size, output folder."""
     ap = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -209,8 +201,7 @@ def main(argv=None):
     old = json.load(open(path_json)) if os.path.exists(path_json) else {}
     if args.plans_only is not None:
         old["plans"] = compare_plans(args.plans_only or MODELS, feeds)
-        with open(path_json, "w") as f:
-            json.dump(old, f, indent=1)
+        dump_json(old, path_json)
         return write(old, args.out) if "runs" in old else None
     # runs of other models or other configs stay: a study can be extended or redone in parts
     kept = [r for r in old.get("runs", []) if r["model"] not in args.models or r["config"] not in args.configs]
@@ -235,9 +226,7 @@ def main(argv=None):
                       f"macs {r['mac_fraction']:.3f} ({r['prune_s']:.1f}s)", flush=True)
         print(f"{model}: {time.perf_counter() - t0:.0f}s", flush=True)
         result["elapsed_s"] = round(time.perf_counter() - start, 1)
-        with open(path_json, "w") as f:
-            json.dump(result, f, indent=1)
-            f.write("\n")
+        dump_json(result, path_json)
     write(result, args.out)
 
 

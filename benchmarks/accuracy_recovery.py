@@ -418,17 +418,25 @@ def main(argv=None):
         "sizes": args.sizes, "sizes_target": args.sizes_target, "test_samples": len(y_test),
         "default_round_to": default_round_to(), "auto_methods": auto_methods, "bar_pp": {str(k): v for k, v in BAR.items()},
         "baselines": baselines,
-        "environment": {"python": platform.python_version(), "onnx": onnx.__version__, "onnxruntime": ort.__version__,
-                        "numpy": np.__version__, "onnxprune": getattr(onnxprune, "__version__", "?"),
-                        "cpus": os.cpu_count()},
+        "environment": environment(),
         "runs": runner.records,
     }
     result["elapsed_s"] = round(time.perf_counter() - start, 1)
     os.makedirs(args.out, exist_ok=True)
-    with open(os.path.join(args.out, "accuracy_recovery.json"), "w") as f:
+    dump_json(result, os.path.join(args.out, "accuracy_recovery.json"))
+    write(result, args.out)
+
+
+def environment() -> dict:
+    """The versions and machine a study ran with (shared by the digits studies)."""
+    return {"python": platform.python_version(), "onnx": onnx.__version__, "onnxruntime": ort.__version__,
+            "numpy": np.__version__, "onnxprune": getattr(onnxprune, "__version__", "?"), "cpus": os.cpu_count()}
+
+
+def dump_json(result: dict, path: str) -> None:
+    with open(path, "w") as f:
         json.dump(result, f, indent=1)
         f.write("\n")
-    write(result, args.out)
 
 
 def write(result, out):

@@ -41,8 +41,8 @@ from onnxprune.cost import CostTracker  # noqa: E402
 from onnxprune.density import allocate_density  # noqa: E402
 from onnxprune.saliency import score  # noqa: E402
 from onnxprune.synexp import allocate_synexp, build_program, solve  # noqa: E402
-from accuracy_criteria import digits_data, digits_model_path, environment, study_parser  # noqa: E402
-from accuracy_recovery import pct  # noqa: E402
+from accuracy_criteria import digits_data, digits_model_path, study_parser  # noqa: E402
+from accuracy_recovery import dump_json, environment, pct  # noqa: E402
 
 COMMAND = "python benchmarks/allocators.py"
 MODELS = ["digits_resnet", "digits_resnet_s1", "digits_mobilenet", "digits_mobilenet_s1"]
@@ -217,9 +217,7 @@ def main(argv=None):
             print(f"{model} {r['data']} T={target} {allocator}: none {pct(r['accuracy_none'])} {r['recover']} "
                   f"{pct(r['accuracy_recovered'])} macs {r['mac_fraction']:.3f} ({r['prune_s']:.1f}s)", flush=True)
     result["elapsed_s"] = round(time.perf_counter() - start, 1)
-    with open(os.path.join(args.out, "allocators.json"), "w") as f:
-        json.dump(result, f, indent=1)
-        f.write("\n")
+    dump_json(result, os.path.join(args.out, "allocators.json"))
     md = markdown(result)
     with open(os.path.join(args.out, "allocators.md"), "w") as f:
         f.write(f"`{COMMAND}`\n\n{md}\n")

@@ -100,20 +100,19 @@ def _from_bn_statistics(model, step) -> None:
         scale, new_bias = [], []
         b_full = bias(step.original, node, w.shape[0] if node.op_type == "Conv" else weight_matrix(node, w).shape[1])
         for g in range(groups):
-            m = weight_matrix(node, w, g)
-            taps = m.shape[0] // per_in
             part = slice(g * per_in, (g + 1) * per_in)
             s1, s2 = _channel_sums(node, w, g, per_in)
             v_full, mu_full = var[part] @ s2, mean[part] @ s1   # the target: the original layer
             if merged:   # merged rows changed the kept ones: the matrix as the pruned layer has it
-                kept_m = _as_pruned(m, cols, merged)
+                kept_m = _as_pruned(weight_matrix(node, w, g), cols, merged)
+                taps = kept_m.shape[0] // per_in
                 mu, sd2 = np.repeat(mean_now[part], taps), np.repeat(var_now[part], taps)
                 v_kept, mu_kept = sd2 @ (kept_m * kept_m), mu @ kept_m
             else:
                 v_kept, mu_kept = (var_now[part] * ~gone) @ s2, (mean_now[part] * ~gone) @ s1
             s = np.where(v_kept > 1e-12 * np.maximum(v_full, 1e-30),
                          np.sqrt(v_full / np.maximum(v_kept, 1e-30)), 1.0)
-            width = m.shape[1]
+            width = s1.shape[1]
             scale.append(s)
             new_bias.append(mu_full + b_full[g * width:(g + 1) * width] - s * mu_kept)
         scale, new_bias = np.concatenate(scale), np.concatenate(new_bias)
