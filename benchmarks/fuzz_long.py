@@ -21,7 +21,6 @@ import multiprocessing as mp
 import os
 import sys
 import time
-import traceback
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path[:0] = [ROOT, os.path.join(ROOT, "tests")]
@@ -49,7 +48,7 @@ def one_batch(args):
     t = time.perf_counter()
     try:
         batch = fg.fuzz_seeds(seeds, max_nodes, options=options)
-    except Exception as e:  # noqa: BLE001 - e.g. the generator failed on one seed: go one by one
+    except Exception:  # noqa: BLE001 - e.g. the generator failed on one seed: go one by one
         batch = []
         for seed in seeds:
             try:
