@@ -131,23 +131,35 @@ def _contributions(model, nodes, values):
         x = node.input[0]
         if x not in values:
             continue
-        feed, out = f"x{k}", node.name
+        feed, weight, out = f"x{k}", f"w{k}", node.name
         n = onnx.NodeProto()
         n.CopyFrom(node)
         del n.input[:], n.output[:]
-        n.input.extend([feed] + list(node.input[1:2]))
+        n.input.extend([feed, weight])
         n.output.append(out)
         graph_nodes.append(n)
-        feeds[feed] = _wide(values[x])
+        feeds[feed], inits[weight] = _nonzero_channels(node, _wide(values[x]), _wide(model.inits[node.input[1]]))
         inputs.append(onnx.helper.make_tensor_value_info(
-            feed, onnx.helper.np_dtype_to_tensor_dtype(feeds[feed].dtype), values[x].shape))
+            feed, onnx.helper.np_dtype_to_tensor_dtype(feeds[feed].dtype), feeds[feed].shape))
         outputs.append(onnx.helper.make_empty_tensor_value_info(out))
-        inits[node.input[1]] = _wide(model.inits[node.input[1]])
     if not graph_nodes:
         return {}
     g = onnx.helper.make_graph(graph_nodes, "contributions", inputs, outputs)
     sess = session_from_parts(g, inits, model.opset_imports, model.ir_version, optimize="basic")
     return run_named(sess, feeds)
+
+
+def _nonzero_channels(node, value, weight):
+    """The value and weight cut to the input channels that carry a constant: the others are
+    zero, and a convolution over all of them would cost a whole run of the network's layers
+    (ungrouped Conv and ConvTranspose; other layers are cheap and stay whole)."""
+    group = next((a.i for a in node.attribute if a.name == "group"), 1)
+    axis = {"Conv": 1, "ConvTranspose": 0}.get(node.op_type)
+    if axis is None or group != 1 or value.ndim < 2:
+        return value, weight
+    live = np.flatnonzero(np.moveaxis(value, 1, 0).reshape(value.shape[1], -1).any(axis=1))
+    live = live if len(live) else np.array([0])   # all zero: one zero channel keeps the shape
+    return np.ascontiguousarray(value[:, live]), np.ascontiguousarray(np.take(weight, live, axis=axis))
 
 
 def _bias_delta(node, y, rows=None):

@@ -168,8 +168,13 @@ def _solve_and_write(model, node, systems) -> tuple[float, float, bool]:
     set_weight(model, node, new_w)
     if can_take_bias(node):
         set_bias(model, node, np.concatenate(new_b), model.inits[node.input[1]].dtype)
-    spread = max(spread, 1e-30)
-    return math.sqrt(err_before / spread), math.sqrt(max(err_after, 0.0) / spread), affine
+    return relative_error(err_before, spread), relative_error(err_after, spread), affine
+
+
+def relative_error(sse: float, spread: float) -> float:
+    """sqrt(SSE / spread). Both come from the normal equations (yy - 2 m·xy + m·G·m), where
+    cancellation can leave an exact fit a tiny negative SSE: that is zero error."""
+    return math.sqrt(max(sse, 0.0) / max(spread, 1e-30))
 
 
 def _sse(s: NormalEquations, m: np.ndarray) -> float:

@@ -71,6 +71,15 @@ def test_reconstruct_rebuilds_a_redundant_channel_exactly():
         {k: v.shape for k, v in slim.inits.items() if k in fixed.inits and "recovered" not in k}
 
 
+def test_reconstruct_error_of_an_exact_fit_is_zero_not_a_crash():
+    # normal equations can leave an exact fit a tiny negative sum of squares; the PP-OCRv4
+    # recognition model hit it (math domain error) before the error was clipped at zero
+    from onnxprune.passes.reconstruct import relative_error
+    assert relative_error(-1e-12, 4.0) == 0.0
+    assert relative_error(1.0, 4.0) == 0.5
+    assert relative_error(0.0, 0.0) == 0.0
+
+
 def test_reconstruct_per_conv_group():
     proto, c1, c2 = _linear_pair(redundant=False, group=2)
     model, couplings, removed, slim = _pruned(proto, Plan({c1: [3, 7]}))  # position 3 of both groups

@@ -10,12 +10,17 @@ from ..graph import attr
 
 def conv_transposed_bound(node, model, u_shape, index):
     """r_b with channels first, shaped like the feed-out input seen channels-first."""
-    w = _scaled_by_following_bn(node, model, np.abs(model.inits[node.input[1]].astype(np.float64)), index)
+    w = np.abs(model.inits[node.input[1]]).astype(np.float32, copy=False)
     spatial_in, kernel, strides, dilations, pads = _geometry(node, model, u_shape, w)
     group = attr(node, "group", 1)
-    # A[c_in, taps] = Σ_o |W[o, c_local, taps]| over the outputs of c_in's group
+    # A[c_in, taps] = Σ_o s_o·|W[o, c_local, taps]| over the outputs of c_in's group, s_o the
+    # scale of a following BN (else 1): one float32 matrix-vector product per group, since
+    # a float64 copy of every weight cost more than the rest of the bound
     c_out, per_group = w.shape[0], w.shape[1]
-    a = w.reshape(group, c_out // group, per_group, *kernel).sum(axis=1).reshape(group * per_group, *kernel)
+    scale = following_bn_scale(node, model, index)
+    scale = np.ones(c_out, np.float32) if scale is None else scale.astype(np.float32)
+    a = np.matmul(scale.reshape(group, 1, c_out // group), w.reshape(group, c_out // group, -1))
+    a = a.astype(np.float64).reshape(group * per_group, *kernel)
     out_spatial = model.shapes[node.output[0]][2:]
     masks = [_tap_mask(spatial_in[d], out_spatial[d], kernel[d], strides[d], dilations[d], pads[d])
              for d in range(len(kernel))]
@@ -49,13 +54,6 @@ def _contract(a, masks):
         # position axis at the end, so the result ends as (C, pos_0, ..., pos_{nd-1})
         r = np.tensordot(r, mask, axes=([1], [0]))
     return r
-
-
-def _scaled_by_following_bn(node, model, w, index):
-    """The error is measured after the BatchNormalization that follows b, if any: then a
-    model with BN folded into b (W·γ/σ) gets the same r_b as the unfolded one."""
-    scale = following_bn_scale(node, model, index)
-    return w if scale is None else w * scale.reshape((-1,) + (1,) * (w.ndim - 1))
 
 
 def following_bn_scale(node, model, index):
