@@ -26,7 +26,7 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
-from .errors import OnnxPruneError
+from .errors import InternalError, OnnxPruneError
 from .files import shown
 from .graph import copy_fields
 from .paths import refuse_external_stream as _refuse_external_stream, stream as _stream, write_target as _target, writable_directory as _writable_directory
@@ -199,6 +199,11 @@ def save(proto: onnx.ModelProto, path: str, check: bool = False) -> None:
         _discard(tmp)
 
 
+# Tensors smaller than this stay in the model file (onnx's own external-data default): shape
+# inference, and so the checker, reads a Reshape's target shape only from the proto.
+INLINE_BYTES = 1024
+
+
 def _save_external(structure: onnx.ModelProto, arrays, path: str) -> None:
     """Write each array straight into the external-data file `<out>.data`, so that no large
     proto is ever built (nor its bytes); the saved files get the full ONNX check before
@@ -215,7 +220,8 @@ def _save_external(structure: onnx.ModelProto, arrays, path: str) -> None:
         with open(tmp_data, "wb") as f:
             for name, array in arrays:
                 structure.graph.initializer.append(
-                    _external_tensor(name, array, f, os.path.basename(tmp_data)))
+                    numpy_helper.from_array(array, name) if array.nbytes < INLINE_BYTES
+                    else _external_tensor(name, array, f, os.path.basename(tmp_data)))
         _write(tmp_model, structure.SerializeToString(deterministic=True))
         _check_saved(tmp_model)
         _relocate(structure, data_name)
@@ -240,8 +246,8 @@ def _without_initializers(proto: onnx.ModelProto) -> onnx.ModelProto:
 def _check_saved(model_path: str) -> None:
     try:
         onnx.checker.check_model(model_path, full_check=True)
-    except Exception as e:
-        raise OnnxPruneError(f"pruned model fails the ONNX checker: {str(e).splitlines()[0]}") from None
+    except Exception as e:   # the input passed this check when it was loaded: our bug
+        raise InternalError(f"pruned model fails the ONNX checker: {str(e).splitlines()[0]}") from None
 
 
 def _write(path: str, data: bytes) -> None:

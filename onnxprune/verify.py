@@ -13,7 +13,7 @@ import numpy as np
 import onnx
 
 from .dtypes import float32_model, float_types, is_narrow, narrowest, rounding_floor, to_float32
-from .errors import OnnxPruneError
+from .errors import InternalError, OnnxPruneError
 from .masking import mask_feed_out_inputs
 from .runtime import model_session, ort_reason, quiet, random_inputs, run_named, symbolic_batch_inputs
 
@@ -21,11 +21,12 @@ DEFAULT_TOLERANCE = 1e-4
 
 
 def check(proto) -> None:
-    """Full ONNX check of a ModelProto (or its serialised bytes)."""
+    """Full ONNX check of a pruned ModelProto (or its serialised bytes). The input passed the
+    same check when it was loaded, so a failure here is our bug."""
     try:
         onnx.checker.check_model(proto, full_check=True)
     except Exception as e:
-        raise OnnxPruneError(f"pruned model fails the ONNX checker: {str(e).splitlines()[0]}") from None
+        raise InternalError(f"pruned model fails the ONNX checker: {str(e).splitlines()[0]}") from None
 
 
 def masked_original(model, couplings, removed_classes, folds=None):

@@ -166,14 +166,14 @@ class GraphBuilder:
         return onnx.shape_inference.infer_shapes(m)
 
 
-def residual_net(b=None, x_shape=(1, 3, 8, 8)):
+def residual_net(b=None, x_shape=(1, 3, 8, 8), width=8):
     """conv-bn-relu x2 with a residual add, pooled into a Gemm: two prunable groups."""
     b = b or GraphBuilder()
     x = b.input("x", list(x_shape))
-    h = b.op("Relu", [b.bn(b.conv(x, 3, 8), 8)])
-    y = b.op("Relu", [b.bn(b.conv(h, 8, 8), 8)])
-    y = b.bn(b.conv(y, 8, 8), 8)
+    h = b.op("Relu", [b.bn(b.conv(x, 3, width), width)])
+    y = b.op("Relu", [b.bn(b.conv(h, width, width), width)])
+    y = b.bn(b.conv(y, width, width), width)
     s = b.op("Relu", [b.op("Add", [h, y])])
     p = b.op("Flatten", [b.op("GlobalAveragePool", [s])])
-    out = b.op("Gemm", [p, b.weight((4, 8)), b.weight((4,))], transB=1)
+    out = b.op("Gemm", [p, b.weight((4, width)), b.weight((4,))], transB=1)
     return b.model([out])

@@ -479,9 +479,10 @@ def test_oracle_failure_still_writes_the_report(tmp_path, model_path, capsys, mo
     assert report["after"]["params"] < report["before"]["params"]
 
 
-def test_output_failing_the_checker_exits_2_and_writes_nothing(tmp_path, model_path, capsys, monkeypatch):
+def test_output_failing_the_checker_exits_3_and_writes_nothing(tmp_path, model_path, capsys, monkeypatch):
     """The CLI checks the pruned model's bytes while saving, before anything is written
-    (onnxruntime's own run in the verify stage is switched off to reach it)."""
+    (onnxruntime's own run in the verify stage is switched off to reach it). The input passed
+    the same check, so this is our bug: exit 3, not 2."""
     import onnxprune.api
     real = onnxprune.api.rewrite
     monkeypatch.setattr(onnxprune.api, "run_once", lambda slim, seed=0: None)
@@ -493,8 +494,8 @@ def test_output_failing_the_checker_exits_2_and_writes_nothing(tmp_path, model_p
     monkeypatch.setattr(onnxprune.api, "rewrite", dangling)
     out, rep = tmp_path / "out.onnx", tmp_path / "r.json"
     code, _, err = run_main(capsys, model_path, out, "--report", rep)
-    assert code == 2
-    assert_one_line_error(err, "pruned model fails the ONNX checker")
+    assert code == 3
+    assert_one_line_error(err, "pruned model fails the ONNX checker", prefix="onnxprune: internal error:")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["model.onnx"]
 
 

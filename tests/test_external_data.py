@@ -10,7 +10,7 @@ import pytest
 from onnx import helper, numpy_helper
 
 import onnxprune
-from helpers import residual_net
+from helpers import GraphBuilder, residual_net
 from onnxprune import OnnxPruneError
 from onnxprune.cli import main
 from onnxprune.load import load
@@ -36,6 +36,30 @@ def test_external_data_in_and_out(tmp_path):
     assert any(t.data_location == onnx.TensorProto.EXTERNAL for t in slim.graph.initializer)
     sess = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"])
     assert sess.run(None, {"x": np.zeros((1, 3, 16, 16), np.float32)})[0].shape == (1, 5)
+
+
+def test_external_data_output_keeps_shape_constants_in_the_model_file(tmp_path, capsys):
+    """A Reshape target that the rewrite changes (32 channels flattened -> fewer) must stay in
+    the .onnx: shape inference cannot read external tensors, and the checker then failed on
+    our own output (vit_h_14 hit it; it was reported as bad input)."""
+    b = GraphBuilder()
+    h = b.op("Relu", [b.conv(b.input("x", [1, 3, 8, 8]), 3, 32)])
+    h = b.op("Relu", [b.conv(h, 32, 32)])
+    flat = b.op("Reshape", [b.op("GlobalAveragePool", [h]), b.ints([1, 32], "shape")])
+    src, out = tmp_path / "m.onnx", tmp_path / "out.onnx"
+    onnx.save_model(b.model([b.gemm(flat, 32, 4)]), str(src), save_as_external_data=True,
+                    location="m.onnx.data", size_threshold=0)
+    assert main([str(src), str(out), "--ratio", "0.5", "--round-to", "1", "--recover", "none"]) == 0, \
+        capsys.readouterr().err
+    onnx.checker.check_model(str(out), full_check=True)
+    slim = onnx.load(str(out), load_external_data=False)
+    inline = {t.name: t for t in slim.graph.initializer if t.data_location != onnx.TensorProto.EXTERNAL}
+    reshape = next(n for n in slim.graph.node if n.op_type == "Reshape")
+    assert reshape.input[1] in inline
+    gemm = next(n for n in slim.graph.node if n.op_type == "Gemm")
+    width = next(t.dims[1] for t in slim.graph.initializer if t.name == gemm.input[1])
+    assert width < 32 and numpy_helper.to_array(inline[reshape.input[1]]).tolist() == [1, width]
+    assert any(t.data_location == onnx.TensorProto.EXTERNAL for t in slim.graph.initializer)
 
 
 def test_external_weights_are_memory_mapped(tmp_path):

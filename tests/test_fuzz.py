@@ -214,10 +214,8 @@ def test_fuzz_target_budgets(first):
         for options in BUDGET_OPTIONS:
             try:
                 slim, report = onnxprune.prune(proto, verify=True, **options)
-            except onnxprune.OnnxPruneError as e:
-                if str(e).startswith(tuple(fg.SELF_CHECK_REFUSALS)):
-                    failures.append(f"seed {seed} {options}: {e}")
-                continue
+            except onnxprune.OnnxPruneError:
+                continue    # a refusal of the input; our own self-checks raise InternalError
             except Exception as e:  # noqa: BLE001
                 failures.append(f"seed {seed} {options}: {type(e).__name__}: {e}")
                 continue
