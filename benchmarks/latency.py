@@ -41,6 +41,7 @@ sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
 RESULTS = os.path.join(ROOT, "benchmarks", "results")
 
 from study import alignment, conv_widths, original, prune_variant, timing_rows  # noqa: E402
+from study import pivot as study_pivot  # noqa: E402
 
 
 def _git_state() -> str:
@@ -191,20 +192,9 @@ def plot(rows, path, title) -> None:
 def pivot(rows) -> str:
     """One line per (model, round_to, coupled, threads, batch), one column per MAC target:
     'latency speedup (efficiency)', bold where the pruned model is slower."""
-    targets = sorted({r["target"] for r in rows}, reverse=True)
-    keys = list(dict.fromkeys((r["model"], r["round_to"], r["coupled"], r["threads"], r["batch"]) for r in rows))
-    lines = ["| model | round_to | coupled | threads | batch | orig ms | " + " | ".join(f"{t:g}" for t in targets) + " |",
-             "|---" * (6 + len(targets)) + "|"]
-    for key in keys:
-        cell = {r["target"]: r for r in rows if (r["model"], r["round_to"], r["coupled"], r["threads"], r["batch"]) == key}
-        first = next(iter(cell.values()))
-        row = []
-        for t in targets:
-            r = cell.get(t)
-            text = f"{r['speedup']:.2f}× ({r['efficiency']:.2f})" if r else "–"
-            row.append(f"**{text}**" if r and r["speedup"] < 1 else text)
-        lines.append(f"| {key[0]} | {key[1]} | {key[2]} | {key[3]} | {key[4]} | {first['orig_median_ms']:.1f} | "
-                     + " | ".join(row) + " |")
+    lines = study_pivot(rows, ("round_to", "coupled", "threads", "batch"),
+                        lambda r: f"{r['speedup']:.2f}× ({r['efficiency']:.2f})",
+                        {"orig ms": lambda r: f"{r['orig_median_ms']:.1f}"})
     return "\n".join(lines)
 
 

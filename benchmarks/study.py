@@ -2,8 +2,22 @@
 zoo original, its pruned variants, and the rows of one alternating timing run."""
 from __future__ import annotations
 
+import json
 import os
 import time
+
+RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
+
+
+def study_arguments(ap) -> None:
+    """The options of the throughput and GPU studies: what is timed and where it goes."""
+    ap.add_argument("--models", nargs="+", default=["resnet50", "mobilenet_v2"])
+    ap.add_argument("--targets", nargs="+", type=float, default=[0.9, 0.7, 0.5], help="MAC targets")
+    ap.add_argument("--batches", nargs="+", type=int, default=[1, 8, 32])
+    ap.add_argument("--size", type=int, default=224, help="image side")
+    ap.add_argument("--results", default=RESULTS, help="folder for the .json and .md")
+    ap.add_argument("--cache", default=os.path.join("/tmp", "onnxprune_latency_cache"),
+                    help="exported originals are kept here; '' disables")
 
 
 def conv_widths(proto):
@@ -83,3 +97,60 @@ def timing_rows(infos, reps, **config) -> list[dict]:
                      "efficiency": round(speedup / info["mac_speedup"], 3),
                      "slower": bool(speedup < 1.0 and info["target"] <= 0.9)})
     return rows
+
+
+def samples_per_s(batch: int, median_ms: float) -> float:
+    return 1e3 * batch / median_ms
+
+
+def acceptance(rows, keys) -> str:
+    """Issue 13's bar: no model pruned to a MAC target <= 0.9 runs slower than its original
+    (latency speedup < 1) in any configuration; `keys` name the configuration's fields."""
+    judged = [r for r in rows if r["target"] <= 0.9]
+    slower = [r for r in judged if r["slower"]]
+    if not judged:
+        return "Acceptance not judged: no row at a MAC target <= 0.9."
+    if not slower:
+        return (f"Acceptance met: no pruned model is slower than its original at a MAC target <= 0.9 "
+                f"({len(judged)} rows).")
+    return (f"Acceptance NOT met: {len(slower)} of {len(judged)} rows at a MAC target <= 0.9 are slower: "
+            + "; ".join(f"{r['model']}@{r['target']:g} " + " ".join(f"{k} {r[k]}" for k in keys)
+                        + f" {r['speedup']:.2f}x" for r in slower) + ".")
+
+
+def pivot(rows, keys, cell, original_columns, target_title=lambda t: f"{t:g}") -> list[str]:
+    """Markdown lines: one per (model, *keys), the `original_columns` (title -> text of a
+    row) describing the original, then one column per MAC target holding `cell(row)`, bold
+    where the pruned model is slower."""
+    targets = sorted({r["target"] for r in rows}, reverse=True)
+    lines = ["| model | " + " | ".join([*keys, *original_columns]) + " | "
+             + " | ".join(target_title(t) for t in targets) + " |",
+             "|---" * (1 + len(keys) + len(original_columns) + len(targets)) + "|"]
+    groups = {}
+    for r in rows:
+        groups.setdefault((r["model"],) + tuple(r[k] for k in keys), {})[r["target"]] = r
+    for key, cells in groups.items():
+        first = next(iter(cells.values()))
+        texts = [cell(cells[t]) if t in cells else "–" for t in targets]
+        texts = [f"**{x}**" if t in cells and cells[t]["speedup"] < 1 else x for x, t in zip(texts, targets)]
+        lines.append("| " + " | ".join([*map(str, key), *(f(first) for f in original_columns.values()), *texts]) + " |")
+    return lines
+
+
+def speedup_table(rows, keys) -> list[str]:
+    """`pivot` with the latency speedup over the original and the pruned model's samples/s."""
+    return pivot(rows, keys, lambda r: f"{r['speedup']:.2f}× ({samples_per_s(r['batch'], r['median_ms']):.1f})",
+                 {"original ms": lambda r: f"{r['orig_median_ms']:.2f}",
+                  "original samples/s": lambda r: f"{samples_per_s(r['batch'], r['orig_median_ms']):.1f}"},
+                 lambda t: f"target {t:g}: speedup (samples/s)")
+
+
+def write_record(results: str, stem: str, record: dict, markdown: str) -> None:
+    """RESULTS/STEM.json (the record) and .md; prints the acceptance line and where they are."""
+    os.makedirs(results, exist_ok=True)
+    with open(os.path.join(results, stem + ".json"), "w") as f:
+        json.dump(record, f, indent=1)
+    with open(os.path.join(results, stem + ".md"), "w") as f:
+        f.write(markdown)
+    print(record["acceptance"])
+    print(f"recorded in {os.path.join(results, stem)}.json and .md")

@@ -163,7 +163,9 @@ def compare(models, provider: str = "cpu", threads: int = 1, batch: int = 1, war
     with stage("load"):
         protos = [read_proto(m) for m in models]
     names = names or [m if isinstance(m, str) else f"model{i}" for i, m in enumerate(models)]
-    device = DEVICES[provider] if (provider != "cpu" if io_binding is None else io_binding) else None
+    if io_binding is None:
+        io_binding = provider != "cpu"
+    device = DEVICES[provider] if io_binding else None
     runners = []
     with stage("sessions"):
         for proto, name in zip(protos, names):
