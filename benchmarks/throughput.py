@@ -3,7 +3,7 @@
 
     python benchmarks/throughput.py [--models resnet50 mobilenet_v2] [--targets 0.9 0.7 0.5]
         [--batches 1 8 32] [--threads 1 2 all] [--runs 15] [--runs-batched 4] [--warmup 1]
-        [--size 224] [--criterion bgsc] [--results DIR] [--cache DIR]
+        [--repeat 1] [--size 224] [--criterion bgsc] [--tag NAME] [--results DIR] [--cache DIR]
 
 For each model (zoo export at SIZE×SIZE, random weights, BN kept) and its prunes at every
 MAC target (default rounding, fast `stats` recovery), every (threads, batch) configuration
@@ -12,7 +12,9 @@ times the original and all its pruned variants in ONE alternating run of
 os.cpu_count(). The 1-minute load average is recorded before and after each run: on a
 shared machine it says how far the absolute figures can be trusted (the ratios, measured
 in alternation, less affected). Checks issue 13's bar: no pruned model slower than its
-original at a target <= 0.9. Writes RESULTS/throughput.{json,md}.
+original at a target <= 0.9. With --repeat N, each configuration's alternating run is
+repeated and a row gives the medians (and the speedup's min/max) over the N runs. Writes
+RESULTS/throughput[_TAG].{json,md}.
 """
 from __future__ import annotations
 
@@ -25,7 +27,7 @@ import time
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path[:0] = [ROOT, os.path.join(ROOT, "benchmarks")]
 
-from latency import _git_state  # noqa: E402
+from latency import _git_state, _spread  # noqa: E402
 from study import acceptance, original, prune_variant, speedup_table, study_arguments, timing_rows  # noqa: E402
 from study import write_record  # noqa: E402
 
@@ -45,7 +47,8 @@ def markdown(record) -> str:
              f"{record['size']}×{record['size']}, criterion {record['criterion']}, random weights; "
              f"'all' threads = {record['all_threads']}. Original and pruned models alternate in one run per "
              f"(model, threads, batch): warmup {record['warmup']}, {record['runs']} timed runs at batch 1, "
-             f"{record['runs_batched']} above. samples/s = batch / median latency.", "",
+             f"{record['runs_batched']} above, {record['repeat']} alternating run(s) per configuration (rows: "
+             "medians over them). samples/s = batch / median latency.", "",
              f"1-minute load average: {record['load_before']:.2f} before, {record['load_after']:.2f} after "
              "(per run in the last table). The machine is shared: a load above its core count means "
              "other jobs competed for the cores during the runs.", "",
@@ -57,7 +60,7 @@ def markdown(record) -> str:
         lines.append(f"| {r['model']} | {r['target']:g} | {r['mac_fraction']:.3f} | {r['threads']} | {r['batch']} | "
                      f"{r['load_before']:.2f} → {r['load_after']:.2f} | {r['orig_median_ms']:.2f} "
                      f"({r['orig_p10_ms']:.2f}–{r['orig_p90_ms']:.2f}) | {r['median_ms']:.2f} "
-                     f"({r['p10_ms']:.2f}–{r['p90_ms']:.2f}) | {r['speedup']:.2f}× | {r['efficiency']:.2f} |")
+                     f"({r['p10_ms']:.2f}–{r['p90_ms']:.2f}) | {r['speedup']:.2f}×{_spread(r)} | {r['efficiency']:.2f} |")
     return "\n".join(lines) + "\n"
 
 
@@ -68,6 +71,8 @@ def main(argv=None) -> int:
     ap.add_argument("--runs", type=int, default=15, help="timed runs per model at batch 1")
     ap.add_argument("--runs-batched", type=int, default=4, help="timed runs per model at batch > 1")
     ap.add_argument("--warmup", type=int, default=1)
+    ap.add_argument("--repeat", type=int, default=1, help="alternating runs per configuration")
+    ap.add_argument("--tag", default="", help="results go to throughput_TAG.{json,md}")
     ap.add_argument("--criterion", default="bgsc")
     args = ap.parse_args(argv)
 
@@ -79,7 +84,7 @@ def main(argv=None) -> int:
               "command": "python benchmarks/throughput.py " + " ".join(argv if argv is not None else sys.argv[1:]),
               "machine": f"{platform.machine()}, {os.cpu_count()} cores", "onnxruntime": onnxruntime.__version__,
               "git": _git_state(), "size": args.size, "criterion": args.criterion, "warmup": args.warmup,
-              "runs": args.runs, "runs_batched": args.runs_batched, "all_threads": os.cpu_count(),
+              "runs": args.runs, "runs_batched": args.runs_batched, "repeat": args.repeat, "all_threads": os.cpu_count(),
               "load_before": os.getloadavg()[0]}
     rows = []
     for model in args.models:
@@ -90,15 +95,16 @@ def main(argv=None) -> int:
             for batch in args.batches:
                 runs = args.runs if batch == 1 else args.runs_batched
                 load = os.getloadavg()[0]
-                timings = bench.compare([proto] + [slim for _, slim in variants], threads=threads, batch=batch,
-                                        warmup=args.warmup, runs=runs, names=names)
-                print(bench.table(timings, "cpu", threads, batch), flush=True)
-                rows += timing_rows([info for info, _ in variants], [timings], threads=threads, batch=batch,
+                reps = [bench.compare([proto] + [slim for _, slim in variants], threads=threads, batch=batch,
+                                      warmup=args.warmup, runs=runs, names=names) for _ in range(args.repeat)]
+                for timings in reps:
+                    print(bench.table(timings, "cpu", threads, batch), flush=True)
+                rows += timing_rows([info for info, _ in variants], reps, threads=threads, batch=batch,
                                     runs=runs, load_before=load, load_after=os.getloadavg()[0])
     record["load_after"] = os.getloadavg()[0]
     record["acceptance"] = acceptance(rows, KEYS)
     record["rows"] = rows
-    write_record(args.results, "throughput", record, markdown(record))
+    write_record(args.results, "throughput" + (f"_{args.tag}" if args.tag else ""), record, markdown(record))
     return 0
 
 
