@@ -37,7 +37,11 @@ import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
+sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
 RESULTS = os.path.join(ROOT, "benchmarks", "results")
+
+from study import alignment, conv_widths, original, prune_variant, timing_rows  # noqa: E402
+from study import pivot as study_pivot  # noqa: E402
 
 
 def _git_state() -> str:
@@ -58,16 +62,6 @@ def _variant_name(model, target, round_to, coupled):
     return f"{model}@{target:g} r{round_to}" + ("" if coupled == "all" else f" c={coupled}")
 
 
-def _conv_widths(proto):
-    """Output-channel counts of the Conv nodes (to look at alignment)."""
-    inits = {t.name: t for t in proto.graph.initializer}
-    widths = []
-    for n in proto.graph.node:
-        if n.op_type == "Conv" and n.input[1] in inits:
-            widths.append(int(inits[n.input[1]].dims[0]))
-    return widths
-
-
 def _spread(r):
     return f" ({r['speedup_min']:.2f}–{r['speedup_max']:.2f})" if r.get("repeat", 1) > 1 else ""
 
@@ -78,11 +72,6 @@ def _ort_cell(r):
     o, p = r["ort_original"], r["ort"]
     return (f"{o['nchwc_conv']}/{o['plain_conv']}, {o['reorders']} → "
             f"{p['nchwc_conv']}/{p['plain_conv']}, {p['reorders']}")
-
-
-def _alignment(widths):
-    n = max(len(widths), 1)
-    return {f"mult{k}": round(sum(w % k == 0 for w in widths) / n, 3) for k in (4, 8, 16)}
 
 
 def ort_layout(proto, threads: int = 1) -> dict:
@@ -203,20 +192,9 @@ def plot(rows, path, title) -> None:
 def pivot(rows) -> str:
     """One line per (model, round_to, coupled, threads, batch), one column per MAC target:
     'latency speedup (efficiency)', bold where the pruned model is slower."""
-    targets = sorted({r["target"] for r in rows}, reverse=True)
-    keys = list(dict.fromkeys((r["model"], r["round_to"], r["coupled"], r["threads"], r["batch"]) for r in rows))
-    lines = ["| model | round_to | coupled | threads | batch | orig ms | " + " | ".join(f"{t:g}" for t in targets) + " |",
-             "|---" * (6 + len(targets)) + "|"]
-    for key in keys:
-        cell = {r["target"]: r for r in rows if (r["model"], r["round_to"], r["coupled"], r["threads"], r["batch"]) == key}
-        first = next(iter(cell.values()))
-        row = []
-        for t in targets:
-            r = cell.get(t)
-            text = f"{r['speedup']:.2f}× ({r['efficiency']:.2f})" if r else "–"
-            row.append(f"**{text}**" if r and r["speedup"] < 1 else text)
-        lines.append(f"| {key[0]} | {key[1]} | {key[2]} | {key[3]} | {key[4]} | {first['orig_median_ms']:.1f} | "
-                     + " | ".join(row) + " |")
+    lines = study_pivot(rows, ("round_to", "coupled", "threads", "batch"),
+                        lambda r: f"{r['speedup']:.2f}× ({r['efficiency']:.2f})",
+                        {"orig ms": lambda r: f"{r['orig_median_ms']:.1f}"})
     return "\n".join(lines)
 
 
@@ -273,12 +251,8 @@ def main(argv=None) -> int:
              f"onnxprune {rec['criterion']}, onnxruntime {rec['provider']}, {rec['size']}×{rec['size']}")
         return 0
 
-    import numpy as np
-    import onnx
     import onnxruntime
-    import onnxprune
     from onnxprune import bench
-    from models import build
 
     stem = "latency" + (f"_{args.tag}" if args.tag else "") + ("_cuda" if args.provider == "cuda" else "")
     os.makedirs(args.results, exist_ok=True)
@@ -306,35 +280,13 @@ def main(argv=None) -> int:
     rows, tables, prune_info = [], [], []
     for model in args.models:
         t0 = time.perf_counter()
-        cached = os.path.join(args.cache, f"{model}_{args.size}.onnx") if args.cache else None
-        if cached and os.path.exists(cached):
-            proto = onnx.load(cached)
-        else:
-            proto = build(model, (1, 3, args.size, args.size), keep_bn=True)
-            if cached:
-                os.makedirs(args.cache, exist_ok=True)
-                onnx.save(proto, cached + ".tmp")
-                os.replace(cached + ".tmp", cached)
+        proto = original(model, args.size, args.cache)
         t_export = time.perf_counter() - t0
         variants, names = [], []
         for rt in args.round_to:
             for cp in args.coupled:
                 for target in args.targets:
-                    t0 = time.perf_counter()
-                    slim, rep = onnxprune.prune(proto, criterion=args.criterion, target_macs=target,
-                                                round_to=rt, coupled=cp, fold=args.fold, recover="stats")
-                    info = {"model": model, "target": target, "round_to": rt, "coupled": cp,
-                            "macs_before": rep.before["macs"], "macs_after": rep.after["macs"],
-                            "params_before": rep.before["params"], "params_after": rep.after["params"],
-                            "mac_fraction": rep.after["macs"] / rep.before["macs"],
-                            "mac_speedup": rep.before["macs"] / max(rep.after["macs"], 1),
-                            "nodes_before": sum(rep.before["ops"].values()),
-                            "nodes_after": sum(rep.after["ops"].values()),
-                            "ops_added": {k: v - rep.before["ops"].get(k, 0) for k, v in rep.after["ops"].items()
-                                          if v != rep.before["ops"].get(k, 0)},
-                            "alignment": _alignment(_conv_widths(slim)),
-                            "prune_s": round(time.perf_counter() - t0, 2),
-                            "notes": [n for n in rep.notes if n.startswith("target")]}
+                    info, slim = prune_variant(proto, model, target, rt, cp, args.criterion, args.fold)
                     if not args.no_inspect and args.provider == "cpu":
                         info["ort"] = ort_layout(slim)
                     prune_info.append(info)
@@ -344,7 +296,7 @@ def main(argv=None) -> int:
                           f"({info['mac_speedup']:.2f}x), {info['prune_s']} s", flush=True)
         orig_layout = ort_layout(proto) if not args.no_inspect and args.provider == "cpu" else None
         print(f"{model}: exported in {t_export:.1f} s; conv widths aligned "
-              f"{_alignment(_conv_widths(proto))}; onnxruntime graph "
+              f"{alignment(conv_widths(proto))}; onnxruntime graph "
               f"{ {k: v for k, v in (orig_layout or {}).items() if k != 'ops'} }", flush=True)
         for info, _ in variants:
             if "ort" in info:
@@ -366,22 +318,8 @@ def main(argv=None) -> int:
                     tables.append(text)
                     print(text, f"\n({time.perf_counter() - t0:.1f} s)", flush=True)
                     reps.append(timings)
-                med = lambda xs: float(np.median(xs))  # noqa: E731
-                ref = [r[0] for r in reps]
-                for k, (info, _) in enumerate(variants, start=1):
-                    ts = [r[k] for r in reps]
-                    speedups = [t.speedup for t in ts]
-                    speedup = med(speedups)
-                    rows.append({**info, "threads": threads, "batch": batch, "runs": runs, "repeat": args.repeat,
-                                 "orig_median_ms": round(med([t.median_ms for t in ref]), 3),
-                                 "orig_p10_ms": round(med([t.p10_ms for t in ref]), 3),
-                                 "orig_p90_ms": round(med([t.p90_ms for t in ref]), 3),
-                                 "median_ms": round(med([t.median_ms for t in ts]), 3),
-                                 "p10_ms": round(med([t.p10_ms for t in ts]), 3),
-                                 "p90_ms": round(med([t.p90_ms for t in ts]), 3), "speedup": round(speedup, 3),
-                                 "speedup_min": round(min(speedups), 3), "speedup_max": round(max(speedups), 3),
-                                 "efficiency": round(speedup / info["mac_speedup"], 3),
-                                 "slower": bool(speedup < 1.0 and info["target"] <= 0.9)})
+                rows += timing_rows([info for info, _ in variants], reps, threads=threads, batch=batch,
+                                    runs=runs)
         del variants
 
     with open(os.path.join(args.results, stem + ".json"), "w") as f:

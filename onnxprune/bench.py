@@ -14,6 +14,11 @@ the model that just ran keeps spinning on a core while the next model runs: on a
 machine at 2 threads this took a core from every run and made ResNet-50 at 2 threads
 slower than at 1 thread (60 ms against 56 ms; 30 ms with the option), which penalises
 the smaller, shorter model most. Spinning during a run is left on (onnxruntime's default).
+
+On a GPU provider (cuda, tensorrt) the timed loop runs through I/O binding: the inputs are
+copied to the device once, outputs are allocated there, and a run is timed until its
+outputs are ready, so no host copy is measured. `io_binding=True` does the same on the
+CPU provider (the code path the tests exercise on a machine without a GPU).
 """
 from __future__ import annotations
 
@@ -30,7 +35,10 @@ from .load import dim_names, suggested_dims
 from .progress import stage
 
 log = logging.getLogger("onnxprune")
-PROVIDERS = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider"}
+PROVIDERS = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider",
+             "tensorrt": "TensorrtExecutionProvider"}
+DEVICES = {"cpu": "cpu", "cuda": "cuda", "tensorrt": "cuda"}  # where I/O binding puts inputs and outputs
+INSTALL = {"cuda": "onnxruntime-gpu", "tensorrt": "onnxruntime-gpu and TensorRT"}
 
 
 @dataclass
@@ -63,7 +71,7 @@ def check_options(provider: str = "cpu", threads: int = 1, batch: int = 1, warmu
 def require_provider(provider: str) -> None:
     if not provider_available(provider):
         raise OnnxPruneError(f"the {provider} execution provider is not available in this onnxruntime "
-                             "build (install onnxruntime-gpu on a machine with a GPU)")
+                             f"build (install {INSTALL[provider]} on a machine with a GPU)")
 
 
 def _with_batch(proto: onnx.ModelProto, batch: int, input_shapes: dict) -> tuple[onnx.ModelProto, dict]:
@@ -93,6 +101,15 @@ def _with_batch(proto: onnx.ModelProto, batch: int, input_shapes: dict) -> tuple
     return m, feeds
 
 
+def _providers(proto, provider):
+    """The provider list of a session: TensorRT hands the nodes it cannot build to CUDA, and
+    builds its engine in float16 for a float16 model (otherwise it may run it in float32)."""
+    if provider != "tensorrt":
+        return [PROVIDERS[provider]]
+    float16 = any(i.type.tensor_type.elem_type == onnx.TensorProto.FLOAT16 for i in proto.graph.input)
+    return [(PROVIDERS["tensorrt"], {"trt_fp16_enable": float16}), PROVIDERS["cuda"]]
+
+
 def _session(proto, provider, threads, stop_spinning=True):
     from .runtime import quiet_onnxruntime
     ort = quiet_onnxruntime()
@@ -104,13 +121,40 @@ def _session(proto, provider, threads, stop_spinning=True):
     opts.log_severity_level = 4  # failures come back as exceptions: no second, raw copy on stderr
     if stop_spinning:  # see the module docstring
         opts.add_session_config_entry("session.force_spinning_stop", "1")
-    return ort.InferenceSession(proto.SerializeToString(), opts, providers=[PROVIDERS[provider]])
+    session = ort.InferenceSession(proto.SerializeToString(), opts, providers=_providers(proto, provider))
+    if PROVIDERS[provider] not in session.get_providers():
+        # onnxruntime falls back to the CPU when a listed provider fails to load (missing
+        # CUDA or TensorRT libraries): timing that would report CPU figures as GPU ones
+        raise OnnxPruneError(f"the {provider} execution provider could not be loaded (onnxruntime fell back to "
+                             f"{', '.join(session.get_providers())}); check the CUDA/TensorRT libraries")
+    session.disable_fallback()  # nor rerun on the CPU a run the provider fails
+    return session
+
+
+def _runner(session, feeds: dict, device: str | None):
+    """One inference of `session` on `feeds`, as a function of no argument. With a `device`,
+    through I/O binding: inputs copied there once, outputs allocated there on every run,
+    and the call returns when they are ready."""
+    if device is None:
+        return lambda: session.run(None, feeds)
+    import onnxruntime as ort
+    binding = session.io_binding()
+    for name, array in feeds.items():
+        binding.bind_ortvalue_input(name, ort.OrtValue.ortvalue_from_numpy(array, device, 0))
+    for out in session.get_outputs():
+        binding.bind_output(out.name, device)
+
+    def run():
+        session.run_with_iobinding(binding)
+        binding.synchronize_outputs()
+    return run
 
 
 def compare(models, provider: str = "cpu", threads: int = 1, batch: int = 1, warmup: int = 5,
             runs: int = 30, input_shapes: dict | None = None, names=None,
-            stop_spinning: bool = True) -> list[Timing]:
+            stop_spinning: bool = True, io_binding: bool | None = None) -> list[Timing]:
     """Time `models` (paths or ModelProtos) in alternation; the first is the reference.
+    `io_binding` (default: on for GPU providers) keeps inputs and outputs on the device.
     `stop_spinning=False` only exists to measure what the option prevents
     (benchmarks/thread_spinning.py)."""
     check_options(provider, threads, batch, warmup, runs)
@@ -119,29 +163,33 @@ def compare(models, provider: str = "cpu", threads: int = 1, batch: int = 1, war
     with stage("load"):
         protos = [read_proto(m) for m in models]
     names = names or [m if isinstance(m, str) else f"model{i}" for i, m in enumerate(models)]
-    sessions, feeds = [], []
+    if io_binding is None:
+        io_binding = provider != "cpu"
+    device = DEVICES[provider] if io_binding else None
+    runners = []
     with stage("sessions"):
         for proto, name in zip(protos, names):
-            m, f = _with_batch(proto, batch, input_shapes or {})
+            m, feeds = _with_batch(proto, batch, input_shapes or {})
             try:
-                sessions.append(_session(m, provider, threads, stop_spinning))
-                sessions[-1].run(None, f)
+                runners.append(_runner(_session(m, provider, threads, stop_spinning), feeds, device))
+                runners[-1]()
+            except OnnxPruneError:
+                raise
             except Exception as e:
                 raise OnnxPruneError(f"cannot run {name} with batch {batch}: "
                                      f"{str(e).splitlines()[0][:200]}") from None
-            feeds.append(f)
-    log.debug("bench: %d model(s), %d warm-up and %d timed runs each, %s, %d thread(s), batch %d",
-              len(protos), warmup, runs, provider, threads, batch)
+    log.debug("bench: %d model(s), %d warm-up and %d timed runs each, %s, %d thread(s), batch %d, I/O bound to %s",
+              len(protos), warmup, runs, provider, threads, batch, device)
     with stage("warm-up"):
         for _ in range(warmup):
-            for s, f in zip(sessions, feeds):
-                s.run(None, f)
-    times = [[] for _ in sessions]
+            for run in runners:
+                run()
+    times = [[] for _ in runners]
     # no progress display here: its thread would wake up inside the measurements
     for _ in range(runs):
-        for k, (s, f) in enumerate(zip(sessions, feeds)):
+        for k, run in enumerate(runners):
             start = time.perf_counter()
-            s.run(None, f)
+            run()
             times[k].append(time.perf_counter() - start)
     medians = [float(np.median(t)) for t in times]
     timings = [Timing(name, 1e3 * med, 1e3 * float(np.percentile(t, 10)), 1e3 * float(np.percentile(t, 90)),
@@ -164,7 +212,8 @@ def _macs(proto, input_shapes):
 
 
 def table(timings: list[Timing], provider: str, threads: int, batch: int) -> str:
-    lines = [f"onnxruntime {provider}, {threads} thread(s), batch {batch}, alternating runs",
+    where = f"{threads} thread(s)" if provider == "cpu" else "inputs and outputs bound on the device"
+    lines = [f"onnxruntime {provider}, {where}, batch {batch}, alternating runs",
              f"{'model':40s} {'median ms':>10s} {'p10':>8s} {'p90':>8s} {'speedup':>8s} {'MMACs':>10s} "
              f"{'efficiency':>10s}"]
     for t in timings:

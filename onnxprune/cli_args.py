@@ -105,7 +105,8 @@ def residual_option(p):
 
 
 def bench_options(p):
-    p.add_argument("--provider", default="cpu", choices=["cpu", "cuda"], help="execution provider")
+    p.add_argument("--provider", default="cpu", choices=["cpu", "cuda", "tensorrt"],
+                   help="execution provider (cuda, tensorrt: inputs and outputs stay on the GPU)")
     p.add_argument("--threads", type=int, default=1, help="intra-op threads")
     p.add_argument("--batch", type=int, default=1, help="batch size")
     p.add_argument("--warmup", type=int, default=5, help="untimed runs per model")

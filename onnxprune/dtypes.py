@@ -87,21 +87,43 @@ def is_narrow(dtype) -> bool:
     return np.finfo(dtype).eps > np.finfo(np.float32).eps
 
 
+def _retype_declared(graph: onnx.GraphProto, target: int, sources) -> None:
+    """In place: the declared types, Cast targets and typed constants of `graph` that are
+    one of `sources` become `target`. Subgraph bodies keep their types."""
+    np_type = onnx.helper.tensor_dtype_to_np_dtype(target)
+    for vi in list(graph.input) + list(graph.output) + list(graph.value_info):
+        if vi.type.tensor_type.elem_type in sources:
+            vi.type.tensor_type.elem_type = target
+    for n in graph.node:
+        for a in n.attribute:
+            if a.name in ("to", "dtype") and a.type == onnx.AttributeProto.INT and a.i in sources:
+                a.i = target
+            elif a.type == onnx.AttributeProto.TENSOR and a.t.data_type in sources:
+                a.t.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(a.t).astype(np_type), a.t.name))
+
+
 def float32_parts(graph: onnx.GraphProto, inits: dict) -> tuple[onnx.GraphProto, dict]:
     """The same computation in float32: float weights, declared types, Cast targets and
     typed constants become float32. Subgraph bodies keep their types."""
     g = onnx.GraphProto()
     g.CopyFrom(graph)
-    for vi in list(g.input) + list(g.output) + list(g.value_info):
-        if vi.type.tensor_type.elem_type in FLOATS:
-            vi.type.tensor_type.elem_type = TensorProto.FLOAT
-    for n in g.node:
-        for a in n.attribute:
-            if a.name in ("to", "dtype") and a.type == onnx.AttributeProto.INT and a.i in FLOATS:
-                a.i = TensorProto.FLOAT
-            elif a.type == onnx.AttributeProto.TENSOR and a.t.data_type in FLOATS:
-                a.t.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(a.t).astype(np.float32), a.t.name))
+    _retype_declared(g, TensorProto.FLOAT, FLOATS)
     return g, {k: to_float32(v) for k, v in inits.items()}
+
+
+def retyped(proto: onnx.ModelProto, target: int, source: int = TensorProto.FLOAT) -> onnx.ModelProto:
+    """A copy of `proto` computing in `target` where it computed in `source`: weights,
+    declared types (inputs and outputs included), Cast targets and typed constants. This is
+    all a float16 conversion needs for the plain CNNs that the GPU latency study times
+    (every operator has a float16 kernel there); values past float16's range become inf."""
+    m = onnx.ModelProto()
+    m.CopyFrom(proto)
+    np_type = onnx.helper.tensor_dtype_to_np_dtype(target)
+    for t in m.graph.initializer:
+        if t.data_type == source:
+            t.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(t).astype(np_type), t.name))
+    _retype_declared(m.graph, target, {source})
+    return m
 
 
 def float32_model(model):

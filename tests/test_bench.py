@@ -1,4 +1,5 @@
-"""The latency harness: alternating runs, ratios to the first model, clean CUDA skip."""
+"""The latency harness: alternating runs, ratios to the first model, I/O binding, clean
+CUDA and TensorRT refusals."""
 import pytest
 
 import onnxprune
@@ -31,13 +32,81 @@ def test_cuda_skips_cleanly_when_absent(capsys):
         bench.compare([resnet_like()], provider="cuda")
 
 
+def test_tensorrt_is_refused_in_one_line_when_absent(tmp_path):
+    from test_cli import assert_one_line_error, run_cli
+    if bench.provider_available("tensorrt"):
+        pytest.skip("a TensorRT provider is present: the refusal cannot be exercised")
+    with pytest.raises(onnxprune.OnnxPruneError, match="tensorrt execution provider is not available.*install onnxruntime-gpu and TensorRT"):
+        bench.compare([resnet_like()], provider="tensorrt")
+    import onnx
+    path = tmp_path / "m.onnx"
+    onnx.save(resnet_like(), str(path))
+    code, stdout, stderr = run_cli("bench", path, "--provider", "tensorrt")
+    assert code == 2 and stdout == ""
+    assert_one_line_error(stderr, "the tensorrt execution provider is not available in this onnxruntime build")
+
+
+def test_a_provider_that_falls_back_to_the_cpu_is_refused(monkeypatch):
+    # onnxruntime replaces a provider whose libraries fail to load by the CPU, with a mere
+    # warning: the figures would be CPU figures labelled cuda
+    if bench.provider_available("cuda"):
+        pytest.skip("a CUDA provider is present: no fallback to provoke")
+    monkeypatch.setattr(bench, "provider_available", lambda provider: True)
+    with pytest.raises(onnxprune.OnnxPruneError, match="cuda execution provider could not be loaded "
+                                                       r"\(onnxruntime fell back to CPUExecutionProvider\)"):
+        bench.compare([resnet_like()], provider="cuda", runs=1, warmup=0)
+
+
+def test_timed_loop_through_io_binding(monkeypatch):
+    """io_binding=True on the CPU provider: every run (check, warm-up, timed) goes through the
+    binding, none through session.run, and the outputs are those of a plain run."""
+    import numpy as np
+    import onnxruntime as ort
+    calls = {"bound": 0, "plain": 0}
+    bound, plain = ort.InferenceSession.run_with_iobinding, ort.InferenceSession.run
+
+    def count(kind, method):
+        def wrapped(self, *args, **kwargs):
+            calls[kind] += 1
+            return method(self, *args, **kwargs)
+        return wrapped
+    monkeypatch.setattr(ort.InferenceSession, "run_with_iobinding", count("bound", bound))
+    monkeypatch.setattr(ort.InferenceSession, "run", count("plain", plain))
+    proto = resnet_like(width=16)
+    slim, _ = onnxprune.prune(proto, 0.5, round_to=1)
+    calls.update(bound=0, plain=0)
+    timings = bench.compare([proto, slim], runs=4, warmup=2, io_binding=True)
+    assert calls == {"bound": 2 * (1 + 2 + 4), "plain": 0}
+    assert timings[1].macs < timings[0].macs and all(t.median_ms > 0 for t in timings)
+    # what the binding computes is what a plain run computes
+    session = bench._session(proto, "cpu", threads=1)
+    _, feeds = bench._with_batch(proto, 1, {})
+    binding = session.io_binding()
+    monkeypatch.setattr(session, "io_binding", lambda: binding)
+    bench._runner(session, feeds, "cpu")()
+    np.testing.assert_allclose(binding.copy_outputs_to_cpu()[0], plain(session, None, feeds)[0], rtol=1e-6)
+
+
+def test_cpu_default_keeps_plain_runs(monkeypatch):
+    import onnxruntime as ort
+    monkeypatch.setattr(ort.InferenceSession, "run_with_iobinding",
+                        lambda *a, **k: pytest.fail("the CPU provider binds nothing unless asked"))
+    assert bench.compare([resnet_like()], runs=2, warmup=0)[0].median_ms > 0
+
+
+def test_gpu_table_says_where_the_inputs_live():
+    timing = bench.Timing("m", 1.0, 0.9, 1.1, 1.0)
+    assert "inputs and outputs bound on the device, batch 8" in bench.table([timing], "cuda", 1, 8)
+    assert "1 thread(s), batch 8" in bench.table([timing], "cpu", 1, 8)
+
+
 @pytest.mark.parametrize("kwargs, message", [
     ({"runs": 0}, "--runs must be an integer >= 1, got 0"),
     ({"batch": 0}, "--batch must be an integer >= 1, got 0"),
     ({"threads": -1}, "--threads must be an integer >= 1, got -1"),
     ({"warmup": -1}, "--warmup must be an integer >= 0, got -1"),
     ({"runs": 2.5}, "--runs must be an integer >= 1, got 2.5"),
-    ({"provider": "tpu"}, "--provider must be one of ['cpu', 'cuda'], got 'tpu'"),
+    ({"provider": "tpu"}, "--provider must be one of ['cpu', 'cuda', 'tensorrt'], got 'tpu'"),
 ])
 def test_compare_refuses_nonsense_counts(kwargs, message):
     # runs=0 used to end in an IndexError from the percentile of no timings

@@ -17,7 +17,7 @@ from helpers import GraphBuilder, residual_net
 from onnxprune import cli
 from onnxprune.api import analyze_model, rewrite
 from onnxprune.budget import allocate
-from onnxprune.dtypes import rounding_floor
+from onnxprune.dtypes import retyped, rounding_floor
 from onnxprune.passes.fold_removed_constants import plan_folds
 from onnxprune.saliency import score
 from onnxprune.saliency.bgsc import bgsc_details
@@ -29,25 +29,9 @@ FLOAT_TYPES = {TensorProto.FLOAT16, TensorProto.FLOAT, TensorProto.DOUBLE, Tenso
 
 # -- models ------------------------------------------------------------------------------
 def to_type(proto, elem, source=TensorProto.FLOAT):
-    """The `source`-typed model `proto` computing in `elem` instead: weights, declared types,
-    Cast targets and tensor attributes (what a float16 converter does to an export)."""
-    m = onnx.ModelProto()
-    m.CopyFrom(proto)
-    np_type = onnx.helper.tensor_dtype_to_np_dtype(elem)
-    g = m.graph
-    for t in g.initializer:
-        if t.data_type == source:
-            t.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(t).astype(np_type), t.name))
-    for vi in list(g.input) + list(g.output) + list(g.value_info):
-        if vi.type.tensor_type.elem_type == source:
-            vi.type.tensor_type.elem_type = elem
-    for n in g.node:
-        for a in n.attribute:
-            if a.name == "to" and a.i == source:
-                a.i = elem
-            elif a.type == onnx.AttributeProto.TENSOR and a.t.data_type == source:
-                a.t.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(a.t).astype(np_type), a.t.name))
-    return m
+    """The `source`-typed model `proto` computing in `elem` instead (what a float16 converter
+    does to an export)."""
+    return retyped(proto, elem, source)
 
 
 def conv_net():
