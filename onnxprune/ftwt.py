@@ -107,6 +107,7 @@ class Estimator:
         self.rules = [(floor_of(len(layer.classes), min_keep),
                        group_round_to(groups[layer.group], multiplicity, round_to)) for layer in layers]
         self.samples = ranks[0].share.shape[0] if ranks else 0
+        self.slots = self.tracker.slot_matrix(self.classes)
 
     def masks(self, r: float) -> list[np.ndarray]:
         return [rank.keep(r) for rank in self.ranks]
@@ -116,11 +117,15 @@ class Estimator:
         if not self.layers:
             return 1.0
         removed = ~np.concatenate(masks, axis=1)
-        return float(self.tracker.macs_without_each(self.classes, removed).mean() / self.tracker.macs0)
+        return float(self.tracker.macs_without_each(self.slots, removed).mean() / self.tracker.macs0)
 
     def point(self, r: float) -> Point:
         masks = self.masks(r)
-        kept = [float(m.mean()) for m in masks]
+        removed, keeps, static = self.static(masks)
+        return Point(r, [float(m.mean()) for m in masks], self.dynamic_macs(masks), keeps, static, removed)
+
+    def static(self, masks: list[np.ndarray]) -> tuple[set, list[int], float]:
+        """The static model of these masks: (removed classes, kept count per layer, MACs fraction)."""
         removed, keeps = set(), []
         for layer, rank, mask, (floor, step) in zip(self.layers, self.ranks, masks, self.rules):
             width = len(layer.classes)
@@ -130,14 +135,14 @@ class Estimator:
             removed.update(layer.classes[np.argsort(score, kind="stable")[:width - keep]].tolist())
             keeps.append(keep)
         static = (self.tracker.macs0 + self.tracker.preview(sorted(removed))[1]) / self.tracker.macs0
-        return Point(r, kept, self.dynamic_macs(masks), keeps, float(static), removed)
+        return removed, keeps, float(static)
 
     def solve(self, target: float, kind: str) -> float | None:
         """The largest r whose `kind` ('dynamic' or 'static') MACs fraction is at most
         `target`, by bisection (both grow with r); None when even r -> 0 stays above it."""
         def cost(r):
-            point = self.point(r)
-            return point.dynamic_macs if kind == "dynamic" else point.static_macs
+            masks = self.masks(r)
+            return self.dynamic_macs(masks) if kind == "dynamic" else self.static(masks)[2]
         if cost(1.0) <= target:
             return 1.0
         lo, hi = 0.0, 1.0
@@ -156,7 +161,7 @@ class Estimator:
         if not self.layers:
             return 0.0
         everything = np.ones((1, len(self.classes)), dtype=bool)
-        return float(1 - self.tracker.macs_without_each(self.classes, everything)[0] / self.tracker.macs0)
+        return float(1 - self.tracker.macs_without_each(self.slots, everything)[0] / self.tracker.macs0)
 
 
 @dataclass
