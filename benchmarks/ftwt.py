@@ -49,7 +49,7 @@ def estimate_rows(path, model, feeds, masses, round_to):
     rows = []
     for r in masses:
         point = estimator.point(r)
-        _, report = onnxprune.apply_plan(path, estimator.static_plan(point))
+        _, report = onnxprune.prune(path, plan=estimator.static_plan(point), recover="none")
         rows.append({"model": model, "round_to": round_to, "mass": r, "dynamic_macs": point.dynamic_macs,
                      "static_predicted": point.static_macs,
                      "static_achieved": report.after["macs"] / report.before["macs"],

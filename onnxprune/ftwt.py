@@ -185,10 +185,12 @@ class Estimate:
     def table(self) -> str:
         lines = [f"{len(self.layers)} gated layer(s) hold {self.gated_share:.1%} of the MACs; "
                  f"{self.samples} calibration samples; MACs as fractions of the original's",
-                 f"{'r':>8s} {'kept':>6s} {'dynamic':>8s} {'static':>8s}  static channels kept per layer"]
+                 f"{'r':>8s} {'kept':>6s} {'dynamic':>8s} {'static':>8s}  per layer: expected kept fraction/static "
+                 f"channels (widths {' '.join(str(len(layer.classes)) for layer in self.layers)})"]
         for p in self.points:
+            per_layer = " ".join(f"{k:.2f}/{n}" for k, n in zip(p.kept, p.static_keep))
             lines.append(f"{_r(p.mass):>8s} {_mean_kept(p, self.layers):6.3f} {p.dynamic_macs:8.4f} "
-                         f"{p.static_macs:8.4f}  {' '.join(map(str, p.static_keep))}")
+                         f"{p.static_macs:8.4f}  {per_layer}")
         if self.target is not None:
             for kind in ("dynamic", "static"):
                 p = self.target[kind]
