@@ -9,8 +9,8 @@ error.
 
 Output: the summary (table, notes, "wrote ...") goes through the `onnxprune` logger at
 INFO level to stdout; -q keeps errors only, -v adds stage timings and debug detail on
-stderr. Errors are printed whatever the level. What `analyze`, `bench`, `evaluate` and
-`sweep` are asked to print is their result, not a log, and is printed under -q too.
+stderr. Errors are printed whatever the level. What `analyze`, `bench`, `evaluate`,
+`sweep` and `estimate` are asked to print is their result, not a log, and is printed under -q too.
 """
 from __future__ import annotations
 
