@@ -46,7 +46,7 @@ def _default_masses():
 
 def run(args) -> int:
     from .cli import _input_shapes, _save, _write
-    from .ftwt import build_estimator, estimate
+    from .ftwt import NO_GATED_LAYER, build_estimator, estimate
     from .io import save_model
     from .paths import check_targets
     from .sweep import parse_targets
@@ -64,6 +64,8 @@ def run(args) -> int:
         eval_data=args.eval_data, labels_key=args.labels)
     result = estimate(estimator, masses, args.target_macs)
     print(result.table())
+    if not estimator.layers and (args.emit_gated or args.plan_out):
+        raise OnnxPruneError(f"--emit-gated and --plan-out: no layer can be gated; {NO_GATED_LAYER}")
     texts, out, gated = [], result.to_dict(), None
     if args.emit_gated or args.plan_out:
         gate_mass, plan_mass = (_chosen(result, args.mass, kind) for kind in ("dynamic", "static"))

@@ -27,6 +27,8 @@ from .plan import Plan, plan_from_classes
 from .saliency.data import CalibrationData, consumers, stream_original
 from .saliency.heatmap import MassRanking
 
+NO_GATED_LAYER = ("the model has no plain channel group (one writing layer, no residual stream, read "
+                  "through one activation with its channels on axis 1)")
 DEFAULT_MASSES = (0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.99, 1.0)
 BISECTION_STEPS = 40
 
@@ -98,7 +100,7 @@ class Estimator:
     """Dynamic and static MACs of any r, from the rankings gathered once."""
 
     def __init__(self, model, couplings, layers: list[GatedLayer], ranks: list[MassRanking],
-                 min_keep: float = 0.1, round_to: int = 1, fold: bool = True):
+                 min_keep: float = 0.1, round_to: int = 1, fold: bool = True, samples: int | None = None):
         self.model, self.couplings, self.layers, self.ranks = model, couplings, layers, ranks
         self.tracker = CostTracker(model, couplings, fold)
         self.classes = np.concatenate([layer.classes for layer in layers]) if layers else np.zeros(0, np.int64)
@@ -106,7 +108,7 @@ class Estimator:
         groups = {g.index: g for g in couplings.groups}
         self.rules = [(floor_of(len(layer.classes), min_keep),
                        group_round_to(groups[layer.group], multiplicity, round_to)) for layer in layers]
-        self.samples = ranks[0].share.shape[0] if ranks else 0
+        self.samples = ranks[0].share.shape[0] if ranks else (samples or 0)
         self.slots = self.tracker.slot_matrix(self.classes)
 
     def masks(self, r: float) -> list[np.ndarray]:
@@ -183,6 +185,8 @@ class Estimate:
                 "points": [p.to_dict() for p in self.points], "target": target}
 
     def table(self) -> str:
+        if not self.layers:
+            return f"no layer can be gated: {NO_GATED_LAYER}"
         lines = [f"{len(self.layers)} gated layer(s) hold {self.gated_share:.1%} of the MACs; "
                  f"{self.samples} calibration samples; MACs as fractions of the original's",
                  f"{'r':>8s} {'kept':>6s} {'dynamic':>8s} {'static':>8s}  per layer: expected kept fraction/static "
@@ -256,4 +260,5 @@ def build_estimator(source, calibration, *, calibration_limit: int | None = None
                                                           eval_data, labels_key, "auto"), 0)
     layers = gated_layers(model, couplings)
     ranks = rankings(model, layers, CalibrationData(batches_of(model, calib), len(calib))) if layers else []
-    return model, couplings, calib, held, Estimator(model, couplings, layers, ranks, min_keep, round_to)
+    return model, couplings, calib, held, Estimator(model, couplings, layers, ranks, min_keep, round_to,
+                                                    samples=len(calib))

@@ -177,3 +177,19 @@ def test_cli_estimate_bad_input(files, tmp_path, capsys, args, phrase):
     assert code == 2
     assert_one_line_error(err, phrase)
     assert sha(model) == before and not (tmp_path / "g.onnx").exists()
+
+
+def test_cli_estimate_on_a_model_without_gated_layers(tmp_path, capsys):
+    from onnx import TensorProto, helper, numpy_helper
+    w = numpy_helper.from_array(np.random.default_rng(0).random((4, 3, 3, 3), dtype=np.float32), "w")
+    graph = helper.make_graph([helper.make_node("Conv", ["x", "w"], ["y"], name="c", pads=[1, 1, 1, 1])], "g",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 8, 8])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4, 8, 8])], [w])
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)]), tmp_path / "one.onnx")
+    np.savez(tmp_path / "calib.npz", x=np.random.default_rng(1).random((8, 3, 8, 8), dtype=np.float32))
+    code, out, err = run_main(capsys, "estimate", tmp_path / "one.onnx", "--calib", tmp_path / "calib.npz")
+    assert code == 0 and out.startswith("no layer can be gated: "), (out, err)
+    code, _, err = run_main(capsys, "estimate", tmp_path / "one.onnx", "--calib", tmp_path / "calib.npz",
+                            "--mass", "0.9", "--emit-gated", tmp_path / "g.onnx")
+    assert code == 2 and not (tmp_path / "g.onnx").exists()
+    assert_one_line_error(err, "--emit-gated and --plan-out: no layer can be gated")
