@@ -1,7 +1,7 @@
 """Command line: `onnxprune prune IN OUT [options]` (short form: `onnxprune IN OUT [options]`),
 `onnxprune shrink IN OUT` (remove channels a training-time pruner only zeroed),
-`onnxprune analyze IN`, `onnxprune bench A B ...`, `onnxprune evaluate ORIG PRUNED --data D`
-and `onnxprune sweep IN --targets LIST`.
+`onnxprune analyze IN`, `onnxprune bench A B ...`, `onnxprune evaluate ORIG PRUNED --data D`,
+`onnxprune sweep IN --targets LIST` and `onnxprune estimate IN --calib D` (cli_estimate.py).
 
 Exit codes: 0 done; 1 the masking oracle exceeded its tolerance (the model is not written;
 a --report is); 2 bad input or options (one line on stderr, nothing written); 3 internal
@@ -9,8 +9,8 @@ error.
 
 Output: the summary (table, notes, "wrote ...") goes through the `onnxprune` logger at
 INFO level to stdout; -q keeps errors only, -v adds stage timings and debug detail on
-stderr. Errors are printed whatever the level. What `analyze`, `bench`, `evaluate` and
-`sweep` are asked to print is their result, not a log, and is printed under -q too.
+stderr. Errors are printed whatever the level. What `analyze`, `bench`, `evaluate`,
+`sweep` and `estimate` are asked to print is their result, not a log, and is printed under -q too.
 """
 from __future__ import annotations
 
@@ -21,11 +21,11 @@ import logging
 import os
 import sys
 
-from . import cli_args, progress
+from . import cli_args, cli_estimate, progress
 from .errors import OnnxPruneError
 
 EXIT_ORACLE, EXIT_INPUT, EXIT_INTERNAL = 1, 2, 3
-COMMANDS = ("prune", "shrink", "analyze", "bench", "evaluate", "sweep")
+COMMANDS = ("prune", "shrink", "analyze", "bench", "evaluate", "sweep", "estimate")
 TOP_LEVEL_OPTIONS = ("-h", "--help", "--version")
 log = logging.getLogger("onnxprune")
 
@@ -58,7 +58,11 @@ def _parsers() -> tuple[_Parser, dict[str, _Parser]]:
               "error, cosine, top-1 agreement, and accuracy with labels."),
              ("sweep", cli_args.sweep_arguments, "prune at several targets and tabulate cost, fidelity, latency",
               "Prune one model at several targets and print, per target, its MACs, parameters, fidelity "
-              "(accuracy with labels) and, with --bench, latency; --plot draws them against the target."))
+              "(accuracy with labels) and, with --bench, latency; --plot draws them against the target."),
+             ("estimate", cli_estimate.estimate_arguments, "FTWT: MACs of heat-map-mass thresholds; gated model",
+              "Per mass threshold r, the expected fraction of channels kept per layer and the expected MACs of "
+              "the dynamic model and of the static model that matches it (docs/methods.md §3); bisection on r "
+              "for --target-macs; --emit-gated writes the gated dynamic model, --plan-out the static plan."))
     parsers = {}
     for name, add_arguments, summary, description in specs:
         parsers[name] = commands.add_parser(name, prog=f"onnxprune {name}", parents=[verbosity], help=summary,
@@ -416,4 +420,5 @@ def _save_sweep_models(result, folder, paths) -> None:
         _save(save_model, row.model, path)
 
 
-RUNNERS = {"prune": _prune, "shrink": _shrink, "analyze": _analyze, "bench": _bench, "evaluate": _evaluate, "sweep": _sweep}  # command -> function(args) -> exit code
+RUNNERS = {"prune": _prune, "shrink": _shrink, "analyze": _analyze, "bench": _bench, "evaluate": _evaluate, "sweep": _sweep,
+           "estimate": cli_estimate.run}  # command -> function(args) -> exit code

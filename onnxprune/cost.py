@@ -150,6 +150,28 @@ class CostTracker:
                 d_log += math.log(max(new, 1) / self.sizes[t])
         return d_params, d_macs, d_log
 
+    def slot_matrix(self, classes) -> np.ndarray:
+        """(len(classes), channel-axis slots): the entries removing each class takes from each slot."""
+        delta = np.zeros((len(classes), len(self.counts)))
+        for i, c in enumerate(classes):
+            for slot, n in self.incidence.get(int(c), []):
+                delta[i, slot] += n
+        return delta
+
+    def macs_without_each(self, slots: np.ndarray, removed: np.ndarray) -> np.ndarray:
+        """MACs with the marked classes removed, for every row of the boolean matrix `removed`
+        (rows x classes of `slots = slot_matrix(classes)`) at once: the samples of a dynamic
+        model, each with its own channels (onnxprune/ftwt.py). Removals already made count;
+        residual derivation is not followed (the plain layers a dynamic model gates need none)."""
+        counts = self.counts[None, :] - removed.astype(np.float64) @ slots
+        touched = slots.any(axis=0)
+        macs = np.full(len(removed), self.macs)
+        for t, tensor in enumerate(self.tensors):
+            if tensor["macs_per_element"] and touched[tensor["axes"]].any():
+                size = tensor["fixed"] * np.prod(counts[:, tensor["axes"]], axis=1)
+                macs += (size - self.sizes[t]) * tensor["macs_per_element"]
+        return macs
+
     def remove(self, cls: int) -> None:
         for c in [cls] + self.derivation.follow(self.removed, [cls]):
             self.removed.add(c)

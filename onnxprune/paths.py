@@ -81,18 +81,19 @@ def _identity(path: str):
         return os.path.realpath(path)
 
 
-def check_targets(input_path: str, output: str, report: str | None = None,
-                  plan_out: str | None = None, plan: str | None = None) -> None:
+def check_targets(input_path: str, output: str | None, report: str | None = None,
+                  plan_out: str | None = None, plan: str | None = None, report_flag: str = "--report") -> None:
     """Every path we will write: none of the paths we read (the input, its external-data
     files, the plan), none of the others, of a kind we can write, in a writable directory.
-    Checked before any work so that a bad path never leaves some files written."""
+    Checked before any work so that a bad path never leaves some files written. `output`
+    None: no model is written; `report_flag` names the report's option in messages."""
     data_files = external_data_files(input_path) if os.path.isfile(input_path) else []
     reads = ([("the input path", input_path)]
              + [(f"the input's external-data file {shown(f)}", f) for f in data_files]
              + ([("the --plan path", plan)] if plan else []))
     written: list[tuple[str, str]] = []
-    for flag, path in (("output", output), ("--report", report), ("--plan-out", plan_out)):
-        if not path and flag != "output":  # an empty --report "" asks for no report
+    for flag, path in (("output", output), (report_flag, report), ("--plan-out", plan_out)):
+        if not path and (flag != "output" or path is None):  # an empty --report "" asks for no report
             continue
         what = f"{flag} path"
         target = write_target(path)

@@ -37,13 +37,14 @@ METRICS = ("macs", "params")
 _SET_BY_SWEEP = ("ratio", "target_macs", "target_params", "plan", "check_output")
 
 
-def parse_targets(spec) -> list[float]:
-    """'0.9,0.8,0.7' (or a sequence of numbers) -> fractions in (0, 1], largest first."""
+def parse_targets(spec, flag: str = "--targets") -> list[float]:
+    """'0.9,0.8,0.7' (or a sequence of numbers) -> fractions in (0, 1], largest first;
+    errors name `flag`."""
     items = spec.split(",") if isinstance(spec, str) else spec
     try:
         items = list(items)
     except TypeError:
-        raise OnnxPruneError(f"--targets must be a comma list of fractions, got {spec!r}") from None
+        raise OnnxPruneError(f"{flag} must be a comma list of fractions, got {spec!r}") from None
     values = []
     for item in items:
         try:
@@ -51,14 +52,14 @@ def parse_targets(spec) -> list[float]:
                 raise ValueError
             value = float(item)
         except ValueError:
-            raise OnnxPruneError(f"--targets must be a comma list of numbers, got {spec!r}") from None
+            raise OnnxPruneError(f"{flag} must be a comma list of numbers, got {spec!r}") from None
         if not 0 < value <= 1:  # NaN fails this too
-            raise OnnxPruneError(f"--targets must be fractions in (0, 1], got {str(item).strip()}")
+            raise OnnxPruneError(f"{flag} must be fractions in (0, 1], got {str(item).strip()}")
         values.append(value)
     if not values:
-        raise OnnxPruneError("--targets gives no target")
+        raise OnnxPruneError(f"{flag} gives no target")
     if len(set(values)) < len(values):
-        raise OnnxPruneError(f"--targets repeats a target: {spec!r}")
+        raise OnnxPruneError(f"{flag} repeats a target: {spec!r}")
     return sorted(values, reverse=True)
 
 

@@ -50,11 +50,11 @@ def test_help_lists_the_subcommands_with_one_line_descriptions(capsys):
     code, out, _ = run_main(capsys, "--help")
     assert code == 0
     commands = out[out.index("commands:"):out.index("The short form")]
-    for name in ("prune", "shrink", "analyze", "bench", "evaluate", "sweep"):
+    for name in ("prune", "shrink", "analyze", "bench", "evaluate", "sweep", "estimate"):
         (line,) = [line for line in commands.splitlines() if line.split()[:1] == [name]]
         assert len(line.split()) > 3, line  # a description after the name
     assert "usage: onnxprune prune " in out   # the short form's options, as before subcommands
-    for name in ("prune", "shrink", "analyze", "bench", "evaluate", "sweep"):
+    for name in ("prune", "shrink", "analyze", "bench", "evaluate", "sweep", "estimate"):
         code, out, _ = run_main(capsys, name, "--help")
         assert code == 0 and out.startswith(f"usage: onnxprune {name} "), out
 
@@ -62,7 +62,7 @@ def test_help_lists_the_subcommands_with_one_line_descriptions(capsys):
 def test_subcommands_are_argparse_subparsers():
     top, parsers = cli._parsers()
     (action,) = [a for a in top._actions if isinstance(a, argparse._SubParsersAction)]
-    assert sorted(action.choices) == ["analyze", "bench", "evaluate", "prune", "shrink", "sweep"]
+    assert sorted(action.choices) == ["analyze", "bench", "estimate", "evaluate", "prune", "shrink", "sweep"]
     assert all(action.choices[name] is parsers[name] for name in parsers)
 
 

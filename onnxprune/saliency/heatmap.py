@@ -61,21 +61,40 @@ class _TensorStats:
         self.kept, self.mass, self.fired, self.n = np.zeros(k), np.zeros(k), np.zeros(k, bool), 0
 
     def add(self, x: np.ndarray, axis: int, r: float) -> None:
+        ranking = MassRanking.of(x, axis, self.inverse, len(self.unique))
+        self.kept += ranking.keep(r).sum(axis=0)
+        self.mass += ranking.share.sum(axis=0)
+        self.fired |= ranking.fired.any(axis=0)
+        self.n += ranking.share.shape[0]
+
+
+class MassRanking:
+    """Per sample, the channels of one tensor ranked by normalised peak mass ẑ (`share`),
+    so that the mask for any r is a comparison: the dynamic estimate (onnxprune/ftwt.py)
+    asks for many r on the same samples."""
+
+    def __init__(self, share: np.ndarray, fired: np.ndarray):
+        self.share, self.fired = share, fired                          # (samples, channels)
+        self.order = np.argsort(-share, axis=1, kind="stable")
+        self.cumulative = np.cumsum(np.take_along_axis(share, self.order, axis=1), axis=1)
+
+    @classmethod
+    def of(cls, x: np.ndarray, axis: int, inverse: np.ndarray, k: int) -> "MassRanking":
+        """`inverse[p]`: the channel (of k) at position p of the axis; a flattened channel
+        (several positions) peaks at the max over its entries."""
         peaks = np.abs(channels_last(x, axis)).max(axis=1)            # (samples, positions on the axis)
-        z = np.zeros((peaks.shape[0], len(self.unique)))
-        np.maximum.at(z.T, self.inverse, peaks.T)                     # a flattened channel: max over its entries
+        z = np.zeros((peaks.shape[0], k))
+        np.maximum.at(z.T, inverse, peaks.T)
         total = z.sum(axis=1, keepdims=True)
-        share = np.divide(z, total, out=np.zeros_like(z), where=total > 0)
-        order = np.argsort(-share, axis=1, kind="stable")
-        cumulative = np.cumsum(np.take_along_axis(share, order, axis=1), axis=1)
-        count = (cumulative < r - 1e-12).sum(axis=1) + 1                # fewest reaching r
-        keep = np.zeros_like(share, dtype=bool)
-        np.put_along_axis(keep, order, np.arange(share.shape[1])[None, :] < count[:, None], axis=1)
-        keep &= z > 0
-        self.kept += keep.sum(axis=0)
-        self.mass += share.sum(axis=0)
-        self.fired |= (z > 0).any(axis=0)
-        self.n += z.shape[0]
+        return cls(np.divide(z, total, out=np.zeros_like(z), where=total > 0), z > 0)
+
+    def keep(self, r: float) -> np.ndarray:
+        """(samples, channels) mask: the fewest channels by ẑ descending whose mass reaches
+        r, among those that fired."""
+        count = (self.cumulative < r - 1e-12).sum(axis=1) + 1
+        keep = np.zeros_like(self.share, dtype=bool)
+        np.put_along_axis(keep, self.order, np.arange(self.share.shape[1])[None, :] < count[:, None], axis=1)
+        return keep & self.fired
 
 
 def _dead_note(couplings, dead: np.ndarray, samples: int) -> str:
