@@ -18,8 +18,9 @@ from dataclasses import dataclass
 
 import numpy as np
 import onnx
+from scipy.optimize import minimize
+from scipy.special import expit
 
-from .errors import OnnxPruneError
 from .ftwt import GatedLayer
 from .graph import replace_nodes
 from .saliency.data import CalibrationData, stream_original
@@ -45,7 +46,6 @@ def fit_logistic(x: np.ndarray, y: np.ndarray, l2: float = L2) -> tuple[np.ndarr
     """Multi-label logistic regression: (weight (labels, features), bias (labels,)) with
     logits x @ weight.T + bias. Features are standardised for the fit and the scaling is
     folded back into the weights."""
-    minimize, expit = _scipy()
     x, y = x.astype(np.float64), y.astype(np.float64)
     mean, std = x.mean(axis=0), x.std(axis=0)
     std[std < 1e-12] = 1.0
@@ -64,17 +64,6 @@ def fit_logistic(x: np.ndarray, y: np.ndarray, l2: float = L2) -> tuple[np.ndarr
     t = result.x.reshape(z.shape[1], k)
     weight = t[:-1] / std[:, None]
     return weight.T, t[-1] - mean @ weight
-
-
-def _scipy():
-    """scipy is not a dependency of onnxprune: only the heads' fit needs it."""
-    try:
-        from scipy.optimize import minimize
-        from scipy.special import expit
-    except ImportError:
-        raise OnnxPruneError("--emit-gated fits its heads with scipy, which is not installed (pip install scipy)") \
-            from None
-    return minimize, expit
 
 
 def pooled(x: np.ndarray) -> np.ndarray:

@@ -46,12 +46,17 @@ def test_dependencies_are_what_the_library_imports(wheel):
     metadata = next(n for n in wheel.namelist() if n.endswith(".dist-info/METADATA"))
     requires = re.findall(r"^Requires-Dist: (.+)$", wheel.read(metadata).decode(), re.M)
     base = sorted(re.split(r"[<>=!; \[]", r)[0] for r in requires if "extra ==" not in r)
-    assert base == ["numpy", "onnx", "onnxruntime"]
+    assert base == ["numpy", "onnx", "onnxruntime", "scipy"]
     torch = [r for r in requires if r.startswith("torch") and "extra == \"test\"" in r]
     assert torch and "==" not in torch[0].split(";")[0], torch
     sources = "\n".join(p.read_text() for p in list((ROOT / "onnxprune").rglob("*.py")) + list((ROOT / "passes").glob("*.py")))
     for dep in base:
         assert re.search(rf"^\s*(import|from) {dep}\b", sources, re.M), dep
+    # and the converse: every third-party import is declared, or optional with a one-line
+    # refusal when missing (Pillow for image folders, matplotlib for --plot)
+    imported = {m for m in re.findall(r"^\s*(?:import|from) ([A-Za-z_]\w*)\b[\w.]* *(?:import|$|as)", sources, re.M)
+                if m not in sys.stdlib_module_names and m != "onnxprune"}
+    assert imported - {"PIL", "matplotlib"} == set(base), imported
 
 
 def test_a_users_own_passes_and_models_folders_do_not_shadow_onnxprune(tmp_path):
