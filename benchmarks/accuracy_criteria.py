@@ -16,7 +16,8 @@ gives both columns: accuracy after the lsq refit (report.fidelity) and without r
 
 Configs: a criterion name (allocator rank), `sens:<criterion>` (allocator sensitivity, the criterion
 picks the channels), `heatmap@<r>` (the heatmap criterion at cumulative mass r, registered by this
-script for the study). `--plans-only MODEL...` compares the plans of the data criteria on a model and
+script for the study); a suffix `/global` or `/local` sets the scope, and `+<methods>` (e.g.
+`+means`) runs that recovery instead of lsq (the "lsq" columns then hold that recovery). `--plans-only MODEL...` compares the plans of the data criteria on a model and
 its BN-folded twin instead of pruning (they read the feed-outs' inputs, which folding does not change).
 
 Writes benchmarks/results/accuracy_criteria.{json,md} (after every model, so a partial run is kept;
@@ -52,6 +53,7 @@ DATA_CRITERIA = ["activation", "fluctuation", "heatmap", "lsq-aware"]
 
 
 def criterion_and_allocator(config: str) -> tuple[str, str]:
+    config = config.split("+")[0].split("/")[0]
     if config.startswith("sens:"):
         return config[5:], "sensitivity"
     if "@" in config and config not in CRITERIA:   # heatmap at another mass, for this study only
@@ -62,11 +64,20 @@ def criterion_and_allocator(config: str) -> tuple[str, str]:
     return config, "rank"
 
 
+def scope_and_recovery(config: str) -> tuple[str | None, str]:
+    """`<config>/global` or `/local` sets the scope (else the criterion's default);
+    `<config>+means` (any recover value) replaces the lsq refit."""
+    head, _, recover = config.partition("+")
+    _, _, scope = head.partition("/")
+    return scope or None, recover or "lsq"
+
+
 def run(path, model, target, config, feeds, eval_data, n_test):
     crit, alloc = criterion_and_allocator(config)
+    scope, recover = scope_and_recovery(config)
     t = time.perf_counter()
     _, report = onnxprune.prune(path, target_macs=target, criterion=crit, allocator=alloc, calibration=feeds,
-                                eval_data=eval_data, recover="lsq")
+                                eval_data=eval_data, recover=recover, scope=scope)
     wall = time.perf_counter() - t
     f, u = report.fidelity.outputs[0], report.fidelity_unrecovered.outputs[0]
     if f.labelled != n_test:

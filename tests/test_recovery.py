@@ -224,10 +224,9 @@ def test_cli_bad_calibration_is_one_line(digits_data, tmp_path):
     assert not (tmp_path / "out.onnx").exists()
 
 
-def test_auto_recovery_that_makes_held_out_outputs_worse_is_not_handed_back():
+def _drifting_case():
     """Calibrating on constant images teaches the refit nothing about the held-out ones: the
-    least-squares layers drift, and `auto` returns the exact rewrite instead (saying so);
-    asked for by name, recovery is kept and the report says it made things worse."""
+    least-squares layers drift."""
     b = GraphBuilder(seed=3)
     x = b.input("x", ["N", 1, 8, 8])
     h = b.op("Relu", [b.bn(b.conv(x, 1, 16), 16)])
@@ -236,7 +235,16 @@ def test_auto_recovery_that_makes_held_out_outputs_worse_is_not_handed_back():
     rng = np.random.default_rng(0)
     calib = {"x": np.full((64, 1, 8, 8), 0.5, dtype=np.float32) + 0.01 * rng.standard_normal((64, 1, 8, 8)).astype(np.float32)}
     held = {"x": rng.standard_normal((32, 1, 8, 8)).astype(np.float32)}
-    same = dict(criterion="l1", round_to=1, eval_data=held)   # the same channels in every run
+    return proto, calib, dict(criterion="l1", round_to=1, eval_data=held)   # the same channels in every run
+
+
+def test_auto_recovery_that_makes_held_out_outputs_worse_is_not_handed_back(monkeypatch):
+    """When every recovery `auto` tries makes the held-out outputs worse, it returns the exact
+    rewrite instead (saying so); asked for by name, recovery is kept and the report says it
+    made things worse."""
+    import onnxprune.recover
+    monkeypatch.setattr(onnxprune.recover, "AUTO_ALTERNATIVE", "lsq")   # both tries drift
+    proto, calib, same = _drifting_case()
     bare, bare_report = onnxprune.prune(proto, 0.5, recover="none", **same)
     slim, report = onnxprune.prune(proto, 0.5, calibration=calib, **same)
     assert report.recovery["rejected"]["methods"] == ["lsq"] and report.recovery["methods"] == []
@@ -247,3 +255,19 @@ def test_auto_recovery_that_makes_held_out_outputs_worse_is_not_handed_back():
     assert asked.recovery["methods"] == ["lsq"] and "rejected" not in asked.recovery
     assert asked.fidelity.max_rel_error > bare_report.fidelity.max_rel_error
     assert any("made the held-out outputs worse" in n for n in asked.notes)
+
+
+def test_auto_recovery_keeps_the_try_closest_to_the_original_on_held_out_data():
+    """`auto` with real data tries lsq and mean compensation and keeps the better on the
+    held-out samples (here the drifting lsq loses), or neither."""
+    proto, calib, same = _drifting_case()
+    error = {}
+    for methods in ("none", "lsq", "means"):
+        _, r = onnxprune.prune(proto, 0.5, calibration=calib, recover=methods, **same)
+        error[methods] = r.fidelity.outputs[0].mean_rel_error
+    _, auto = onnxprune.prune(proto, 0.5, calibration=calib, **same)
+    chosen = ",".join(auto.recovery["methods"]) or "none"
+    assert error[chosen] == min(error.values()), (chosen, error)
+    assert auto.fidelity.outputs[0].mean_rel_error == pytest.approx(error[chosen])
+    assert chosen == "means"   # what this case measures: lsq drifts, means helps
+    assert any("means kept instead of lsq" in n for n in auto.notes), auto.notes
