@@ -17,7 +17,8 @@ gives both columns: accuracy after the lsq refit (report.fidelity) and without r
 Configs: a criterion name (allocator rank), `sens:<criterion>` (allocator sensitivity, the criterion
 picks the channels), `heatmap@<r>` (the heatmap criterion at cumulative mass r, registered by this
 script for the study); a suffix `/global` or `/local` sets the scope, and `+<methods>` (e.g.
-`+means`) runs that recovery instead of lsq (the "lsq" columns then hold that recovery). `--plans-only MODEL...` compares the plans of the data criteria on a model and
+`+means`) runs that recovery instead of lsq (the "lsq" columns then hold that recovery); with
+`+auto` the TEST images are not passed to the library (see `_calibration_only`). `--plans-only MODEL...` compares the plans of the data criteria on a model and
 its BN-folded twin instead of pruning (they read the feed-outs' inputs, which folding does not change).
 
 Writes benchmarks/results/accuracy_criteria.{json,md} (after every model, so a partial run is kept;
@@ -38,7 +39,11 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
 
+import onnx  # noqa: E402
+
 import onnxprune  # noqa: E402
+from onnxprune.calibration import load_calibration, model_inputs  # noqa: E402
+from onnxprune.fidelity import evaluate  # noqa: E402
 from onnxprune.budget import default_round_to  # noqa: E402
 from onnxprune.saliency import CRITERIA  # noqa: E402
 from onnxprune.saliency.heatmap import DEFAULT_MASS, heatmap  # noqa: E402
@@ -76,10 +81,13 @@ def run(path, model, target, config, feeds, eval_data, n_test):
     crit, alloc = criterion_and_allocator(config)
     scope, recover = scope_and_recovery(config)
     t = time.perf_counter()
-    _, report = onnxprune.prune(path, target_macs=target, criterion=crit, allocator=alloc, calibration=feeds,
-                                eval_data=eval_data, recover=recover, scope=scope)
+    if recover == "auto":
+        report, f, u = _calibration_only(path, target, crit, alloc, scope, feeds, eval_data)
+    else:
+        _, report = onnxprune.prune(path, target_macs=target, criterion=crit, allocator=alloc, calibration=feeds,
+                                    eval_data=eval_data, recover=recover, scope=scope)
+        f, u = report.fidelity.outputs[0], report.fidelity_unrecovered.outputs[0]
     wall = time.perf_counter() - t
-    f, u = report.fidelity.outputs[0], report.fidelity_unrecovered.outputs[0]
     if f.labelled != n_test:
         raise SystemExit(f"{model}: evaluated {f.labelled} labelled samples, not {n_test}")
     return {"model": model, "family": family(model), "target_macs": target, "config": config,
@@ -93,6 +101,18 @@ def run(path, model, target, config, feeds, eval_data, n_test):
             "score_s": report.timings.get("score"), "allocate_s": report.timings.get("allocate"),
             "recover_s": report.timings.get("recover"), "prune_s": round(wall, 3),
             "notes": [n for n in report.notes if n.startswith(crit + ":") or n.startswith("sensitivity:")]}
+
+
+def _calibration_only(path, target, crit, alloc, scope, feeds, eval_data):
+    """`+auto`: what a user with only calibration data gets. The TEST images never reach the
+    library (it holds out a fifth of the calibration images for its own fidelity check and
+    for auto recovery's choice); both models are scored on them afterwards."""
+    kw = dict(target_macs=target, criterion=crit, allocator=alloc, calibration=feeds, scope=scope)
+    slim, report = onnxprune.prune(path, recover="auto", **kw)
+    bare, _ = onnxprune.prune(path, recover="none", **kw)
+    f, u = (evaluate(path, m, load_calibration(eval_data, model_inputs(onnx.load(path)))).outputs[0]
+            for m in (slim, bare))
+    return report, f, u
 
 
 def compare_plans(models, feeds):

@@ -151,6 +151,10 @@ def _as_pruned(m: np.ndarray, removed_rows: np.ndarray, merged: dict | None) -> 
 
 
 def _apply_scale(model, node, scale) -> None:
+    if node.op_type == "Conv":   # output channels on axis 0, in group order: one product, in float32
+        w = model.inits[node.input[1]]
+        return set_weight(model, node, w.astype(np.float32, copy=False)
+                          * scale.astype(np.float32).reshape((-1,) + (1,) * (w.ndim - 1)))
     w = model.inits[node.input[1]].astype(np.float64)
     groups = groups_of(node)
     per = len(scale) // groups
