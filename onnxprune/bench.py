@@ -93,7 +93,7 @@ def _with_batch(proto: onnx.ModelProto, batch: int, input_shapes: dict) -> tuple
     return m, feeds
 
 
-def _session(proto, provider, threads, stop_spinning=True):
+def timing_session(proto, provider, threads, stop_spinning=True):
     from .runtime import quiet_onnxruntime
     ort = quiet_onnxruntime()
     opts = ort.SessionOptions()
@@ -124,7 +124,7 @@ def compare(models, provider: str = "cpu", threads: int = 1, batch: int = 1, war
         for proto, name in zip(protos, names):
             m, f = _with_batch(proto, batch, input_shapes or {})
             try:
-                sessions.append(_session(m, provider, threads, stop_spinning))
+                sessions.append(timing_session(m, provider, threads, stop_spinning))
                 sessions[-1].run(None, f)
             except Exception as e:
                 raise OnnxPruneError(f"cannot run {name} with batch {batch}: "

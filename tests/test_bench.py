@@ -72,9 +72,9 @@ def test_a_model_onnxruntime_rejects_is_one_line(tmp_path):
 
 def test_sessions_stop_spinning_between_alternating_runs():
     # An idle pool that keeps spinning steals a core from the next model in the series.
-    session = bench._session(resnet_like(), "cpu", threads=2)
+    session = bench.timing_session(resnet_like(), "cpu", threads=2)
     assert session.get_session_options().get_session_config_entry("session.force_spinning_stop") == "1"
-    kept = bench._session(resnet_like(), "cpu", threads=2, stop_spinning=False).get_session_options()
+    kept = bench.timing_session(resnet_like(), "cpu", threads=2, stop_spinning=False).get_session_options()
     with pytest.raises(RuntimeError, match="does not have configuration"):
         kept.get_session_config_entry("session.force_spinning_stop")
 

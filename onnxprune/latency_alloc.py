@@ -1,0 +1,127 @@
+"""The latency allocator (`--target-latency F`, docs/methods.md §6): keep a fraction F of
+the original's latency, measured in onnxruntime on this machine with the given provider,
+threads and batch.
+
+1. The original is timed; every convolution the plan can change gets measured width curves
+   (onnxprune/latency_model.py, cached in the latency table).
+2. The greedy of onnxprune/density.py removes, step by step, the channels of the group that
+   loses the least score per millisecond saved (HALP's importance per unit of latency), the
+   milliseconds predicted by a LatencyTracker from the curves, until the predicted latency is
+   F times the original's.
+3. The rewritten model is timed against the original in one alternating run. When the
+   measured ratio is off the target by more than TOLERANCE, the target is rescaled once by
+   the ratio of predicted to measured, the allocation redone and timed again; the plan that
+   measured closer to the target is kept. The note says target, achieved and what it cost.
+"""
+from __future__ import annotations
+
+import time
+
+import numpy as np
+
+from .budget import TargetResult, prunable_groups, removal_order
+from .cost import CostTracker
+from .density import allocate_greedy
+from .latency_model import TimingOptions, measure_layers
+
+TOLERANCE = 0.03     # relative to the target: within it, no correction run
+
+
+class LatencyTracker(CostTracker):
+    """CostTracker that also predicts the latency, in milliseconds: the measured original's
+    plus, for every timed convolution, its predicted change at the kept widths."""
+
+    def __init__(self, model, couplings, fold: bool, layers, latency0: float):
+        super().__init__(model, couplings, fold)
+        self.layers = layers
+        self.widths = [dict(layer.full) for layer in layers]
+        self.layer_ms = [layer.predict(w) for layer, w in zip(layers, self.widths)]
+        self.latency0 = self.latency = float(latency0)
+        self.uses: dict[int, list] = {}   # class -> [(layer index, axis, channels of it there)]
+        for i, layer in enumerate(layers):
+            for axis, ids in layer.axes.items():
+                cls, n = np.unique(couplings.class_of[ids], return_counts=True)
+                for c, k in zip(cls.tolist(), n.tolist()):
+                    self.uses.setdefault(c, []).append((i, axis, k))
+
+    def _cuts(self, classes) -> dict[int, dict]:
+        cuts: dict[int, dict] = {}
+        for c in classes:
+            for i, axis, k in self.uses.get(c, ()):
+                cuts.setdefault(i, {})[axis] = cuts.get(i, {}).get(axis, 0) + k
+        return cuts
+
+    def _after(self, i: int, cut: dict) -> float:
+        return self.layers[i].predict({a: w - cut.get(a, 0) for a, w in self.widths[i].items()})
+
+    def preview_latency(self, classes) -> float:
+        """Milliseconds that removing `classes` would change (negative: saved)."""
+        classes = list(classes)
+        cuts = self._cuts(classes + self.derivation.follow(self.removed, classes))
+        return sum(self._after(i, cut) - self.layer_ms[i] for i, cut in cuts.items())
+
+    def remove(self, cls: int) -> None:
+        for i, cut in self._cuts([cls] + self.derivation.follow(self.removed, [cls])).items():
+            new = self._after(i, cut)
+            self.latency += new - self.layer_ms[i]
+            self.layer_ms[i] = new
+            self.widths[i] = {a: w - cut.get(a, 0) for a, w in self.widths[i].items()}
+        super().remove(cls)
+
+
+def allocate_latency(model, couplings, scores: np.ndarray, target: float, layers, latency0: float,
+                     min_keep: float = 0.1, round_to: int = 1, coupled: str = "all", fold: bool = True,
+                     ranking: str = "raw") -> TargetResult:
+    """The greedy on predicted latency: a step's loss is the score it removes (divided by
+    its group's mean with the `normalized` ranking)."""
+    lost = {}
+    for g in prunable_groups(couplings, coupled):
+        values = scores[removal_order([g], scores, "global", "raw")].astype(np.float64)
+        if ranking == "normalized":
+            values = values / max(float(values.mean()), 1e-30)
+        lost[g.index] = np.concatenate([[0.0], np.cumsum(values)])
+
+    def step_loss(gi, before, after, _):
+        width = len(lost[gi]) - 1
+        return float(lost[gi][width - after] - lost[gi][width - before])
+
+    tracker = LatencyTracker(model, couplings, fold, layers, latency0)
+    return allocate_greedy(model, couplings, scores, "latency", target, min_keep, round_to, coupled, fold,
+                           step_loss, tracker=tracker)
+
+
+def allocate_to_latency(model, couplings, scores: np.ndarray, s, rewritten) -> tuple[TargetResult, list[str]]:
+    """`--target-latency`: (TargetResult with the measured ratio as `achieved`, notes).
+    `s` holds the prune settings; `rewritten(removed classes)` is the pruned Model."""
+    options: TimingOptions = s.timing
+    start = time.perf_counter()
+    layers, table_note = measure_layers(model, couplings, s.min_keep, s.round_to, s.coupled, options)
+    original = model.to_proto()
+    latency0 = _time([original], options, s.input_shapes)[0].median_ms
+
+    def attempt(fraction):
+        result = allocate_latency(model, couplings, scores, fraction, layers, latency0, s.min_keep, s.round_to,
+                                  s.coupled, s.fold != "none", s.ranking)
+        timings = _time([original, rewritten(result.removed).to_proto()], options, s.input_shapes)
+        return result, timings[1].median_ms / timings[0].median_ms, timings
+
+    target = s.target_latency
+    result, measured, timings = attempt(target)
+    tries = [(result, measured, timings, target)]
+    if abs(measured - target) > TOLERANCE * target and measured > 0:
+        corrected = min(1.0, target * result.achieved / measured)
+        tries.append((*attempt(corrected), corrected))
+    result, measured, timings, aimed = min(tries, key=lambda t: abs(t[1] - target))
+    notes = [table_note,
+             f"target latency {target:g}, achieved {measured:.3f} (measured: original {timings[0].median_ms:.2f} ms, "
+             f"pruned {timings[1].median_ms:.2f} ms, median of {options.runs} alternating runs, onnxruntime "
+             f"{options.provider}, {options.threads} thread(s), batch {options.batch}); predicted "
+             f"{result.achieved:.3f} for an aim of {aimed:.3f}; {len(tries)} allocation(s) timed; latency "
+             f"modelling and timing took {time.perf_counter() - start:.1f} s"]
+    return TargetResult(result.removed, target, "latency", measured, measured <= target * (1 + TOLERANCE)), notes
+
+
+def _time(protos, options: TimingOptions, input_shapes):
+    from .bench import compare
+    return compare(protos, options.provider, options.threads, options.batch, options.warmup, options.runs,
+                   input_shapes, names=[f"model{i}" for i in range(len(protos))])
