@@ -32,7 +32,8 @@ from .graph import attr
 
 FRACTIONS = (0.75, 0.5, 0.25)
 SECONDS_PER_CURVE = 0.25     # timed runs of one layer's widths (alternating), after warm-up
-MIN_ROUNDS, MAX_ROUNDS = 5, 50
+MIN_ROUNDS, MAX_ROUNDS = 7, 50
+PERCENTILE = 20
 TABLE_FORMAT = 1
 
 
@@ -204,7 +205,7 @@ def measure_layers(model, couplings, min_keep: float, round_to: int, coupled: st
             else:
                 reused += 1
             if all(w % block == 0 for w in widths):   # only noise makes a narrower aligned width slower
-                ms = np.maximum.accumulate(ms)
+                ms = nondecreasing(ms)
             layer.curves[axis] = (np.asarray(widths, np.float64), np.asarray(ms, np.float64))
     layers = [layer for layer in layers if layer.curves]
     if measured:
@@ -236,7 +237,19 @@ def time_widths(model, layer: TimedLayer, axis: str, widths, options: TimingOpti
             t = time.perf_counter()
             sess.run(None, feeds)
             times[k].append(time.perf_counter() - t)
-    return [1e3 * float(np.median(t)) for t in times]
+    # a low percentile: a busy machine only ever adds time, and the curves are used as ratios
+    return [1e3 * float(np.percentile(t, PERCENTILE)) for t in times]
+
+
+def nondecreasing(values) -> list[float]:
+    """The closest non-decreasing sequence in least squares (pool adjacent violators)."""
+    blocks = []   # [mean, count]
+    for v in values:
+        blocks.append([float(v), 1])
+        while len(blocks) > 1 and blocks[-2][0] > blocks[-1][0]:
+            (m1, n1), (m2, n2) = blocks[-2], blocks.pop()
+            blocks[-1] = [(m1 * n1 + m2 * n2) / (n1 + n2), n1 + n2]
+    return [m for m, n in blocks for _ in range(n)]
 
 
 def _layer_model(model, layer: TimedLayer, axis: str, width: int, batch: int):
