@@ -174,38 +174,39 @@ def _interpolate(macs, latency):
     return None   # outside the measured range
 
 
+def _table(header: list[str], rows: list[list]) -> list[str]:
+    return ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)] + \
+        ["| " + " | ".join(str(c) for c in row) + " |" for row in rows] + [""]
+
+
+def _checked(r) -> str:
+    return f"{r['achieved_in_prune']:.3f} | {r['achieved_check']:.3f} / {r['achieved_check_median']:.3f}"
+
+
 def markdown(result) -> str:
-    lines = []
-    for part, run in result["runs"].items():
-        lines.append(f"* {part}: `{run['command']}` ({run['date']} UTC, {run['elapsed_s']} s; onnxruntime "
-                     f"{run['environment']['onnxruntime']}, {run['environment']['cpus']} cores shared with other "
-                     "jobs: load averages per row)")
-    lines.append("")
-    if result.get("zoo"):
-        lines += ["| model | target | achieved (in prune) | achieved (check run: p10 / median) | original ms (p10) "
-                  "| pruned ms (p10) | MAC fraction | within 5 % | load |", "|---|---|---|---|---|---|---|---|---|"]
-        lines += [f"| {r['model']} {r['size']}² b1 | {r['target']} | {r['achieved_in_prune']:.3f} | "
-                  f"{r['achieved_check']:.3f} / {r['achieved_check_median']:.3f} | {r['original_ms']:.1f} | "
-                  f"{r['pruned_ms']:.1f} | {r['mac_fraction']:.3f} | "
-                  f"{'yes' if r['within_5pct'] else 'no'} | {r['load_before']}→{r['load_after']} |" for r in result["zoo"]]
-        lines.append("")
-    if result.get("batches"):
-        lines += ["| model | batch | target | achieved (in prune) | achieved (check run: p10 / median) | not slower "
-                  "(p10) | load |", "|---|---|---|---|---|---|---|"]
-        lines += [f"| {r['model']} {r['size']}² | {r['batch']} | {r['target']} | {r['achieved_in_prune']:.3f} | "
-                  f"{r['achieved_check']:.3f} / {r['achieved_check_median']:.3f} | {'yes' if r['not_slower'] else '**no**'} | "
-                  f"{r['load_before']}→{r['load_after']} |" for r in result["batches"]]
-        lines.append("")
-    if result.get("accuracy"):
-        lines += ["| model (batch 32) | unpruned | `--target-latency 0.5`: latency (p10 ratio), accuracy | "
-                  "`--target-macs` T: latency (p10 ratio), accuracy | MAC-pruned accuracy at the same latency | load |", "|---|---|---|---|---|---|"]
-        for r in result["accuracy"]:
-            lat = r["latency_target"]
-            macs = "; ".join(f"{m['target_macs']}: {m['latency']:.3f}, {100 * m['accuracy']:.1f} %" for m in r["mac_targets"])
-            same = "outside the measured range" if r["mac_accuracy_at_same_latency"] is None else \
-                f"{100 * r['mac_accuracy_at_same_latency']:.1f} %"
-            lines.append(f"| {r['model']} | {100 * r['original_accuracy']:.1f} % | {lat['latency']:.3f}, "
-                         f"{100 * lat['accuracy']:.1f} % | {macs} | {same} | {r['load_before']}→{r['load_after']} |")
+    lines = [f"* {part}: `{run['command']}` ({run['date']} UTC, {run['elapsed_s']} s; onnxruntime "
+             f"{run['environment']['onnxruntime']}, {run['environment']['cpus']} cores shared with other jobs: "
+             "load averages per row)" for part, run in result["runs"].items()] + [""]
+    checked = ["achieved (in prune)", "achieved (check run: p10 / median)"]
+    lines += _table(["model", "target", *checked, "original ms (p10)", "pruned ms (p10)", "MAC fraction", "within 5 %",
+                     "load"],
+                    [[f"{r['model']} {r['size']}² b1", r["target"], _checked(r), f"{r['original_ms']:.1f}",
+                      f"{r['pruned_ms']:.1f}", f"{r['mac_fraction']:.3f}", "yes" if r["within_5pct"] else "no",
+                      f"{r['load_before']}→{r['load_after']}"] for r in result.get("zoo", [])])
+    lines += _table(["model", "batch", "target", *checked, "not slower (p10)", "load"],
+                    [[f"{r['model']} {r['size']}²", r["batch"], r["target"], _checked(r),
+                      "yes" if r["not_slower"] else "**no**", f"{r['load_before']}→{r['load_after']}"]
+                     for r in result.get("batches", [])])
+    rows = []
+    for r in result.get("accuracy", []):
+        lat, same = r["latency_target"], r["mac_accuracy_at_same_latency"]
+        rows.append([r["model"], f"{100 * r['original_accuracy']:.1f} %", f"{lat['latency']:.3f}, {100 * lat['accuracy']:.1f} %",
+                     "; ".join(f"{m['target_macs']}: {m['latency']:.3f}, {100 * m['accuracy']:.1f} %" for m in r["mac_targets"]),
+                     "outside the measured range" if same is None else f"{100 * same:.1f} %",
+                     f"{r['load_before']}→{r['load_after']}"])
+    lines += _table(["model (batch 32)", "unpruned", "`--target-latency 0.5`: latency (p10 ratio), accuracy",
+                     "`--target-macs` T: latency (p10 ratio), accuracy", "MAC-pruned accuracy at the same latency",
+                     "load"], rows)
     return "\n".join(lines)
 
 
@@ -218,7 +219,14 @@ def main(argv=None) -> int:
     ap.add_argument("--runs", type=int, default=30)
     ap.add_argument("--table", default=os.path.join("/tmp", "onnxprune_latency_table.json"))
     ap.add_argument("--out", default=os.path.join(ROOT, "benchmarks", "results"))
+    ap.add_argument("--render", action="store_true", help="only rewrite the .md from the recorded .json")
     args = ap.parse_args(argv)
+    if args.render:
+        md = markdown(json.load(open(os.path.join(args.out, "latency_target.json"))))
+        with open(os.path.join(args.out, "latency_target.md"), "w") as f:
+            f.write(md + "\n")
+        print(md)
+        return 0
     command = " ".join([COMMAND] + (argv if argv is not None else sys.argv[1:]))
     path = os.path.join(args.out, "latency_target.json")
     result = json.load(open(path)) if os.path.exists(path) else {"runs": {}}   # parts run separately are merged
