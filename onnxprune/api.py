@@ -205,17 +205,19 @@ def plan(source: str | os.PathLike | onnx.ModelProto, ratio: float | None = None
          exclude: Sequence[str] = (), input_shapes: Mapping[str, Sequence[int]] | None = None,
          fold: str = "exact", calibration: object = None, calibration_limit: int | None = None,
          calibration_preprocess: str | None = None, eval_data: object = None,
-         residual: str = DEFAULT_RESIDUAL) -> tuple[Plan, PlanInfo]:
+         residual: str = DEFAULT_RESIDUAL, target_latency: float | None = None,
+         timing: TimingOptions | None = None) -> tuple[Plan, PlanInfo]:
     """Score and allocate without rewriting: returns (the Plan that `prune` with the same
     arguments would apply, PlanInfo). The arguments are `prune`'s (`fold` matters here too:
     a MAC or parameter target counts the biases that folding adds; the data criteria, the
     sensitivity allocator and synexp-weighted read `calibration`, less the fifth `prune` holds out unless
-    `eval_data` is given). Edit or inspect the plan, then `apply_plan` it."""
+    `eval_data` is given; `target_latency` rewrites and times the candidate plans). Edit or inspect the
+    plan, then `apply_plan` it."""
     s = settings(ratio=ratio, target_macs=target_macs, target_params=target_params, plan=None,
                   criterion=criterion, seed=seed, scope=scope, ranking=ranking, allocator=allocator,
                   coupled=coupled, min_keep=min_keep, round_to=round_to, exclude=exclude,
                   input_shapes=input_shapes, fold=fold, verify=False, tolerance=DEFAULT_TOLERANCE,
-                  calibration=calibration, residual=residual)
+                  calibration=calibration, residual=residual, target_latency=target_latency, timing=timing)
     check_data_options("auto", calibration_limit, "labels")
     check_needs_data(s, calibration)
     check_source(source)

@@ -77,6 +77,7 @@ class TimedLayer:
     node: object
     input_shape: tuple
     axes: dict
+    dtype: str
     curves: dict = field(default_factory=dict)   # axis -> (widths, ms), ascending widths
 
     @property
@@ -87,12 +88,11 @@ class TimedLayer:
         n = self.node
         attrs = ",".join(f"{a.name}={list(a.ints) or a.i or a.s.decode()}" for a in sorted(n.attribute,
                                                                                            key=lambda a: a.name))
-        return f"Conv x={list(self.input_shape[1:])} widths={self.full} bias={len(n.input) > 2} {attrs}"
+        return f"Conv {self.dtype} x={list(self.input_shape[1:])} widths={self.full} bias={len(n.input) > 2} {attrs}"
 
     def predict(self, widths: dict) -> float:
         """Milliseconds at kept widths {axis: count} (missing axes whole)."""
-        full = self.full_ms()
-        t = full
+        t = self.full_ms()
         for axis, (ws, ms) in self.curves.items():
             t *= float(np.interp(widths.get(axis, self.full[axis]), ws, ms)) / max(ms[-1], 1e-9)
         return t
@@ -118,7 +118,8 @@ def timed_layers(model, couplings, classes) -> list[TimedLayer]:
     layers = []
     for name, axes in axes_of.items():
         if any(np.isin(couplings.class_of[ids], classes).any() for ids in axes.values()):
-            layers.append(TimedLayer(nodes[name], tuple(model.shapes[nodes[name].input[0]]), axes))
+            node = nodes[name]
+            layers.append(TimedLayer(node, tuple(model.shapes[node.input[0]]), axes, str(model.inits[node.input[1]].dtype)))
     return layers
 
 

@@ -226,6 +226,16 @@ def test_cli_prints_target_and_measured_latency(tmp_path, capsys):
     assert onnx.load(out) and (tmp_path / "t.json").exists()
 
 
+def test_plan_with_a_latency_target_is_what_prune_applies(monkeypatch, table):
+    monkeypatch.setattr(latency_model, "time_widths", fake_ms(lambda layer: 0.1))
+    monkeypatch.setattr("onnxprune.bench.compare", _fake_compare(lambda k: 0.6, []))
+    kw = dict(target_latency=0.6, round_to=1, timing=TimingOptions(table=table))
+    plan, info = onnxprune.plan(two_branches(), **kw)
+    _, report = onnxprune.prune(two_branches(), **kw)
+    assert plan.removed == report.plan.removed and plan.removed
+    assert any(n.startswith("target latency 0.6, achieved 0.600") for n in info.notes)
+
+
 def test_api_checks_timing_options():
     with pytest.raises(onnxprune.OnnxPruneError, match="TimingOptions"):
         onnxprune.prune(two_branches(), target_latency=0.5, timing={"batch": 8})
