@@ -260,9 +260,11 @@ def _load(source, s: "Settings", timings: dict):
 
 
 def _choice_reads_data(s: "Settings", calibration) -> bool:
-    """synexp-weighted measures its weights on calibration data when there is some."""
+    """synexp-weighted and the latency allocator measure group curves on calibration data
+    when there is some."""
+    measures = s.allocator == "synexp-weighted" or s.target_latency is not None
     return s.plan is None and (needs_data(s.criterion) or s.allocator == "sensitivity"
-                               or (s.allocator == "synexp-weighted" and calibration is not None))
+                               or (measures and calibration is not None))
 
 
 def _score_data(model, sets):
@@ -291,7 +293,8 @@ def _choose(model, couplings, s: "Settings", timings: dict, data: CalibrationDat
         elif s.target_latency is not None:   # allocates, rewrites and times (onnxprune/latency_alloc.py)
             target, allocator_notes = allocate_to_latency(
                 model, couplings, scores, s, lambda removed: rewrite(model, couplings, removed,
-                                                                     _plan_folds(model, couplings, removed, s)[0]))
+                                                                     _plan_folds(model, couplings, removed, s)[0]),
+                data)
             removed = target.removed
         else:
             metric, fraction = ("macs", s.target_macs) if s.target_macs is not None else ("params", s.target_params)

@@ -5,7 +5,9 @@ threads and batch.
 1. Every convolution the plan can change gets measured width curves
    (onnxprune/latency_model.py, cached in the latency table).
 2. The greedy of onnxprune/density.py removes, step by step, the channels of the group that
-   loses the least score per millisecond saved (HALP's importance per unit of latency), the
+   loses the least importance per millisecond saved (HALP's knapsack, solved greedily): with
+   calibration data, importance is the rise of the group's measured output error (the
+   sensitivity allocator's curves); without, the criterion's scores. The
    milliseconds predicted by a LatencyTracker from the curves, until the predicted latency is
    F times the original's. The prediction is proportional: the model's latency is taken to
    scale as the sum of its timed convolutions (the elementwise operators, pooling and layout
@@ -30,6 +32,7 @@ from .budget import TargetResult, prunable_groups, removal_order
 from .cost import CostTracker
 from .density import allocate_greedy
 from .latency_model import TimingOptions, measure_layers
+from .sensitivity import measured_curves
 
 TOLERANCE = 0.03     # relative to the target: within it, no correction run
 
@@ -76,14 +79,24 @@ class LatencyTracker(CostTracker):
         super().remove(cls)
 
 
-def allocate_latency(model, couplings, scores: np.ndarray, target: float, layers, min_keep: float = 0.1, round_to: int = 1, coupled: str = "all", fold: bool = True,
-                     ranking: str = "raw") -> TargetResult:
-    """The greedy on predicted latency: a step's loss is the score it removes (divided by
-    its group's mean with the `normalized` ranking)."""
+def allocate_latency(model, couplings, scores: np.ndarray, target: float, layers, min_keep: float = 0.1,
+                     round_to: int = 1, coupled: str = "all", fold: bool = True,
+                     ranking: str = "raw", scope: str = "global", curves=None) -> TargetResult:
+    """The greedy on predicted latency. A step's loss is the rise of the group's measured
+    output-error curve (`curves`, onnxprune/sensitivity.py, with calibration data); without,
+    as the scope and ranking compare scores across groups: the score it removes (global,
+    raw), that score over its group's mean (global, normalized), or the fraction of its
+    group it removes (local: scores are not compared across groups)."""
+    tracker = LatencyTracker(model, couplings, fold, layers)
+    if curves is not None:
+        return allocate_greedy(model, couplings, scores, "latency", target, min_keep, round_to, coupled, fold,
+                               lambda gi, before, after, _: curves[gi](after) - curves[gi](before), tracker=tracker)
     lost = {}
     for g in prunable_groups(couplings, coupled):
         values = scores[removal_order([g], scores, "global", "raw")].astype(np.float64)
-        if ranking == "normalized":
+        if scope == "local":
+            values = np.full(len(values), 1.0 / len(values))
+        elif ranking == "normalized":
             values = values / max(float(values.mean()), 1e-30)
         lost[g.index] = np.concatenate([[0.0], np.cumsum(values)])
 
@@ -91,22 +104,27 @@ def allocate_latency(model, couplings, scores: np.ndarray, target: float, layers
         width = len(lost[gi]) - 1
         return float(lost[gi][width - after] - lost[gi][width - before])
 
-    tracker = LatencyTracker(model, couplings, fold, layers)
     return allocate_greedy(model, couplings, scores, "latency", target, min_keep, round_to, coupled, fold,
                            step_loss, tracker=tracker)
 
 
-def allocate_to_latency(model, couplings, scores: np.ndarray, s, rewritten) -> tuple[TargetResult, list[str]]:
+def allocate_to_latency(model, couplings, scores: np.ndarray, s, rewritten, data=None) -> tuple[TargetResult, list[str]]:
     """`--target-latency`: (TargetResult with the measured ratio as `achieved`, notes).
-    `s` holds the prune settings; `rewritten(removed classes)` is the pruned Model."""
+    `s` holds the prune settings; `rewritten(removed classes)` is the pruned Model; with
+    calibration `data`, each group's importance is its measured output-error curve."""
     options: TimingOptions = s.timing
     start = time.perf_counter()
     layers, table_note = measure_layers(model, couplings, s.min_keep, s.round_to, s.coupled, options)
+    curves, curve_notes = None, []
+    if data is not None:
+        curves, note = measured_curves(model, couplings, scores, prunable_groups(couplings, s.coupled), s.min_keep,
+                                       s.round_to, data)
+        curve_notes = [note]
     original = model.to_proto()
 
     def attempt(fraction):
         result = allocate_latency(model, couplings, scores, fraction, layers, s.min_keep, s.round_to,
-                                  s.coupled, s.fold != "none", s.ranking)
+                                  s.coupled, s.fold != "none", s.ranking, s.scope, curves)
         timings = _time([original, rewritten(result.removed).to_proto()], options, s.input_shapes)
         return result, timings[1].p10_ms / timings[0].p10_ms, timings
 
@@ -118,7 +136,7 @@ def allocate_to_latency(model, couplings, scores: np.ndarray, s, rewritten) -> t
         corrected = min(1.0, target * float(np.clip(result.achieved / measured, 0.5, 2.0)))
         tries.append((*attempt(corrected), corrected))
     result, measured, timings, aimed = min(tries, key=lambda t: abs(t[1] - target))
-    notes = [table_note,
+    notes = curve_notes + [table_note,
              f"target latency {target:g}, achieved {measured:.3f} (measured: original {timings[0].p10_ms:.2f} ms, "
              f"pruned {timings[1].p10_ms:.2f} ms, 10th percentile of {options.runs} alternating runs (medians "
              f"{timings[0].median_ms:.2f} and {timings[1].median_ms:.2f} ms), onnxruntime "

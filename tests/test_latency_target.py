@@ -185,6 +185,7 @@ def test_real_timing_end_to_end_with_calibration_recovery(table, capsys):
     slim, report = onnxprune.prune(two_branches(), target_latency=0.7, calibration=calib, verify=False,
                                    timing=TimingOptions(runs=5, warmup=1, table=table))
     assert any(n.startswith("target latency 0.7, achieved ") for n in report.notes)
+    assert any(n.startswith("sensitivity: 2 group(s)") for n in report.notes)   # importance measured on the data
     assert report.recovery.get("methods") or report.fidelity is not None
     assert report.after["macs"] < report.before["macs"]
 
@@ -256,3 +257,12 @@ def test_scores_are_used_by_the_default_criterion(monkeypatch, table):
 def test_noise_cannot_make_a_narrower_aligned_width_slower():
     assert latency_model.nondecreasing([1.0, 3.0, 2.0, 4.0]) == [1.0, 2.5, 2.5, 4.0]
     assert latency_model.nondecreasing([1.0, 2.0, 9.0, 3.0]) == [1.0, 2.0, 6.0, 6.0]
+
+
+def test_with_measured_curves_the_flat_group_is_thinned_first(monkeypatch, table):
+    from onnxprune.sensitivity import _Curve
+    model, couplings, layers = _tracker_setup(monkeypatch, table)   # every channel saves the same time
+    flat, steep = prunable_groups(couplings)
+    curves = {flat.index: _Curve([flat.width, 0], [0.0, 0.01]), steep.index: _Curve([steep.width, 0], [0.0, 5.0])}
+    result = allocate_latency(model, couplings, np.ones(couplings.n_classes), 0.8, layers, round_to=1, curves=curves)
+    assert result.removed and {int(couplings.group_of[c]) for c in result.removed} == {flat.index}
