@@ -136,14 +136,18 @@ def allocate_to_latency(model, couplings, scores: np.ndarray, s, rewritten, data
         corrected = min(1.0, target * float(np.clip(result.achieved / measured, 0.5, 2.0)))
         tries.append((*attempt(corrected), corrected))
     result, measured, timings, aimed = min(tries, key=lambda t: abs(t[1] - target))
-    notes = curve_notes + [table_note,
-             f"target latency {target:g}, achieved {measured:.3f} (measured: original {timings[0].p10_ms:.2f} ms, "
-             f"pruned {timings[1].p10_ms:.2f} ms, 10th percentile of {options.runs} alternating runs (medians "
-             f"{timings[0].median_ms:.2f} and {timings[1].median_ms:.2f} ms), onnxruntime "
-             f"{options.provider}, {options.threads} thread(s), batch {options.batch}); predicted "
-             f"{result.achieved:.3f} for an aim of {aimed:.3f}; {len(tries)} allocation(s) timed; latency "
-             f"modelling and timing took {time.perf_counter() - start:.1f} s"]
+    note = (f"target latency {target:g}, achieved {measured:.3f} ({_measured(timings, options)}); predicted "
+            f"{result.achieved:.3f} for an aim of {aimed:.3f}; {len(tries)} allocation(s) timed; latency modelling "
+            f"and timing took {time.perf_counter() - start:.1f} s")
+    notes = curve_notes + [table_note, note]
     return TargetResult(result.removed, target, "latency", measured, measured <= target * (1 + TOLERANCE)), notes
+
+
+def _measured(timings, options: TimingOptions) -> str:
+    original, pruned = timings
+    return (f"measured: original {original.p10_ms:.2f} ms, pruned {pruned.p10_ms:.2f} ms, 10th percentile of "
+            f"{options.runs} alternating runs (medians {original.median_ms:.2f} and {pruned.median_ms:.2f} ms), "
+            f"onnxruntime {options.provider}, {options.threads} thread(s), batch {options.batch}")
 
 
 def _time(protos, options: TimingOptions, input_shapes):
