@@ -138,12 +138,13 @@ def part_accuracy(args, tmp) -> list[dict]:
         timing = TimingOptions(batch=32, runs=args.runs, table=args.table)
         load_before = load()
         report, lat = prune_to(path, os.path.join(tmp, f"{name}_lat.onnx"), 0.5, timing, calibration=calib,
-                               eval_data=eval_data)
+                               eval_data=eval_data, round_to=args.round_to)
         lat["accuracy"] = report.fidelity.outputs[0].accuracy_pruned
         original_acc = report.fidelity.outputs[0].accuracy_original
         macs = []
         for target in MAC_TARGETS:
-            slim, r = onnxprune.prune(path, target_macs=target, calibration=calib, eval_data=eval_data)
+            slim, r = onnxprune.prune(path, target_macs=target, calibration=calib, eval_data=eval_data,
+                                      round_to=args.round_to)
             out = os.path.join(tmp, f"{name}_macs{target}.onnx")
             onnx.save(slim, out)
             macs.append({"target_macs": target, "accuracy": r.fidelity.outputs[0].accuracy_pruned,
@@ -157,7 +158,8 @@ def part_accuracy(args, tmp) -> list[dict]:
             m["latency"] = m["achieved_check"]
             del m["path"]
         at_same = _interpolate(macs, lat["latency"])
-        rows.append({"model": name, "batch": 32, "original_accuracy": original_acc, "latency_target": lat,
+        rows.append({"model": name, "batch": 32, "round_to": report.options["round_to"],
+                     "original_accuracy": original_acc, "latency_target": lat,
                      "mac_targets": macs, "mac_accuracy_at_same_latency": at_same,
                      "load_before": load_before, "load_after": load()})
         print(f"{name}: latency target 0.5 -> measured {lat['latency']:.3f}, accuracy {lat['accuracy']:.4f}; "
@@ -200,7 +202,7 @@ def markdown(result) -> str:
     rows = []
     for r in result.get("accuracy", []):
         lat, same = r["latency_target"], r["mac_accuracy_at_same_latency"]
-        rows.append([r["model"], f"{100 * r['original_accuracy']:.1f} %", f"{lat['latency']:.3f}, {100 * lat['accuracy']:.1f} %",
+        rows.append([f"{r['model']}, round-to {r.get('round_to')}", f"{100 * r['original_accuracy']:.1f} %", f"{lat['latency']:.3f}, {100 * lat['accuracy']:.1f} %",
                      "; ".join(f"{m['target_macs']}: {m['latency']:.3f}, {100 * m['accuracy']:.1f} %" for m in r["mac_targets"]),
                      "outside the measured range" if same is None else f"{100 * same:.1f} %",
                      f"{r['load_before']}→{r['load_after']}"])
@@ -219,16 +221,20 @@ def main(argv=None) -> int:
     ap.add_argument("--runs", type=int, default=30)
     ap.add_argument("--table", default=os.path.join("/tmp", "onnxprune_latency_table.json"))
     ap.add_argument("--out", default=os.path.join(ROOT, "benchmarks", "results"))
+    ap.add_argument("--round-to", type=int, default=None, help="accuracy part: --round-to of every prune "
+                    "(default: the library's)")
+    ap.add_argument("--tag", default="", help="results go to latency_target_TAG.{json,md}")
     ap.add_argument("--render", action="store_true", help="only rewrite the .md from the recorded .json")
     args = ap.parse_args(argv)
+    stem = os.path.join(args.out, "latency_target" + (f"_{args.tag}" if args.tag else ""))
     if args.render:
-        md = markdown(json.load(open(os.path.join(args.out, "latency_target.json"))))
-        with open(os.path.join(args.out, "latency_target.md"), "w") as f:
+        md = markdown(json.load(open(stem + ".json")))
+        with open(stem + ".md", "w") as f:
             f.write(md + "\n")
         print(md)
         return 0
     command = " ".join([COMMAND] + (argv if argv is not None else sys.argv[1:]))
-    path = os.path.join(args.out, "latency_target.json")
+    path = stem + ".json"
     result = json.load(open(path)) if os.path.exists(path) else {"runs": {}}   # parts run separately are merged
     os.makedirs(args.out, exist_ok=True)
     with tempfile.TemporaryDirectory() as tmp:
@@ -239,7 +245,7 @@ def main(argv=None) -> int:
                                     "elapsed_s": round(time.perf_counter() - start), "environment": environment()}
             dump_json(result, path)
     md = markdown(result)
-    with open(os.path.join(args.out, "latency_target.md"), "w") as f:
+    with open(stem + ".md", "w") as f:
         f.write(md + "\n")
     print(md)
     return 0
