@@ -177,6 +177,8 @@ def _interpolate(macs, latency):
 
 
 def _table(header: list[str], rows: list[list]) -> list[str]:
+    if not rows:   # a part this run did not record
+        return []
     return ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)] + \
         ["| " + " | ".join(str(c) for c in row) + " |" for row in rows] + [""]
 
