@@ -67,7 +67,8 @@ def zoo_model(name: str, size: int) -> str:
 def ratios(original, pruned) -> dict:
     """Pruned / original from one alternating run: by 10th percentiles (what the library
     compares; medians follow the other jobs on this shared machine), and by medians."""
-    return {"original_ms": original.p10_ms, "pruned_ms": pruned.p10_ms, "achieved_check": pruned.p10_ms / original.p10_ms,
+    return {"original_ms": original.p10_ms, "pruned_ms": pruned.p10_ms,
+            "achieved_check": pruned.p10_ms / original.p10_ms,
             "original_median_ms": original.median_ms, "pruned_median_ms": pruned.median_ms,
             "achieved_check_median": pruned.median_ms / original.median_ms}
 
@@ -83,7 +84,8 @@ def prune_to(path, out, target, timing, **kw):
     note = latency_note(report)
     return report, {"target": target, "achieved_in_prune": float(note.split("achieved ")[1].split(" ")[0]),
                     "note": note, "table_note": next(n for n in report.notes if n.startswith("latency table")),
-                    "mac_fraction": report.after["macs"] / report.before["macs"], "prune_s": round(time.perf_counter() - t, 1)}
+                    "mac_fraction": report.after["macs"] / report.before["macs"],
+                    "prune_s": round(time.perf_counter() - t, 1)}
 
 
 def part_zoo(args, tmp) -> list[dict]:
@@ -204,8 +206,9 @@ def markdown(result) -> str:
     rows = []
     for r in result.get("accuracy", []):
         lat, same = r["latency_target"], r["mac_accuracy_at_same_latency"]
-        rows.append([f"{r['model']}, round-to {r.get('round_to')}", f"{100 * r['original_accuracy']:.1f} %", f"{lat['latency']:.3f}, {100 * lat['accuracy']:.1f} %",
-                     "; ".join(f"{m['target_macs']}: {m['latency']:.3f}, {100 * m['accuracy']:.1f} %" for m in r["mac_targets"]),
+        macs = "; ".join(f"{m['target_macs']}: {m['latency']:.3f}, {100 * m['accuracy']:.1f} %" for m in r["mac_targets"])
+        rows.append([f"{r['model']}, round-to {r.get('round_to', 'default')}", f"{100 * r['original_accuracy']:.1f} %",
+                     f"{lat['latency']:.3f}, {100 * lat['accuracy']:.1f} %", macs,
                      "outside the measured range" if same is None else f"{100 * same:.1f} %",
                      f"{r['load_before']}→{r['load_after']}"])
     lines += _table(["model (batch 32)", "unpruned", "`--target-latency 0.5`: latency (p10 ratio), accuracy",

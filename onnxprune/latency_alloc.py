@@ -108,7 +108,8 @@ def allocate_latency(model, couplings, scores: np.ndarray, target: float, layers
                            step_loss, tracker=tracker)
 
 
-def allocate_to_latency(model, couplings, scores: np.ndarray, s, rewritten, data=None) -> tuple[TargetResult, list[str]]:
+def allocate_to_latency(model, couplings, scores: np.ndarray, s, rewritten,
+                        data=None) -> tuple[TargetResult, list[str]]:
     """`--target-latency`: (TargetResult with the measured ratio as `achieved`, notes).
     `s` holds the prune settings; `rewritten(removed classes)` is the pruned Model; with
     calibration `data`, each group's importance is its measured output-error curve."""

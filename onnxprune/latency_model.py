@@ -119,7 +119,8 @@ def timed_layers(model, couplings, classes) -> list[TimedLayer]:
     for name, axes in axes_of.items():
         if any(np.isin(couplings.class_of[ids], classes).any() for ids in axes.values()):
             node = nodes[name]
-            layers.append(TimedLayer(node, tuple(model.shapes[node.input[0]]), axes, str(model.inits[node.input[1]].dtype)))
+            layers.append(TimedLayer(node, tuple(model.shapes[node.input[0]]), axes,
+                                     str(model.inits[node.input[1]].dtype)))
     return layers
 
 
@@ -271,9 +272,9 @@ def _layer_model(model, layer: TimedLayer, axis: str, width: int, batch: int):
     conv.attribute.extend(a for a in node.attribute if a.name != "group")
     if axis == "both":
         conv.attribute.append(helper.make_attribute("group", width))
+    y_shape = [batch, c_out, *model.shapes[node.output[0]][2:]]
     graph = helper.make_graph([conv], "layer", [helper.make_tensor_value_info("x", elem, x_shape)],
-                              [helper.make_tensor_value_info("y", elem, [batch, c_out, *model.shapes[node.output[0]][2:]])],
-                              inits)
+                              [helper.make_tensor_value_info("y", elem, y_shape)], inits)
     proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
     proto.ir_version = 8
     feeds = {"x": rng.standard_normal(x_shape).astype(w.dtype)}
