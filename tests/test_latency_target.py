@@ -165,7 +165,9 @@ def test_off_target_measurement_is_corrected_once(monkeypatch, table):
     assert "target latency 0.6, achieved 0.610" in note and "2 allocation(s) timed" in note
     assert calls == [2, 2]
     aim = float(note.split("for an aim of ")[1].split(";")[0])
-    assert aim < 0.6   # measured slower than predicted: aim lower
+    predicted = float(note.split("predicted ")[1].split(" ")[0])
+    # measured saving 0.2 of a predicted ~0.4: twice the saving asked for next (bounded)
+    assert aim == pytest.approx(1 - 0.4 * min(2.0, (1 - predicted) / 0.2), abs=1e-3) and aim < 0.6
     assert report.options["target_latency"] == 0.6
 
 
@@ -266,3 +268,15 @@ def test_with_measured_curves_the_flat_group_is_thinned_first(monkeypatch, table
     curves = {flat.index: _Curve([flat.width, 0], [0.0, 0.01]), steep.index: _Curve([steep.width, 0], [0.0, 5.0])}
     result = allocate_latency(model, couplings, np.ones(couplings.n_classes), 0.8, layers, round_to=1, curves=curves)
     assert result.removed and {int(couplings.group_of[c]) for c in result.removed} == {flat.index}
+
+
+@pytest.mark.parametrize("target, predicted, measured, aim", [
+    (0.9, 0.9, 0.82, 1 - 0.1 * 0.1 / 0.18),   # saved more than predicted: ask for less
+    (0.5, 0.5, 0.6, 1 - 0.5 * 1.25),          # saved 0.4 of a predicted 0.5: ask for more
+    (0.7, 0.7, 0.1, 1 - 0.3 * 0.5),           # bounded to half the saving
+    (0.5, 0.5, 0.9, 0.01),                    # bounded to twice the saving, then to 1 %
+    (0.9, 0.9, 1.05, 1 - 0.1 * 2.0),          # slower than the original: twice the saving
+])
+def test_corrected_aim_rescales_the_saving(target, predicted, measured, aim):
+    from onnxprune.latency_alloc import corrected_aim
+    assert corrected_aim(target, predicted, measured) == pytest.approx(aim)
