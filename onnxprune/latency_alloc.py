@@ -19,9 +19,10 @@ threads and batch.
    MobileNetV2 at 2.27 ms by 10th percentile, 6.30 ms by median, in one run at load 7 on 2
    cores, benchmarks/results/latency_target.json), while the lower percentile stays closer
    to the model's own time. When the measured ratio is off the target by more than
-   TOLERANCE, the saving asked for is rescaled once by the ratio of predicted to measured
-   saving (`corrected_aim`), the allocation redone and timed again; the plan that measured
-   closer to the target is kept. The note says target, achieved and what it cost.
+   TOLERANCE, the saving asked for is rescaled by the ratio of predicted to measured saving
+   (`corrected_aim`), the allocation redone and timed again; if that still misses, one
+   secant step between the two (aim, measured) points is timed as well. At most three
+   allocations are timed; the plan that measured closest to the target is kept. The note says target, achieved and what it cost.
 """
 from __future__ import annotations
 
@@ -136,6 +137,12 @@ def allocate_to_latency(model, couplings, scores: np.ndarray, s, rewritten,
     if abs(measured - target) > TOLERANCE * target:
         corrected = corrected_aim(target, result.achieved, measured)
         tries.append((*attempt(corrected), corrected))
+        # two (aim, measured) points: a secant step between them, once, when the first
+        # correction still misses (the response is not proportional: alignment steps)
+        (_, m1, _, a1), (_, m2, _, a2) = tries
+        if abs(m2 - target) > TOLERANCE * target and m1 != m2:
+            secant = float(np.clip(a1 + (target - m1) * (a2 - a1) / (m2 - m1), 0.01, 1.0))
+            tries.append((*attempt(secant), secant))
     result, measured, timings, aimed = min(tries, key=lambda t: abs(t[1] - target))
     note = (f"target latency {target:g}, achieved {measured:.3f} ({_measured(timings, options)}); predicted "
             f"{result.achieved:.3f} for an aim of {aimed:.3f}; {len(tries)} allocation(s) timed; latency modelling "

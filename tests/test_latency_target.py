@@ -171,6 +171,18 @@ def test_off_target_measurement_is_corrected_once(monkeypatch, table):
     assert report.options["target_latency"] == 0.6
 
 
+def test_a_second_miss_takes_one_secant_step(monkeypatch, table):
+    monkeypatch.setattr(latency_model, "time_widths", fake_ms(lambda layer: 0.1))
+    calls = []
+    # measured 0.8, then 0.7, then on target: three allocations, the last kept
+    monkeypatch.setattr("onnxprune.bench.compare", _fake_compare(lambda k: {1: 0.8, 2: 0.7}.get(k, 0.6), calls))
+    _, report = onnxprune.prune(two_branches(), target_latency=0.6, round_to=1, timing=TimingOptions(table=table))
+    note = next(n for n in report.notes if n.startswith("target latency"))
+    assert calls == [2, 2, 2] and "achieved 0.600" in note and "3 allocation(s) timed" in note
+    aim = float(note.split("for an aim of ")[1].split(";")[0])
+    assert aim < 0.2 + 1e-9   # the secant through (0.6, 0.8) and (the first correction, 0.7) aims below it
+
+
 def test_on_target_measurement_is_not_redone(monkeypatch, table):
     monkeypatch.setattr(latency_model, "time_widths", fake_ms(lambda layer: 0.1))
     calls = []
