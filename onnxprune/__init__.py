@@ -1,10 +1,11 @@
 """onnxprune: a structured-pruning compiler for ONNX."""
 from .api import analyze_model, apply_plan, plan, prune, rewrite
 from .errors import InternalError, OnnxPruneError
+from .latency_model import TimingOptions
 from .plan import Plan
 from .report import PlanInfo, Report
 from .shrink import shrink
 
 __all__ = ["prune", "shrink", "plan", "apply_plan", "analyze_model", "rewrite", "Plan", "PlanInfo", "Report",
-           "OnnxPruneError", "InternalError"]
+           "TimingOptions", "OnnxPruneError", "InternalError"]
 __version__ = "0.2.0"

@@ -20,6 +20,8 @@ from . import passes
 from .budget import allocate, allocate_target, check_plan_classes, kept_whole_by_rounding, prunable_groups
 from .couplings import analyze
 from .density import allocate_density
+from .latency_alloc import allocate_to_latency
+from .latency_model import TimingOptions
 from .errors import OnnxPruneError
 from .io import is_large
 from .load import load
@@ -74,13 +76,17 @@ def prune(source: str | os.PathLike | onnx.ModelProto, ratio: float | None = Non
           verify: bool = False, tolerance: float = DEFAULT_TOLERANCE, calibration: object = None,
           calibration_limit: int | None = None, calibration_preprocess: str | None = None,
           eval_data: object = None, labels_key: str = "labels",
-          recover: str = "auto", residual: str = DEFAULT_RESIDUAL) -> tuple[onnx.ModelProto, Report]:
+          recover: str = "auto", residual: str = DEFAULT_RESIDUAL, target_latency: float | None = None,
+          timing: TimingOptions | None = None) -> tuple[onnx.ModelProto, Report]:
     """Prune a model (a path or a ModelProto, never modified). Returns (pruned ModelProto, Report).
 
     Budget, one of (default: ratio 0.3):
       ratio: fraction in [0, 1) of the prunable channel classes to remove.
       target_macs: fraction in (0, 1] of the original MACs to keep.
       target_params: fraction in (0, 1] of the original parameters to keep.
+      target_latency: fraction in (0, 1] of the original's latency to keep, measured in
+        onnxruntime where `timing` (an onnxprune.TimingOptions: provider, threads, batch,
+        warm-up and timed runs, latency table path) says (docs/methods.md §6).
       plan: an onnxprune.Plan to apply instead of scoring (see `plan` and `apply_plan`).
     Options:
       criterion: saliency, one of onnxprune.saliency.CRITERIA ('l1', 'l2', 'bgsc', 'random', ...);
@@ -124,7 +130,8 @@ def prune(source: str | os.PathLike | onnx.ModelProto, ratio: float | None = Non
         coupled=coupled, min_keep=min_keep, round_to=round_to, exclude=exclude,
         input_shapes=input_shapes, fold=fold, verify=verify, tolerance=tolerance, calibration=calibration,
         calibration_limit=calibration_limit, calibration_preprocess=calibration_preprocess,
-        eval_data=eval_data, labels_key=labels_key, recover=recover, residual=residual)
+        eval_data=eval_data, labels_key=labels_key, recover=recover, residual=residual,
+        target_latency=target_latency, timing=timing)
     proto = slim.to_proto()
     if not checked_in_memory(slim) and not is_large(slim):
         check(proto)
@@ -146,7 +153,8 @@ def prune_model(source: str | os.PathLike | onnx.ModelProto, ratio: float | None
                 verify: bool = False, tolerance: float = DEFAULT_TOLERANCE, calibration: object = None,
                 calibration_limit: int | None = None, calibration_preprocess: str | None = None,
                 eval_data: object = None, labels_key: str = "labels", recover: str = "auto",
-                check_output: bool = True, residual: str = DEFAULT_RESIDUAL) -> tuple[Model, Report]:
+                check_output: bool = True, residual: str = DEFAULT_RESIDUAL, target_latency: float | None = None,
+                timing: TimingOptions | None = None) -> tuple[Model, Report]:
     """`prune`, returning the pruned `Model` (graph + numpy weights) instead of a proto; the
     arguments are `prune`'s. `check_output=False` leaves the ONNX checker to
     `io.save_model(..., check=True)`, which runs it on the bytes it is about to write (the
@@ -158,7 +166,7 @@ def prune_model(source: str | os.PathLike | onnx.ModelProto, ratio: float | None
                   criterion=criterion, seed=seed, scope=scope, ranking=ranking, allocator=allocator,
                   coupled=coupled, min_keep=min_keep, round_to=round_to, exclude=exclude,
                   input_shapes=input_shapes, fold=fold, verify=verify, tolerance=tolerance,
-                  calibration=calibration, residual=residual)
+                  calibration=calibration, residual=residual, target_latency=target_latency, timing=timing)
     check_flag("check_output", check_output)
     check_data_options(recover, calibration_limit, labels_key)
     check_needs_data(s, calibration)
@@ -197,17 +205,19 @@ def plan(source: str | os.PathLike | onnx.ModelProto, ratio: float | None = None
          exclude: Sequence[str] = (), input_shapes: Mapping[str, Sequence[int]] | None = None,
          fold: str = "exact", calibration: object = None, calibration_limit: int | None = None,
          calibration_preprocess: str | None = None, eval_data: object = None,
-         residual: str = DEFAULT_RESIDUAL) -> tuple[Plan, PlanInfo]:
+         residual: str = DEFAULT_RESIDUAL, target_latency: float | None = None,
+         timing: TimingOptions | None = None) -> tuple[Plan, PlanInfo]:
     """Score and allocate without rewriting: returns (the Plan that `prune` with the same
     arguments would apply, PlanInfo). The arguments are `prune`'s (`fold` matters here too:
     a MAC or parameter target counts the biases that folding adds; the data criteria, the
     sensitivity allocator and synexp-weighted read `calibration`, less the fifth `prune` holds out unless
-    `eval_data` is given). Edit or inspect the plan, then `apply_plan` it."""
+    `eval_data` is given; `target_latency` rewrites and times the candidate plans). Edit or inspect the
+    plan, then `apply_plan` it."""
     s = settings(ratio=ratio, target_macs=target_macs, target_params=target_params, plan=None,
                   criterion=criterion, seed=seed, scope=scope, ranking=ranking, allocator=allocator,
                   coupled=coupled, min_keep=min_keep, round_to=round_to, exclude=exclude,
                   input_shapes=input_shapes, fold=fold, verify=False, tolerance=DEFAULT_TOLERANCE,
-                  calibration=calibration, residual=residual)
+                  calibration=calibration, residual=residual, target_latency=target_latency, timing=timing)
     check_data_options("auto", calibration_limit, "labels")
     check_needs_data(s, calibration)
     check_source(source)
@@ -250,9 +260,11 @@ def _load(source, s: "Settings", timings: dict):
 
 
 def _choice_reads_data(s: "Settings", calibration) -> bool:
-    """synexp-weighted measures its weights on calibration data when there is some."""
+    """synexp-weighted and the latency allocator measure group curves on calibration data
+    when there is some."""
+    measures = s.allocator == "synexp-weighted" or s.target_latency is not None
     return s.plan is None and (needs_data(s.criterion) or s.allocator == "sensitivity"
-                               or (s.allocator == "synexp-weighted" and calibration is not None))
+                               or (measures and calibration is not None))
 
 
 def _score_data(model, sets):
@@ -278,6 +290,12 @@ def _choose(model, couplings, s: "Settings", timings: dict, data: CalibrationDat
         if s.ratio is not None:
             removed = allocate(couplings, scores, s.ratio, s.scope, s.min_keep, s.round_to, s.ranking,
                                s.coupled)
+        elif s.target_latency is not None:   # allocates, rewrites and times (onnxprune/latency_alloc.py)
+            target, allocator_notes = allocate_to_latency(
+                model, couplings, scores, s, lambda removed: rewrite(model, couplings, removed,
+                                                                     _plan_folds(model, couplings, removed, s)[0]),
+                data)
+            removed = target.removed
         else:
             metric, fraction = ("macs", s.target_macs) if s.target_macs is not None else ("params", s.target_params)
             if s.allocator == "sensitivity":
@@ -360,7 +378,7 @@ def _residual_notes(couplings, removed) -> list[str]:
 
 def _budget_notes(couplings, s: "Settings", target) -> list[str]:
     notes = []
-    if target is not None:
+    if target is not None and target.metric != "latency":   # the latency allocator's note says it, measured
         notes.append(f"target {target.metric} {target.target:g}: reached {target.achieved:.4f}"
                      + ("" if target.reached else " (not reachable within the group floors)"))
     if s.plan is None:
@@ -374,7 +392,8 @@ def _budget_notes(couplings, s: "Settings", target) -> list[str]:
 
 def _report_options(s: "Settings", model: Model) -> dict:
     return {"criterion": s.criterion if s.plan is None else "plan", "ratio": s.ratio,
-            "target_macs": s.target_macs, "target_params": s.target_params, "scope": s.scope,
+            "target_macs": s.target_macs, "target_params": s.target_params, "target_latency": s.target_latency,
+            "scope": s.scope,
             "ranking": s.ranking, "allocator": s.allocator, "coupled": s.coupled, "min_keep": s.min_keep,
             "round_to": s.round_to, "fold": s.fold, "seed": s.seed, "residual": s.residual,
             "exclude": list(s.exclude), "input_shapes": {k: list(v) for k, v in model.input_shapes.items()}}

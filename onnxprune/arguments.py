@@ -13,6 +13,7 @@ import onnx
 from . import passes
 from .budget import COUPLED, RANKINGS, parse_min_keep, default_round_to
 from .errors import OnnxPruneError
+from .latency_model import TimingOptions
 from .plan import Plan, checked_removed
 from .recover import parse_methods
 from .residual import RESIDUAL
@@ -67,6 +68,8 @@ class Settings:
     verify: bool
     tolerance: float
     residual: str = "coupled"   # DEFAULT_RESIDUAL
+    target_latency: float | None = None
+    timing: TimingOptions = TimingOptions()   # where --target-latency measures
 
 
 # How a residual Add treats its operands' channels: "coupled" (one class per stream channel)
@@ -77,19 +80,21 @@ DEFAULT_RESIDUAL = "coupled"
 
 def settings(*, ratio, target_macs, target_params, plan, criterion, seed, scope, ranking, allocator,
               coupled, min_keep, round_to, exclude, input_shapes, fold, verify, tolerance,
-              calibration=None, residual=DEFAULT_RESIDUAL) -> Settings:
+              calibration=None, residual=DEFAULT_RESIDUAL, target_latency=None, timing=None) -> Settings:
     ratio = _number("ratio", ratio)
     target_macs, target_params = _number("target_macs", target_macs), _number("target_params", target_params)
+    target_latency = _number("target_latency", target_latency)
     if plan is not None and not isinstance(plan, Plan):
         raise OnnxPruneError(f"plan must be an onnxprune.Plan, got {type_name(plan)}")
-    budgets = [b for b in (ratio, target_macs, target_params, plan) if b is not None]
+    budgets = [b for b in (ratio, target_macs, target_params, target_latency, plan) if b is not None]
     if len(budgets) > 1:
-        raise OnnxPruneError("give one budget: --ratio, --target-macs, --target-params or --plan")
+        raise OnnxPruneError("give one budget: --ratio, --target-macs, --target-params, --target-latency or --plan")
     if not budgets:
         ratio = 0.3
     if ratio is not None and not 0 <= ratio < 1:
         raise OnnxPruneError(f"--ratio must be in [0, 1), got {ratio}")
-    for flag, fraction in (("--target-macs", target_macs), ("--target-params", target_params)):
+    for flag, fraction in (("--target-macs", target_macs), ("--target-params", target_params),
+                           ("--target-latency", target_latency)):
         if fraction is not None and not 0 < fraction <= 1:
             raise OnnxPruneError(f"{flag} must be in (0, 1], got {fraction}")
     if plan is not None:  # a Plan built by hand gets the checks a plan file gets
@@ -103,7 +108,8 @@ def settings(*, ratio, target_macs, target_params, plan, criterion, seed, scope,
                else DEFAULT_RANKING.get(criterion, "raw"))
     allocator = _choice("--allocator", allocator, ALLOCATORS)
     if allocator != "rank" and target_macs is None and target_params is None:
-        raise OnnxPruneError(f"--allocator {allocator} needs a cost budget: --target-macs or --target-params")
+        raise OnnxPruneError(f"--allocator {allocator} needs a cost budget: --target-macs or --target-params"
+                             + (" (--target-latency has its own allocator)" if target_latency is not None else ""))
     coupled = _choice("--coupled", coupled, COUPLED) if coupled is not None else DEFAULT_COUPLED.get(criterion, "all")
     round_to = default_round_to() if round_to is None else integer("--round-to", round_to, least=1)
     fold = _choice("--fold", fold, passes.fold_removed_constants.MODES)
@@ -115,7 +121,20 @@ def settings(*, ratio, target_macs, target_params, plan, criterion, seed, scope,
     tolerance = check_tolerance(tolerance)
     return Settings(ratio, target_macs, target_params, plan, criterion, seed, scope, ranking, allocator,
                      coupled, _min_keep(min_keep), round_to, check_patterns(exclude), check_input_shapes(input_shapes),
-                     fold, verify, tolerance, residual)
+                     fold, verify, tolerance, residual, target_latency, check_timing(timing))
+
+
+def check_timing(timing) -> TimingOptions:
+    """Where --target-latency measures: a TimingOptions (default: cpu, 1 thread, batch 1)."""
+    if timing is None:
+        return TimingOptions()
+    if not isinstance(timing, TimingOptions):
+        raise OnnxPruneError(f"timing must be an onnxprune.TimingOptions, got {type_name(timing)}")
+    from .bench import check_options
+    check_options(timing.provider, timing.threads, timing.batch, timing.warmup, timing.runs)
+    if timing.table is not None and not isinstance(timing.table, (str, os.PathLike)):
+        raise OnnxPruneError(f"the latency table must be a path, got {type_name(timing.table)}")
+    return timing
 
 
 def check_tolerance(tolerance) -> float:

@@ -110,7 +110,7 @@ def _providers(proto, provider):
     return [(PROVIDERS["tensorrt"], {"trt_fp16_enable": float16}), PROVIDERS["cuda"]]
 
 
-def _session(proto, provider, threads, stop_spinning=True):
+def timing_session(proto, provider, threads, stop_spinning=True):
     from .runtime import quiet_onnxruntime
     ort = quiet_onnxruntime()
     opts = ort.SessionOptions()
@@ -171,7 +171,7 @@ def compare(models, provider: str = "cpu", threads: int = 1, batch: int = 1, war
         for proto, name in zip(protos, names):
             m, feeds = _with_batch(proto, batch, input_shapes or {})
             try:
-                runners.append(_runner(_session(m, provider, threads, stop_spinning), feeds, device))
+                runners.append(_runner(timing_session(m, provider, threads, stop_spinning), feeds, device))
                 runners[-1]()
             except OnnxPruneError:
                 raise

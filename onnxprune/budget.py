@@ -298,16 +298,23 @@ def closest_landing(tracker, metric: str, goal: float, chunks: list) -> list:
 
 
 def _after(tracker, metric, chunk) -> float:
-    return (tracker.macs if metric == "macs" else tracker.params) + _delta(tracker, metric, chunk)
+    return metric_value(tracker, metric) + _delta(tracker, metric, chunk)
 
 
 def _delta(tracker, metric, chunk) -> float:
+    if metric == "latency":   # a LatencyTracker (onnxprune/latency_alloc.py)
+        return tracker.preview_latency(chunk)
     d_params, d_macs, _ = tracker.preview(chunk)
     return d_macs if metric == "macs" else d_params
 
 
+def metric_value(tracker, metric: str) -> float:
+    """The tracked value of 'macs', 'params' or (a LatencyTracker's) 'latency'."""
+    return getattr(tracker, metric)
+
+
 def _base(tracker, metric) -> float:
-    return tracker.macs0 if metric == "macs" else tracker.params0
+    return getattr(tracker, f"{metric}0")
 
 
 def _step(keep: int, round_to: int) -> int:

@@ -166,11 +166,13 @@ def _check_targets(args) -> None:
 def _prune(args) -> int:
     from .api import prune_model as prune
     from .bench import check_options, require_provider
+    from .latency_model import TimingOptions
 
     _check_targets(args)
     check_options(args.provider, args.threads, args.batch, args.warmup, args.runs)
-    if args.bench:  # found out now, not after the model is written
+    if args.bench or args.target_latency is not None:  # found out now, not after the model is written
         require_provider(args.provider)
+    _check_latency_table(args)
     input_shapes = _input_shapes(args.input_shape)
     plan = _read_plan(args.plan) if args.plan else None
     slim, report = prune(args.input, args.ratio, criterion=args.criterion, seed=args.seed,
@@ -182,6 +184,9 @@ def _prune(args) -> int:
                          calibration=args.calib, calibration_limit=args.calib_limit,
                          calibration_preprocess=args.calib_preprocess, eval_data=args.eval_data,
                          labels_key=args.labels, recover=args.recover, residual=args.residual,
+                         target_latency=args.target_latency,
+                         timing=TimingOptions(args.provider, args.threads, args.batch, args.warmup, args.runs,
+                                              args.latency_table),
                          check_output=False)  # save_model checks the bytes it writes
     if not _write_result(args, slim, report, args.tolerance,
                          [(args.plan_out, report.plan.to_json() if args.plan_out else "")]):
@@ -189,6 +194,18 @@ def _prune(args) -> int:
     if args.bench:
         _print_bench([args.input, args.output], args, report.options["input_shapes"])
     return 0
+
+
+def _check_latency_table(args) -> None:
+    """The latency table is read and rewritten: never one of the files the command reads or writes."""
+    if args.latency_table is None:
+        return
+    if args.target_latency is None:
+        raise OnnxPruneError("--latency-table goes with --target-latency")
+    for flag, path in (("the input", args.input), ("the output", args.output), ("--report", args.report),
+                       ("--plan-out", args.plan_out), ("--plan", args.plan)):
+        if path and _same_file(args.latency_table, path):
+            raise OnnxPruneError(f"--latency-table is {flag} path: give the table its own file")
 
 
 def _shrink(args) -> int:

@@ -30,6 +30,13 @@ def prune_arguments(p):
     budget.add_argument("--ratio", type=float, help="fraction of prunable channels to remove (default 0.3)")
     budget.add_argument("--target-macs", type=float, metavar="F", help="keep this fraction of the MACs")
     budget.add_argument("--target-params", type=float, metavar="F", help="keep this fraction of the parameters")
+    budget.add_argument("--target-latency", type=float, metavar="F",
+                        help="keep this fraction of the latency, measured in onnxruntime with --provider, "
+                             "--threads and --batch (per-layer width curves measured and cached in "
+                             "--latency-table; the pruned model is timed against the original)")
+    p.add_argument("--latency-table", metavar="PATH",
+                   help="JSON cache of measured layer latencies for --target-latency, reused by later runs "
+                        "(default: ~/.cache/onnxprune/latency_table.json)")
     selection_options(p)
     p.add_argument("--plan", help="apply this plan (JSON) instead of scoring")
     p.add_argument("--plan-out", help="write the applied plan as JSON")

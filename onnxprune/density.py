@@ -21,8 +21,8 @@ import heapq
 
 import numpy as np
 
-from .budget import (CostTracker, TargetResult, _step, class_multiplicity, closest_landing, floor_of,
-                     group_round_to, overshoots, prunable_groups, removal_order)
+from .budget import (CostTracker, TargetResult, _base, _step, class_multiplicity, closest_landing, floor_of,
+                     group_round_to, metric_value, overshoots, prunable_groups, removal_order)
 from .errors import OnnxPruneError
 
 
@@ -34,20 +34,21 @@ def allocate_density(model, couplings, scores: np.ndarray, metric: str, target: 
 
 
 def allocate_greedy(model, couplings, scores: np.ndarray, metric: str, target: float, min_keep: float,
-                    round_to: int, coupled: str, fold: bool, step_loss, start=None) -> TargetResult:
+                    round_to: int, coupled: str, fold: bool, step_loss, start=None, tracker=None) -> TargetResult:
     """Take the cheapest step, `step_loss(group index, kept before, kept after, Δ Σ log p)`
     per unit of the metric saved, until the target is met (the density allocator's loss is
-    −Δ Σ log p; the sensitivity allocator's a measured fidelity curve). `start(tracker)`
+    −Δ Σ log p; the sensitivity allocator's a measured fidelity curve; the latency
+    allocator's the scores removed, per millisecond saved on a LatencyTracker). `start(tracker)`
     (group index -> kept count; default full width) says where the steps start from: the
     synexp allocator starts from its rounded continuous optimum."""
     if not 0 < target <= 1:
         raise OnnxPruneError(f"--target-{metric} must be in (0, 1], got {target}")
     groups = prunable_groups(couplings, coupled)
-    tracker = CostTracker(model, couplings, fold)
-    base = tracker.macs0 if metric == "macs" else tracker.params0
+    tracker = tracker or CostTracker(model, couplings, fold)
+    base = _base(tracker, metric)
 
     def value():
-        return tracker.macs if metric == "macs" else tracker.params
+        return metric_value(tracker, metric)
 
     multiplicity = class_multiplicity(couplings)
     order = {g.index: removal_order([g], scores, "global", "raw").tolist() for g in groups}
@@ -67,7 +68,7 @@ def allocate_greedy(model, couplings, scores: np.ndarray, metric: str, target: f
         if not chunk:
             return None
         d_params, d_macs, d_log = tracker.preview(chunk)
-        saved = -(d_macs if metric == "macs" else d_params)
+        saved = -(d_macs if metric == "macs" else d_params if metric == "params" else tracker.preview_latency(chunk))
         return step_loss(gi, keep[gi], keep[gi] - len(chunk), d_log) / saved if saved > 0 else None
 
     removed: set[int] = set()

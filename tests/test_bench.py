@@ -79,7 +79,7 @@ def test_timed_loop_through_io_binding(monkeypatch):
     assert calls == {"bound": 2 * (1 + 2 + 4), "plain": 0}
     assert timings[1].macs < timings[0].macs and all(t.median_ms > 0 for t in timings)
     # what the binding computes is what a plain run computes
-    session = bench._session(proto, "cpu", threads=1)
+    session = bench.timing_session(proto, "cpu", threads=1)
     _, feeds = bench._with_batch(proto, 1, {})
     binding = session.io_binding()
     monkeypatch.setattr(session, "io_binding", lambda: binding)
@@ -141,9 +141,9 @@ def test_a_model_onnxruntime_rejects_is_one_line(tmp_path):
 
 def test_sessions_stop_spinning_between_alternating_runs():
     # An idle pool that keeps spinning steals a core from the next model in the series.
-    session = bench._session(resnet_like(), "cpu", threads=2)
+    session = bench.timing_session(resnet_like(), "cpu", threads=2)
     assert session.get_session_options().get_session_config_entry("session.force_spinning_stop") == "1"
-    kept = bench._session(resnet_like(), "cpu", threads=2, stop_spinning=False).get_session_options()
+    kept = bench.timing_session(resnet_like(), "cpu", threads=2, stop_spinning=False).get_session_options()
     with pytest.raises(RuntimeError, match="does not have configuration"):
         kept.get_session_config_entry("session.force_spinning_stop")
 
