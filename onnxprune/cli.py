@@ -21,7 +21,7 @@ import logging
 import os
 import sys
 
-from . import cli_args, cli_estimate, progress
+from . import cli_args, cli_estimate, cli_files, progress
 from .errors import OnnxPruneError
 
 EXIT_ORACLE, EXIT_INPUT, EXIT_INTERNAL = 1, 2, 3
@@ -173,7 +173,7 @@ def _prune(args) -> int:
     if args.bench or args.target_latency is not None:  # found out now, not after the model is written
         require_provider(args.provider)
     _check_latency_table(args)
-    input_shapes = _input_shapes(args.input_shape)
+    input_shapes = cli_files.input_shapes(args.input_shape)
     plan = _read_plan(args.plan) if args.plan else None
     slim, report = prune(args.input, args.ratio, criterion=args.criterion, seed=args.seed,
                          scope=args.scope, ranking=args.ranking, target_macs=args.target_macs,
@@ -215,7 +215,7 @@ def _shrink(args) -> int:
     _check_targets(args)
     slim, report = shrink_model(args.input, tolerance=args.tolerance, approximate=args.approximate,
                                 verify=args.verify, exclude=args.exclude, seed=args.seed, residual=args.residual,
-                                input_shapes=_input_shapes(args.input_shape), check_output=False)
+                                input_shapes=cli_files.input_shapes(args.input_shape), check_output=False)
     return 0 if _write_result(args, slim, report, DEFAULT_TOLERANCE) else EXIT_ORACLE
 
 
@@ -229,41 +229,17 @@ def _write_result(args, slim, report, tolerance: float, more_texts=()) -> bool:
     for note in report.notes:
         log.info("note: %s", note)
     if args.verify and not report.oracle_passed:
-        _write([(args.report, report.to_json() if args.report else "")])
+        cli_files.write([(args.report, report.to_json() if args.report else "")])
         written = f"model not written, report in {args.report}" if args.report else "nothing written"
         print(f"onnxprune: masking oracle failed: max relative difference "
               f"{report.oracle.max_rel_diff:.3e} > {report.oracle.threshold(tolerance):.3g} "
               f"(tolerance {tolerance:g}, {report.oracle.dtype} noise "
               f"{report.oracle.noise:.1e}); {written}", file=sys.stderr)
         return False
-    _write([(args.report, report.to_json() if args.report else "")] + list(more_texts),
-           save=lambda: _save(save_model, slim, args.output))
+    cli_files.write([(args.report, report.to_json() if args.report else "")] + list(more_texts),
+           save=lambda: cli_files.save(save_model, slim, args.output))
     log.info("wrote %s", args.output)
     return True
-
-
-def _save(save_model, slim, path: str) -> None:
-    with progress.stage("save"):
-        save_model(slim, path, check=True)
-
-
-def _write(texts, save=None) -> None:
-    """Write the texts (path, text; no path: skipped) and, with `save`, the model: texts go
-    to temporary files first and are renamed after the model is saved, so a failure
-    anywhere leaves no report without its model and no temporary file."""
-    staged = []
-    try:
-        for path, text in texts:
-            if path:
-                staged.append((_stage_text(path, text), path))
-        if save is not None:
-            save()
-        for tmp, path in staged:
-            _rename(tmp, path)
-    finally:
-        for tmp, _ in staged:
-            if os.path.exists(tmp):
-                os.remove(tmp)
 
 
 def _read_plan(path: str):
@@ -279,19 +255,6 @@ def _read_plan(path: str):
         raise OnnxPruneError(f"{path}: {e}") from None
 
 
-def _input_shapes(specs) -> dict[str, tuple]:
-    """--input-shape values; one input given twice must be given the same shape."""
-    from .load import parse_input_shapes
-    shapes: dict[str, tuple] = {}
-    for spec in specs:
-        (name, shape), = parse_input_shapes([spec]).items()
-        if shapes.get(name, shape) != shape:
-            raise OnnxPruneError(f"--input-shape gives '{name}' two different shapes: "
-                                 f"{','.join(map(str, shapes[name]))} and {','.join(map(str, shape))}")
-        shapes[name] = shape
-    return shapes
-
-
 def _print_bench(models, args, input_shapes) -> None:
     from .bench import compare, table
     timings = compare(models, args.provider, args.threads, args.batch, args.warmup, args.runs, input_shapes)
@@ -299,26 +262,15 @@ def _print_bench(models, args, input_shapes) -> None:
 
 
 def _bench(args) -> int:
-    _print_bench(args.models, args, _input_shapes(args.input_shape))
+    _print_bench(args.models, args, cli_files.input_shapes(args.input_shape))
     return 0
-
-
-def _stage_text(path: str, text: str) -> str:
-    """Write `text` to a temporary file; `_rename` puts it in place (io.stage_text)."""
-    from .io import stage_text
-    return stage_text(path, text)
-
-
-def _rename(tmp: str, path: str) -> None:
-    from .io import publish_text
-    publish_text(tmp, path)
 
 
 def _analyze(args) -> int:
     from .api import analyze_model
     from .report import group_table
 
-    model, couplings = analyze_model(args.input, _input_shapes(args.input_shape), args.exclude, args.residual)
+    model, couplings = analyze_model(args.input, cli_files.input_shapes(args.input_shape), args.exclude, args.residual)
     rows = group_table(couplings, set())
     if args.criterion:
         from .diagnostics import group_diagnostics
@@ -387,9 +339,9 @@ def _sweep(args) -> int:
                    scope=args.scope, ranking=args.ranking, allocator=args.allocator, coupled=args.coupled,
                    min_keep=args.min_keep, round_to=args.round_to, fold=args.fold, exclude=args.exclude,
                    residual=args.residual,
-                   input_shapes=_input_shapes(args.input_shape))
+                   input_shapes=cli_files.input_shapes(args.input_shape))
     print(result.table())
-    _write([(args.json, result.to_json() if args.json else ""),
+    cli_files.write([(args.json, result.to_json() if args.json else ""),
             (args.plot, result.plot_png() if args.plot else "")],
            save=lambda: _save_sweep_models(result, args.save_dir, models))
     for path in [args.json, args.plot] + models:
@@ -434,7 +386,7 @@ def _save_sweep_models(result, folder, paths) -> None:
     if paths:
         os.makedirs(folder, exist_ok=True)
     for row, path in zip(result.rows, paths):
-        _save(save_model, row.model, path)
+        cli_files.save(save_model, row.model, path)
 
 
 RUNNERS = {"prune": _prune, "shrink": _shrink, "analyze": _analyze, "bench": _bench, "evaluate": _evaluate, "sweep": _sweep,

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import logging
 
+from . import cli_files
 from .errors import OnnxPruneError
 
 log = logging.getLogger("onnxprune")
@@ -45,7 +46,6 @@ def _default_masses():
 
 
 def run(args) -> int:
-    from .cli import _input_shapes, _save, _write
     from .ftwt import NO_GATED_LAYER, build_estimator, estimate
     from .io import save_model
     from .paths import check_targets
@@ -60,7 +60,7 @@ def run(args) -> int:
     check_targets(args.input, args.emit_gated, args.json, args.plan_out, report_flag="--json")
     _, _, calib, held, estimator = build_estimator(
         args.input, args.calib, calibration_limit=args.calib_limit, calibration_preprocess=args.calib_preprocess,
-        input_shapes=_input_shapes(args.input_shape), min_keep=args.min_keep, round_to=args.round_to,
+        input_shapes=cli_files.input_shapes(args.input_shape), min_keep=args.min_keep, round_to=args.round_to,
         eval_data=args.eval_data, labels_key=args.labels)
     result = estimate(estimator, masses, args.target_macs)
     print(result.table())
@@ -82,7 +82,7 @@ def run(args) -> int:
                 print(gated.fidelity.summary())
     if args.json:
         texts.append((args.json, json.dumps(out, indent=1)))
-    _write(texts, save=(lambda: _save(save_model, gated.model, args.emit_gated)) if gated else None)
+    cli_files.write(texts, save=(lambda: cli_files.save(save_model, gated.model, args.emit_gated)) if gated else None)
     for path in (args.emit_gated, args.plan_out, args.json):
         if path:
             log.info("wrote %s", path)
