@@ -64,7 +64,7 @@ def allocate_synexp(model, couplings, scores: np.ndarray, metric: str, target: f
 
     def start(tracker):
         keep = synexp_keep(tracker, groups, metric, target, min_keep, weights)
-        return {g.index: _round_up(keep[g.index], g.width, floor_of(g.width, min_keep),
+        return {g.index: round_up(keep[g.index], g.width, floor_of(g.width, min_keep),
                                    group_round_to(g, multiplicity, round_to)) for g in groups}
 
     return allocate_greedy(model, couplings, scores, metric, target, min_keep, round_to, coupled, fold,
@@ -222,7 +222,7 @@ def _cholesky_solve(matrix: np.ndarray, rhs: np.ndarray) -> np.ndarray:
     return x
 
 
-def _round_up(keep: float, width: int, floor: int, step: int) -> int:
+def round_up(keep: float, width: int, floor: int, step: int) -> int:
     """The smallest count the greedy can stand on at or above `keep`: a multiple of the
     step (or the full width), never below the floor."""
     k = max(math.ceil(keep - 1e-9), floor)
