@@ -3,8 +3,9 @@ from .api import analyze_model, apply_plan, plan, prune, rewrite
 from .errors import InternalError, OnnxPruneError
 from .plan import Plan
 from .report import PlanInfo, Report
+from .reconfigure import reconfigure
 from .shrink import shrink
 
-__all__ = ["prune", "shrink", "plan", "apply_plan", "analyze_model", "rewrite", "Plan", "PlanInfo", "Report",
+__all__ = ["prune", "shrink", "reconfigure", "plan", "apply_plan", "analyze_model", "rewrite", "Plan", "PlanInfo", "Report",
            "OnnxPruneError", "InternalError"]
 __version__ = "0.2.0"

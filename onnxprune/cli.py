@@ -1,7 +1,8 @@
 """Command line: `onnxprune prune IN OUT [options]` (short form: `onnxprune IN OUT [options]`),
 `onnxprune shrink IN OUT` (remove channels a training-time pruner only zeroed),
 `onnxprune analyze IN`, `onnxprune bench A B ...`, `onnxprune evaluate ORIG PRUNED --data D`,
-`onnxprune sweep IN --targets LIST` and `onnxprune estimate IN --calib D` (cli_estimate.py).
+`onnxprune sweep IN --targets LIST`, `onnxprune estimate IN --calib D` (cli_estimate.py) and
+`onnxprune reconfigure IN OUT --target-macs F` (cli_reconfigure.py).
 
 Exit codes: 0 done; 1 the masking oracle exceeded its tolerance (the model is not written;
 a --report is); 2 bad input or options (one line on stderr, nothing written); 3 internal
@@ -21,11 +22,11 @@ import logging
 import os
 import sys
 
-from . import cli_args, cli_estimate, progress
+from . import cli_args, cli_estimate, cli_reconfigure, progress
 from .errors import OnnxPruneError
 
 EXIT_ORACLE, EXIT_INPUT, EXIT_INTERNAL = 1, 2, 3
-COMMANDS = ("prune", "shrink", "analyze", "bench", "evaluate", "sweep", "estimate")
+COMMANDS = ("prune", "shrink", "analyze", "bench", "evaluate", "sweep", "estimate", "reconfigure")
 TOP_LEVEL_OPTIONS = ("-h", "--help", "--version")
 log = logging.getLogger("onnxprune")
 
@@ -62,7 +63,10 @@ def _parsers() -> tuple[_Parser, dict[str, _Parser]]:
              ("estimate", cli_estimate.estimate_arguments, "FTWT: MACs of heat-map-mass thresholds; gated model",
               "Per mass threshold r, the expected fraction of channels kept per layer and the expected MACs of "
               "the dynamic model and of the static model that matches it (docs/methods.md §3); bisection on r "
-              "for --target-macs; --emit-gated writes the gated dynamic model, --plan-out the static plan."))
+              "for --target-macs; --emit-gated writes the gated dynamic model, --plan-out the static plan."),
+             ("reconfigure", cli_reconfigure.reconfigure_arguments, "PreConfig: new widths for an untrained model",
+              "Narrow and (with --max-widen) widen every channel group of an untrained model under a MAC and/or "
+              "parameter budget (docs/methods.md §4); the written model is for training from scratch."))
     parsers = {}
     for name, add_arguments, summary, description in specs:
         parsers[name] = commands.add_parser(name, prog=f"onnxprune {name}", parents=[verbosity], help=summary,
@@ -421,4 +425,4 @@ def _save_sweep_models(result, folder, paths) -> None:
 
 
 RUNNERS = {"prune": _prune, "shrink": _shrink, "analyze": _analyze, "bench": _bench, "evaluate": _evaluate, "sweep": _sweep,
-           "estimate": cli_estimate.run}  # command -> function(args) -> exit code
+           "estimate": cli_estimate.run, "reconfigure": cli_reconfigure.run}  # command -> function(args) -> exit code

@@ -26,7 +26,7 @@ import onnx
 
 from . import passes
 from .api import rewrite, run_pruned
-from .arguments import _min_keep, _number, check_input_shapes, check_source, integer
+from .arguments import _min_keep, _number, check_input_shapes, check_patterns, check_source, integer
 from .budget import class_multiplicity, floor_of, group_round_to, prunable_groups
 from .cost import CostTracker, cost
 from .couplings import analyze
@@ -74,32 +74,33 @@ class ReconfigureReport:
 
 def reconfigure(source: str | os.PathLike | onnx.ModelProto, *, target_macs: float | None = None,
                 target_params: float | None = None, max_widen: float = 1.0, round_to: int = 1, seed: int = 0,
-                min_keep: float | str = 0.1,
+                min_keep: float | str = 0.1, exclude: Sequence[str] = (),
                 input_shapes: Mapping[str, Sequence[int]] | None = None) -> tuple[onnx.ModelProto, ReconfigureReport]:
     """Re-distribute the widths of an untrained model (a path or a ModelProto, never modified)
     under `target_macs` and/or `target_params` (fractions of the input's; above 1 only with
     `max_widen` > 1). Groups may narrow to `min_keep` and, with `max_widen` u > 1, grow to
     u times their width; new weights are drawn as PyTorch initialises a fresh layer from
-    numpy's Generator seeded with `seed`. Returns (ModelProto, ReconfigureReport)."""
+    numpy's Generator seeded with `seed`. `exclude` (node-name globs) and `input_shapes` are
+    `onnxprune.prune`'s. Returns (ModelProto, ReconfigureReport)."""
     model, report = reconfigure_model(source, target_macs=target_macs, target_params=target_params,
                                       max_widen=max_widen, round_to=round_to, seed=seed, min_keep=min_keep,
-                                      input_shapes=input_shapes)
+                                      exclude=exclude, input_shapes=input_shapes)
     return model.to_proto(), report
 
 
 def reconfigure_model(source, *, target_macs=None, target_params=None, max_widen=1.0, round_to=1, seed=0,
-                      min_keep=0.1, input_shapes=None):
+                      min_keep=0.1, exclude=(), input_shapes=None):
     """`reconfigure`, returning the `Model` (the CLI saves it with io.save_model)."""
     budgets, max_widen, round_to, seed, min_keep = _check(target_macs, target_params, max_widen, round_to, seed,
                                                           min_keep)
-    input_shapes = check_input_shapes(input_shapes)
+    input_shapes, exclude = check_input_shapes(input_shapes), check_patterns(exclude)
     check_source(source)
     timings: dict = {}
     start = time.perf_counter()
     with stage("load", timings):
         model = load(source, input_shapes)
     with stage("analyze", timings):
-        couplings = analyze(model)
+        couplings = analyze(model, exclude)
         cannot_grow = passes.widen_groups.blockers(model, couplings) if max_widen > 1 else {}
     with stage("allocate", timings):
         wider, narrower = _continuous_widths(model, couplings, budgets, max_widen, min_keep, round_to, cannot_grow)
@@ -108,7 +109,7 @@ def reconfigure_model(source, *, target_macs=None, target_params=None, max_widen
         if wider:
             wide = model.copy()
             run_passes(wide, WIDEN_PASSES, Step(couplings, widen=wider, rng=np.random.default_rng(seed)))
-            wide_couplings = _same_groups(couplings, analyze(wide))
+            wide_couplings = _same_groups(couplings, analyze(wide, exclude))
     with stage("narrow", timings):
         removed, reached = _narrow(model, wide, wide_couplings, budgets, narrower, min_keep, round_to)
     with stage("rewrite", timings):
@@ -123,7 +124,7 @@ def reconfigure_model(source, *, target_macs=None, target_params=None, max_widen
     notes = list(model.notes) + _notes(couplings, cannot_grow, budgets, met, reached)
     options = {"command": "reconfigure", "target_macs": budgets.get("macs"), "target_params": budgets.get("params"),
                "max_widen": max_widen, "round_to": round_to, "seed": seed, "min_keep": min_keep,
-               "input_shapes": {k: list(v) for k, v in model.input_shapes.items()}}
+               "exclude": list(exclude), "input_shapes": {k: list(v) for k, v in model.input_shapes.items()}}
     report = ReconfigureReport(options, before, after, achieved, met,
                                _group_rows(couplings, wide_couplings, removed, cannot_grow), notes, timings)
     return out, report
