@@ -91,11 +91,11 @@ def reconfigure(source: str | os.PathLike | onnx.ModelProto, *, target_macs: flo
 def reconfigure_model(source, *, target_macs=None, target_params=None, max_widen=1.0, round_to=1, seed=0,
                       min_keep=0.1, exclude=(), input_shapes=None):
     """`reconfigure`, returning the `Model` (the CLI saves it with io.save_model)."""
+    check_source(source)
     budgets, max_widen, round_to, seed, min_keep = _check(target_macs, target_params, max_widen, round_to, seed,
                                                           min_keep)
-    input_shapes, exclude = check_input_shapes(input_shapes), check_patterns(exclude)
-    check_source(source)
     timings: dict = {}
+    input_shapes, exclude = check_input_shapes(input_shapes), check_patterns(exclude)
     start = time.perf_counter()
     with stage("load", timings):
         model = load(source, input_shapes)

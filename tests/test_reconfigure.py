@@ -21,7 +21,7 @@ from onnxprune.cost import cost
 from onnxprune.load import load
 from onnxprune.pipeline import WIDEN_PASSES, Step, run_passes
 from onnxprune.synexp import Program, solve
-from passes.widen_groups import blockers
+from onnxprune.passes.widen_groups import blockers
 from test_synexp import random_program
 
 torch = pytest.importorskip("torch")
