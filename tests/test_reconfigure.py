@@ -63,7 +63,7 @@ def reshape_net():
     return b.model([b.gemm(h, 128, 10)])
 
 
-@pytest.mark.parametrize("name", ["reshape_net", "small_resnet", "mobilenet_v2", "vgg11_bn"])
+@pytest.mark.parametrize("name", ["reshape_net", "small_resnet", "mobilenet_v2", "vgg11_bn", "densenet_small"])
 def test_widening_with_zero_new_inputs_changes_nothing(name):
     proto = reshape_net() if name == "reshape_net" else zoo_model(name)
     wide, widen, after = widened(proto)
@@ -158,6 +158,14 @@ def test_widening_redistributes_width_when_allowed():
     assert all(g["channels_after"] <= 2 * g["channels_before"] for g in grown)
     assert all(g["channels_after"] % 4 == 0 for g in grown + shrunk)
     assert cost(load(out)).macs <= cost(load(proto)).macs
+
+
+def test_a_budget_below_the_floors_is_reported_not_met():
+    out, report = onnxprune.reconfigure(zoo_model("small_resnet"), target_macs=0.01)
+    assert not report.budgets_met and report.achieved["macs"] > 0.01
+    assert any(n.startswith("budget not reached") for n in report.notes)
+    assert all(g["channels_after"] == math.ceil(0.1 * g["channels_before"])
+               for g in report.groups if not g["frozen"])   # every group at its floor
 
 
 def _digest(path):
