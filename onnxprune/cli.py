@@ -1,7 +1,8 @@
 """Command line: `onnxprune prune IN OUT [options]` (short form: `onnxprune IN OUT [options]`),
 `onnxprune shrink IN OUT` (remove channels a training-time pruner only zeroed),
 `onnxprune analyze IN`, `onnxprune bench A B ...`, `onnxprune evaluate ORIG PRUNED --data D`,
-`onnxprune sweep IN --targets LIST` and `onnxprune estimate IN --calib D` (cli_estimate.py).
+`onnxprune sweep IN --targets LIST`, `onnxprune estimate IN --calib D` (cli_estimate.py) and
+`onnxprune reconfigure IN OUT --target-macs F` (cli_reconfigure.py).
 
 Exit codes: 0 done; 1 the masking oracle exceeded its tolerance (the model is not written;
 a --report is); 2 bad input or options (one line on stderr, nothing written); 3 internal
@@ -21,11 +22,11 @@ import logging
 import os
 import sys
 
-from . import cli_args, cli_estimate, cli_files, progress
+from . import cli_args, cli_estimate, cli_files, cli_reconfigure, progress
 from .errors import OnnxPruneError
 
 EXIT_ORACLE, EXIT_INPUT, EXIT_INTERNAL = 1, 2, 3
-COMMANDS = ("prune", "shrink", "analyze", "bench", "evaluate", "sweep", "estimate")
+COMMANDS = ("prune", "shrink", "analyze", "bench", "evaluate", "sweep", "estimate", "reconfigure")
 TOP_LEVEL_OPTIONS = ("-h", "--help", "--version")
 log = logging.getLogger("onnxprune")
 
@@ -62,7 +63,10 @@ def _parsers() -> tuple[_Parser, dict[str, _Parser]]:
              ("estimate", cli_estimate.estimate_arguments, "FTWT: MACs of heat-map-mass thresholds; gated model",
               "Per mass threshold r, the expected fraction of channels kept per layer and the expected MACs of "
               "the dynamic model and of the static model that matches it (docs/methods.md §3); bisection on r "
-              "for --target-macs; --emit-gated writes the gated dynamic model, --plan-out the static plan."))
+              "for --target-macs; --emit-gated writes the gated dynamic model, --plan-out the static plan."),
+             ("reconfigure", cli_reconfigure.reconfigure_arguments, "PreConfig: new widths for an untrained model",
+              "Narrow and (with --max-widen) widen every channel group of an untrained model under a MAC and/or "
+              "parameter budget (docs/methods.md §4); the written model is for training from scratch."))
     parsers = {}
     for name, add_arguments, summary, description in specs:
         parsers[name] = commands.add_parser(name, prog=f"onnxprune {name}", parents=[verbosity], help=summary,
@@ -155,20 +159,12 @@ def _same_file(a: str, b: str) -> bool:
     return same_file(a, b)
 
 
-def _check_targets(args) -> None:
-    """Every path we will write: not one we read, not each other, writable (paths.check_targets).
-    Checked before any work so that a bad path never leaves some files written."""
-    from .paths import check_targets
-    check_targets(args.input, args.output, getattr(args, "report", None),
-                  getattr(args, "plan_out", None), getattr(args, "plan", None))
-
-
 def _prune(args) -> int:
     from .api import prune_model as prune
     from .bench import check_options, require_provider
     from .latency_model import TimingOptions
 
-    _check_targets(args)
+    cli_files.check_targets(args)
     check_options(args.provider, args.threads, args.batch, args.warmup, args.runs)
     if args.bench or args.target_latency is not None:  # found out now, not after the model is written
         require_provider(args.provider)
@@ -212,7 +208,7 @@ def _shrink(args) -> int:
     from .shrink import shrink_model
     from .verify import DEFAULT_TOLERANCE
 
-    _check_targets(args)
+    cli_files.check_targets(args)
     slim, report = shrink_model(args.input, tolerance=args.tolerance, approximate=args.approximate,
                                 verify=args.verify, exclude=args.exclude, seed=args.seed, residual=args.residual,
                                 input_shapes=cli_files.input_shapes(args.input_shape), check_output=False)
@@ -390,4 +386,4 @@ def _save_sweep_models(result, folder, paths) -> None:
 
 
 RUNNERS = {"prune": _prune, "shrink": _shrink, "analyze": _analyze, "bench": _bench, "evaluate": _evaluate, "sweep": _sweep,
-           "estimate": cli_estimate.run}  # command -> function(args) -> exit code
+           "estimate": cli_estimate.run, "reconfigure": cli_reconfigure.run}  # command -> function(args) -> exit code

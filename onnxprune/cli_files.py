@@ -1,5 +1,6 @@
-"""What the CLI's commands share for their files: the --input-shape list, and writing a
-model with its texts (report, plan, JSON) so that a failure leaves neither half behind."""
+"""What the CLI's commands share for their files: the paths they will write (checked before
+any work), the --input-shape list, and writing a model with its texts (report, plan, JSON)
+so that a failure leaves neither half behind."""
 from __future__ import annotations
 
 import os
@@ -44,3 +45,11 @@ def input_shapes(specs) -> dict[str, tuple]:
                                  f"{','.join(map(str, shapes[name]))} and {','.join(map(str, shape))}")
         shapes[name] = shape
     return shapes
+
+
+def check_targets(args) -> None:
+    """Every path we will write: not one we read, not each other, writable (paths.check_targets).
+    Checked before any work so that a bad path never leaves some files written."""
+    from .paths import check_targets as check
+    check(args.input, args.output, getattr(args, "report", None),
+                  getattr(args, "plan_out", None), getattr(args, "plan", None))

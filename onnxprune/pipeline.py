@@ -24,6 +24,11 @@ class Step:
     calibration_size: int = 0               # samples in one pass over `calibration`
     notes: list = field(default_factory=list)   # what the passes did, for the report
     merged: dict = field(default_factory=dict)  # consumer -> {merged input row: (kept row, s)} (passes/merge_neurons.py)
+    # widening (passes/widen_groups.py): group index -> new class count, the generator new
+    # weights are drawn from, and whether new feed-out columns are zero (nothing reads them)
+    widen: dict = field(default_factory=dict)
+    rng: object = None
+    zero_new_inputs: bool = False
 
 
 # Canonicalise a freshly read model; numerics unchanged.
@@ -37,6 +42,8 @@ RECOVERY_PASSES = {"merge": passes.merge_neurons, "means": passes.compensate_mea
 REWRITE_PASSES = (passes.slice_initializers, passes.update_attributes, passes.scatter_residual,
                   passes.fold_removed_constants,
                   passes.remove_dead_nodes, passes.infer_shapes)
+# Grow groups to more channels (PreConfig, onnxprune/reconfigure.py).
+WIDEN_PASSES = (passes.widen_groups, passes.infer_shapes)
 
 
 def run_passes(model, pipeline, step: Step | None = None) -> None:

@@ -31,15 +31,29 @@ from .density import allocate_greedy
 
 @dataclass
 class Program:
-    """maximise a · x  s.t.  Σ_k coef_k exp(expo_k · x) ≤ budget,  lo ≤ x ≤ 0."""
+    """maximise a · x  s.t.  Σ_k coef_k exp(expo_k · x) ≤ budget (and each constraint of
+    `also`, the same form: a second budget), lo ≤ x ≤ hi. `hi` is 0 (no group grows) unless
+    given; PreConfig (onnxprune/reconfigure.py) lets groups widen up to log(max widening)."""
     a: np.ndarray         # (n,) objective weights, ≥ 0
     coef: np.ndarray      # (T,) posynomial coefficients, > 0
     expo: np.ndarray      # (T, n) exponents (non-negative integers)
     budget: float
     lo: np.ndarray        # (n,) log of the floors' kept fractions, < 0
+    hi: np.ndarray | None = None   # (n,) log of the widest allowed fractions, ≥ 0
+    also: tuple = ()      # further constraints, each (coef, expo, budget)
 
     def cost(self, x: np.ndarray) -> float:
         return float(self.coef @ np.exp(self.expo @ x))
+
+    def constraints(self) -> list[tuple]:
+        return [(self.coef, self.expo, self.budget), *self.also]
+
+    def upper(self) -> np.ndarray:
+        return np.zeros(len(self.a)) if self.hi is None else np.asarray(self.hi, dtype=np.float64)
+
+    def fits(self, x: np.ndarray, strictly: bool = False) -> bool:
+        costs = [(float(c @ np.exp(e @ x)), b) for c, e, b in self.constraints()]
+        return all(v < b if strictly else v <= b for v, b in costs)
 
 
 def allocate_synexp(model, couplings, scores: np.ndarray, metric: str, target: float, min_keep: float = 0.1,
@@ -50,7 +64,7 @@ def allocate_synexp(model, couplings, scores: np.ndarray, metric: str, target: f
 
     def start(tracker):
         keep = synexp_keep(tracker, groups, metric, target, min_keep, weights)
-        return {g.index: _round_up(keep[g.index], g.width, floor_of(g.width, min_keep),
+        return {g.index: round_up(keep[g.index], g.width, floor_of(g.width, min_keep),
                                    group_round_to(g, multiplicity, round_to)) for g in groups}
 
     return allocate_greedy(model, couplings, scores, metric, target, min_keep, round_to, coupled, fold,
@@ -117,35 +131,40 @@ def build_program(tracker: CostTracker, groups, metric: str, target: float, min_
 
 
 def solve(p: Program, gap: float = 1e-9) -> np.ndarray:
-    """Log-barrier Newton method. Returns the floors when even they exceed the budget, full
-    width when it already fits; otherwise x with a · x within `gap` · Σa of the optimum."""
+    """Log-barrier Newton method. Returns the floors when even they exceed a budget, the
+    upper bounds (full width unless widening is allowed) when they fit; otherwise x with
+    a · x within `gap` · Σa of the optimum."""
     n = len(p.a)
-    if n == 0 or p.cost(np.zeros(n)) <= p.budget:
-        return np.zeros(n)
-    if p.budget <= 0 or p.cost(p.lo) >= p.budget:
+    hi = p.upper()
+    if n == 0 or p.fits(hi):
+        return hi.copy()
+    if any(b <= 0 for _, _, b in p.constraints()) or not p.fits(p.lo, strictly=True):
         return p.lo.copy()
-    g = _Posynomial(p.coef / p.budget, p.expo)   # the constraint becomes g(x) ≤ 1
+    gs = [_Posynomial(c / b, e) for c, e, b in p.constraints()]   # each constraint becomes g(x) ≤ 1
     a = p.a / max(p.a.sum(), 1e-300)
     s = 0.5                       # a strictly feasible start between the floors and full width
-    while g.terms(s * p.lo).sum() >= 1:
+    while any(g.terms(s * p.lo).sum() >= 1 for g in gs):
         s = (1 + s) / 2
     x = s * p.lo
     t = 1.0
 
     def phi(z):
-        slack = 1 - g.terms(z).sum()
-        if slack <= 0 or np.any(z <= p.lo) or np.any(z >= 0):
+        slacks = [1 - g.terms(z).sum() for g in gs]
+        if min(slacks) <= 0 or np.any(z <= p.lo) or np.any(z >= hi):
             return math.inf
-        return -t * (a @ z) - math.log(slack) - np.log(z - p.lo).sum() - np.log(-z).sum()
+        return -t * (a @ z) - sum(math.log(v) for v in slacks) - np.log(z - p.lo).sum() - np.log(hi - z).sum()
 
     while True:
         for _ in range(100):
-            e = g.terms(x)
-            slack = 1 - e.sum()
-            dg = g.gradient(e)
-            grad = -t * a + dg / slack - 1 / (x - p.lo) - 1 / x
-            hess = np.outer(dg, dg) / slack ** 2 + g.hessian(e) / slack
-            hess[np.diag_indices(n)] += 1 / (x - p.lo) ** 2 + 1 / x ** 2
+            grad = -t * a - 1 / (x - p.lo) + 1 / (hi - x)
+            hess = np.zeros((n, n))
+            for g in gs:
+                e = g.terms(x)
+                slack = 1 - e.sum()
+                dg = g.gradient(e)
+                grad += dg / slack
+                hess += np.outer(dg, dg) / slack ** 2 + g.hessian(e) / slack
+            hess[np.diag_indices(n)] += 1 / (x - p.lo) ** 2 + 1 / (hi - x) ** 2
             step = _cholesky_solve(hess, -grad)
             decrement = -grad @ step
             if decrement < 1e-8:   # λ²/2t bounds the centering error: negligible; rounding stalls below
@@ -159,7 +178,7 @@ def solve(p: Program, gap: float = 1e-9) -> np.ndarray:
                 while phi(x + size * step) > f0 - 0.25 * size * decrement:
                     size /= 2
             x = x + size * step
-        if (2 * n + 1) / t < gap:
+        if (2 * n + len(gs)) / t < gap:
             return x
         t *= 50
 
@@ -203,7 +222,7 @@ def _cholesky_solve(matrix: np.ndarray, rhs: np.ndarray) -> np.ndarray:
     return x
 
 
-def _round_up(keep: float, width: int, floor: int, step: int) -> int:
+def round_up(keep: float, width: int, floor: int, step: int) -> int:
     """The smallest count the greedy can stand on at or above `keep`: a multiple of the
     step (or the full width), never below the floor."""
     k = max(math.ceil(keep - 1e-9), floor)

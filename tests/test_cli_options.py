@@ -62,7 +62,7 @@ def test_help_lists_the_subcommands_with_one_line_descriptions(capsys):
 def test_subcommands_are_argparse_subparsers():
     top, parsers = cli._parsers()
     (action,) = [a for a in top._actions if isinstance(a, argparse._SubParsersAction)]
-    assert sorted(action.choices) == ["analyze", "bench", "estimate", "evaluate", "prune", "shrink", "sweep"]
+    assert sorted(action.choices) == ["analyze", "bench", "estimate", "evaluate", "prune", "reconfigure", "shrink", "sweep"]
     assert all(action.choices[name] is parsers[name] for name in parsers)
 
 

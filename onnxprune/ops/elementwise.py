@@ -140,7 +140,13 @@ def _constant_factor(node, model):
     return constants[0] if len(constants) == 1 else None
 
 
-@op(*BINARY, bounds=BINARY, factor=_constant_factor)
+def _fresh_constant(node, index: int) -> float | None:
+    """The neutral entry of a per-channel constant (x + 0, x * 1, x / 1); PRelu's slope
+    starts at torch's 0.25. Other operators have none: their groups do not widen."""
+    return {"Add": 0.0, "Sub": 0.0, "Mul": 1.0, "Div": 1.0, "PRelu": 0.25}.get(node.op_type)
+
+
+@op(*BINARY, bounds=BINARY, factor=_constant_factor, fresh=_fresh_constant)
 def elementwise(node, ctx):
     """Broadcasting elementwise op. An operand of channel width 1 couples nothing; a constant
     operand with one value per channel is a parameter to slice; two activation operands with

@@ -44,7 +44,12 @@ def _scale(node, model):
     return scale.reshape((-1,) + (1,) * (len(shape) - 2))
 
 
-@op("BatchNormalization", bound=_batch_norm_bound, factor=_scale)
+def _fresh_normalization(node, index: int) -> float:
+    """A new channel of torch's BatchNorm / InstanceNorm: scale 1, shift 0, mean 0, variance 1."""
+    return 1.0 if index in (1, 4) else 0.0
+
+
+@op("BatchNormalization", bound=_batch_norm_bound, factor=_scale, fresh=_fresh_normalization)
 def batch_normalization(node, ctx):
     m = input_map(node, ctx)
     require(m.axis == 1, "channel axis is not 1")
@@ -54,7 +59,7 @@ def batch_normalization(node, ctx):
     ctx.out(node.output[0], m)
 
 
-@op("InstanceNormalization", bound=_instance_norm_bound, factor=_scale)
+@op("InstanceNormalization", bound=_instance_norm_bound, factor=_scale, fresh=_fresh_normalization)
 def instance_normalization(node, ctx):
     m = input_map(node, ctx)
     require(m.axis == 1, "channel axis is not 1")

@@ -14,7 +14,11 @@ Each family module (elementwise.py, layers.py, ...) registers its operators with
     `connections`: which output channel reads which input channel through a non-zero weight;
   - `factor`: for operators that multiply their input by a constant (a BatchNormalization's
     scale, x * c), that constant, broadcastable to the output: where it is zero, the output
-    does not depend on the input (onnxprune/liveness.py reads it).
+    does not depend on the input (onnxprune/liveness.py reads it);
+  - `fresh`: for operators with a channel-wise constant, `(node, input index) -> value` of
+    the entries a new channel gets when its group is widened (passes/widen_groups.py): the
+    value a fresh PyTorch module starts with (BN: scale 1, shift 0, mean 0, variance 1);
+    None where a channel-wise constant has no neutral value (the group does not widen).
 `tests/test_registry.py` walks the registry and fails when an entry lacks a piece.
 """
 from __future__ import annotations
@@ -61,6 +65,7 @@ class OpSpec:
     macs: Callable
     layer: Layer | None = None
     factor: Callable | None = None    # (node, model) -> the constant factor on the input, or None
+    fresh: Callable | None = None     # (node, input index) -> a new channel's channel-wise entry
 
 
 def no_macs(node, shapes) -> int:
@@ -70,7 +75,7 @@ def no_macs(node, shapes) -> int:
 REGISTRY: dict[str, OpSpec] = {}
 
 
-def op(*op_types, bound=None, bounds=None, macs=no_macs, layer=None, factor=None):
+def op(*op_types, bound=None, bounds=None, macs=no_macs, layer=None, factor=None, fresh=None):
     """Register the decorated channel rule for `op_types`, with one `bound` for all of them
     or `bounds[op_type]` each."""
     def register(rule):
@@ -80,7 +85,7 @@ def op(*op_types, bound=None, bounds=None, macs=no_macs, layer=None, factor=None
                 raise ValueError(f"{op_type}: every operator states its BGSC bound")
             if op_type in REGISTRY:
                 raise ValueError(f"{op_type} is registered twice")
-            REGISTRY[op_type] = OpSpec(op_type, rule, chosen, macs, layer, factor)
+            REGISTRY[op_type] = OpSpec(op_type, rule, chosen, macs, layer, factor, fresh)
         return rule
     return register
 
