@@ -37,6 +37,7 @@ from .residual import RESIDUAL, gather_note
 from .runtime import model_session, random_inputs
 from .saliency import CalibrationData, needs_data, score
 from .sensitivity import allocate_sensitivity, group_weights
+from .cost import CostTracker
 from .synexp import allocate_synexp
 from .verify import DEFAULT_TOLERANCE, check, masking_oracle
 
@@ -298,12 +299,13 @@ def _choose(model, couplings, s: "Settings", timings: dict, data: CalibrationDat
             removed = target.removed
         else:
             metric, fraction = ("macs", s.target_macs) if s.target_macs is not None else ("params", s.target_params)
+            also = ("params", s.target_params) if s.target_macs is not None and s.target_params is not None else None
             if s.allocator == "sensitivity":
                 target, allocator_notes = allocate_sensitivity(model, couplings, scores, metric, fraction,
                                                                s.min_keep, s.round_to, s.coupled,
                                                                s.fold != "none", data)
             elif s.allocator in ("synexp", "synexp-weighted"):
-                target, allocator_notes = _allocate_synexp(model, couplings, scores, metric, fraction, s, data)
+                target, allocator_notes = _allocate_synexp(model, couplings, scores, metric, fraction, s, data, also)
             elif s.allocator == "density":
                 target = allocate_density(model, couplings, scores, metric, fraction, s.min_keep, s.round_to,
                                           s.coupled, s.fold != "none")
@@ -316,13 +318,19 @@ def _choose(model, couplings, s: "Settings", timings: dict, data: CalibrationDat
     return removed, target, couplings, [f"{s.criterion}: {n}" for n in scored.notes] + allocator_notes
 
 
-def _allocate_synexp(model, couplings, scores, metric: str, fraction: float, s: "Settings", data):
+def _allocate_synexp(model, couplings, scores, metric: str, fraction: float, s: "Settings", data, also=None):
     weights, notes = None, []
     if s.allocator == "synexp-weighted":
         weights, notes = group_weights(model, couplings, scores, prunable_groups(couplings, s.coupled), s.min_keep,
                                        s.round_to, data)
-    return allocate_synexp(model, couplings, scores, metric, fraction, s.min_keep, s.round_to, s.coupled,
-                           s.fold != "none", weights), notes
+    target = allocate_synexp(model, couplings, scores, metric, fraction, s.min_keep, s.round_to, s.coupled,
+                             s.fold != "none", weights, also)
+    if also is not None:   # the result speaks for the last budget: say where the first one ended
+        tracker = CostTracker(model, couplings, s.fold != "none")
+        for cls in sorted(target.removed):
+            tracker.remove(cls)
+        notes.append(f"target {metric} {fraction:g}: reached {getattr(tracker, metric) / getattr(tracker, metric + '0'):.4f}")
+    return target, notes
 
 
 def _plan_folds(model, couplings, removed, s: "Settings"):

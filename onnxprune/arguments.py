@@ -87,8 +87,10 @@ def settings(*, ratio, target_macs, target_params, plan, criterion, seed, scope,
     if plan is not None and not isinstance(plan, Plan):
         raise OnnxPruneError(f"plan must be an onnxprune.Plan, got {type_name(plan)}")
     budgets = [b for b in (ratio, target_macs, target_params, target_latency, plan) if b is not None]
-    if len(budgets) > 1:
-        raise OnnxPruneError("give one budget: --ratio, --target-macs, --target-params, --target-latency or --plan")
+    both = target_macs is not None and target_params is not None   # one budget of two costs (synexp)
+    if len(budgets) > 1 + both:
+        raise OnnxPruneError("give one budget: --ratio, --target-macs, --target-params, --target-latency or --plan "
+                             "(--target-macs with --target-params takes --allocator synexp)")
     if not budgets:
         ratio = 0.3
     if ratio is not None and not 0 <= ratio < 1:
@@ -107,6 +109,9 @@ def settings(*, ratio, target_macs, target_params, plan, criterion, seed, scope,
     ranking = (_choice("--ranking", ranking, RANKINGS) if ranking is not None
                else DEFAULT_RANKING.get(criterion, "raw"))
     allocator = _choice("--allocator", allocator, ALLOCATORS)
+    if both and allocator not in ("synexp", "synexp-weighted"):
+        raise OnnxPruneError("--target-macs and --target-params together need --allocator synexp or "
+                             "synexp-weighted (its program takes both budgets)")
     if allocator != "rank" and target_macs is None and target_params is None:
         raise OnnxPruneError(f"--allocator {allocator} needs a cost budget: --target-macs or --target-params"
                              + (" (--target-latency has its own allocator)" if target_latency is not None else ""))

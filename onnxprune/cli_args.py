@@ -29,7 +29,8 @@ def prune_arguments(p):
     budget = p.add_mutually_exclusive_group()
     budget.add_argument("--ratio", type=float, help="fraction of prunable channels to remove (default 0.3)")
     budget.add_argument("--target-macs", type=float, metavar="F", help="keep this fraction of the MACs")
-    budget.add_argument("--target-params", type=float, metavar="F", help="keep this fraction of the parameters")
+    p.add_argument("--target-params", type=float, metavar="F", help="keep this fraction of the parameters "
+                   "(with --target-macs too: both, with --allocator synexp)")
     budget.add_argument("--target-latency", type=float, metavar="F",
                         help="keep this fraction of the latency, measured in onnxruntime with --provider, "
                              "--threads and --batch (per-layer width curves measured and cached in "

@@ -57,26 +57,41 @@ class Program:
 
 
 def allocate_synexp(model, couplings, scores: np.ndarray, metric: str, target: float, min_keep: float = 0.1,
-                    round_to: int = 1, coupled: str = "all", fold: bool = True, weights=None):
-    """Returns the TargetResult; `weights` maps group index -> objective weight (default 1)."""
+                    round_to: int = 1, coupled: str = "all", fold: bool = True, weights=None,
+                    also: tuple | None = None):
+    """Returns the TargetResult; `weights` maps group index -> objective weight (default 1).
+    `also` = (metric, target): a second budget. Both are constraints of the program; the
+    greedy repair then meets the first and, from there, removes more until the second is met
+    too (it only removes, so the first stays met). The result is the last budget's."""
     groups = prunable_groups(couplings, coupled)
     multiplicity = class_multiplicity(couplings)
 
     def start(tracker):
-        keep = synexp_keep(tracker, groups, metric, target, min_keep, weights)
+        keep = synexp_keep(tracker, groups, metric, target, min_keep, weights, also)
         return {g.index: round_up(keep[g.index], g.width, floor_of(g.width, min_keep),
                                    group_round_to(g, multiplicity, round_to)) for g in groups}
 
-    return allocate_greedy(model, couplings, scores, metric, target, min_keep, round_to, coupled, fold,
-                           lambda gi, keep_before, keep_after, d_log: -d_log * _weight(weights, gi), start)
+    def loss(gi, keep_before, keep_after, d_log):
+        return -d_log * _weight(weights, gi)
+
+    result = allocate_greedy(model, couplings, scores, metric, target, min_keep, round_to, coupled, fold, loss, start)
+    if also is None:
+        return result
+    kept = {g.index: g.width - len(result.removed.intersection(g.classes.tolist())) for g in groups}
+    return allocate_greedy(model, couplings, scores, also[0], also[1], min_keep, round_to, coupled, fold, loss,
+                           lambda tracker: kept)
 
 
 def synexp_keep(tracker: CostTracker, groups, metric: str, target: float, min_keep: float,
-                weights=None) -> dict:
+                weights=None, also: tuple | None = None) -> dict:
     """The continuous optimum on a tracker with nothing removed: group index -> kept class
-    count (a float)."""
+    count (a float). `also` = (metric, target): a second budget constraint."""
     variables = [g for g in groups if floor_of(g.width, min_keep) < g.width]
     program = build_program(tracker, variables, metric, target, min_keep, weights)
+    if also is not None:
+        other = build_program(tracker, variables, *also, min_keep, weights)
+        program = Program(program.a, program.coef, program.expo, program.budget, program.lo,
+                          also=((other.coef, other.expo, other.budget),))
     x = solve(program)
     keep = {g.index: float(g.width) for g in groups}
     keep.update({g.index: g.width * math.exp(x[i]) for i, g in enumerate(variables)})

@@ -192,6 +192,36 @@ def test_cli_accepts_the_synexp_allocators(tmp_path):
     assert cli_main([str(path), str(tmp_path / "x.onnx"), "--ratio", "0.3", "--allocator", "synexp", "-q"]) == 2
 
 
+@pytest.mark.parametrize("allocator", ["synexp", "synexp-weighted"])
+@pytest.mark.parametrize("macs, params", [(0.7, 0.5), (0.5, 0.9), (0.6, 0.6)])
+def test_macs_and_params_budgets_together(allocator, macs, params):
+    """Both are constraints of the program, and the repair meets the first, then the second
+    (only removing, so the first stays met): on the written model, each cost is within its
+    budget, and the binding one is close to it."""
+    _, report = prune_and_check(resnet_like(width=32), criterion="l1", allocator=allocator, round_to=1,
+                                recover="none", target_macs=macs, target_params=params)
+    kept = {m: report.after[m] / report.before[m] for m in ("macs", "params")}
+    assert kept["macs"] <= macs + 1e-9 and kept["params"] <= params + 1e-9, kept
+    assert max(kept["macs"] - macs + 0.06, kept["params"] - params + 0.06) >= 0, kept  # not far below both
+    assert sum(n.startswith("target macs") or n.startswith("target params") for n in report.notes) == 2, report.notes
+
+
+def test_both_budgets_with_another_allocator_or_budget_is_one_line(tmp_path, capsys):
+    path = tmp_path / "in.onnx"
+    onnx.save(resnet_like(), path)
+    with pytest.raises(onnxprune.OnnxPruneError, match="together need --allocator synexp"):
+        onnxprune.prune(path, target_macs=0.7, target_params=0.7)
+    for args, phrase in ((["--target-macs", "0.7", "--allocator", "density"], "together need --allocator synexp"),
+                         (["--target-macs", "0.7", "--allocator", "synexp", "--ratio", "0.3"], "not allowed with"),
+                         (["--ratio", "0.3"], "give one budget"), (["--target-latency", "0.5"], "give one budget")):
+        assert cli_main([str(path), str(tmp_path / "x.onnx"), "--target-params", "0.7", *args, "-q"]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and phrase in err[0], err
+    assert cli_main([str(path), str(tmp_path / "y.onnx"), "--target-macs", "0.7", "--target-params", "0.6",
+                     "--allocator", "synexp", "--criterion", "l1", "--recover", "none", "-q"]) == 0
+    assert not (tmp_path / "x.onnx").exists() and (tmp_path / "y.onnx").exists()
+
+
 @pytest.mark.zoo
 def test_resnet152_program_solves_well_under_a_second():
     import time
