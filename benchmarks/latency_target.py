@@ -21,6 +21,9 @@ timed in one alternating run with the original; the MAC-pruned accuracy at the
 latency-pruned model's measured latency is interpolated between the two MAC targets that
 bracket it.
 
+ocr (not in the default parts): PP-OCRv4 recognition at batch 1 (see `part_ocr`), the same
+comparison at `target_latency=0.7` with character accuracy, calibration lines only.
+
 The machine is shared: every latency is a ratio within one alternating run, recorded next to
 the load average (1 minute) before and after; ratios are of 10th percentiles (what the library
 compares, docs/methods.md §6), with the ratio of medians next to them. Writes OUT/latency_target.{json,md}.
@@ -48,6 +51,7 @@ from accuracy_recovery import dump_json, environment  # noqa: E402
 COMMAND = "python benchmarks/latency_target.py"
 CACHE = os.path.join("/tmp", "onnxprune_latency_cache")
 MAC_TARGETS = (0.3, 0.4, 0.5, 0.6, 0.7)
+OCR_MAC_TARGETS = (0.9, 0.8, 0.7, 0.6)
 
 
 def load() -> float:
@@ -169,6 +173,51 @@ def part_accuracy(args, tmp) -> list[dict]:
     return rows
 
 
+def part_ocr(args, tmp) -> list[dict]:
+    """PP-OCRv4 recognition, batch 1, 1 thread, 48 x 320: `--target-latency 0.7` against
+    `--target-macs` in OCR_MAC_TARGETS, each with the 256 calibration lines of
+    benchmarks/ocr_recovery.py and nothing else (defaults: criterion and recovery auto; the
+    evaluation lines never reach the library). Character accuracy on the evaluation lines."""
+    import ocr_accuracy as base
+    import ocr_recovery as ocr
+    from onnxprune.calibration import load_calibration
+    lines, images, font_path, recognizer = ocr.evaluation_lines()
+    calib_x = ocr.build_calibration(lines, font_path, recognizer)[0]
+    calib = load_calibration([{"x": calib_x[i:i + 32]} for i in range(0, len(calib_x), 32)],
+                             {"x": (None, 3, 48, ocr.WIDTH)})
+    metadata = list(onnx.load(ocr.MODEL).metadata_props)
+    shapes = ocr.INPUT_SHAPES
+
+    def accuracy(slim, name):
+        return base.evaluate_proto(slim, images, lines, metadata, tmp, name)[0]
+
+    timing = TimingOptions(runs=args.runs, table=args.table)
+    load_before = load()
+    t = time.perf_counter()
+    slim, report = onnxprune.prune(ocr.MODEL, target_latency=0.7, timing=timing, calibration=calib, input_shapes=shapes)
+    lat = {"target": 0.7, "note": latency_note(report), "mac_fraction": report.after["macs"] / report.before["macs"],
+           "accuracy": accuracy(slim, "ocr_lat"), "recovery": report.recovery.get("methods"),
+           "prune_s": round(time.perf_counter() - t, 1)}
+    paths, macs = [os.path.join(tmp, "ocr_lat.onnx")], []
+    for target in OCR_MAC_TARGETS:
+        slim, r = onnxprune.prune(ocr.MODEL, target_macs=target, calibration=calib, input_shapes=shapes)
+        macs.append({"target_macs": target, "accuracy": accuracy(slim, f"ocr_macs{target}"),
+                     "mac_fraction": r.after["macs"] / r.before["macs"], "recovery": r.recovery.get("methods")})
+        paths.append(os.path.join(tmp, f"ocr_macs{target}.onnx"))
+    check = bench.compare([ocr.MODEL] + paths, runs=args.runs, input_shapes=shapes)
+    lat.update(ratios(check[0], check[1]))
+    lat["latency"] = lat["achieved_check"]
+    for m, timed in zip(macs, check[2:]):
+        m.update(ratios(check[0], timed))
+        m["latency"] = m["achieved_check"]
+    at_same = _interpolate(macs, lat["latency"])
+    print(f"PP-OCRv4: latency target 0.7 -> measured {lat['latency']:.3f}, accuracy {lat['accuracy']:.4f}; "
+          f"MAC targets at the same latency: {at_same}", flush=True)
+    return [{"model": "PP-OCRv4 rec", "batch": 1, "original_accuracy": accuracy(onnx.load(ocr.MODEL), "ocr_orig"),
+             "latency_target": lat, "mac_targets": macs, "mac_accuracy_at_same_latency": at_same,
+             "load_before": load_before, "load_after": load()}]
+
+
 def _interpolate(macs, latency):
     """Accuracy of the MAC-pruned models at `latency`, linear between the two that bracket it."""
     pts = sorted((m["latency"], m["accuracy"]) for m in macs)
@@ -204,14 +253,15 @@ def markdown(result) -> str:
                       "yes" if r["not_slower"] else "**no**", f"{r['load_before']}→{r['load_after']}"]
                      for r in result.get("batches", [])])
     rows = []
-    for r in result.get("accuracy", []):
+    for r in result.get("accuracy", []) + result.get("ocr", []):
         lat, same = r["latency_target"], r["mac_accuracy_at_same_latency"]
         macs = "; ".join(f"{m['target_macs']}: {m['latency']:.3f}, {100 * m['accuracy']:.1f} %" for m in r["mac_targets"])
-        rows.append([f"{r['model']}, round-to {r.get('round_to', 'default')}", f"{100 * r['original_accuracy']:.1f} %",
-                     f"{lat['latency']:.3f}, {100 * lat['accuracy']:.1f} %", macs,
+        rows.append([f"{r['model']}, batch {r['batch']}, round-to {r.get('round_to', 'default')}",
+                     f"{100 * r['original_accuracy']:.1f} %",
+                     f"{lat.get('target', 0.5)}: {lat['latency']:.3f}, {100 * lat['accuracy']:.1f} %", macs,
                      "outside the measured range" if same is None else f"{100 * same:.1f} %",
                      f"{r['load_before']}→{r['load_after']}"])
-    lines += _table(["model (batch 32)", "unpruned", "`--target-latency 0.5`: latency (p10 ratio), accuracy",
+    lines += _table(["model", "unpruned", "`--target-latency` T: latency (p10 ratio), accuracy",
                      "`--target-macs` T: latency (p10 ratio), accuracy", "MAC-pruned accuracy at the same latency",
                      "load"], rows)
     return "\n".join(lines)
@@ -220,7 +270,7 @@ def markdown(result) -> str:
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--parts", nargs="+", default=["zoo", "batches", "accuracy"],
-                    choices=["zoo", "batches", "accuracy"])
+                    choices=["zoo", "batches", "accuracy", "ocr"])
     ap.add_argument("--size", type=int, default=224)
     ap.add_argument("--batch-size", type=int, default=112, help="image size of the batch 1/8/32 part")
     ap.add_argument("--runs", type=int, default=30)
@@ -245,7 +295,8 @@ def main(argv=None) -> int:
     with tempfile.TemporaryDirectory() as tmp:
         for part in args.parts:
             start = time.perf_counter()
-            result[part] = {"zoo": part_zoo, "batches": part_batches, "accuracy": part_accuracy}[part](args, tmp)
+            result[part] = {"zoo": part_zoo, "batches": part_batches, "accuracy": part_accuracy,
+                            "ocr": part_ocr}[part](args, tmp)
             result["runs"][part] = {"command": command, "date": time.strftime("%Y-%m-%d %H:%M"),
                                     "elapsed_s": round(time.perf_counter() - start), "environment": environment()}
             dump_json(result, path)

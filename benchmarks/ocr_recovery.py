@@ -197,6 +197,24 @@ def build_calibration(eval_lines, eval_font_path, recognizer, n=CALIB_N):
     return x, texts, meta, [f[0] for f in fonts], len(CALIB_WORDS) - len(words)
 
 
+def evaluation_lines():
+    """(lines, their BGR images, the evaluation font's path, a TextRecognizer on MODEL):
+    exactly ocr_accuracy.py's evaluation set (CJK lines too when a CJK font is installed)."""
+    font_path = base.find_font(base.FONT_CANDIDATES)
+    font = ImageFont.truetype(font_path, base.FONT_SIZE) if font_path else ImageFont.load_default(size=base.FONT_SIZE)
+    cjk_path = base.find_font(base.CJK_FONT_CANDIDATES)
+    lines = list(base.LINES)
+    images = [base.render(t, font) for t in lines]
+    if cjk_path:
+        cjk_font = ImageFont.truetype(cjk_path, base.FONT_SIZE)
+        images += [base.render(t, cjk_font) for t in base.CJK_LINES]
+        lines += base.CJK_LINES
+    recognizer = base.TextRecognizer({"model_path": MODEL, "use_cuda": False, "use_dml": False,
+                                      "rec_img_shape": [3, 48, WIDTH], "rec_batch_num": 6,
+                                      "intra_op_num_threads": -1, "inter_op_num_threads": -1})
+    return lines, images, font_path, recognizer
+
+
 class PeakRSS:
     """Peak resident memory of this process while the block runs, sampled every 20 ms."""
 
@@ -267,21 +285,8 @@ def main():
     args = ap.parse_args()
     t0 = time.perf_counter()
 
-    # evaluation set: exactly ocr_accuracy.py's
-    font_path = base.find_font(base.FONT_CANDIDATES)
-    font = ImageFont.truetype(font_path, base.FONT_SIZE) if font_path else ImageFont.load_default(size=base.FONT_SIZE)
-    cjk_path = base.find_font(base.CJK_FONT_CANDIDATES)
-    lines = list(base.LINES)
-    images = [base.render(t, font) for t in lines]
-    if cjk_path:
-        cjk_font = ImageFont.truetype(cjk_path, base.FONT_SIZE)
-        images += [base.render(t, cjk_font) for t in base.CJK_LINES]
-        lines += base.CJK_LINES
+    lines, images, font_path, recognizer = evaluation_lines()
     n_chars = sum(len(t) for t in lines)
-
-    recognizer = base.TextRecognizer({"model_path": MODEL, "use_cuda": False, "use_dml": False,
-                                      "rec_img_shape": [3, 48, WIDTH], "rec_batch_num": 6,
-                                      "intra_op_num_threads": -1, "inter_op_num_threads": -1})
     calib_x, calib_texts, calib_meta, calib_fonts, dropped_words = build_calibration(lines, font_path, recognizer,
                                                                                          args.calib)
     eval_x = np.stack([recognizer.resize_norm_img(img, WIDTH / 48) for img in images]).astype(np.float32)
@@ -382,7 +387,7 @@ def main():
         "numpy": np.__version__, "python": platform.python_version(), "machine": platform.machine(),
         "cpus": os.cpu_count(), "input_shapes": {k: list(v) for k, v in INPUT_SHAPES.items()},
         "evaluation": {"font": font_path or f"PIL load_default(size={base.FONT_SIZE})", "font_size": base.FONT_SIZE,
-                       "cjk_font": cjk_path, "n_lines": len(lines), "n_chars": n_chars,
+                       "cjk_font": base.find_font(base.CJK_FONT_CANDIDATES), "n_lines": len(lines), "n_chars": n_chars,
                        "squeezed_for_fidelity": int(squeezed)},
         "calibration": {"n": len(calib), "seed": CALIB_SEED, "fonts": calib_fonts, "sizes": CALIB_SIZES,
                         "words_dropped_as_in_eval": dropped_words,
