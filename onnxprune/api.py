@@ -28,12 +28,12 @@ from .load import load
 from .model import Model
 from .pipeline import REWRITE_PASSES, Step, run_passes
 from .arguments import (DEFAULT_RESIDUAL, Settings, check_data_options, check_flag, check_input_shapes,
-                        check_needs_data, check_patterns, check_source, settings, type_name)
+                        check_needs_data, check_patterns, check_residual, check_source, settings, type_name)
 from .plan import Plan, classes_from_plan, plan_from_classes
 from .progress import stage
 from .recover import DataOptions, batches_of, calibration_sets, recover_stage
 from .report import PlanInfo, Report, group_table, model_stats
-from .residual import RESIDUAL, gather_note
+from .residual import gather_note
 from .runtime import model_session, random_inputs
 from .saliency import CalibrationData, needs_data, score
 from .sensitivity import allocate_sensitivity, group_weights
@@ -60,8 +60,7 @@ def analyze_model(source: str | os.PathLike | onnx.ModelProto,
     """Load and analyze a model: returns (Model, Couplings); changes nothing."""
     check_source(source)
     input_shapes, exclude = check_input_shapes(input_shapes), check_patterns(exclude)
-    if residual not in RESIDUAL:
-        raise OnnxPruneError(f"--residual must be one of {RESIDUAL}, got {residual!r}")
+    residual = check_residual(residual)
     with stage("load"):
         model = load(source, input_shapes)
     with stage("analyze"):

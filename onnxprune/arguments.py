@@ -118,7 +118,7 @@ def settings(*, ratio, target_macs, target_params, plan, criterion, seed, scope,
     coupled = _choice("--coupled", coupled, COUPLED) if coupled is not None else DEFAULT_COUPLED.get(criterion, "all")
     round_to = default_round_to() if round_to is None else integer("--round-to", round_to, least=1)
     fold = _choice("--fold", fold, passes.fold_removed_constants.MODES)
-    residual = _choice("--residual", residual, RESIDUAL)
+    residual = check_residual(residual)
     made_with = plan.meta.get("residual") if plan is not None else None   # a plan by hand does not say
     if made_with not in (None, residual):   # its classes are those of the other analysis: they would not line up
         raise OnnxPruneError(f"the plan was made with --residual {made_with}; apply it with --residual {made_with}")

@@ -131,7 +131,7 @@ def timing_session(proto, provider, threads, stop_spinning=True):
     return session
 
 
-def _runner(session, feeds: dict, device: str | None):
+def runner(session, feeds: dict, device: str | None):
     """One inference of `session` on `feeds`, as a function of no argument. With a `device`,
     through I/O binding: inputs copied there once, outputs allocated there on every run,
     and the call returns when they are ready."""
@@ -171,7 +171,7 @@ def compare(models, provider: str = "cpu", threads: int = 1, batch: int = 1, war
         for proto, name in zip(protos, names):
             m, feeds = _with_batch(proto, batch, input_shapes or {})
             try:
-                runners.append(_runner(timing_session(m, provider, threads, stop_spinning), feeds, device))
+                runners.append(runner(timing_session(m, provider, threads, stop_spinning), feeds, device))
                 runners[-1]()
             except OnnxPruneError:
                 raise

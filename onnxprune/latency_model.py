@@ -175,15 +175,12 @@ class LatencyTable:
         self.entries.setdefault(name, {}).update({str(w): float(t) for w, t in zip(widths, ms)})
 
     def save(self) -> None:
-        folder = os.path.dirname(os.path.abspath(self.path))
+        from .io import publish_text, stage_text   # temporary file, then rename: never half a table
         try:
-            os.makedirs(folder, exist_ok=True)
-            tmp = f"{self.path}.tmp{os.getpid()}"
-            with open(tmp, "w") as f:
-                json.dump(self.data, f, indent=1, sort_keys=True)
-            os.replace(tmp, self.path)
+            os.makedirs(os.path.dirname(os.path.abspath(self.path)), exist_ok=True)
         except OSError as e:
             raise OnnxPruneError(f"cannot write --latency-table {self.path}: {e.strerror or e}") from None
+        publish_text(stage_text(self.path, json.dumps(self.data, indent=1, sort_keys=True)), self.path)
 
 
 def measure_layers(model, couplings, min_keep: float, round_to: int, coupled: str,
@@ -218,26 +215,28 @@ def measure_layers(model, couplings, min_keep: float, round_to: int, coupled: st
 
 
 def time_widths(model, layer: TimedLayer, axis: str, widths, options: TimingOptions) -> list[float]:
-    """Median milliseconds of the layer alone at each width of `axis`, timed in alternation."""
-    from .bench import timing_session
-    sessions = []
+    """Median milliseconds of the layer alone at each width of `axis`, timed in alternation,
+    each run as `onnxprune bench` runs a model (I/O binding on a GPU)."""
+    from .bench import DEVICES, runner, timing_session
+    device = DEVICES[options.provider] if options.provider != "cpu" else None
+    runs = []
     for width in widths:
         proto, feeds = _layer_model(model, layer, axis, width, options.batch)
         try:
-            sessions.append((timing_session(proto, options.provider, options.threads), feeds))
+            runs.append(runner(timing_session(proto, options.provider, options.threads), feeds, device))
         except Exception as e:
             raise OnnxPruneError(f"cannot time {layer.node.name} at width {width}: "
                                  f"{str(e).splitlines()[0][:200]}") from None
     for _ in range(2):
-        for sess, feeds in sessions:
-            sess.run(None, feeds)
-    times = [[] for _ in sessions]
+        for run in runs:
+            run()
+    times = [[] for _ in runs]
     start = time.perf_counter()
     while len(times[0]) < MAX_ROUNDS and (len(times[0]) < MIN_ROUNDS
                                           or time.perf_counter() - start < SECONDS_PER_CURVE):
-        for k, (sess, feeds) in enumerate(sessions):
+        for k, run in enumerate(runs):
             t = time.perf_counter()
-            sess.run(None, feeds)
+            run()
             times[k].append(time.perf_counter() - t)
     # a low percentile: a busy machine only ever adds time, and the curves are used as ratios
     return [1e3 * float(np.percentile(t, PERCENTILE)) for t in times]

@@ -83,7 +83,7 @@ def test_timed_loop_through_io_binding(monkeypatch):
     _, feeds = bench._with_batch(proto, 1, {})
     binding = session.io_binding()
     monkeypatch.setattr(session, "io_binding", lambda: binding)
-    bench._runner(session, feeds, "cpu")()
+    bench.runner(session, feeds, "cpu")()
     np.testing.assert_allclose(binding.copy_outputs_to_cpu()[0], plain(session, None, feeds)[0], rtol=1e-6)
 
 
