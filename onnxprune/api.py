@@ -37,7 +37,6 @@ from .residual import gather_note
 from .runtime import model_session, random_inputs
 from .saliency import CalibrationData, needs_data, score
 from .sensitivity import allocate_sensitivity, group_weights
-from .cost import CostTracker
 from .synexp import allocate_synexp
 from .verify import DEFAULT_TOLERANCE, check, masking_oracle
 
@@ -322,14 +321,8 @@ def _allocate_synexp(model, couplings, scores, metric: str, fraction: float, s: 
     if s.allocator == "synexp-weighted":
         weights, notes = group_weights(model, couplings, scores, prunable_groups(couplings, s.coupled), s.min_keep,
                                        s.round_to, data)
-    target = allocate_synexp(model, couplings, scores, metric, fraction, s.min_keep, s.round_to, s.coupled,
-                             s.fold != "none", weights, also)
-    if also is not None:   # the result speaks for the last budget: say where the first one ended
-        tracker = CostTracker(model, couplings, s.fold != "none")
-        for cls in sorted(target.removed):
-            tracker.remove(cls)
-        notes.append(f"target {metric} {fraction:g}: reached {getattr(tracker, metric) / getattr(tracker, metric + '0'):.4f}")
-    return target, notes
+    return allocate_synexp(model, couplings, scores, metric, fraction, s.min_keep, s.round_to, s.coupled,
+                           s.fold != "none", weights, also), notes
 
 
 def _plan_folds(model, couplings, removed, s: "Settings"):
@@ -386,6 +379,7 @@ def _residual_notes(couplings, removed) -> list[str]:
 def _budget_notes(couplings, s: "Settings", target) -> list[str]:
     notes = []
     if target is not None and target.metric != "latency":   # the latency allocator's note says it, measured
+        notes += [f"target {metric} {goal:g}: reached {kept:.4f}" for metric, (goal, kept) in target.earlier.items()]
         notes.append(f"target {target.metric} {target.target:g}: reached {target.achieved:.4f}"
                      + ("" if target.reached else " (not reachable within the group floors)"))
     if s.plan is None:

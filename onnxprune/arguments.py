@@ -125,7 +125,7 @@ def settings(*, ratio, target_macs, target_params, plan, criterion, seed, scope,
     check_flag("verify", verify)
     tolerance = check_tolerance(tolerance)
     return Settings(ratio, target_macs, target_params, plan, criterion, seed, scope, ranking, allocator,
-                     coupled, _min_keep(min_keep), round_to, check_patterns(exclude), check_input_shapes(input_shapes),
+                     coupled, check_min_keep(min_keep), round_to, check_patterns(exclude), check_input_shapes(input_shapes),
                      fold, verify, tolerance, residual, target_latency, check_timing(timing))
 
 
@@ -185,7 +185,7 @@ def check_flag(name: str, value) -> None:
         raise OnnxPruneError(f"{name} must be True or False, got {value!r}")
 
 
-def _min_keep(value) -> float:
+def check_min_keep(value) -> float:
     # parse_min_keep would crash on inf (int(inf)); a bool is not a count
     if isinstance(value, bool) or (isinstance(value, (numbers.Real, str)) and not _finite(value)):
         raise OnnxPruneError(f"--min-keep must be a count >= 1 or a fraction in (0, 1), got {value!r}")

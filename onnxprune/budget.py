@@ -13,7 +13,7 @@ group's floor (`min_keep`) and never empties a group.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -209,6 +209,7 @@ class TargetResult:
     metric: str
     achieved: float        # fraction of the original metric kept, as tracked
     reached: bool
+    earlier: dict = field(default_factory=dict)   # budgets met before this one: metric -> (target, kept)
 
 
 def allocate_target(model, couplings, scores: np.ndarray, metric: str, target: float,

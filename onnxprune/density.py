@@ -26,11 +26,33 @@ from .budget import (CostTracker, TargetResult, _base, _step, class_multiplicity
 from .errors import OnnxPruneError
 
 
+def density_loss(gi, keep_before, keep_after, d_log) -> float:
+    """PreCrop's step loss: the Σ log p a step gives up."""
+    return -d_log
+
+
 def allocate_density(model, couplings, scores: np.ndarray, metric: str, target: float,
                      min_keep: float = 0.1, round_to: int = 1, coupled: str = "all",
                      fold: bool = True) -> TargetResult:
-    return allocate_greedy(model, couplings, scores, metric, target, min_keep, round_to, coupled, fold,
-                           lambda gi, keep_before, keep_after, d_log: -d_log)
+    return allocate_greedy(model, couplings, scores, metric, target, min_keep, round_to, coupled, fold, density_loss)
+
+
+def allocate_greedy_budgets(model, couplings, scores: np.ndarray, budgets, min_keep: float, round_to: int,
+                            coupled: str, fold: bool, step_loss, start=None) -> tuple[TargetResult, dict]:
+    """`allocate_greedy` for each (metric, target) of `budgets` in turn, each pass starting
+    where the last one stopped. Steps only remove, so every earlier budget stays met.
+    Returns the last pass's result and {metric: fraction kept} of the final plan."""
+    groups = prunable_groups(couplings, coupled)
+    result = tracker = None
+    for metric, target in budgets:
+        if result is not None:
+            kept = {g.index: g.width - len(result.removed.intersection(g.classes.tolist())) for g in groups}
+            start = (lambda counts: lambda _tracker: counts)(kept)
+        tracker = CostTracker(model, couplings, fold)
+        result = allocate_greedy(model, couplings, scores, metric, target, min_keep, round_to, coupled, fold,
+                                 step_loss, start, tracker)
+    return result, {metric: getattr(tracker, metric) / _base(tracker, metric) if _base(tracker, metric) else 1.0
+                    for metric, _ in budgets}
 
 
 def allocate_greedy(model, couplings, scores: np.ndarray, metric: str, target: float, min_keep: float,

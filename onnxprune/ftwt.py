@@ -16,7 +16,6 @@ tensor whose normalised peak mass reaches r (onnxprune/saliency/heatmap.py). The
 activations; onnxprune/gating.py fits the decision heads that emulate the dynamic model."""
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -225,15 +224,6 @@ def estimate(estimator: Estimator, masses=DEFAULT_MASSES, target_macs: float | N
                     estimator.gated_share(), target)
 
 
-def check_masses(masses) -> tuple[float, ...]:
-    from .errors import OnnxPruneError
-    values = tuple(masses)
-    if not values or any(not isinstance(r, (int, float)) or not math.isfinite(r) or not 0 < r <= 1
-                         for r in values):
-        raise OnnxPruneError(f"mass thresholds must be numbers in (0, 1], got {list(values)}")
-    return values
-
-
 def build_estimator(source, calibration, *, calibration_limit: int | None = None,
                     calibration_preprocess: str | None = None, input_shapes=None, min_keep=0.1,
                     round_to: int | None = None, eval_data=None, labels_key: str = "labels"):
@@ -241,16 +231,15 @@ def build_estimator(source, calibration, *, calibration_limit: int | None = None
     held-out CalibrationSet or None, Estimator). `calibration` and `eval_data` take what
     prune's do; all the calibration samples are used (nothing is held out of them)."""
     from .api import analyze_model
-    from .budget import default_round_to, parse_min_keep
+    from .arguments import check_min_keep, integer
+    from .budget import default_round_to
     from .calibration import load_calibration
     from .errors import OnnxPruneError
     from .recover import DataOptions, batches_of, calibration_sets
     if calibration is None:
         raise OnnxPruneError("the FTWT estimate needs calibration data (--calib / calibration=)")
-    min_keep = parse_min_keep(min_keep)
-    round_to = default_round_to() if round_to is None else round_to
-    if isinstance(round_to, bool) or not isinstance(round_to, int) or round_to < 1:
-        raise OnnxPruneError(f"--round-to must be an integer >= 1, got {round_to!r}")
+    min_keep = check_min_keep(min_keep)
+    round_to = default_round_to() if round_to is None else integer("--round-to", round_to, least=1)
     model, couplings = analyze_model(source, input_shapes)
     if eval_data is None:
         calib, held = load_calibration(calibration, model, limit=calibration_limit,

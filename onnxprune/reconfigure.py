@@ -26,17 +26,17 @@ import onnx
 
 from . import passes
 from .api import rewrite, run_pruned
-from .arguments import _min_keep, _number, check_input_shapes, check_patterns, check_source, integer
+from .arguments import check_min_keep, _number, check_input_shapes, check_patterns, check_source, integer
 from .budget import class_multiplicity, floor_of, group_round_to, prunable_groups
 from .cost import CostTracker, cost
 from .couplings import analyze
-from .density import allocate_greedy
+from .density import allocate_greedy_budgets, density_loss
 from .errors import InternalError, OnnxPruneError
 from .load import load
 from .pipeline import WIDEN_PASSES, Step, run_passes
 from .progress import stage
 from .report import model_stats
-from .synexp import Program, build_program, round_up, solve
+from .synexp import combined_program, program_variables, round_up, solve
 from .verify import check
 
 METRICS = ("macs", "params")
@@ -145,19 +145,16 @@ def _check(target_macs, target_params, max_widen, round_to, seed, min_keep):
         if value > 1 and max_widen == 1:
             raise OnnxPruneError(f"{flag} {value:g} > 1 needs --max-widen > 1 (without it groups only narrow)")
     return (budgets, max_widen, integer("--round-to", round_to, least=1), integer("--seed", seed, least=0),
-            _min_keep(min_keep))
+            check_min_keep(min_keep))
 
 
 def _continuous_widths(model, couplings, budgets, max_widen, min_keep, round_to, cannot_grow):
     """The program's optimum, rounded: (group -> wider class count, group -> narrower count)."""
     tracker = CostTracker(model, couplings, fold=False)
     multiplicity = class_multiplicity(couplings)
-    variables = [g for g in prunable_groups(couplings) if floor_of(g.width, min_keep) < g.width]
-    programs = [build_program(tracker, variables, metric, target, min_keep) for metric, target in budgets.items()]
-    first = programs[0]
+    variables = program_variables(prunable_groups(couplings), min_keep)
     hi = np.array([0.0 if g.index in cannot_grow else math.log(max_widen) for g in variables])
-    x = solve(Program(first.a, first.coef, first.expo, first.budget, first.lo, hi,
-                      tuple((p.coef, p.expo, p.budget) for p in programs[1:])))
+    x = solve(combined_program(tracker, variables, list(budgets.items()), min_keep, hi=hi))
     wider, narrower = {}, {}
     for g, xg in zip(variables, x.tolist()):
         step = group_round_to(g, multiplicity, round_to)
@@ -184,22 +181,14 @@ def _same_groups(couplings, wide_couplings):
 
 def _narrow(model, wide, couplings, budgets, narrower, min_keep, round_to):
     """Classes to remove from the wider model: start at the rounded narrow widths, then the
-    density greedy for each budget in turn. Returns (removed classes, {metric: tracked fraction})."""
-    base = cost(model)
-    base_wide = cost(wide)
-    scores = np.zeros(couplings.n_classes)
-    keep = dict(narrower)
-    removed, reached = set(), {}
-    for metric, target in budgets.items():
-        original, now = (base.macs, base_wide.macs) if metric == "macs" else (base.params, base_wide.params)
-        relative = min(target * original / now, 1.0) if now else 1.0
-        result = allocate_greedy(wide, couplings, scores, metric, relative, min_keep, round_to, "all", False,
-                                 lambda gi, keep_before, keep_after, d_log: -d_log, lambda tracker: keep)
-        removed = result.removed
-        reached[metric] = result.achieved * now / original if original else 1.0
-        keep = {g.index: g.width - len(removed.intersection(g.classes.tolist()))
-                for g in prunable_groups(couplings)}
-    return removed, reached
+    density greedy for each budget in turn. Returns (removed classes, {metric: fraction of the
+    input's kept})."""
+    base, base_wide = cost(model), cost(wide)
+    scale = {m: (getattr(base_wide, m) / getattr(base, m) if getattr(base, m) else 1.0) for m in budgets}
+    relative = [(m, min(t / scale[m], 1.0) if scale[m] else 1.0) for m, t in budgets.items()]  # of the wide model's
+    result, kept = allocate_greedy_budgets(wide, couplings, np.zeros(couplings.n_classes), relative, min_keep,
+                                           round_to, "all", False, density_loss, lambda tracker: dict(narrower))
+    return result.removed, {m: kept[m] * scale[m] for m in budgets}
 
 
 def _group_rows(couplings, wide_couplings, removed, cannot_grow) -> list[dict]:

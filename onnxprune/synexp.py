@@ -26,7 +26,7 @@ import numpy as np
 
 from .budget import class_multiplicity, floor_of, group_round_to, prunable_groups
 from .cost import CostTracker
-from .density import allocate_greedy
+from .density import allocate_greedy_budgets
 
 
 @dataclass
@@ -62,7 +62,8 @@ def allocate_synexp(model, couplings, scores: np.ndarray, metric: str, target: f
     """Returns the TargetResult; `weights` maps group index -> objective weight (default 1).
     `also` = (metric, target): a second budget. Both are constraints of the program; the
     greedy repair then meets the first and, from there, removes more until the second is met
-    too (it only removes, so the first stays met). The result is the last budget's."""
+    too (it only removes, so the first stays met). The result is the last budget's; its
+    `earlier` says where the first one ended."""
     groups = prunable_groups(couplings, coupled)
     multiplicity = class_multiplicity(couplings)
 
@@ -74,28 +75,36 @@ def allocate_synexp(model, couplings, scores: np.ndarray, metric: str, target: f
     def loss(gi, keep_before, keep_after, d_log):
         return -d_log * _weight(weights, gi)
 
-    result = allocate_greedy(model, couplings, scores, metric, target, min_keep, round_to, coupled, fold, loss, start)
-    if also is None:
-        return result
-    kept = {g.index: g.width - len(result.removed.intersection(g.classes.tolist())) for g in groups}
-    return allocate_greedy(model, couplings, scores, also[0], also[1], min_keep, round_to, coupled, fold, loss,
-                           lambda tracker: kept)
+    budgets = [(metric, target)] + ([also] if also is not None else [])
+    result, kept = allocate_greedy_budgets(model, couplings, scores, budgets, min_keep, round_to, coupled, fold,
+                                           loss, start)
+    result.earlier = {m: (t, kept[m]) for m, t in budgets[:-1]}
+    return result
 
 
 def synexp_keep(tracker: CostTracker, groups, metric: str, target: float, min_keep: float,
                 weights=None, also: tuple | None = None) -> dict:
     """The continuous optimum on a tracker with nothing removed: group index -> kept class
     count (a float). `also` = (metric, target): a second budget constraint."""
-    variables = [g for g in groups if floor_of(g.width, min_keep) < g.width]
-    program = build_program(tracker, variables, metric, target, min_keep, weights)
-    if also is not None:
-        other = build_program(tracker, variables, *also, min_keep, weights)
-        program = Program(program.a, program.coef, program.expo, program.budget, program.lo,
-                          also=((other.coef, other.expo, other.budget),))
-    x = solve(program)
+    variables = program_variables(groups, min_keep)
+    x = solve(combined_program(tracker, variables, [(metric, target)] + ([also] if also else []), min_keep, weights))
     keep = {g.index: float(g.width) for g in groups}
     keep.update({g.index: g.width * math.exp(x[i]) for i, g in enumerate(variables)})
     return keep
+
+
+def program_variables(groups, min_keep: float) -> list:
+    """The groups the program can move: those with room above their floor."""
+    return [g for g in groups if floor_of(g.width, min_keep) < g.width]
+
+
+def combined_program(tracker: CostTracker, variables, budgets, min_keep: float, weights=None, hi=None) -> Program:
+    """One program for several (metric, target) budgets: the first is the constraint every
+    program has, the others go to `also`; `hi` (log of the widest fraction per variable)
+    lets groups grow."""
+    first, *others = [build_program(tracker, variables, m, t, min_keep, weights) for m, t in budgets]
+    return Program(first.a, first.coef, first.expo, first.budget, first.lo, hi,
+                   tuple((p.coef, p.expo, p.budget) for p in others))
 
 
 def build_program(tracker: CostTracker, groups, metric: str, target: float, min_keep: float,

@@ -13,7 +13,7 @@ import numpy as np
 import onnx
 
 from .dtypes import float32_model, float_types, is_narrow, narrowest, rounding_floor, to_float32
-from .errors import InternalError, OnnxPruneError
+from .errors import InternalError
 from .masking import mask_feed_out_inputs
 from .runtime import model_session, ort_reason, quiet, random_inputs, run_named, symbolic_batch_inputs
 
