@@ -73,13 +73,12 @@ def _read(source) -> tuple[onnx.ModelProto, str | None, bytes | None]:
         raise OnnxPruneError(f"{shown(path)} is not an ONNX model (no graph found)")
     base = os.path.dirname(os.path.abspath(path))
     _check_tensors(proto, path)
-    initializers = {id(t) for t in proto.graph.initializer}
-    for t in _all_tensors(proto.graph):
-        if uses_external_data(t):  # fail now, clearly, if a data file is missing or hostile
-            if id(t) in initializers:
-                _external_array(t, base, path)
-            else:
-                _load_in_place(t, base, path)
+    for t in proto.graph.initializer:   # fail now, clearly, if a data file is missing or hostile
+        if uses_external_data(t):
+            _external_array(t, base, path)   # mapped when loaded, not read
+    for t in _tensors_besides_initializers(proto.graph):
+        if uses_external_data(t):
+            _load_in_place(t, base, path)
     return proto, base, data
 
 
@@ -107,6 +106,12 @@ def _all_tensors(graph: onnx.GraphProto):
     """Every TensorProto of a graph: initializers, sparse initializers, node attributes,
     and the same inside subgraphs (If/Loop/Scan bodies)."""
     yield from graph.initializer
+    yield from _tensors_besides_initializers(graph)
+
+
+def _tensors_besides_initializers(graph: onnx.GraphProto):
+    """_all_tensors without the graph's own initializers. (Protobuf hands out a new Python
+    object at each access, so initializers cannot be told apart from the rest by id().)"""
     for sparse in graph.sparse_initializer:
         yield sparse.values
         yield sparse.indices

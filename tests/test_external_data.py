@@ -64,11 +64,13 @@ def test_external_data_output_keeps_shape_constants_in_the_model_file(tmp_path, 
 
 def test_external_weights_are_memory_mapped(tmp_path):
     src = tmp_path / "m.onnx"
-    onnx.save_model(resnet_like(), str(src), save_as_external_data=True, location="m.onnx.data",
+    onnx.save_model(resnet_like(blocks=20), str(src), save_as_external_data=True, location="m.onnx.data",
                     size_threshold=0)
     model = load(str(src))
     assert model.external_data
-    assert any(isinstance(a, np.memmap) for a in model.inits.values())
+    weights = {n.input[1] for n in model.graph.node if n.op_type in ("Conv", "Gemm")}
+    # every one of them: an initializer read into memory at load doubled a ViT-H's peak memory
+    assert weights and all(isinstance(model.inits[w], np.memmap) for w in weights)
 
 
 # -- external data must come from the model's own folder ------------------------------------
