@@ -64,19 +64,37 @@ def rounded_keep(keep: int, width: int, floor: int, round_to: int) -> int:
     return min(candidates, key=lambda m: (abs(m - keep), -m))
 
 
-def class_multiplicity(couplings) -> np.ndarray:
-    """Channels each class stands for in one tensor: 1, except in the couplings of a
-    grouped convolution or a channel shuffle, where a class is the same position in
-    every group (G channels)."""
-    mult = np.ones(couplings.n_classes, dtype=np.int64)
+@dataclass(frozen=True)
+class ClassWidths:
+    """Channels each class stands for in one tensor. `count`: 1, except in the couplings of
+    a grouped convolution or a channel shuffle, where a class is the same position in every
+    group (G channels, strided), and for an attention head (head_dim channels). `block`:
+    the length of the one contiguous run a class covers in every tensor it is in (an
+    attention head's head_dim), else 1."""
+    count: np.ndarray
+    block: np.ndarray
+
+
+def class_widths(couplings) -> ClassWidths:
+    count = np.ones(couplings.n_classes, dtype=np.int64)
+    block = np.full(couplings.n_classes, np.iinfo(np.int64).max)
     for p in couplings.producers:
-        cls, count = np.unique(couplings.class_of[p.ids], return_counts=True)
-        mult[cls] = np.maximum(mult[cls], count)
-    return mult
+        cls = couplings.class_of[p.ids]
+        classes, n = np.unique(cls, return_counts=True)
+        count[classes] = np.maximum(count[classes], n)
+        starts = np.r_[0, np.flatnonzero(np.diff(cls)) + 1]
+        runs = np.bincount(cls[starts], minlength=couplings.n_classes)[classes]
+        block[classes] = np.minimum(block[classes], np.where(runs == 1, n, 1))   # several runs: strided
+    block[block == np.iinfo(np.int64).max] = 1
+    return ClassWidths(count, block)
 
 
-def group_round_to(group, multiplicity: np.ndarray, round_to: int) -> int:
+def group_round_to(group, widths: ClassWidths, round_to: int) -> int:
     """The multiple the kept class count of `group` is rounded to.
+
+    A class that is a contiguous block of channels (an attention head of head_dim) keeps
+    its tensors' widths multiples of round_to at every count that is a multiple of
+    round_to / gcd(round_to, block): heads of 64 channels are removed one at a time.
 
     For a grouped conv the count is a width per conv group, and onnxruntime blocks that
     width: rounding it to round_to keeps a blocked grouped conv blocked. But a conv group
@@ -86,7 +104,10 @@ def group_round_to(group, multiplicity: np.ndarray, round_to: int) -> int:
     targets 0.5 and 0.7, RegNetY-400MF ran 1.33x / 1.18x faster with those convs left
     whole and 1.59x / 1.27x with halves; ResNeXt-50 1.76x / 1.35x and 1.85x / 1.35x
     (benchmarks/RESULTS.md, section 5)."""
-    if round_to <= 1 or group.width >= round_to or multiplicity[group.classes].max() <= 1:
+    block = int(widths.block[group.classes].min()) if len(group.classes) else 1
+    if round_to > 1 and block > 1:
+        return round_to // math.gcd(round_to, block)
+    if round_to <= 1 or group.width >= round_to or widths.count[group.classes].max() <= 1:
         return round_to
     return max(1, group.width // 2)
 
@@ -94,10 +115,10 @@ def group_round_to(group, multiplicity: np.ndarray, round_to: int) -> int:
 def kept_whole_by_rounding(couplings, round_to: int, min_keep: float, coupled: str = "all") -> list:
     """Prunable groups that `round_to` keeps whole whatever the budget: no multiple of
     their rounding step lies between their floor and their width (a group of 8 under 16)."""
-    multiplicity = class_multiplicity(couplings)
+    widths = class_widths(couplings)
     whole = []
     for g in prunable_groups(couplings, coupled):
-        step, floor = group_round_to(g, multiplicity, round_to), floor_of(g.width, min_keep)
+        step, floor = group_round_to(g, widths, round_to), floor_of(g.width, min_keep)
         if step > 1 and rounded_keep(floor, g.width, floor, step) == g.width:
             whole.append(g)
     return whole
@@ -178,10 +199,10 @@ def allocate(couplings, scores: np.ndarray, ratio: float, scope: str = "local",
         keep = _keep_from_order(groups, removal_order(groups, scores, scope, ranking, coupled), couplings,
                                 int(math.floor(ratio * sum(g.width for g in groups) + 1e-9)), min_keep)
     removed = set()
-    multiplicity = class_multiplicity(couplings)
+    widths = class_widths(couplings)
     for g in groups:
         k = rounded_keep(keep[g.index], g.width, floor_of(g.width, min_keep),
-                         group_round_to(g, multiplicity, round_to))
+                         group_round_to(g, widths, round_to))
         order = g.classes[np.argsort(scores[g.classes], kind="stable")]
         removed.update(order[:g.width - k].tolist())
     return removed
@@ -230,8 +251,8 @@ def allocate_target(model, couplings, scores: np.ndarray, metric: str, target: f
     keep = {g.index: g.width for g in groups}
     floors = {g.index: floor_of(g.width, min_keep) for g in groups}
     in_group = {g.index: removal_order([g], scores, "global", "raw").tolist() for g in groups}
-    multiplicity = class_multiplicity(couplings)
-    steps = {g.index: group_round_to(g, multiplicity, round_to) for g in groups}
+    widths = class_widths(couplings)
+    steps = {g.index: group_round_to(g, widths, round_to) for g in groups}
     removed: set[int] = set()
 
     def next_chunk(gi):

@@ -21,7 +21,7 @@ import heapq
 
 import numpy as np
 
-from .budget import (CostTracker, TargetResult, _base, _step, class_multiplicity, closest_landing, floor_of,
+from .budget import (CostTracker, TargetResult, _base, _step, class_widths, closest_landing, floor_of,
                      group_round_to, metric_value, overshoots, prunable_groups, removal_order)
 from .errors import OnnxPruneError
 
@@ -72,9 +72,9 @@ def allocate_greedy(model, couplings, scores: np.ndarray, metric: str, target: f
     def value():
         return metric_value(tracker, metric)
 
-    multiplicity = class_multiplicity(couplings)
+    widths = class_widths(couplings)
     order = {g.index: removal_order([g], scores, "global", "raw").tolist() for g in groups}
-    steps = {g.index: group_round_to(g, multiplicity, round_to) for g in groups}
+    steps = {g.index: group_round_to(g, widths, round_to) for g in groups}
     floors = {g.index: floor_of(g.width, min_keep) for g in groups}
     keep = {g.index: g.width for g in groups}
     taken = {g.index: 0 for g in groups}   # classes of the group removed so far, in `order`

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .budget import class_multiplicity, floor_of, group_round_to, prunable_groups, rounded_keep
+from .budget import class_widths, floor_of, group_round_to, prunable_groups, rounded_keep
 from .cost import CostTracker
 from .plan import Plan, plan_from_classes
 from .saliency.data import CalibrationData, consumers, stream_original
@@ -103,10 +103,10 @@ class Estimator:
         self.model, self.couplings, self.layers, self.ranks = model, couplings, layers, ranks
         self.tracker = CostTracker(model, couplings, fold)
         self.classes = np.concatenate([layer.classes for layer in layers]) if layers else np.zeros(0, np.int64)
-        multiplicity = class_multiplicity(couplings)
+        widths = class_widths(couplings)
         groups = {g.index: g for g in couplings.groups}
         self.rules = [(floor_of(len(layer.classes), min_keep),
-                       group_round_to(groups[layer.group], multiplicity, round_to)) for layer in layers]
+                       group_round_to(groups[layer.group], widths, round_to)) for layer in layers]
         self.samples = ranks[0].share.shape[0] if ranks else (samples or 0)
         self.slots = self.tracker.slot_matrix(self.classes)
 

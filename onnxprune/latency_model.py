@@ -26,7 +26,7 @@ import numpy as np
 import onnx
 from onnx import helper
 
-from .budget import class_multiplicity, floor_of, group_round_to, prunable_groups, rounded_keep, default_round_to
+from .budget import class_widths, floor_of, group_round_to, prunable_groups, rounded_keep, default_round_to
 from .errors import OnnxPruneError
 from .graph import attr
 
@@ -128,8 +128,8 @@ def measurement_widths(layer: TimedLayer, couplings, groups, min_keep: float, ro
     """Per axis, the widths to time: the full width and the rounded fractions and floor of
     the group the axis belongs to (for an axis spanning several groups, of its width with
     the coarsest step), plus one unaligned width next to each where the step allows them."""
-    multiplicity = class_multiplicity(couplings)
-    step_of = {g.index: group_round_to(g, multiplicity, round_to) for g in groups}
+    widths = class_widths(couplings)
+    step_of = {g.index: group_round_to(g, widths, round_to) for g in groups}
     block = default_round_to()
     out = {}
     for axis, ids in layer.axes.items():
@@ -137,7 +137,7 @@ def measurement_widths(layer: TimedLayer, couplings, groups, min_keep: float, ro
         touched = {int(couplings.group_of[c]) for c in np.unique(couplings.class_of[ids])} & set(step_of)
         if not touched:
             continue   # frozen channels only: this width never changes
-        step = max((step_of[g] * int(multiplicity[couplings.groups[g].classes].max()) for g in touched), default=1)
+        step = max((step_of[g] * int(widths.count[couplings.groups[g].classes].max()) for g in touched), default=1)
         floor = floor_of(width, min_keep)
         points = {rounded_keep(max(floor, round(f * width)), width, floor, step) for f in FRACTIONS + (0,)}
         if step % block:

@@ -27,7 +27,7 @@ import onnx
 from . import passes
 from .api import rewrite, run_pruned
 from .arguments import check_min_keep, _number, check_input_shapes, check_patterns, check_source, integer
-from .budget import class_multiplicity, floor_of, group_round_to, prunable_groups
+from .budget import class_widths, floor_of, group_round_to, prunable_groups
 from .cost import CostTracker, cost
 from .couplings import analyze
 from .density import allocate_greedy_budgets, density_loss
@@ -151,13 +151,13 @@ def _check(target_macs, target_params, max_widen, round_to, seed, min_keep):
 def _continuous_widths(model, couplings, budgets, max_widen, min_keep, round_to, cannot_grow):
     """The program's optimum, rounded: (group -> wider class count, group -> narrower count)."""
     tracker = CostTracker(model, couplings, fold=False)
-    multiplicity = class_multiplicity(couplings)
+    widths = class_widths(couplings)
     variables = program_variables(prunable_groups(couplings), min_keep)
     hi = np.array([0.0 if g.index in cannot_grow else math.log(max_widen) for g in variables])
     x = solve(combined_program(tracker, variables, list(budgets.items()), min_keep, hi=hi))
     wider, narrower = {}, {}
     for g, xg in zip(variables, x.tolist()):
-        step = group_round_to(g, multiplicity, round_to)
+        step = group_round_to(g, widths, round_to)
         width = g.width * math.exp(xg)
         if width > g.width + 1e-9:
             grown = min(math.ceil(math.ceil(width - 1e-9) / step) * step, int(max_widen * g.width + 1e-9))

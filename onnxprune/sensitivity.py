@@ -20,7 +20,7 @@ import time
 import numpy as np
 import onnx
 
-from .budget import class_multiplicity, floor_of, group_round_to, prunable_groups, removal_order, rounded_keep
+from .budget import class_widths, floor_of, group_round_to, prunable_groups, removal_order, rounded_keep
 from .cost import cost
 from .density import allocate_greedy
 from .masking import _mask_shape, _rebuild, layer_dtype
@@ -49,12 +49,12 @@ def measured_curves(model, couplings, scores, groups, min_keep: float, round_to:
     ({group index: _Curve}, a note saying what was measured)."""
     start = time.perf_counter()
     probe = _MaskedModel(model, couplings, data)
-    multiplicity = class_multiplicity(couplings)
+    widths = class_widths(couplings)
     runs = min(MAX_EVALUATIONS, MAC_BUDGET // max(cost(model).macs * probe.samples, 1))
     per_group = max(1, min(len(KEEP_FRACTIONS) + 1, int(runs) // max(len(groups), 1)))
     curves = {}
     for g in groups:
-        floor, step = floor_of(g.width, min_keep), group_round_to(g, multiplicity, round_to)
+        floor, step = floor_of(g.width, min_keep), group_round_to(g, widths, round_to)
         keeps = _keeps(g.width, floor, step, per_group)
         order = removal_order([g], scores, "global", "raw")
         losses = [probe.loss(order[:g.width - k]) for k in keeps]

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .budget import class_multiplicity, floor_of, group_round_to, prunable_groups
+from .budget import class_widths, floor_of, group_round_to, prunable_groups
 from .cost import CostTracker
 from .density import allocate_greedy_budgets
 
@@ -65,12 +65,12 @@ def allocate_synexp(model, couplings, scores: np.ndarray, metric: str, target: f
     too (it only removes, so the first stays met). The result is the last budget's; its
     `earlier` says where the first one ended."""
     groups = prunable_groups(couplings, coupled)
-    multiplicity = class_multiplicity(couplings)
+    widths = class_widths(couplings)
 
     def start(tracker):
         keep = synexp_keep(tracker, groups, metric, target, min_keep, weights, also)
         return {g.index: round_up(keep[g.index], g.width, floor_of(g.width, min_keep),
-                                   group_round_to(g, multiplicity, round_to)) for g in groups}
+                                   group_round_to(g, widths, round_to)) for g in groups}
 
     def loss(gi, keep_before, keep_after, d_log):
         return -d_log * _weight(weights, gi)

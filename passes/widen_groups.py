@@ -23,7 +23,7 @@ import math
 
 import numpy as np
 
-from onnxprune.budget import class_multiplicity
+from onnxprune.budget import class_widths
 from onnxprune.channels import CHANNELWISE, FEED_OUT
 from onnxprune.ops import layer_of, spec_of
 
@@ -64,7 +64,7 @@ def run(model, step) -> None:
 def blockers(model, couplings) -> dict[int, str]:
     """Group index -> why it cannot widen exactly by these rules (frozen groups are not
     listed: they cannot change at all)."""
-    multiplicity = class_multiplicity(couplings)
+    counts = class_widths(couplings).count
     nodes = model.index().nodes
     out = {}
     for s in couplings.slices:
@@ -82,8 +82,8 @@ def blockers(model, couplings) -> dict[int, str]:
     for g in couplings.groups:
         if g.residual:
             out.setdefault(g.index, "branches of an independent residual sum")
-        elif multiplicity[g.classes].max(initial=1) > 1:
-            out.setdefault(g.index, "a class stands for several channels (grouped convolution or shuffle)")
+        elif counts[g.classes].max(initial=1) > 1:
+            out.setdefault(g.index, "a class stands for several channels (grouped convolution, shuffle or attention head)")
     return {gi: reason for gi, reason in out.items() if not couplings.groups[gi].frozen}
 
 

@@ -103,7 +103,7 @@ def node_attr(proto, name, key):
 def test_grouped_convolution_groups_do_not_grow():
     model, couplings = analyze_model(zoo_model("resnext_small"))
     reasons = set(blockers(model, couplings).values())
-    assert reasons == {"a class stands for several channels (grouped convolution or shuffle)"}
+    assert reasons == {"a class stands for several channels (grouped convolution, shuffle or attention head)"}
 
 
 @pytest.mark.parametrize("seed", range(6))
