@@ -40,6 +40,7 @@ sys.path.insert(0, ROOT)
 sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
 RESULTS = os.path.join(ROOT, "benchmarks", "results")
 
+from onnxprune.budget import COUPLED  # noqa: E402
 from study import alignment, conv_widths, original, prune_variant, timing_rows  # noqa: E402
 from study import pivot as study_pivot  # noqa: E402
 
@@ -212,7 +213,7 @@ def main(argv=None) -> int:
                          "(and the min/max speedup)")
     ap.add_argument("--round-to", nargs="+", type=int, default=None, dest="round_to",
                     help="default: the library's default for this CPU (16 with AVX-512, else 8)")
-    ap.add_argument("--coupled", nargs="+", default=["all"], choices=["all", "only", "none"])
+    ap.add_argument("--coupled", nargs="+", default=["all"], choices=COUPLED)
     ap.add_argument("--criterion", default="bgsc")
     ap.add_argument("--fold", default="exact")
     ap.add_argument("--size", type=int, default=224)
