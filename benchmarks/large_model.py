@@ -1,12 +1,16 @@
 """A model whose initializers exceed 2 GB: build it, prune it, measure peak memory.
 
     python benchmarks/large_model.py [--layers 15] [--width 2048] [--ratio 0.3] [--dir /tmp/onnxprune_large]
+    python benchmarks/large_model.py --kind vit [--layers 32] [--width 1280]
 
-Builds a stack of `layers` 3x3 convolutions of `width` channels (random weights, 4x4
-spatial, residual Adds every two layers) saved with external data, then runs
+`--kind conv` (the default) builds a stack of `layers` 3x3 convolutions of `width` channels
+(random weights, 4x4 spatial, residual Adds every two layers) saved with external data.
+`--kind vit` exports a ViT-H/14-sized transformer (models/zoo_extra.py's ViT: `layers`
+blocks of `width` channels, 16 heads, MLP 4x, 224x224 images, patch 14; random weights)
+with torch's exporter, saved with external data. Either way it then runs
 `onnxprune big.onnx out.onnx --ratio R --verify` under /usr/bin/time -v and records the
 wall time and the maximum resident set size next to the model's size in
-benchmarks/results/large_model.json.
+benchmarks/results/large_model[_vit].json.
 """
 from __future__ import annotations
 
@@ -67,18 +71,44 @@ def build(path: str, layers: int, width: int) -> int:
     return size
 
 
+def build_vit(path: str, layers: int, width: int) -> int:
+    """Export models/zoo_extra.py's ViT at ViT-H/14 size into one external-data file."""
+    import torch
+    sys.path.insert(0, ROOT)
+    from models.zoo_extra import ViT
+    torch.manual_seed(0)
+    with torch.no_grad():
+        model = ViT(num_classes=1000, image=224, patch=14, dim=width, depth=layers, heads=16).eval()
+        raw = path + ".export"
+        os.makedirs(raw, exist_ok=True)
+        torch.onnx.export(model, (torch.randn(1, 3, 224, 224),), os.path.join(raw, "vit.onnx"),
+                          opset_version=17, dynamo=False)
+    del model
+    proto = onnx.load(os.path.join(raw, "vit.onnx"))      # torch writes one file per tensor
+    data_name = os.path.basename(path) + ".data"
+    if os.path.exists(os.path.join(os.path.dirname(path), data_name)):   # onnx.save appends to it
+        os.remove(os.path.join(os.path.dirname(path), data_name))
+    onnx.save(proto, path, save_as_external_data=True, all_tensors_to_one_file=True, location=data_name)
+    subprocess.run(["rm", "-rf", raw], check=True)
+    return os.path.getsize(os.path.join(os.path.dirname(path), data_name))
+
+
 def main():
     ap = argparse.ArgumentParser()
-    ap.add_argument("--layers", type=int, default=15)
-    ap.add_argument("--width", type=int, default=2048)
+    ap.add_argument("--kind", choices=("conv", "vit"), default="conv")
+    ap.add_argument("--layers", type=int, default=None, help="default: 15 (conv), 32 (vit)")
+    ap.add_argument("--width", type=int, default=None, help="default: 2048 (conv), 1280 (vit)")
     ap.add_argument("--ratio", type=float, default=0.3)
     ap.add_argument("--dir", default="/tmp/onnxprune_large")
     ap.add_argument("--criterion", default="l1")
     args = ap.parse_args()
+    vit = args.kind == "vit"
+    args.layers = args.layers or (32 if vit else 15)
+    args.width = args.width or (1280 if vit else 2048)
     os.makedirs(args.dir, exist_ok=True)
     src, dst = os.path.join(args.dir, "big.onnx"), os.path.join(args.dir, "big_pruned.onnx")
     t = time.time()
-    size = build(src, args.layers, args.width)
+    size = (build_vit if vit else build)(src, args.layers, args.width)
     print(f"built {src}: {size / 2**30:.2f} GiB of weights in {time.time() - t:.0f} s", flush=True)
     cmd = ["/usr/bin/time", "-v", sys.executable, "-m", "onnxprune", src, dst, "--ratio", str(args.ratio),
            "--criterion", args.criterion, "--verify"]
@@ -87,13 +117,14 @@ def main():
     peak_kb = int(re.search(r"Maximum resident set size \(kbytes\): (\d+)", run.stderr).group(1))
     wall = re.search(r"Elapsed \(wall clock\) time.*: (.+)", run.stderr).group(1)
     out_size = os.path.getsize(dst + ".data") if os.path.exists(dst + ".data") else None
-    row = {"date": time.strftime("%Y-%m-%d %H:%M"), "layers": args.layers, "width": args.width,
+    row = {"date": time.strftime("%Y-%m-%d %H:%M"), "kind": args.kind, "layers": args.layers, "width": args.width,
            "ratio": args.ratio, "criterion": args.criterion, "model_bytes": size, "pruned_bytes": out_size,
            "peak_rss_bytes": peak_kb * 1024, "peak_over_model": round(peak_kb * 1024 / size, 3),
            "wall": wall, "exit": run.returncode, "stderr_tail": run.stderr.splitlines()[:3]}
     print(json.dumps(row, indent=1))
     os.makedirs(os.path.join(ROOT, "benchmarks", "results"), exist_ok=True)
-    with open(os.path.join(ROOT, "benchmarks", "results", "large_model.json"), "w") as f:
+    with open(os.path.join(ROOT, "benchmarks", "results",
+                           "large_model_vit.json" if vit else "large_model.json"), "w") as f:
         json.dump(row, f, indent=1)
 
 
