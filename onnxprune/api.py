@@ -176,10 +176,11 @@ def prune_model(source: str | os.PathLike | onnx.ModelProto, ratio: float | None
     data = DataOptions(calibration, calibration_limit, calibration_preprocess, eval_data, labels_key, recover)
     sets = calibration_sets(model, data, s.seed) if _choice_reads_data(s, calibration) else None
     removed, target, couplings, score_notes = _choose(model, couplings, s, timings, _score_data(model, sets))
-    with stage("fold", timings):
-        folds, fold_stats = _plan_folds(model, couplings, removed, s)
-    with stage("rewrite", timings):
-        slim = rewrite(model, couplings, removed, folds)
+    if target is not None and target.rewrite is not None:   # built and timed by the latency allocator
+        slim, folds, fold_stats = target.rewrite
+        target.rewrite = None
+    else:
+        slim, folds, fold_stats = _rewrite(model, couplings, removed, s, timings)
     with stage("verify", timings):
         if check_output and checked_in_memory(slim):
             check(slim.to_proto().SerializeToString())  # the checker would serialise a proto itself, more slowly
@@ -291,9 +292,7 @@ def _choose(model, couplings, s: "Settings", timings: dict, data: CalibrationDat
                                s.coupled)
         elif s.target_latency is not None:   # allocates, rewrites and times (onnxprune/latency_alloc.py)
             target, allocator_notes = allocate_to_latency(
-                model, couplings, scores, s, lambda removed: rewrite(model, couplings, removed,
-                                                                     _plan_folds(model, couplings, removed, s)[0]),
-                data)
+                model, couplings, scores, s, lambda removed: _rewrite(model, couplings, removed, s), data)
             removed = target.removed
         else:
             metric, fraction = ("macs", s.target_macs) if s.target_macs is not None else ("params", s.target_params)
@@ -323,6 +322,14 @@ def _allocate_synexp(model, couplings, scores, metric: str, fraction: float, s: 
                                        s.round_to, data)
     return allocate_synexp(model, couplings, scores, metric, fraction, s.min_keep, s.round_to, s.coupled,
                            s.fold != "none", weights, also), notes
+
+
+def _rewrite(model, couplings, removed, s: "Settings", timings: dict | None = None):
+    """(pruned Model, folds, fold stats) of a plan: the fold and rewrite stages."""
+    with stage("fold", timings):
+        folds, fold_stats = _plan_folds(model, couplings, removed, s)
+    with stage("rewrite", timings):
+        return rewrite(model, couplings, removed, folds), folds, fold_stats
 
 
 def _plan_folds(model, couplings, removed, s: "Settings"):

@@ -231,6 +231,9 @@ class TargetResult:
     achieved: float        # fraction of the original metric kept, as tracked
     reached: bool
     earlier: dict = field(default_factory=dict)   # budgets met before this one: metric -> (target, kept)
+    # (pruned Model, folds, fold stats) of this plan when the allocator built them to time it
+    # (--target-latency), so that prune does not rewrite the same plan again
+    rewrite: tuple | None = None
 
 
 def allocate_target(model, couplings, scores: np.ndarray, metric: str, target: float,

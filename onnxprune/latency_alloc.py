@@ -113,7 +113,8 @@ def allocate_latency(model, couplings, scores: np.ndarray, target: float, layers
 def allocate_to_latency(model, couplings, scores: np.ndarray, s, rewritten,
                         data=None) -> tuple[TargetResult, list[str]]:
     """`--target-latency`: (TargetResult with the measured ratio as `achieved`, notes).
-    `s` holds the prune settings; `rewritten(removed classes)` is the pruned Model; with
+    `s` holds the prune settings; `rewritten(removed classes)` is (the pruned Model, its
+    folds, their stats), kept on the result for the plan chosen; with
     calibration `data`, each group's importance is its measured output-error curve."""
     options: TimingOptions = s.timing
     start = time.perf_counter()
@@ -128,7 +129,8 @@ def allocate_to_latency(model, couplings, scores: np.ndarray, s, rewritten,
     def attempt(fraction):
         result = allocate_latency(model, couplings, scores, fraction, layers, s.min_keep, s.round_to,
                                   s.coupled, s.fold != "none", s.ranking, s.scope, curves)
-        timings = _time([original, rewritten(result.removed).to_proto()], options, s.input_shapes)
+        result.rewrite = rewritten(result.removed)
+        timings = _time([original, result.rewrite[0].to_proto()], options, s.input_shapes)
         return result, timings[1].p10_ms / timings[0].p10_ms, timings
 
     target = s.target_latency
@@ -144,11 +146,15 @@ def allocate_to_latency(model, couplings, scores: np.ndarray, s, rewritten,
             secant = float(np.clip(a1 + (target - m1) * (a2 - a1) / (m2 - m1), 0.01, 1.0))
             tries.append((*attempt(secant), secant))
     result, measured, timings, aimed = min(tries, key=lambda t: abs(t[1] - target))
+    for other, *_ in tries:   # only the kept plan's model is handed on
+        if other is not result:
+            other.rewrite = None
     note = (f"target latency {target:g}, achieved {measured:.3f} ({_measured(timings, options)}); predicted "
             f"{result.achieved:.3f} for an aim of {aimed:.3f}; {len(tries)} allocation(s) timed; latency modelling "
             f"and timing took {time.perf_counter() - start:.1f} s")
     notes = curve_notes + [table_note, note]
-    return TargetResult(result.removed, target, "latency", measured, measured <= target * (1 + TOLERANCE)), notes
+    return TargetResult(result.removed, target, "latency", measured, measured <= target * (1 + TOLERANCE),
+                        rewrite=result.rewrite), notes
 
 
 def corrected_aim(target: float, predicted: float, measured: float) -> float:

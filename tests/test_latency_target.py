@@ -191,6 +191,29 @@ def test_on_target_measurement_is_not_redone(monkeypatch, table):
     assert calls == [2] and any("achieved 0.590" in n and "1 allocation(s)" in n for n in report.notes)
 
 
+@pytest.mark.parametrize("ratios,kept", [({1: 0.59}, 1), ({1: 0.8, 2: 0.61}, 2), ({1: 0.625, 2: 0.7, 3: 0.75}, 1)])
+def test_the_kept_plan_is_not_rewritten_again(monkeypatch, table, ratios, kept):
+    """Each timed plan is rewritten once and no more: prune hands on the kept one's model,
+    the exact rewrite of the plan it reports (the oracle passes)."""
+    monkeypatch.setattr(latency_model, "time_widths", fake_ms(lambda layer: 0.1))
+    monkeypatch.setattr("onnxprune.bench.compare", _fake_compare(lambda k: ratios.get(k, 0.6), []))
+    import onnxprune.api as api
+    built = []
+    real = api.rewrite
+    monkeypatch.setattr(api, "rewrite", lambda *a: built.append(frozenset(a[2])) or real(*a))
+    slim, report = onnxprune.prune(two_branches(), target_latency=0.6, round_to=1, verify=True,
+                                   timing=TimingOptions(table=table))
+    assert len(built) == len(ratios)       # one rewrite per timed allocation, none after
+    assert report.oracle.passed
+    assert built[kept - 1] == frozenset(api.classes_from_plan(*_couplings_and(report.plan)))
+
+
+def _couplings_and(plan):
+    from onnxprune.api import analyze_model
+    _, couplings = analyze_model(two_branches())
+    return couplings, plan
+
+
 def test_real_timing_end_to_end_with_calibration_recovery(table, capsys):
     """A real (tiny) measurement: no assertion on the figures, only that they are there and
     that recovery on calibration data runs after the latency allocation."""
