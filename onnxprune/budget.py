@@ -326,10 +326,12 @@ def _after(tracker, metric, chunk) -> float:
     return metric_value(tracker, metric) + _delta(tracker, metric, chunk)
 
 
-def _delta(tracker, metric, chunk) -> float:
+def _delta(tracker, metric, chunk, preview=None) -> float:
+    """The change of `metric` that removing `chunk` makes; `preview`: the tracker's
+    preview of it, when the caller has it already."""
     if metric == "latency":   # a LatencyTracker (onnxprune/latency_alloc.py)
         return tracker.preview_latency(chunk)
-    d_params, d_macs, _ = tracker.preview(chunk)
+    d_params, d_macs, _ = preview or tracker.preview(chunk)
     return d_macs if metric == "macs" else d_params
 
 

@@ -21,7 +21,7 @@ import heapq
 
 import numpy as np
 
-from .budget import (CostTracker, TargetResult, _base, _step, class_widths, closest_landing, floor_of,
+from .budget import (CostTracker, TargetResult, _base, _delta, _step, class_widths, closest_landing, floor_of,
                      group_round_to, metric_value, overshoots, prunable_groups, removal_order)
 from .errors import OnnxPruneError
 
@@ -89,9 +89,9 @@ def allocate_greedy(model, couplings, scores: np.ndarray, metric: str, target: f
         chunk = next_chunk(gi)
         if not chunk:
             return None
-        d_params, d_macs, d_log = tracker.preview(chunk)
-        saved = -(d_macs if metric == "macs" else d_params if metric == "params" else tracker.preview_latency(chunk))
-        return step_loss(gi, keep[gi], keep[gi] - len(chunk), d_log) / saved if saved > 0 else None
+        preview = tracker.preview(chunk)
+        saved = -_delta(tracker, metric, chunk, preview)
+        return step_loss(gi, keep[gi], keep[gi] - len(chunk), preview[2]) / saved if saved > 0 else None
 
     removed: set[int] = set()
     for gi, k in (start(tracker) if start else {}).items():
