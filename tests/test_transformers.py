@@ -2,6 +2,7 @@
 (class token concatenated on the token axis, nn.MultiheadAttention with a packed in_proj and
 the heads merged with the batch axis, head on x[:, 0]), with the legacy and dynamo exporters.
 What is prunable, what stays frozen and why, pruned with the masking oracle on."""
+import numpy as np
 import pytest
 
 from helpers import check_prune, exported, groups, keep, op_names, param
@@ -38,24 +39,85 @@ def _live(gs):
     return [g for g in gs if g.frozen is None and g.width > 1]
 
 
-@pytest.mark.parametrize("ratio", RATIOS)
-def test_torchvision_vit_mlp_hidden_neurons_prune_exactly(ratio):
-    """The class token Concat cuts the constant with the stream's channels and the stream is
-    followed on the last axis through every Transpose and Gather, so each block's MLP
-    (Linear -> GELU -> Linear) is a group of its own; the stream stays frozen by ln_1."""
-    proto = exported(NAME)
+def _blocks(dynamo):
+    """(in_proj MatMul, out_proj Gemm, mlp.0 MatMul, mlp.3 MatMul) of each encoder block, found
+    by their weights' shapes (the dynamo exporter names nodes by count)."""
+    from onnxprune.load import load
+    proto = exported(NAME, dynamo)
+    model = load(proto)
+    by_shape = {}
+    for n in model.graph.node:
+        w = model.inits.get(n.input[1]) if len(n.input) > 1 else None
+        if n.op_type in ("MatMul", "Gemm") and w is not None:
+            by_shape.setdefault(w.shape, []).append(n.name)
+    return proto, list(zip(by_shape[(DIM, 3 * DIM)], by_shape[(DIM, DIM)], by_shape[(DIM, MLP)], by_shape[(MLP, DIM)]))
+
+
+EXPORTS = [False, pytest.param(True, marks=pytest.mark.zoo)]
+
+
+@pytest.mark.parametrize("dynamo", EXPORTS)
+def test_torchvision_vit_groups(dynamo):
+    """Per block, two groups: the MLP hidden neurons (Linear -> GELU -> Linear) and the heads
+    of nn.MultiheadAttention (q, k and v rows of a head in the packed in_proj with out_proj's
+    columns). The stream (conv_proj, class token, every projection back to it) is frozen by
+    ln_1, honestly: pruning it would change LayerNorm's statistics."""
+    proto, blocks = _blocks(dynamo)
     gs = groups(proto)
-    mlp = [g for g in _live(gs) if g.width == MLP]
-    assert sorted(g.feed_in[0] for g in mlp) == [f"/layers/layers.{i}/mlp/mlp.0/MatMul" for i in range(2)]
-    assert all(g.feed_out == [g.feed_in[0].replace("mlp.0", "mlp.3")] for g in mlp)
-    (stream,) = [g for g in gs if g.width == DIM and "/conv_proj/Conv" in g.feed_in]
-    assert stream.frozen == f"LayerNormalization /layers/layers.0/ln_1/LayerNormalization: {LN_REASON}"
+    live = _live(gs)
+    assert len(live) == 4 and len(blocks) == 2
+    for in_proj, out_proj, fc1, fc2 in blocks:
+        heads = [g for g in live if g.feed_in == [in_proj]]
+        mlp = [g for g in live if g.feed_in == [fc1]]
+        assert len(heads) == 1 and heads[0].width == HEADS and heads[0].feed_out == [out_proj]
+        assert len(mlp) == 1 and mlp[0].width == MLP and mlp[0].feed_out == [fc2]
+    frozen = [g for g in gs if g.frozen]
+    assert sorted(g.frozen.split(":")[-1].strip() for g in frozen) == [LN_REASON, "graph input", "graph output"]
+    (stream,) = [g for g in frozen if g.width == DIM]
+    assert stream.frozen.startswith("LayerNormalization ")
+    assert "ln_1" in stream.frozen or "layer_norm" in stream.frozen
+
+
+@pytest.mark.parametrize("ratio", RATIOS)
+@pytest.mark.parametrize("dynamo", EXPORTS)
+def test_torchvision_vit_prunes_mlp_and_whole_heads_exactly(dynamo, ratio):
+    proto, blocks = _blocks(dynamo)
     slim, report = check_prune(proto, ratio)
-    for i in range(2):
-        assert param(slim, f"/layers/layers.{i}/mlp/mlp.0/MatMul", 1).shape == (DIM, keep(MLP, ratio))
-        assert param(slim, f"/layers/layers.{i}/mlp/mlp.3/MatMul", 1).shape == (keep(MLP, ratio), DIM)
+    hd, k = DIM // HEADS, keep(HEADS, ratio)
+    for in_proj, out_proj, fc1, fc2 in blocks:
+        assert param(slim, in_proj, 1).shape == (DIM, 3 * k * hd)
+        assert param(slim, out_proj, 1).shape == (DIM, k * hd)
+        assert param(slim, fc1, 1).shape == (DIM, keep(MLP, ratio))
+        assert param(slim, fc2, 1).shape == (keep(MLP, ratio), DIM)
+        # whole heads: the removed q/k/v features come in blocks of head_dim
+        removed = np.asarray(report.plan.removed[in_proj]).reshape(-1, hd)
+        assert (removed == removed[:, :1] + np.arange(hd)).all()
+
+
+def test_torchvision_vit_legacy_shape_constants():
+    """The legacy export's targets: (T, B, 3, E) computed at run time from Shape (its constant
+    part rewritten, the Shape-read T and B left alone), (T, B*heads, hd), (B, heads, T, hd)
+    and (T*B, E) constants; the class token constant keeps the frozen stream's width."""
+    proto = exported(NAME)
+    slim, _ = check_prune(proto, 0.5)
+    attention = "/layers/layers.0/self_attention/"
+    assert param(slim, attention + "Concat", 1).tolist() == [3, 2 * DIM // HEADS]
+    assert param(slim, attention + "Reshape_3", 1).tolist() == [17, 2, DIM // HEADS]
+    assert param(slim, attention + "Reshape_6", 1).tolist() == [1, 2, 17, DIM // HEADS]
+    assert param(slim, attention + "Reshape_9", 1).tolist() == [17, 2 * DIM // HEADS]
     cat = [c for c in op_names(proto, "Concat") if "layers" not in c][0]
-    assert param(slim, cat, 0).shape == (1, 1, DIM)         # the class token keeps the frozen stream
+    assert param(slim, cat, 0).shape == (1, 1, DIM)
+
+
+def test_torchvision_vit_batch_two_heads_merged_with_the_batch_axis():
+    """At batch 2 the (T, B*heads, hd) layout repeats each head once per batch entry: the
+    Reshapes merge and split the batch around the heads, exactly."""
+    from models.zoo_extra import build_extra, export
+    module, _ = build_extra(NAME)
+    proto = export(module, (2, 3, 32, 32))
+    assert len([g for g in _live(groups(proto)) if g.width == HEADS]) == 2
+    slim, _ = check_prune(proto, 0.5)
+    assert param(slim, "/layers/layers.0/self_attention/Reshape_3", 1).tolist() == [17, 2 * 2, DIM // HEADS]
 
 
 def test_torchvision_vit_bgsc():
