@@ -14,7 +14,7 @@ import numpy as np
 import onnx
 from onnx import numpy_helper, shape_inference
 
-from onnxprune.graph import has_subgraph, is_default_domain, replace_nodes
+from onnxprune.graph import has_subgraph, is_default_domain, replace_nodes, subgraph_reads
 from onnxprune.runtime import run_named, session_from_parts
 
 # Never folded: operators whose value differs run to run, and quantization operators
@@ -47,12 +47,24 @@ def run(model, step) -> None:
         model.inits.update(values)
         gone = {id(n) for n in nodes}
         replace_nodes(model.graph, [n for n in model.graph.node if id(n) not in gone])
+        _drop_unread(model, {t for n in nodes for t in n.input if t})
         folded += len(nodes)
     if large:
         model.notes.append(f"left {len(large)} constant value(s) unfolded: each would hold over "
                            f"{GROWTH_LIMIT_BYTES >> 20} MB more than it reads")
     if folded:
         model.notes.append(f"folded {folded} constant node(s) into initializers")
+
+
+def _drop_unread(model, sources: set[str]) -> None:
+    """Constants that only the folded nodes read (the class token an Expand copied) are gone
+    from the graph: they no longer count as parameters."""
+    read = set(model.output_names) | {i.name for i in model.graph.input}  # old IRs list weights as inputs
+    for n in model.graph.node:
+        read.update(n.input)
+        read |= subgraph_reads(n)
+    for t in sources - read:
+        model.inits.pop(t, None)
 
 
 def foldable_nodes(model, excluded: set[str]) -> list:
