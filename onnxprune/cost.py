@@ -55,7 +55,8 @@ class CostTracker:
 
     Every weighted tensor's size is the product of its kept counts along the axes that
     hold channels; a layer's MACs are proportional to its weight's size (spatial sizes do
-    not change), a product of two activations' (attention) to the channels its output keeps. A removal updates only the tensors its class touches, so each step costs
+    not change), a product of two activations' (attention) to the channels its output
+    keeps. A removal updates only the tensors its class touches, so each step costs
     a few operations, and the tracked value equals what the rewritten model reports
     (a tensor shared by users that need different cuts is counted once). Removing the last
     branch that keeps a channel of an independent residual sum removes the sum's channel
