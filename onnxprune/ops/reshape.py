@@ -1,6 +1,7 @@
 """Reshaping: Flatten and Reshape (flatten C×H×W into features, split heads or shuffle
-groups off the channel axis, merge them back), Squeeze/Unsqueeze, Transpose, Gather on
-other axes, Expand, Tile, and Shape (harmless unless the channel count is read)."""
+groups off the channel axis, merge them back, heads merged with the batch axis; targets
+computed from Shape), Squeeze/Unsqueeze, Transpose, Gather on other axes, Expand, Tile,
+and Shape (harmless unless the channel count is read)."""
 from __future__ import annotations
 
 import numpy as np
