@@ -15,8 +15,7 @@ torch.
   skips, two graph outputs (segmentation map, auxiliary bottleneck head).
 - ``yolo_neck``: YOLOv8-style backbone (C2f with Split), SPPF, PAN neck with Resize and
   Concat, three detection heads feeding three graph outputs.
-- ``vit``: ViT with HF-style attention (separate q/k/v Linear, view to heads,
-  Q.K^T, Softmax, .V, back to tokens, output projection), GELU MLP, pre-LayerNorm.
+- ``vit``, ``vit_fused_qkv``, ``torchvision_vit``: transformers (models/zoo_transformers.py).
 """
 
 import io
@@ -28,8 +27,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .zoo_transformers import torchvision_vit, vit
+
 __all__ = ["EXTRA", "build_extra", "export", "shufflenet_v2", "convnext", "unet", "yolo_neck",
-           "vit", "channel_shuffle"]
+           "vit", "torchvision_vit", "channel_shuffle"]
 
 
 def conv_bn(cin, cout, k=1, stride=1, groups=1, act=nn.ReLU):
@@ -246,88 +247,6 @@ def yolo_neck(outputs=8, width=8):
     return YoloNeck(outputs, width).eval()
 
 
-# -- ViT ---------------------------------------------------------------------------------------
-class Attention(nn.Module):
-    """Multi-head self-attention as HF transformers writes it (separate q, k, v)."""
-
-    def __init__(self, dim, heads):
-        super().__init__()
-        self.heads, self.head_dim = heads, dim // heads
-        self.query, self.key, self.value = nn.Linear(dim, dim), nn.Linear(dim, dim), nn.Linear(dim, dim)
-        self.proj = nn.Linear(dim, dim)
-
-    def split_heads(self, x):
-        b, t, _ = x.shape
-        return x.view(b, t, self.heads, self.head_dim).permute(0, 2, 1, 3)   # [B, h, T, hd]
-
-    def forward(self, x):
-        q, k, v = self.split_heads(self.query(x)), self.split_heads(self.key(x)), self.split_heads(self.value(x))
-        scores = torch.matmul(q, k.transpose(-1, -2)) / self.head_dim ** 0.5
-        ctx = torch.matmul(scores.softmax(dim=-1), v)                         # [B, h, T, hd]
-        b, _, t, _ = ctx.shape
-        ctx = ctx.permute(0, 2, 1, 3).contiguous().view(b, t, self.heads * self.head_dim)
-        return self.proj(ctx)
-
-
-class FusedAttention(Attention):
-    """timm style: one qkv Linear, reshape [B, T, 3, h, hd], permute, unbind."""
-
-    def __init__(self, dim, heads):
-        super().__init__(dim, heads)
-        del self.query, self.key, self.value
-        self.qkv = nn.Linear(dim, 3 * dim)
-
-    def forward(self, x):
-        b, t, d = x.shape
-        qkv = self.qkv(x).reshape(b, t, 3, self.heads, self.head_dim).permute(2, 0, 3, 1, 4)
-        q, k, v = qkv.unbind(0)
-        scores = (q @ k.transpose(-2, -1)) * self.head_dim ** -0.5
-        ctx = (scores.softmax(dim=-1) @ v).transpose(1, 2).reshape(b, t, d)
-        return self.proj(ctx)
-
-
-class TransformerBlock(nn.Module):
-    def __init__(self, dim, heads, mlp_ratio=4, fused=False):
-        super().__init__()
-        self.norm1, self.norm2 = nn.LayerNorm(dim), nn.LayerNorm(dim)
-        self.attn = (FusedAttention if fused else Attention)(dim, heads)
-        self.fc1, self.act, self.fc2 = nn.Linear(dim, mlp_ratio * dim), nn.GELU(), nn.Linear(mlp_ratio * dim, dim)
-
-    def forward(self, x):
-        x = x + self.attn(self.norm1(x))
-        return x + self.fc2(self.act(self.fc1(self.norm2(x))))
-
-
-class ViT(nn.Module):
-    """Patch embedding (strided conv), learned position embedding, pre-LN blocks, final
-    LayerNorm, mean over tokens, linear head."""
-
-    def __init__(self, num_classes=10, image=16, patch=4, dim=32, depth=2, heads=4, fused=False,
-                 flatten=False):
-        super().__init__()
-        self.flatten = flatten   # timm's x.flatten(2); the default reshapes with traced sizes
-        self.embed = nn.Conv2d(3, dim, patch, patch)
-        self.pos = nn.Parameter(0.1 * torch.randn(1, (image // patch) ** 2, dim))
-        self.blocks = nn.Sequential(*[TransformerBlock(dim, heads, fused=fused) for _ in range(depth)])
-        self.norm = nn.LayerNorm(dim)
-        self.head = nn.Linear(dim, num_classes)
-
-    def forward(self, x):
-        x = self.embed(x)
-        if self.flatten:
-            x = x.flatten(2)
-        else:
-            b, c, h, w = x.shape
-            x = x.reshape(b, c, h * w)
-        x = x.transpose(1, 2) + self.pos                                   # [B, T, D]
-        x = self.norm(self.blocks(x))
-        return self.head(x.mean(1))
-
-
-def vit(num_classes=10, fused=False, flatten=False):
-    return ViT(num_classes, fused=fused, flatten=flatten).eval()
-
-
 # -- registry and export ----------------------------------------------------------------------
 EXTRA = {
     "shufflenet_v2": (shufflenet_v2, (1, 3, 32, 32)),
@@ -337,6 +256,7 @@ EXTRA = {
     "vit": (vit, (1, 3, 16, 16)),
     "vit_fused_qkv": (lambda: vit(fused=True), (1, 3, 16, 16)),
     "vit_flatten": (lambda: vit(flatten=True), (1, 3, 16, 16)),
+    "torchvision_vit": (torchvision_vit, (1, 3, 32, 32)),
 }
 
 

@@ -37,12 +37,26 @@ def cost(model) -> Cost:
     return Cost(params, sum(by_node.values()), {k: v for k, v in by_node.items() if v})
 
 
+def _unweighted_macs(model, couplings, base, uses, nodes):
+    """(node, output channel identities, MACs) of the nodes whose MACs no sliced weight
+    accounts for: products of two activations (attention's Q.K^T and scores.V, heads on a
+    batch axis) and weight MatMuls with channels on a batch axis. Their MACs are
+    proportional to the channels their output keeps."""
+    weighted = {name for (name, index) in uses
+                if layer_of(nodes[name]) is not None and index == layer_of(nodes[name]).weight}
+    for name, macs in base.macs_by_node.items():
+        m = couplings.tensors.get(nodes[name].output[0]) if name not in weighted else None
+        if m is not None and len(m.ids) > 1:
+            yield name, m.ids, macs
+
+
 class CostTracker:
     """Exact parameters and MACs of the pruned model as classes are removed one by one.
 
     Every weighted tensor's size is the product of its kept counts along the axes that
     hold channels; a layer's MACs are proportional to its weight's size (spatial sizes do
-    not change). A removal updates only the tensors its class touches, so each step costs
+    not change), a product of two activations' (attention) to the channels its output
+    keeps. A removal updates only the tensors its class touches, so each step costs
     a few operations, and the tracked value equals what the rewritten model reports
     (a tensor shared by users that need different cuts is counted once). Removing the last
     branch that keeps a channel of an independent residual sum removes the sum's channel
@@ -75,6 +89,12 @@ class CostTracker:
             fixed = int(np.prod([d for a, d in enumerate(array.shape) if a not in axes]))
             self.tensors.append({"axes": list(counts_at.values()), "fixed": fixed, "size0": int(array.size),
                                  "params": is_owner, "macs_per_element": macs / max(array.size, 1)})
+        for node_name, ids, macs in _unweighted_macs(model, couplings, base, uses, nodes):
+            axis_class.append(couplings.class_of[ids])
+            axis_index.append(np.full(len(ids), len(self.counts)))
+            self.tensors.append({"axes": [len(self.counts)], "fixed": 1, "size0": len(ids), "params": False,
+                                 "macs_per_element": macs / len(ids)})
+            self.counts.append(len(ids))
         self.counts = np.array(self.counts, dtype=np.int64)
         # class -> (axis slot, positions removed); slot -> tensors using it
         classes = np.concatenate(axis_class) if axis_class else np.zeros(0, np.int64)

@@ -14,7 +14,7 @@ import numpy as np
 import onnx
 from onnx import numpy_helper, shape_inference
 
-from onnxprune.graph import has_subgraph, is_default_domain, replace_nodes
+from onnxprune.graph import has_subgraph, is_default_domain, replace_nodes, subgraph_reads
 from onnxprune.runtime import run_named, session_from_parts
 
 # Never folded: operators whose value differs run to run, and quantization operators
@@ -27,26 +27,44 @@ FLOAT_TYPES = {onnx.TensorProto.FLOAT16, onnx.TensorProto.FLOAT, onnx.TensorProt
                onnx.TensorProto.BFLOAT16}
 # A folded value may hold at most this many bytes more than the constants it reads.
 GROWTH_LIMIT_BYTES = 1 << 20
+MAX_ROUNDS = 4
 # Operators whose output can be much larger than what they read.
 GENERATORS = {"ConstantOfShape", "Expand", "Tile", "Range", "Resize", "Upsample", "Pad",
               "EyeLike", "RandomNormal", "RandomUniform"}
 
 
 def run(model, step) -> None:
-    large = large_results(model, foldable_nodes(model, set()))
+    folded, large = 0, set()
+    # A generator whose target shape is itself computed (torch's `expand(n, -1, -1)` of a
+    # class token: Expand of a Where of constants) has no size until that shape is folded,
+    # so it counts as large in the first round; later rounds fold it once its size is known.
+    for _ in range(MAX_ROUNDS):
+        large = large_results(model, foldable_nodes(model, set()))
+        nodes = foldable_nodes(model, large)
+        values = evaluate(model, nodes) if nodes else None
+        if values is None:
+            break  # leave the nodes as they are; their channels are handled (or frozen) by rules
+        model.inits.update(values)
+        gone = {id(n) for n in nodes}
+        replace_nodes(model.graph, [n for n in model.graph.node if id(n) not in gone])
+        _drop_unread(model, {t for n in nodes for t in n.input if t})
+        folded += len(nodes)
     if large:
         model.notes.append(f"left {len(large)} constant value(s) unfolded: each would hold over "
                            f"{GROWTH_LIMIT_BYTES >> 20} MB more than it reads")
-    nodes = foldable_nodes(model, large)
-    if not nodes:
-        return
-    values = evaluate(model, nodes)
-    if values is None:
-        return  # leave the nodes as they are; their channels are handled (or frozen) by rules
-    model.inits.update(values)
-    gone = {id(n) for n in nodes}
-    replace_nodes(model.graph, [n for n in model.graph.node if id(n) not in gone])
-    model.notes.append(f"folded {len(nodes)} constant node(s) into initializers")
+    if folded:
+        model.notes.append(f"folded {folded} constant node(s) into initializers")
+
+
+def _drop_unread(model, sources: set[str]) -> None:
+    """Constants that only the folded nodes read (the class token an Expand copied) are gone
+    from the graph: they no longer count as parameters."""
+    read = set(model.output_names) | {i.name for i in model.graph.input}  # old IRs list weights as inputs
+    for n in model.graph.node:
+        read.update(n.input)
+        read |= subgraph_reads(n)
+    for t in sources - read:
+        model.inits.pop(t, None)
 
 
 def foldable_nodes(model, excluded: set[str]) -> list:

@@ -1,6 +1,7 @@
 """Shared checks: a pruned model is valid, runs, is smaller, and matches the masking oracle."""
 from __future__ import annotations
 
+import functools
 import math
 
 import numpy as np
@@ -29,6 +30,12 @@ def prune_and_check(proto, ratio=None, *, expect_smaller=True, tolerance=1e-4, *
     return slim, report
 
 
+def check_prune(proto, ratio, **kwargs):
+    slim, report = prune_and_check(proto, ratio, **kwargs)
+    assert report.after["macs"] < report.before["macs"]
+    return slim, report
+
+
 def groups(proto, **kwargs):
     _, couplings = analyze_model(proto, **kwargs)
     return couplings.groups
@@ -42,7 +49,40 @@ def frozen_reasons(proto, **kwargs):
     return [g.frozen for g in groups(proto, **kwargs) if g.frozen]
 
 
+def reasons(gs):
+    return sorted({g.frozen for g in gs if g.frozen})
+
+
+# -- torch exports of models/zoo_extra.py, once per session ---------------------------------
+@functools.lru_cache(maxsize=None)
+def _export(name, dynamo):
+    import torch
+    from models.zoo_extra import build_extra, export
+    torch.set_num_threads(2)
+    module, shape = build_extra(name)
+    try:
+        return export(module, shape, dynamo=dynamo), None
+    except Exception as e:  # noqa: BLE001 - recorded as the skip reason
+        if not dynamo:
+            raise
+        return None, f"dynamo export of {name} failed here: {type(e).__name__}: {str(e)[:300]}"
+
+
+def exported(name, dynamo=False):
+    """The legacy (or dynamo) export of a models/zoo_extra.py architecture; a failed dynamo
+    export skips the test with its reason."""
+    import pytest
+    proto, why = _export(name, dynamo)
+    if proto is None:
+        pytest.skip(why)
+    return proto
+
+
 # -- small readers of a (pruned) ModelProto, shared by the rule and architecture tests ----
+def op_names(proto, op_type, contains=""):
+    return [n.name for n in proto.graph.node if n.op_type == op_type and contains in n.name]
+
+
 def node(proto, name):
     return next(n for n in proto.graph.node if n.name == name)
 

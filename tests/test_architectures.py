@@ -9,14 +9,13 @@ with its precise reason. Small hand-built graphs pin down the rules (rules.py: R
 static shapes); the torch models in models/zoo_extra.py check them on real exports, with the
 legacy exporter (dynamo=False) and, for part of them, the dynamo exporter.
 """
-import functools
-
 import numpy as np
 import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from helpers import GraphBuilder, group_of, groups, keep, param, prunable, prune_and_check
+from helpers import (GraphBuilder, check_prune, exported, group_of, groups, keep, op_names, param, prunable,
+                     prune_and_check, reasons)
 from helpers import tensor as init
 from onnxprune.api import analyze_model
 from onnxprune.load import load
@@ -25,50 +24,6 @@ torch = pytest.importorskip("torch")
 
 RATIOS = [0.3, 0.5]
 LN_REASON = "LayerNormalization normalises over the channel axis"
-
-
-# -- readers ------------------------------------------------------------------------------------
-
-
-
-
-
-
-
-
-def reasons(gs):
-    return sorted({g.frozen for g in gs if g.frozen})
-
-
-def op_names(proto, op_type, contains=""):
-    return [n.name for n in proto.graph.node if n.op_type == op_type and contains in n.name]
-
-
-# -- torch exports, once per session ------------------------------------------------------------
-@functools.lru_cache(maxsize=None)
-def _export(name, dynamo):
-    from models.zoo_extra import build_extra, export
-    torch.set_num_threads(2)
-    module, shape = build_extra(name)
-    try:
-        return export(module, shape, dynamo=dynamo), None
-    except Exception as e:  # noqa: BLE001 - recorded as the skip reason
-        if not dynamo:
-            raise
-        return None, f"dynamo export of {name} failed here: {type(e).__name__}: {str(e)[:300]}"
-
-
-def exported(name, dynamo=False):
-    proto, why = _export(name, dynamo)
-    if proto is None:
-        pytest.skip(why)
-    return proto
-
-
-def check_prune(proto, ratio, **kwargs):
-    slim, report = prune_and_check(proto, ratio, **kwargs)
-    assert report.after["macs"] < report.before["macs"]
-    return slim, report
 
 
 # =================================================================================================

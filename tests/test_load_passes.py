@@ -83,6 +83,24 @@ def test_small_constant_subgraphs_are_still_folded():
     assert any("folded" in n for n in model.notes), model.notes
 
 
+def test_expand_to_a_computed_shape_is_folded_in_a_later_round():
+    """torch's `class_token.expand(n, -1, -1)`: Expand of a constant to a shape computed by
+    ConstantOfShape/Mul/Equal/Where. Its size is unknown until that shape is folded, so it
+    is folded in a second round, and the rules see a constant."""
+    b = GraphBuilder()
+    token = b.floats(np.ones((1, 1, 8), np.float32))
+    ones = b.op("ConstantOfShape", [b.ints([3])], value=numpy_helper.from_array(np.array([1], np.int64)))
+    minus = b.op("Mul", [ones, b.ints([-1])])
+    wanted = b.ints([1, -1, -1])
+    shape = b.op("Where", [b.op("Equal", [wanted, minus]), ones, wanted])
+    expanded = b.op("Expand", [token, shape])
+    x = b.input("x", [1, 4, 8])
+    y = b.op("Concat", [expanded, x], axis=1)
+    model = load(b.model([y]))
+    assert {n.op_type for n in model.graph.node} == {"Concat"}
+    assert model.inits[expanded].shape == (1, 1, 8)
+
+
 def test_training_mode_batch_norm_statistics_outputs_keep_their_shapes():
     """Running statistics that are graph outputs hold the channel count: their channels are
     graph outputs, so they are frozen and the outputs keep their shapes."""

@@ -786,6 +786,22 @@ def test_concat_on_spatial_axis_couples_inputs(ratio):
     prune_and_check(proto, ratio)
 
 
+@pytest.mark.parametrize("ratio", RATIOS)
+def test_concat_of_a_constant_on_a_non_channel_axis_cuts_the_constant(ratio):
+    """A class token in front of the patches: the constant carries the same channels on the
+    channel axis, so it is cut with them instead of freezing them."""
+    b = GraphBuilder()
+    h, c1 = stem(b, 8)
+    token = b.floats(b.rng.standard_normal((1, 8, 2, 8)).astype(np.float32))
+    cat = b.op("Concat", [token, h], axis=2)
+    cat_node = b.last()
+    y, _ = head(b, cat, 8)
+    proto = b.model([y])
+    assert group_of(groups(proto), c1).frozen is None
+    slim, _ = prune_and_check(proto, ratio)
+    assert param(slim, cat_node, 0).shape == (1, keep(8, ratio), 2, 8)
+
+
 def _split_net(form):
     b = GraphBuilder()
     h, c1 = stem(b, 8)

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..channels import ChannelMap, input_map, norm_axis, require
+from ..channels import CHANNELWISE, ChannelMap, input_map, norm_axis, require
 from ..graph import attr, opset_version, set_attr, set_input_constant
 from .shape_values import shape_value
 from .spec import STRUCTURAL, op
@@ -30,10 +30,16 @@ def concat(node, ctx):
                 parts.append(m.ids)
         ctx.out(node.output[0], ChannelMap(axis, np.concatenate(parts)))
         return
-    require(all(m is not None for m in maps), "Concat of a constant along a non-channel axis")
-    for m in maps[1:]:
-        ctx.unify(maps[0].ids, m.ids)
-    ctx.out(node.output[0], maps[0])
+    # Along another axis (tokens: a class token in front of the patches), every operand
+    # carries the same channels on the channel axis; a constant operand is cut with them.
+    ids = next(m.ids for m in maps if m is not None)
+    for i, (t, m) in enumerate(zip(node.input, maps)):
+        if m is None:
+            require(ctx.const(t) is not None, "Concat of a computed value along a non-channel axis")
+            ctx.param(node, i, channel_axis, ids, CHANNELWISE)
+        elif m.ids is not ids:
+            ctx.unify(ids, m.ids)
+    ctx.out(node.output[0], ChannelMap(channel_axis, ids))
 
 
 @op("Split", bound=STRUCTURAL)

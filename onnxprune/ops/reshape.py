@@ -1,13 +1,14 @@
 """Reshaping: Flatten and Reshape (flatten C×H×W into features, split heads or shuffle
-groups off the channel axis, merge them back), Squeeze/Unsqueeze, Transpose, Gather on
-other axes, Expand, Tile, and Shape (harmless unless the channel count is read)."""
+groups off the channel axis, merge them back, heads merged with the batch axis; targets
+computed from Shape), Squeeze/Unsqueeze, Transpose, Gather on other axes, Expand, Tile,
+and Shape (harmless unless the channel count is read)."""
 from __future__ import annotations
 
 import numpy as np
 
 from ..channels import ChannelMap, const_axes, input_map, norm_axis, require
 from ..graph import attr, set_input_constant
-from .shape_values import SHAPE_ARITHMETIC, only_channel_slice_bounds, trace_shape_entries
+from .shape_values import SHAPE_ARITHMETIC, dims_read, only_channel_slice_bounds, trace_shape_entries
 from .spec import STRUCTURAL, op
 
 
@@ -31,24 +32,25 @@ def reshape(node, ctx):
     m = input_map(node, ctx)
     src, dst = ctx.shape(node.input[0]), ctx.shape(node.output[0])
     a, width = m.axis, len(m.ids)
-    require(tuple(src[:a]) == tuple(dst[:a]), "Reshape changes the axes before the channel axis")
     target = _static_target(node, ctx)
-    require(len(dst) > a, "Reshape removes the channel axis")
-    src_rest, dst_rest = int(np.prod(src[a + 1:])), int(np.prod(dst[a + 1:]))
-    # Row-major: entry (c, q) of [channel, rest] is flat c * src_rest + q in both tensors.
-    if dst[a] % width == 0 and src_rest == dst[a] // width * dst_rest:
+    q, batch = _channel_axis_in_output(src, dst, a)
+    per = dst[q] // batch                   # entries of the new channel axis per batch entry
+    src_rest, dst_rest = int(np.prod(src[a + 1:])), int(np.prod(dst[q + 1:]))
+    # Row-major: entry (c, r) of [channel, rest] is flat c * src_rest + r in both tensors.
+    if per % width == 0 and src_rest == per // width * dst_rest:
         # merge: channel c owns entries c*r .. c*r+r-1 of the new axis. r = 1: trailing dims
         # regrouped (squeeze-like); r = H*W: flatten C×H×W into features; r = g: the last
         # Reshape of a channel shuffle, or heads merged back into features.
-        ids = np.repeat(m.ids, dst[a] // width)
-    elif width % dst[a] == 0 and dst_rest == width // dst[a] * src_rest:
-        # split: new channel i holds old channels i*b .. i*b+b-1, b = width // dst[a]
-        block = width // dst[a]
-        rows = m.ids.reshape(dst[a], block)
-        if len(dst) > a + 1 and block % dst[a + 1] == 0 and (
-                (dst[a + 1] == block and (dst[a] == 1 or _feeds_channel_shuffle(node, ctx, a)))
-                or _feeds_unbind(node, ctx, a)):
-            _split_into_groups(node, ctx, target, rows, dst[a + 1])
+        ids = np.repeat(m.ids, per // width)
+    elif width % per == 0 and dst_rest == width // per * src_rest:
+        # split: new channel i holds old channels i*b .. i*b+b-1, b = width // per
+        block = width // per
+        rows = m.ids.reshape(per, block)
+        if batch == 1 and len(dst) > q + 1 and block % dst[q + 1] == 0 and (
+                (dst[q + 1] == block and (per == 1 or (rows == rows[0]).all()
+                                          or _feeds_channel_shuffle(node, ctx, q)))
+                or _axis_taken_apart(node.output[0], q, ctx)):
+            _split_into_groups(node, ctx, target, rows, q)
             return
         # Heads (or features back into channels): the block is removed whole, so one class
         # per block; the axis after the channel axis then carries no channel information.
@@ -59,19 +61,61 @@ def reshape(node, ctx):
         ids = rows[:, 0]
     else:
         require(False, "Reshape regroups channels with other axes")
-    require(target[a] != 0 or dst[a] == src[a], "Reshape copies a dimension into the channel axis")
-    require(target[a] != -2, "Reshape takes the channel count from another tensor's shape")
-    require(target[a] < 0 or ctx.const(node.input[1]) is not None,
-            "Reshape target with a literal channel count is computed at run time")
+    # (T, B, E) -> (T, B*heads, hd): the batch entries merged in front hold the same channels
+    ids = np.tile(ids, batch)
+    require(target[q] != 0 or (q == a and dst[q] == src[a]), "Reshape copies a dimension into the channel axis")
+    require(all(t != 0 or i != a for i, t in enumerate(target) if i != q),
+            "Reshape copies the channel count into another axis")
+    require(target[q] != -2, "Reshape takes the channel count from another tensor's shape")
+    if target[q] > 0:   # -1 (and a copied 0) follow the input by themselves
+        _edit_target(node, ctx, q, lambda kept, ids=m.ids, n=target[q]: int(kept(ids).sum()) * n // len(ids))
+    ctx.out(node.output[0], ChannelMap(q, ids))
 
-    def update_target(n, model, kept, ids=m.ids, a=a, target=target):
-        if target[a] <= 0:
-            return  # -1 and 0 follow the input by themselves
-        new = np.array(target, dtype=np.int64)
-        new[a] = int(kept(ids).sum()) * target[a] // len(ids)
-        set_input_constant(n, model, 1, new)
-    ctx.edit(node, update_target)
-    ctx.out(node.output[0], ChannelMap(a, ids))
+
+def _channel_axis_in_output(src, dst, a) -> tuple[int, int]:
+    """Where the channel axis `a` of `src` lands in `dst`, and how many entries of the axes in
+    front of it are merged in front of the channels there. The axes in front of the channels
+    may be regrouped among themselves ((T, B, ...) -> (T*B, ...)): the channels then start at
+    the output axis whose prefix holds as many entries (the last such axis, past unit axes).
+    Or the last of them may be merged with the channels ((T, B, E) -> (T, B*heads, hd), the
+    layout nn.MultiheadAttention exports): each batch entry then repeats the channels."""
+    if tuple(src[:a]) == tuple(dst[:a]) and len(dst) > a:
+        return a, 1
+    before = int(np.prod(src[:a]))
+    prefix = np.cumprod([1] + list(dst))          # prefix[q] = entries in front of dst axis q
+    equal = [q for q in range(len(dst)) if prefix[q] == before]
+    if equal:
+        return equal[-1], 1
+    q = int(np.searchsorted(prefix, before)) - 1  # prefix[q] < before < prefix[q + 1]
+    require(0 <= q < len(dst) and before % prefix[q] == 0 and dst[q] % (before // prefix[q]) == 0,
+            "Reshape regroups the axes before the channel axis with the channels")
+    return q, before // int(prefix[q])
+
+
+def _edit_target(node, ctx, position, count) -> None:
+    """Record the rewrite of entry `position` of the Reshape's target to `count(kept)`: in the
+    constant target, or in the constant part of the Concat that computes it (the entries that
+    Shape reads at run time are dimensions pruning does not change: they follow by themselves)."""
+    source, index, offset = node, 1, 0
+    if ctx.const(node.input[1]) is None:
+        source = ctx.index.producers.get(node.input[1])
+        require(source is not None and source.op_type == "Concat"
+                and len(ctx.consumers.get(node.input[1], [])) == 1,
+                "Reshape target with a literal channel count is computed at run time")
+        for index, part in enumerate(source.input):
+            size = len(trace_shape_entries(part, ctx))
+            if position < offset + size:
+                break
+            offset += size
+        require(ctx.const(source.input[index]) is not None,
+                "Reshape target with a literal channel count is computed at run time")
+    value = np.array(ctx.const(source.input[index]), dtype=np.int64)
+
+    def update(n, model, kept, value=value, at=position - offset, index=index):
+        new = value.copy()
+        new.reshape(-1)[at] = count(kept)
+        set_input_constant(n, model, index, new)
+    ctx.edit(source, update)
 
 
 def _feeds_channel_shuffle(node, ctx, a) -> bool:
@@ -85,57 +129,71 @@ def _feeds_channel_shuffle(node, ctx, a) -> bool:
     return bool(users)
 
 
-def _feeds_unbind(node, ctx, a) -> bool:
-    """The Reshape output is read only by Transposes that move axis a to the front, and those
-    only by Split / Gather / Slice of that axis: a fused projection taken apart (timm attention:
-    qkv [B, T, 3, h, hd] -> [3, B, h, T, hd] -> unbind(0) into q, k, v)."""
-    users = ctx.consumers.get(node.output[0], [])
+def _axis_taken_apart(tensor, axis, ctx, depth=0) -> bool:
+    """Every use of `tensor` moves `axis` around (Transpose, Unsqueeze, Squeeze of other axes)
+    and ends in a Split / Gather / Slice along it: a fused projection taken apart (timm's qkv
+    [B, T, 3, h, hd] -> permute -> unbind(0); nn.MultiheadAttention's (T, B, 3, E) ->
+    unsqueeze(0) -> transpose(0, -2) -> squeeze(-2) -> q, k, v = [0], [1], [2])."""
+    users = ctx.consumers.get(tensor, [])
+    if depth > 8 or not users or tensor in ctx.model.output_names:
+        return False
+    rank = len(ctx.shape(tensor))
     for user, index in users:
-        perm = attr(user, "perm") if user.op_type == "Transpose" else None
-        if a == 0 or perm is None or perm[0] != a:
+        if index != 0 or user.domain not in ("", "ai.onnx"):
             return False
-        parts = ctx.consumers.get(user.output[0], [])
-        for part, i in parts:
-            if part.op_type in ("Split", "Gather"):
-                axis = attr(part, "axis", 0)
-            elif part.op_type == "Slice" and len(part.input) > 3 and ctx.const(part.input[3]) is not None:
-                axes = ctx.const(part.input[3]).reshape(-1)
-                axis = int(axes[0]) if axes.size == 1 else None
-            else:
+        kind = user.op_type
+        if kind in ("Split", "Gather"):
+            if norm_axis(attr(user, "axis", 0), rank) != axis:
                 return False
-            if i != 0 or axis not in (0, -len(perm)):
+            continue
+        if kind == "Slice":
+            axes = ctx.const(user.input[3]) if len(user.input) > 3 and user.input[3] else None
+            if axes is None or axes.size != 1 or norm_axis(int(axes.reshape(-1)[0]), rank) != axis:
                 return False
-        if not parts:
+            continue
+        moved = _moved_axis(user, axis, rank, ctx)
+        if moved is None or not _axis_taken_apart(user.output[0], moved, ctx, depth + 1):
             return False
-    return bool(users)
+    return True
 
 
-def _split_into_groups(node, ctx, target, rows, k):
+def _moved_axis(node, axis, rank, ctx) -> int | None:
+    """Where a Transpose, Unsqueeze or Squeeze puts input `axis`; None for other operators
+    and for a Squeeze of that very axis."""
+    if node.op_type == "Transpose":
+        return list(attr(node, "perm", list(range(rank))[::-1])).index(axis)
+    if node.op_type not in ("Squeeze", "Unsqueeze"):
+        return None
+    axes = const_axes(node, ctx, 1)
+    if axes is None:
+        return None
+    if node.op_type == "Squeeze":
+        axes = [norm_axis(x, rank) for x in axes]
+        return None if axis in axes else axis - sum(x < axis for x in axes)
+    for x in sorted(norm_axis(x, rank + len(axes)) for x in axes):
+        axis += x <= axis
+    return axis
+
+
+def _split_into_groups(node, ctx, target, rows, a):
     """[.., g*k*inner, ..] -> [.., g, k, inner.., ..] read as g groups (shuffle groups; the q, k
-    and v of a fused projection; g = 1: an inserted unit axis) of the same k channels (heads
-    when inner > 1). Channel j of every group is one class, and so is each block of `inner`
-    (a head is removed whole): every group keeps the same positions, so the pruned tensor
-    still splits into g equal groups and a shuffle that follows interleaves exactly the kept
-    channels. The channels move to axis a + 1; axis a keeps its size g."""
-    a = ctx.map(node.input[0]).axis
+    and v of a fused projection; g = 1: an inserted unit axis; batch entries split off again)
+    of the same k channels (heads when inner > 1). Channel j of every group is one class, and
+    so is each block of `inner` (a head is removed whole): every group keeps the same
+    positions, so the pruned tensor still splits into g equal groups and a shuffle that
+    follows interleaves exactly the kept channels. The channels move to output axis a + 1;
+    axis a keeps its size g."""
     require(target[a + 1] != 0, "Reshape copies a dimension into the channel axis")
     require(target[a + 1] != -2, "Reshape takes the channel count from another tensor's shape")
-    require(target[a + 1] < 0 or ctx.const(node.input[1]) is not None,
-            "Reshape target with a literal channel count is computed at run time")
-    rows = rows.reshape(rows.shape[0], k, -1)
+    rows = rows.reshape(rows.shape[0], ctx.shape(node.output[0])[a + 1], -1)
     for r in rows[1:]:
-        ctx.unify(rows[0].reshape(-1), r.reshape(-1))
+        if not np.array_equal(r, rows[0]):
+            ctx.unify(rows[0].reshape(-1), r.reshape(-1))
     for j in range(1, rows.shape[2]):
         ctx.unify(rows[0, :, 0], rows[0, :, j])
     ids = rows[0, :, 0]
-
-    def update_target(n, model, kept, ids=ids, a=a, target=target):
-        if target[a + 1] <= 0:
-            return  # -1 follows the input by itself
-        new = np.array(target, dtype=np.int64)
-        new[a + 1] = int(kept(ids).sum())
-        set_input_constant(n, model, 1, new)
-    ctx.edit(node, update_target)
+    if target[a + 1] > 0:   # -1 follows the input by itself
+        _edit_target(node, ctx, a + 1, lambda kept, ids=ids: int(kept(ids).sum()))
     ctx.out(node.output[0], ChannelMap(a + 1, ids))
 
 
@@ -227,11 +285,9 @@ def shape(node, ctx):
     if not start <= m.axis < end:
         return
     for user, _ in ctx.consumers.get(node.output[0], []):
-        index = ctx.const(user.input[1]) if user.op_type == "Gather" and len(user.input) > 1 else None
-        read = [i + (end - start) if i < 0 else i for i in np.atleast_1d(index).tolist()] \
-            if index is not None else []
-        if index is not None and attr(user, "axis", 0) == 0 and m.axis - start not in read:
-            continue  # reads other dimensions only
+        read = dims_read(user, ctx)
+        if read is not None and m.axis not in read:
+            continue  # reads other dimensions only (Gather of some, Slice of a range)
         # The count may only be used to cut this very tensor along its channels (torch's
         # `chunk`): the Slice rule replaces those bounds by constants, the stale count dies.
         require(user.op_type in SHAPE_ARITHMETIC and all(

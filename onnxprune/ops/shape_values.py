@@ -26,16 +26,40 @@ def trace_shape_entries(tensor, ctx, depth=0):
         return None if any(p is None for p in parts) else sum(parts, [])
     if producer.op_type in ("Unsqueeze", "Squeeze", "Cast", "Identity"):
         return trace_shape_entries(producer.input[0], ctx, depth + 1)
-    if producer.op_type == "Gather":
-        shape_node = ctx.index.producers.get(producer.input[0])
-        index = ctx.const(producer.input[1])
-        if shape_node is not None and shape_node.op_type == "Shape" and index is not None:
-            source = ctx.map(shape_node.input[0])
-            idx = [int(i) for i in np.atleast_1d(index)]
-            if source is not None and source.axis in idx:
-                return None  # reads the channel count: the target would not follow
-            return [-2] * len(idx)
+    if producer.op_type in ("Gather", "Slice"):
+        idx = dims_read(producer, ctx)
+        if idx is None:
+            return None
+        shape_node = ctx.index.producers[producer.input[0]]
+        source = ctx.map(shape_node.input[0])
+        if source is not None and source.axis in idx:
+            return None  # reads the channel count: the target would not follow
+        return [-2] * len(idx)
     return None
+
+
+def dims_read(node, ctx) -> list[int] | None:
+    """The dimensions (of the tensor whose Shape it reads) that a Gather or Slice of a Shape
+    selects, from constant indices or bounds; None for anything else."""
+    shape_node = ctx.index.producers.get(node.input[0])
+    if shape_node is None or shape_node.op_type != "Shape" or node.op_type not in ("Gather", "Slice"):
+        return None
+    rank = len(ctx.shape(shape_node.input[0]))
+    start = norm_axis(attr(shape_node, "start", 0), rank)
+    dims = list(range(rank))[start:attr(shape_node, "end", rank)]
+    if node.op_type == "Gather":
+        index = ctx.const(node.input[1])
+        if index is None or attr(node, "axis", 0) != 0:
+            return None
+        return [dims[int(i)] for i in np.atleast_1d(index)]
+    bounds = [shape_value(t, ctx) if len(node.input) > i and node.input[i] else None
+              for i, t in enumerate(list(node.input) + [""] * 5) if 1 <= i <= 4]
+    starts, ends, axes, steps = bounds
+    if starts is None or ends is None or np.size(starts) != 1 or \
+            (axes is not None and int(np.reshape(axes, -1)[0]) not in (0, -1)):
+        return None
+    step = 1 if steps is None else int(np.reshape(steps, -1)[0])
+    return dims[slice(int(np.reshape(starts, -1)[0]), int(np.reshape(ends, -1)[0]), step)]
 
 
 SHAPE_ARITHMETIC = ("Gather", "Slice", "Concat", "Unsqueeze", "Squeeze", "Cast", "Identity",

@@ -1,0 +1,96 @@
+"""Transformers: per model, groups found (prunable, frozen and why), MACs and parameters
+before and after --ratio 0.3, the masking oracle, pass time, and where --target-macs 0.7
+lands.
+
+    python benchmarks/transformers.py [--models vit vit_fused_qkv torchvision_vit] [--dynamo]
+
+The models are models/zoo_transformers.py's (random init, small widths; torchvision_vit_b16:
+vit_b_16's sizes on the same definition), exported by the legacy exporter (opset 17) or with --dynamo by the dynamo exporter (needs onnxscript).
+Criterion l1, --round-to 1 for the ratio (it applies exactly), 8 for the MAC target.
+Writes benchmarks/results/transformers[_dynamo].{json,md}.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from collections import Counter
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+
+MODELS = ["vit", "vit_fused_qkv", "torchvision_vit", "torchvision_vit_b16"]
+
+
+def build(name):
+    """models/zoo_extra.py's EXTRA, and torchvision's vit_b_16 sizes on our definition
+    (224x224, patch 16, 768 wide, 12 blocks of 12 heads, MLP 3072; 86M parameters)."""
+    from models.zoo_extra import build_extra
+    if name != "torchvision_vit_b16":
+        return build_extra(name)
+    import torch
+    from models.zoo_transformers import TorchvisionViT
+    torch.manual_seed(0)
+    return TorchvisionViT(1000, image=224, patch=16, dim=768, depth=12, heads=12, mlp_dim=3072).eval(), (1, 3, 224, 224)
+
+
+def measure(name, dynamo):
+    import onnxprune
+    from models.zoo_extra import export
+    module, shape = build(name)
+    proto = export(module, shape, dynamo=dynamo)
+    _, r = onnxprune.prune(proto, 0.3, criterion="l1", round_to=1, verify=True, recover="stats")
+    _, t = onnxprune.prune(proto, None, target_macs=0.7, criterion="l1", round_to=8, recover="stats")
+    live = [g for g in r.groups if g["frozen"] is None and g["channels_before"] > 1]
+    return {"model": name, "exporter": "dynamo" if dynamo else "legacy", "input": list(shape),
+            "groups": len(r.groups), "prunable": sorted(g["channels_before"] for g in live),
+            "frozen": dict(Counter(_short(g["frozen"]) for g in r.frozen_groups)),
+            "macs": [r.before["macs"], r.after["macs"]], "params": [r.before["params"], r.after["params"]],
+            "oracle": r.oracle.max_rel_diff, "oracle_passed": r.oracle_passed,
+            "pass_s": round(r.timings["total"] - r.timings["verify"], 3),
+            "target_macs_0.7": round(t.after["macs"] / t.before["macs"], 4)}
+
+
+def _short(reason):
+    """The reason without the node name: 'LayerNormalization <node>: why' -> 'LayerNormalization: why'."""
+    head, _, why = reason.partition(": ")
+    return f"{head.split(' ')[0]}: {why}" if why else reason
+
+
+def _markdown(rows):
+    out = ["| model | exporter | groups (prunable: count× width) | frozen | MACs before → after | "
+           "params before → after | oracle | pass s | --target-macs 0.7 |", "|---|" * 1 + "---|" * 8]
+    for r in rows:
+        m, p = r["macs"], r["params"]
+        frozen = "; ".join(f"{n}× {why}" for why, n in r["frozen"].items())
+        widths = ", ".join(f"{n}× {w}" for w, n in sorted(Counter(r["prunable"]).items()))
+        out.append(f"| {r['model']} | {r['exporter']} | {r['groups']} ({widths}) | "
+                   f"{frozen} | {m[0]:,} → {m[1]:,} ({m[1] / m[0]:.1%}) | {p[0]:,} → {p[1]:,} ({p[1] / p[0]:.1%}) | "
+                   f"{r['oracle']:.1e}{'' if r['oracle_passed'] else ' FAIL'} | {r['pass_s']:.2f} | "
+                   f"{r['target_macs_0.7']:.4f} |")
+    return "\n".join(out) + "\n"
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--models", nargs="+", default=MODELS)
+    ap.add_argument("--dynamo", action="store_true", help="export with the dynamo exporter")
+    args = ap.parse_args()
+    import torch
+    torch.set_num_threads(2)
+    rows = []
+    for name in args.models:
+        rows.append(measure(name, args.dynamo))
+        print(json.dumps(rows[-1]), flush=True)
+    stem = os.path.join(ROOT, "benchmarks", "results", "transformers" + ("_dynamo" if args.dynamo else ""))
+    os.makedirs(os.path.dirname(stem), exist_ok=True)
+    with open(stem + ".json", "w") as f:
+        json.dump(rows, f, indent=1)
+    with open(stem + ".md", "w") as f:
+        f.write(_markdown(rows))
+    print(_markdown(rows))
+
+
+if __name__ == "__main__":
+    main()

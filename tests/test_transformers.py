@@ -1,0 +1,153 @@
+"""Transformers as torchvision exports them: models/zoo_transformers.py's torchvision_vit
+(class token concatenated on the token axis, nn.MultiheadAttention with a packed in_proj and
+the heads merged with the batch axis, head on x[:, 0]), with the legacy and dynamo exporters.
+What is prunable, what stays frozen and why, pruned with the masking oracle on."""
+import numpy as np
+import pytest
+
+from helpers import check_prune, exported, groups, keep, op_names, param
+
+torch = pytest.importorskip("torch")
+
+NAME = "torchvision_vit"
+DIM, HEADS, MLP = 48, 4, 192
+RATIOS = [0.3, 0.5]
+LN_REASON = "LayerNormalization normalises over the channel axis"
+
+
+def _attr(proto, node_name, key):
+    from onnxprune.graph import attr
+    (n,) = [n for n in proto.graph.node if n.name == node_name]
+    return attr(n, key)
+
+
+def test_torchvision_vit_export_has_torchvision_topology():
+    """The legacy export (checked against torch by `export`) has the pieces that set it apart
+    from the HF/timm ViTs: class token Concat on the token axis, the packed in_proj MatMul,
+    out_proj as a Gemm on (T*B, E), and the head reading token 0."""
+    proto = exported(NAME)
+    (cat,) = [c for c in op_names(proto, "Concat") if "layers" not in c]
+    assert _attr(proto, cat, "axis") == 1
+    inits = {t.name: tuple(t.dims) for t in proto.graph.initializer}
+    assert sum(1 for s in inits.values() if s == (DIM, 3 * DIM)) == 2          # in_proj, one per block
+    assert len(op_names(proto, "Gemm", "self_attention")) == 2                  # out_proj
+    (head_gather,) = [g for g in op_names(proto, "Gather") if "layers" not in g]
+    assert _attr(proto, head_gather, "axis") == 1
+
+
+def _live(gs):
+    return [g for g in gs if g.frozen is None and g.width > 1]
+
+
+def _blocks(dynamo):
+    """(in_proj MatMul, out_proj Gemm, mlp.0 MatMul, mlp.3 MatMul) of each encoder block, found
+    by their weights' shapes (the dynamo exporter names nodes by count)."""
+    from onnxprune.load import load
+    proto = exported(NAME, dynamo)
+    model = load(proto)
+    by_shape = {}
+    for n in model.graph.node:
+        w = model.inits.get(n.input[1]) if len(n.input) > 1 else None
+        if n.op_type in ("MatMul", "Gemm") and w is not None:
+            by_shape.setdefault(w.shape, []).append(n.name)
+    return proto, list(zip(by_shape[(DIM, 3 * DIM)], by_shape[(DIM, DIM)], by_shape[(DIM, MLP)], by_shape[(MLP, DIM)]))
+
+
+EXPORTS = [False, pytest.param(True, marks=pytest.mark.zoo)]
+
+
+@pytest.mark.parametrize("dynamo", EXPORTS)
+def test_torchvision_vit_groups(dynamo):
+    """Per block, two groups: the MLP hidden neurons (Linear -> GELU -> Linear) and the heads
+    of nn.MultiheadAttention (q, k and v rows of a head in the packed in_proj with out_proj's
+    columns). The stream (conv_proj, class token, every projection back to it) is frozen by
+    ln_1, honestly: pruning it would change LayerNorm's statistics."""
+    proto, blocks = _blocks(dynamo)
+    gs = groups(proto)
+    live = _live(gs)
+    assert len(live) == 4 and len(blocks) == 2
+    for in_proj, out_proj, fc1, fc2 in blocks:
+        heads = [g for g in live if g.feed_in == [in_proj]]
+        mlp = [g for g in live if g.feed_in == [fc1]]
+        assert len(heads) == 1 and heads[0].width == HEADS and heads[0].feed_out == [out_proj]
+        assert len(mlp) == 1 and mlp[0].width == MLP and mlp[0].feed_out == [fc2]
+    frozen = [g for g in gs if g.frozen]
+    assert sorted(g.frozen.split(":")[-1].strip() for g in frozen) == [LN_REASON, "graph input", "graph output"]
+    (stream,) = [g for g in frozen if g.width == DIM]
+    assert stream.frozen.startswith("LayerNormalization ")
+    assert "ln_1" in stream.frozen or "layer_norm" in stream.frozen
+
+
+@pytest.mark.parametrize("ratio", RATIOS)
+@pytest.mark.parametrize("dynamo", EXPORTS)
+def test_torchvision_vit_prunes_mlp_and_whole_heads_exactly(dynamo, ratio):
+    proto, blocks = _blocks(dynamo)
+    slim, report = check_prune(proto, ratio)
+    hd, k = DIM // HEADS, keep(HEADS, ratio)
+    for in_proj, out_proj, fc1, fc2 in blocks:
+        assert param(slim, in_proj, 1).shape == (DIM, 3 * k * hd)
+        assert param(slim, out_proj, 1).shape == (DIM, k * hd)
+        assert param(slim, fc1, 1).shape == (DIM, keep(MLP, ratio))
+        assert param(slim, fc2, 1).shape == (keep(MLP, ratio), DIM)
+        # whole heads: the removed q/k/v features come in blocks of head_dim
+        removed = np.asarray(report.plan.removed[in_proj]).reshape(-1, hd)
+        assert (removed == removed[:, :1] + np.arange(hd)).all()
+
+
+def test_torchvision_vit_legacy_shape_constants():
+    """The legacy export's targets: (T, B, 3, E) computed at run time from Shape (its constant
+    part rewritten, the Shape-read T and B left alone), (T, B*heads, hd), (B, heads, T, hd)
+    and (T*B, E) constants; the class token constant keeps the frozen stream's width."""
+    proto = exported(NAME)
+    slim, _ = check_prune(proto, 0.5)
+    attention = "/layers/layers.0/self_attention/"
+    assert param(slim, attention + "Concat", 1).tolist() == [3, 2 * DIM // HEADS]
+    assert param(slim, attention + "Reshape_3", 1).tolist() == [17, 2, DIM // HEADS]
+    assert param(slim, attention + "Reshape_6", 1).tolist() == [1, 2, 17, DIM // HEADS]
+    assert param(slim, attention + "Reshape_9", 1).tolist() == [17, 2 * DIM // HEADS]
+    cat = [c for c in op_names(proto, "Concat") if "layers" not in c][0]
+    assert param(slim, cat, 0).shape == (1, 1, DIM)
+
+
+def test_torchvision_vit_batch_two_heads_merged_with_the_batch_axis():
+    """At batch 2 the (T, B*heads, hd) layout repeats each head once per batch entry: the
+    Reshapes merge and split the batch around the heads, exactly."""
+    from models.zoo_extra import build_extra, export
+    module, _ = build_extra(NAME)
+    proto = export(module, (2, 3, 32, 32))
+    assert len([g for g in _live(groups(proto)) if g.width == HEADS]) == 2
+    slim, _ = check_prune(proto, 0.5)
+    assert param(slim, "/layers/layers.0/self_attention/Reshape_3", 1).tolist() == [17, 2 * 2, DIM // HEADS]
+
+
+def test_torchvision_vit_bgsc():
+    """The data-free bound graph through the class token Concat, the transposed attention and
+    the x[:, 0] Gather."""
+    _, report = check_prune(exported(NAME), None, criterion="bgsc", target_macs=0.8)
+    assert report.after["macs"] <= 0.8 * report.before["macs"]
+
+
+def test_cost_tracker_follows_attention_macs_when_heads_go():
+    """Q.K^T and scores.V have no weight: their MACs shrink with the heads the output keeps,
+    and the tracker the budgets use counts that, as the rewritten model does."""
+    from onnxprune.api import analyze_model
+    from onnxprune.cost import CostTracker
+    from onnxprune.plan import plan_from_classes
+    proto = exported(NAME)
+    model, couplings = analyze_model(proto)
+    removed = [int(c) for g in _live(couplings.groups) if g.width == HEADS for c in g.classes[:2]]
+    tracker = CostTracker(model, couplings, fold=False)
+    for c in removed:
+        tracker.remove(c)
+    _, report = check_prune(proto, None, plan=plan_from_classes(couplings, set(removed)), fold="none")
+    assert tracker.macs == pytest.approx(report.after["macs"], abs=1e-6)
+    assert tracker.params == report.after["params"]
+
+
+@pytest.mark.parametrize("criterion", ["l1", "bgsc"])
+def test_torchvision_vit_target_macs_lands_where_asked(criterion):
+    """With attention's MACs followed, --target-macs 0.7 lands within 0.02 of the target
+    (kept counts in multiples of 8; a head is about 4 % of this model's MACs)."""
+    _, report = check_prune(exported(NAME), None, criterion=criterion, target_macs=0.7, round_to=8)
+    achieved = report.after["macs"] / report.before["macs"]
+    assert 0.68 <= achieved <= 0.7
