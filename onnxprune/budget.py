@@ -68,9 +68,10 @@ def rounded_keep(keep: int, width: int, floor: int, round_to: int) -> int:
 class ClassWidths:
     """Channels each class stands for in one tensor. `count`: 1, except in the couplings of
     a grouped convolution or a channel shuffle, where a class is the same position in every
-    group (G channels, strided), and for an attention head (head_dim channels). `block`:
-    the length of the one contiguous run a class covers in every tensor it is in (an
-    attention head's head_dim), else 1."""
+    group (G channels, strided), and for an attention head (head_dim channels, 3 x head_dim
+    in a packed q/k/v projection). `block`: the shortest contiguous run of a class's channels
+    in any tensor it is in: an attention head's head_dim (also when packed q, k and v give it
+    three runs), 1 for a grouped conv's strided positions."""
     count: np.ndarray
     block: np.ndarray
 
@@ -82,9 +83,8 @@ def class_widths(couplings) -> ClassWidths:
         cls = couplings.class_of[p.ids]
         classes, n = np.unique(cls, return_counts=True)
         count[classes] = np.maximum(count[classes], n)
-        starts = np.r_[0, np.flatnonzero(np.diff(cls)) + 1]
-        runs = np.bincount(cls[starts], minlength=couplings.n_classes)[classes]
-        block[classes] = np.minimum(block[classes], np.where(runs == 1, n, 1))   # several runs: strided
+        starts = np.r_[0, np.flatnonzero(np.diff(cls)) + 1]   # runs of one class
+        np.minimum.at(block, cls[starts], np.diff(np.r_[starts, len(cls)]))
     block[block == np.iinfo(np.int64).max] = 1
     return ClassWidths(count, block)
 
