@@ -5,9 +5,10 @@
 
 `--kind conv` (the default) builds a stack of `layers` 3x3 convolutions of `width` channels
 (random weights, 4x4 spatial, residual Adds every two layers) saved with external data.
-`--kind vit` exports a ViT-H/14-sized transformer (models/zoo_extra.py's ViT: `layers`
-blocks of `width` channels, 16 heads, MLP 4x, 224x224 images, patch 14; random weights)
-with torch's exporter, saved with external data. Either way it then runs
+`--kind vit` exports vit_h_14 as torchvision builds it (models/zoo_transformers.py's
+TorchvisionViT: class token, nn.MultiheadAttention; `layers` blocks of `width` channels,
+16 heads, MLP 4x, 224x224 images, patch 14; random weights) with torch's legacy exporter,
+saved with external data. Either way it then runs
 `onnxprune big.onnx out.onnx --ratio R --verify` under /usr/bin/time -v and records the
 wall time and the maximum resident set size next to the model's size in
 benchmarks/results/large_model[_vit].json.
@@ -72,17 +73,19 @@ def build(path: str, layers: int, width: int) -> int:
 
 
 def build_vit(path: str, layers: int, width: int) -> int:
-    """Export models/zoo_extra.py's ViT at ViT-H/14 size into one external-data file."""
+    """Export a torchvision-style ViT at ViT-H/14 size into one external-data file."""
     import torch
     sys.path.insert(0, ROOT)
-    from models.zoo_extra import ViT
+    from models.zoo_transformers import TorchvisionViT
     torch.manual_seed(0)
-    with torch.no_grad():
-        model = ViT(num_classes=1000, image=224, patch=14, dim=width, depth=layers, heads=16).eval()
-        raw = path + ".export"
-        os.makedirs(raw, exist_ok=True)
-        torch.onnx.export(model, (torch.randn(1, 3, 224, 224),), os.path.join(raw, "vit.onnx"),
-                          opset_version=17, dynamo=False)
+    model = TorchvisionViT(num_classes=1000, image=224, patch=14, dim=width, depth=layers, heads=16,
+                           mlp_dim=4 * width).eval()
+    raw = path + ".export"
+    os.makedirs(raw, exist_ok=True)
+    # not under no_grad nor with frozen parameters: nn.MultiheadAttention would take its fused
+    # fast path, which the exporter cannot write (aten::_native_multi_head_attention)
+    torch.onnx.export(model, (torch.randn(1, 3, 224, 224),), os.path.join(raw, "vit.onnx"),
+                      opset_version=17, dynamo=False)
     del model
     proto = onnx.load(os.path.join(raw, "vit.onnx"))      # torch writes one file per tensor
     data_name = os.path.basename(path) + ".data"

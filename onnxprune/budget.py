@@ -274,7 +274,7 @@ def allocate_target(model, couplings, scores: np.ndarray, metric: str, target: f
     deferred = set()   # groups whose next step would overshoot the target
     # a class's cost only falls as other groups shrink: twice its first cost bounds it, so
     # the exact preview is only needed once a step could reach below the target
-    class_cost = {g.index: -_delta(tracker, metric, [int(g.classes[0])]) for g in groups if steps[g.index] > 1}
+    class_cost = {g.index: -_delta(tracker, metric, [int(g.classes[0])]) for g in groups}
     # coupled="last": the streams' classes are a second phase, entered only when the blocks'
     # own channels cannot reach the target (they never just fill the last gap)
     for phase in phases(groups, coupled):
@@ -290,9 +290,10 @@ def allocate_target(model, couplings, scores: np.ndarray, metric: str, target: f
             if steps[gi] == 1:
                 chunk = [c]
             # with round_to, a step removes the group's `step` least important remaining classes;
-            # a step that would overshoot waits while smaller ones further down may fit
-            elif (value() - 2 * len(chunk) * class_cost[gi] < goal - FINAL_STEP_SLACK * base
-                  and overshoots(tracker, metric, goal, chunk)):
+            # a step that would overshoot (that, or one class standing for many channels: an
+            # attention head) waits while smaller ones further down may fit
+            if (value() - 2 * len(chunk) * class_cost[gi] < goal - FINAL_STEP_SLACK * base
+                    and overshoots(tracker, metric, goal, chunk)):
                 deferred.add(gi)
                 continue
             apply(chunk)
