@@ -5,7 +5,7 @@ What is prunable, what stays frozen and why, pruned with the masking oracle on."
 import numpy as np
 import pytest
 
-from helpers import check_prune, exported, groups, keep, op_names, param
+from helpers import check_prune, exported, groups, keep, node, op_names, param
 
 torch = pytest.importorskip("torch")
 
@@ -151,3 +151,25 @@ def test_torchvision_vit_target_macs_lands_where_asked(criterion):
     _, report = check_prune(exported(NAME), None, criterion=criterion, target_macs=0.7, round_to=8)
     achieved = report.after["macs"] / report.before["macs"]
     assert 0.68 <= achieved <= 0.7
+
+
+# -- torchvision-style Swin (models/zoo_transformers.py's swin) ------------------------------------
+SWIN = "swin"
+
+
+def test_swin_export_has_torchvision_topology():
+    """The legacy export (checked against torch by `export`) is channels-last: the patch
+    embedding's Transpose to (B, H, W, C), Pads whose pads are computed from Shape at run time,
+    torch.roll as Slice + Concat on the H and W axes, patch merging's strided Slices and a
+    Concat on the last axis, and the Transpose back before GlobalAveragePool."""
+    proto = exported(SWIN)
+    assert _attr(proto, op_names(proto, "Transpose")[0], "perm") == [0, 2, 3, 1]
+    pads = op_names(proto, "Pad")
+    assert len(pads) == 4
+    inits = {t.name for t in proto.graph.initializer}
+    assert all(node(proto, p).input[1] not in inits for p in pads)
+    rolls = [c for c in op_names(proto, "Concat", "attn") if _attr(proto, c, "axis") in (1, 2)]
+    assert len(rolls) == 8                       # two shifted blocks, roll and roll back, H and W
+    merge = [c for c in op_names(proto, "Concat", "merge") if _attr(proto, c, "axis") == -1]
+    assert len(merge) == 1
+    assert len(op_names(proto, "GlobalAveragePool")) == 1
