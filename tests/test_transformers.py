@@ -173,3 +173,52 @@ def test_swin_export_has_torchvision_topology():
     merge = [c for c in op_names(proto, "Concat", "merge") if _attr(proto, c, "axis") == -1]
     assert len(merge) == 1
     assert len(op_names(proto, "GlobalAveragePool")) == 1
+
+
+SWIN_DIMS, SWIN_HEADS = (32, 64), (2, 4)
+
+
+def _swin_blocks(dynamo=False):
+    """(qkv, proj, mlp.0, mlp.2) layers of each block, stage by stage, found by their weights'
+    shapes (the dynamo exporter names nodes by count), and patch merging's reduction."""
+    from onnxprune.load import load
+    proto = exported(SWIN, dynamo)
+    model = load(proto)
+    by_shape = {}
+    for n in model.graph.node:
+        w = model.inits.get(n.input[1]) if n.op_type in ("MatMul", "Gemm") else None
+        if w is not None:
+            by_shape.setdefault(w.shape, []).append(n.name)
+    blocks = [(c, heads, layers) for c, heads in zip(SWIN_DIMS, SWIN_HEADS)
+              for layers in zip(by_shape[(c, 3 * c)], by_shape[(c, c)], by_shape[(c, 4 * c)], by_shape[(4 * c, c)])]
+    (reduction,) = by_shape[(4 * SWIN_DIMS[0], SWIN_DIMS[1])]
+    return proto, blocks, reduction
+
+
+@pytest.mark.parametrize("dynamo", EXPORTS)
+def test_swin_groups(dynamo):
+    """Channels-last all the way: per block, the MLP hidden neurons (C -> 4C -> C) are a group
+    of their own. Each stage's stream is frozen by its first LayerNorm; patch merging's 4C is
+    the first stream four times (its LayerNorm and reduction join that frozen group)."""
+    proto, blocks, reduction = _swin_blocks(dynamo)
+    gs = groups(proto)
+    live = _live(gs)
+    for c, heads, (qkv, proj, fc1, fc2) in blocks:
+        (mlp,) = [g for g in live if g.feed_in == [fc1]]
+        assert mlp.width == 4 * c and mlp.feed_out == [fc2]
+    frozen = [g for g in gs if g.frozen and g.frozen.endswith(LN_REASON)]
+    first, second = sorted(frozen, key=lambda g: g.width)
+    assert first.width == SWIN_DIMS[0] and reduction in first.feed_out and reduction in second.feed_in
+    assert second.width == SWIN_DIMS[1]
+
+
+@pytest.mark.parametrize("ratio", RATIOS)
+@pytest.mark.parametrize("dynamo", EXPORTS)
+def test_swin_prunes_mlp_exactly(dynamo, ratio):
+    """The oracle holds through the run-time pads, the rolls, the window partition (targets
+    computed from Shape) and patch merging."""
+    proto, blocks, _ = _swin_blocks(dynamo)
+    slim, report = check_prune(proto, ratio)
+    for c, heads, (qkv, proj, fc1, fc2) in blocks:
+        assert param(slim, fc1, 1).shape == (c, keep(4 * c, ratio))
+        assert param(slim, fc2, 1).shape == (keep(4 * c, ratio), c)

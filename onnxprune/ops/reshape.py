@@ -5,9 +5,10 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..channels import ChannelMap, const_axes, input_map, norm_axis, require
+from ..channels import ChannelMap, RuleError, const_axes, input_map, norm_axis, require
 from ..graph import attr, set_input_constant
-from .shape_values import SHAPE_ARITHMETIC, dims_read, only_channel_slice_bounds, trace_shape_entries
+from .shape_values import (CHANNEL_COUNT, OTHER_DIM, SHAPE_ARITHMETIC, dims_read, only_channel_slice_bounds,
+                           trace_shape_entries)
 from .spec import STRUCTURAL, op
 
 
@@ -65,9 +66,9 @@ def reshape(node, ctx):
     require(target[q] != 0 or (q == a and dst[q] == src[a]), "Reshape copies a dimension into the channel axis")
     require(all(t != 0 or i != a for i, t in enumerate(target) if i != q),
             "Reshape copies the channel count into another axis")
-    require(target[q] != -2, "Reshape takes the channel count from another tensor's shape")
-    if target[q] > 0:   # -1 (and a copied 0) follow the input by themselves
-        _edit_target(node, ctx, q, lambda kept, ids=m.ids, n=target[q]: int(kept(ids).sum()) * n // len(ids))
+    require(target[q] != OTHER_DIM, "Reshape takes the channel count from another tensor's shape")
+    if target[q] > 0 or target[q] == CHANNEL_COUNT:   # -1 (and a copied 0) follow the input by themselves
+        _edit_count(node, ctx, q, target[q], m.ids, lambda kept, ids=m.ids, n=dst[q]: int(kept(ids).sum()) * n // len(ids))
     ctx.out(node.output[0], ChannelMap(q, ids))
 
 
@@ -91,6 +92,20 @@ def _channel_axis_in_output(src, dst, a) -> tuple[int, int]:
     return q, before // int(prefix[q])
 
 
+def _edit_count(node, ctx, position, entry, ids, count) -> None:
+    """`_edit_target`; a run-time channel count it cannot rewrite (timm's `flatten(2)`:
+    Slice(Shape(x), 0, 2) reads the batch and the channels in one piece; torchvision's Swin:
+    `reshape(B*nW, N, C)` of the heads, C from the stream's shape) counts channels the
+    Shape rule froze, so these channels stay whole too, and the map still follows them."""
+    try:
+        require(entry != CHANNEL_COUNT, "run-time channel count")
+        _edit_target(node, ctx, position, count)
+    except RuleError:
+        if entry != CHANNEL_COUNT:
+            raise
+        ctx.freeze(ids, f"Reshape {node.name}: Reshape target reads a channel count at run time")
+
+
 def _edit_target(node, ctx, position, count) -> None:
     """Record the rewrite of entry `position` of the Reshape's target to `count(kept)`: in the
     constant target, or in the constant part of the Concat that computes it (the entries that
@@ -102,10 +117,10 @@ def _edit_target(node, ctx, position, count) -> None:
                 and len(ctx.consumers.get(node.input[1], [])) == 1,
                 "Reshape target with a literal channel count is computed at run time")
         for index, part in enumerate(source.input):
-            size = len(trace_shape_entries(part, ctx))
-            if position < offset + size:
+            entries = trace_shape_entries(part, ctx)
+            if position < offset + len(entries):
                 break
-            offset += size
+            offset += len(entries)
         require(ctx.const(source.input[index]) is not None,
                 "Reshape target with a literal channel count is computed at run time")
     value = np.array(ctx.const(source.input[index]), dtype=np.int64)
@@ -183,7 +198,7 @@ def _split_into_groups(node, ctx, target, rows, a):
     follows interleaves exactly the kept channels. The channels move to output axis a + 1;
     axis a keeps its size g."""
     require(target[a + 1] != 0, "Reshape copies a dimension into the channel axis")
-    require(target[a + 1] != -2, "Reshape takes the channel count from another tensor's shape")
+    require(target[a + 1] != OTHER_DIM, "Reshape takes the channel count from another tensor's shape")
     rows = rows.reshape(rows.shape[0], ctx.shape(node.output[0])[a + 1], -1)
     for r in rows[1:]:
         if not np.array_equal(r, rows[0]):
@@ -191,8 +206,8 @@ def _split_into_groups(node, ctx, target, rows, a):
     for j in range(1, rows.shape[2]):
         ctx.unify(rows[0, :, 0], rows[0, :, j])
     ids = rows[0, :, 0]
-    if target[a + 1] > 0:   # -1 follows the input by itself
-        _edit_target(node, ctx, a + 1, lambda kept, ids=ids: int(kept(ids).sum()))
+    if target[a + 1] > 0 or target[a + 1] == CHANNEL_COUNT:   # -1 follows the input by itself
+        _edit_count(node, ctx, a + 1, target[a + 1], ids, lambda kept, ids=ids: int(kept(ids).sum()))
     ctx.out(node.output[0], ChannelMap(a + 1, ids))
 
 
