@@ -127,15 +127,18 @@ def test_torchvision_vit_bgsc():
     assert report.after["macs"] <= 0.8 * report.before["macs"]
 
 
-def test_cost_tracker_follows_attention_macs_when_heads_go():
+@pytest.mark.parametrize("name", [NAME, "swin"])
+def test_cost_tracker_follows_attention_macs_when_heads_go(name):
     """Q.K^T and scores.V have no weight: their MACs shrink with the heads the output keeps,
-    and the tracker the budgets use counts that, as the rewritten model does."""
+    and the tracker the budgets use counts that, as the rewritten model does (the Swin: per
+    window, with the relative position bias)."""
     from onnxprune.api import analyze_model
     from onnxprune.cost import CostTracker
     from onnxprune.plan import plan_from_classes
-    proto = exported(NAME)
+    proto = exported(name)
     model, couplings = analyze_model(proto)
-    removed = [int(c) for g in _live(couplings.groups) if g.width == HEADS for c in g.classes[:2]]
+    removed = [int(c) for g in _live(couplings.groups) if g.width <= HEADS for c in g.classes[:g.width // 2]]
+    assert removed
     tracker = CostTracker(model, couplings, fold=False)
     for c in removed:
         tracker.remove(c)
@@ -197,28 +200,65 @@ def _swin_blocks(dynamo=False):
 
 @pytest.mark.parametrize("dynamo", EXPORTS)
 def test_swin_groups(dynamo):
-    """Channels-last all the way: per block, the MLP hidden neurons (C -> 4C -> C) are a group
-    of their own. Each stage's stream is frozen by its first LayerNorm; patch merging's 4C is
-    the first stream four times (its LayerNorm and reduction join that frozen group)."""
+    """Channels-last all the way: per block, the MLP hidden neurons (C -> 4C -> C) and the
+    heads of the window attention (q, k, v rows of a head in the packed qkv, proj's columns,
+    the relative position bias's slice of that head) are groups of their own. Each stage's
+    stream is frozen by its first LayerNorm; patch merging's 4C is the first stream four times
+    (its LayerNorm and reduction join that frozen group)."""
     proto, blocks, reduction = _swin_blocks(dynamo)
     gs = groups(proto)
     live = _live(gs)
+    assert len(live) == 8 and len(blocks) == 4
     for c, heads, (qkv, proj, fc1, fc2) in blocks:
+        (head_group,) = [g for g in live if g.feed_in == [qkv]]
+        assert head_group.width == heads and head_group.feed_out == [proj]
+        assert len(head_group.channelwise) == 2          # qkv's bias, the relative position bias Add
         (mlp,) = [g for g in live if g.feed_in == [fc1]]
         assert mlp.width == 4 * c and mlp.feed_out == [fc2]
-    frozen = [g for g in gs if g.frozen and g.frozen.endswith(LN_REASON)]
-    first, second = sorted(frozen, key=lambda g: g.width)
+    frozen = [g for g in gs if g.frozen]
+    assert sorted(g.frozen.split(":")[-1].strip() for g in frozen) == [LN_REASON, LN_REASON, "graph input", "graph output"]
+    first, second = sorted((g for g in frozen if g.frozen.endswith(LN_REASON)), key=lambda g: g.width)
     assert first.width == SWIN_DIMS[0] and reduction in first.feed_out and reduction in second.feed_in
     assert second.width == SWIN_DIMS[1]
 
 
 @pytest.mark.parametrize("ratio", RATIOS)
 @pytest.mark.parametrize("dynamo", EXPORTS)
-def test_swin_prunes_mlp_exactly(dynamo, ratio):
+def test_swin_prunes_mlp_and_whole_heads_exactly(dynamo, ratio):
     """The oracle holds through the run-time pads, the rolls, the window partition (targets
-    computed from Shape) and patch merging."""
+    computed from Shape, the heads' `reshape(B*nW, N, C)` with C read at run time rewritten
+    as a constant) and patch merging."""
     proto, blocks, _ = _swin_blocks(dynamo)
     slim, report = check_prune(proto, ratio)
     for c, heads, (qkv, proj, fc1, fc2) in blocks:
+        hd, k = c // heads, keep(heads, ratio)
+        assert param(slim, qkv, 1).shape == (c, 3 * k * hd)
+        assert param(slim, proj, 1).shape == (k * hd, c)
         assert param(slim, fc1, 1).shape == (c, keep(4 * c, ratio))
         assert param(slim, fc2, 1).shape == (keep(4 * c, ratio), c)
+        removed = np.asarray(report.plan.removed.get(qkv, [])).reshape(-1, hd)
+        assert (removed == removed[:, :1] + np.arange(hd)).all()
+
+
+def test_swin_batch_two():
+    """At batch 2 the windows of both images share the batch axis (B*nW): still exact."""
+    from models.zoo_extra import build_extra, export
+    module, _ = build_extra(SWIN)
+    proto = export(module, (2, 3, 40, 40))
+    assert len(_live(groups(proto))) == 8
+    check_prune(proto, 0.5)
+
+
+def test_swin_bgsc():
+    _, report = check_prune(exported(SWIN), None, criterion="bgsc", target_macs=0.8)
+    assert report.after["macs"] <= 0.8 * report.before["macs"]
+
+
+@pytest.mark.parametrize("criterion", ["l1", pytest.param("bgsc", marks=pytest.mark.xfail(
+    strict=True, reason="lands at 0.659: budget.allocate_target checks overshoot only for steps of "
+                        "several classes; one head (step 1) is ~5 % of this Swin's MACs"))])
+def test_swin_target_macs_lands_where_asked(criterion):
+    """The tracker follows the window attention's MACs (heads) exactly, as the rewrite counts them."""
+    _, report = check_prune(exported(SWIN), None, criterion=criterion, target_macs=0.7, round_to=8)
+    achieved = report.after["macs"] / report.before["macs"]
+    assert 0.68 <= achieved <= 0.7

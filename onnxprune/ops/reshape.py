@@ -94,11 +94,10 @@ def _channel_axis_in_output(src, dst, a) -> tuple[int, int]:
 
 def _edit_count(node, ctx, position, entry, ids, count) -> None:
     """`_edit_target`; a run-time channel count it cannot rewrite (timm's `flatten(2)`:
-    Slice(Shape(x), 0, 2) reads the batch and the channels in one piece; torchvision's Swin:
-    `reshape(B*nW, N, C)` of the heads, C from the stream's shape) counts channels the
-    Shape rule froze, so these channels stay whole too, and the map still follows them."""
+    Slice(Shape(x), 0, 2) reads the batch and the channels in one piece) counts channels the
+    Shape rule froze, so the channels it sizes here stay whole too, and the map still
+    follows them."""
     try:
-        require(entry != CHANNEL_COUNT, "run-time channel count")
         _edit_target(node, ctx, position, count)
     except RuleError:
         if entry != CHANNEL_COUNT:
@@ -108,8 +107,11 @@ def _edit_count(node, ctx, position, entry, ids, count) -> None:
 
 def _edit_target(node, ctx, position, count) -> None:
     """Record the rewrite of entry `position` of the Reshape's target to `count(kept)`: in the
-    constant target, or in the constant part of the Concat that computes it (the entries that
-    Shape reads at run time are dimensions pruning does not change: they follow by themselves)."""
+    constant target, or in the part of the Concat that computes it. The entries that Shape
+    reads at run time are dimensions pruning does not change: they follow by themselves. A
+    channel count read at run time (torchvision's Swin: `reshape(B*nW, N, C)` of the heads,
+    C from the stream's shape) counts channels that stay whole, not these: that part of the
+    Concat becomes a constant."""
     source, index, offset = node, 1, 0
     if ctx.const(node.input[1]) is None:
         source = ctx.index.producers.get(node.input[1])
@@ -121,9 +123,10 @@ def _edit_target(node, ctx, position, count) -> None:
             if position < offset + len(entries):
                 break
             offset += len(entries)
-        require(ctx.const(source.input[index]) is not None,
+        require(ctx.const(source.input[index]) is not None or entries == [CHANNEL_COUNT],
                 "Reshape target with a literal channel count is computed at run time")
-    value = np.array(ctx.const(source.input[index]), dtype=np.int64)
+    value = ctx.const(source.input[index])
+    value = np.array(np.zeros(ctx.shape(source.input[index])) if value is None else value, dtype=np.int64)
 
     def update(n, model, kept, value=value, at=position - offset, index=index):
         new = value.copy()
