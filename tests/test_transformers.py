@@ -261,7 +261,7 @@ def test_swin_bgsc():
 
 @pytest.mark.parametrize("criterion", ["l1", pytest.param("bgsc", marks=pytest.mark.xfail(
     strict=True, reason="lands at 0.659: budget.allocate_target checks overshoot only for steps of "
-                        "several classes; one head (step 1) is 4.4 % of this Swin.s MACs"))])
+                        "several classes; one head (step 1) is 4.4 % of this Swin's MACs"))])
 def test_swin_target_macs_lands_where_asked(criterion):
     """The tracker follows the window attention's MACs (heads) exactly, as the rewrite counts them."""
     _, report = check_prune(exported(SWIN), None, criterion=criterion, target_macs=0.7, round_to=8)
