@@ -580,6 +580,29 @@ def test_pad_spatial(ratio, form):
     assert param(slim, c2, 1).shape == (4, keep(8, ratio), 3, 3)
 
 
+@pytest.mark.parametrize("reads", ["height", "channels"])
+def test_pad_computed_from_shape(reads):
+    """torch's F.pad(x, (0, 0, 0, (4 - W % 4) % 4)) exports its pads as arithmetic on Shape(x):
+    evaluated from the static shapes. Pads computed from the spatial size leave the channels
+    prunable; pads computed from the channel count freeze them (the Shape rule)."""
+    b = GraphBuilder()
+    h, c1 = stem(b, 8, (1, 3, 10, 10))                  # the pad (2) goes on the end of axis 3
+    dim = b.op("Gather", [b.op("Shape", [h]), b.const(np.array(3 if reads == "height" else 1, np.int64))])
+    four = b.const(np.array(4, np.int64))
+    pad = b.op("Mod", [b.op("Sub", [four, b.op("Mod", [dim, four])]), four])
+    zeros = b.op("ConstantOfShape", [b.ints([7])], value=helper.make_tensor("v", TensorProto.INT64, [1], [0]))
+    pads = b.op("Concat", [zeros, b.op("Unsqueeze", [pad, b.ints([0])])], axis=0)
+    h = b.op("Pad", [h, pads, b.floats(0.0)])
+    y, c2 = head(b, h, 8)
+    proto = b.model([y])
+    if reads == "channels":
+        assert "channel count is read at run time" in group_of(groups(proto), c1).frozen
+        return
+    only_group(proto, c1, c2)
+    slim, _ = prune_and_check(proto, 0.5)
+    assert param(slim, c2, 1).shape == (4, 4, 3, 3)
+
+
 @pytest.mark.parametrize("form", ["input", "axes_input"])
 def test_pad_channel_axis_is_frozen(form):
     b = GraphBuilder()

@@ -5,7 +5,7 @@ What is prunable, what stays frozen and why, pruned with the masking oracle on."
 import numpy as np
 import pytest
 
-from helpers import check_prune, exported, groups, keep, op_names, param
+from helpers import check_prune, exported, groups, keep, node, op_names, param
 
 torch = pytest.importorskip("torch")
 
@@ -127,15 +127,18 @@ def test_torchvision_vit_bgsc():
     assert report.after["macs"] <= 0.8 * report.before["macs"]
 
 
-def test_cost_tracker_follows_attention_macs_when_heads_go():
+@pytest.mark.parametrize("name", [NAME, "swin"])
+def test_cost_tracker_follows_attention_macs_when_heads_go(name):
     """Q.K^T and scores.V have no weight: their MACs shrink with the heads the output keeps,
-    and the tracker the budgets use counts that, as the rewritten model does."""
+    and the tracker the budgets use counts that, as the rewritten model does (the Swin: per
+    window, with the relative position bias)."""
     from onnxprune.api import analyze_model
     from onnxprune.cost import CostTracker
     from onnxprune.plan import plan_from_classes
-    proto = exported(NAME)
+    proto = exported(name)
     model, couplings = analyze_model(proto)
-    removed = [int(c) for g in _live(couplings.groups) if g.width == HEADS for c in g.classes[:2]]
+    removed = [int(c) for g in _live(couplings.groups) if g.width <= HEADS for c in g.classes[:g.width // 2]]
+    assert removed
     tracker = CostTracker(model, couplings, fold=False)
     for c in removed:
         tracker.remove(c)
@@ -149,5 +152,118 @@ def test_torchvision_vit_target_macs_lands_where_asked(criterion):
     """With attention's MACs followed, --target-macs 0.7 lands within 0.02 of the target
     (kept counts in multiples of 8; a head is about 4 % of this model's MACs)."""
     _, report = check_prune(exported(NAME), None, criterion=criterion, target_macs=0.7, round_to=8)
+    achieved = report.after["macs"] / report.before["macs"]
+    assert 0.68 <= achieved <= 0.7
+
+
+# -- torchvision-style Swin (models/zoo_transformers.py's swin) ------------------------------------
+SWIN = "swin"
+
+
+def test_swin_export_has_torchvision_topology():
+    """The legacy export (checked against torch by `export`) is channels-last: the patch
+    embedding's Transpose to (B, H, W, C), Pads whose pads are computed from Shape at run time,
+    torch.roll as Slice + Concat on the H and W axes, patch merging's strided Slices and a
+    Concat on the last axis, and the Transpose back before GlobalAveragePool."""
+    proto = exported(SWIN)
+    assert _attr(proto, op_names(proto, "Transpose")[0], "perm") == [0, 2, 3, 1]
+    pads = op_names(proto, "Pad")
+    assert len(pads) == 4
+    inits = {t.name for t in proto.graph.initializer}
+    assert all(node(proto, p).input[1] not in inits for p in pads)
+    rolls = [c for c in op_names(proto, "Concat", "attn") if _attr(proto, c, "axis") in (1, 2)]
+    assert len(rolls) == 8                       # two shifted blocks, roll and roll back, H and W
+    merge = [c for c in op_names(proto, "Concat", "merge") if _attr(proto, c, "axis") == -1]
+    assert len(merge) == 1
+    assert len(op_names(proto, "GlobalAveragePool")) == 1
+
+
+SWIN_DIMS, SWIN_HEADS = (32, 64), (2, 4)
+
+
+def _swin_blocks(dynamo=False):
+    """(qkv, proj, mlp.0, mlp.2) layers of each block, stage by stage, found by their weights'
+    shapes (the dynamo exporter names nodes by count), and patch merging's reduction."""
+    from onnxprune.load import load
+    proto = exported(SWIN, dynamo)
+    model = load(proto)
+    by_shape = {}
+    for n in model.graph.node:
+        w = model.inits.get(n.input[1]) if n.op_type in ("MatMul", "Gemm") else None
+        if w is not None:
+            by_shape.setdefault(w.shape, []).append(n.name)
+    blocks = [(c, heads, layers) for c, heads in zip(SWIN_DIMS, SWIN_HEADS)
+              for layers in zip(by_shape[(c, 3 * c)], by_shape[(c, c)], by_shape[(c, 4 * c)], by_shape[(4 * c, c)])]
+    (reduction,) = by_shape[(4 * SWIN_DIMS[0], SWIN_DIMS[1])]
+    return proto, blocks, reduction
+
+
+@pytest.mark.parametrize("dynamo", EXPORTS)
+def test_swin_groups(dynamo):
+    """Channels-last all the way: per block, the MLP hidden neurons (C -> 4C -> C) and the
+    heads of the window attention (q, k, v rows of a head in the packed qkv, proj's columns,
+    the relative position bias's slice of that head) are groups of their own. Each stage's
+    stream is frozen by its first LayerNorm; patch merging's 4C is the first stream four times
+    (its LayerNorm and reduction join that frozen group)."""
+    proto, blocks, reduction = _swin_blocks(dynamo)
+    gs = groups(proto)
+    live = _live(gs)
+    assert len(live) == 8 and len(blocks) == 4
+    for c, heads, (qkv, proj, fc1, fc2) in blocks:
+        (head_group,) = [g for g in live if g.feed_in == [qkv]]
+        assert head_group.width == heads and head_group.feed_out == [proj]
+        assert len(head_group.channelwise) == 2          # qkv's bias, the relative position bias Add
+        (mlp,) = [g for g in live if g.feed_in == [fc1]]
+        assert mlp.width == 4 * c and mlp.feed_out == [fc2]
+    frozen = [g for g in gs if g.frozen]
+    # dynamo exports torch.flatten after the pooling as as_strided: Reshape(-1) and a Gather of
+    # all 64 channels in order, which the Gather rule does not read as a channel selection
+    # (the head's input, the frozen stage-2 stream either way)
+    also = ["Gather selects channels"] if dynamo else []
+    assert sorted(g.frozen.split(":")[-1].strip() for g in frozen) == sorted(
+        also + [LN_REASON, LN_REASON, "graph input", "graph output"])
+    first, second = sorted((g for g in frozen if g.frozen.endswith(LN_REASON)), key=lambda g: g.width)
+    assert first.width == SWIN_DIMS[0] and reduction in first.feed_out and reduction in second.feed_in
+    assert second.width == SWIN_DIMS[1]
+
+
+@pytest.mark.parametrize("ratio", RATIOS)
+@pytest.mark.parametrize("dynamo", EXPORTS)
+def test_swin_prunes_mlp_and_whole_heads_exactly(dynamo, ratio):
+    """The oracle holds through the run-time pads, the rolls, the window partition (targets
+    computed from Shape, the heads' `reshape(B*nW, N, C)` with C read at run time rewritten
+    as a constant) and patch merging."""
+    proto, blocks, _ = _swin_blocks(dynamo)
+    slim, report = check_prune(proto, ratio)
+    for c, heads, (qkv, proj, fc1, fc2) in blocks:
+        hd, k = c // heads, keep(heads, ratio)
+        assert param(slim, qkv, 1).shape == (c, 3 * k * hd)
+        assert param(slim, proj, 1).shape == (k * hd, c)
+        assert param(slim, fc1, 1).shape == (c, keep(4 * c, ratio))
+        assert param(slim, fc2, 1).shape == (keep(4 * c, ratio), c)
+        removed = np.asarray(report.plan.removed.get(qkv, [])).reshape(-1, hd)
+        assert (removed == removed[:, :1] + np.arange(hd)).all()
+
+
+def test_swin_batch_two():
+    """At batch 2 the windows of both images share the batch axis (B*nW): still exact."""
+    from models.zoo_extra import build_extra, export
+    module, _ = build_extra(SWIN)
+    proto = export(module, (2, 3, 40, 40))
+    assert len(_live(groups(proto))) == 8
+    check_prune(proto, 0.5)
+
+
+def test_swin_bgsc():
+    _, report = check_prune(exported(SWIN), None, criterion="bgsc", target_macs=0.8)
+    assert report.after["macs"] <= 0.8 * report.before["macs"]
+
+
+@pytest.mark.parametrize("criterion", ["l1", pytest.param("bgsc", marks=pytest.mark.xfail(
+    strict=True, reason="lands at 0.659: budget.allocate_target checks overshoot only for steps of "
+                        "several classes; one head (step 1) is 4.4 % of this Swin's MACs"))])
+def test_swin_target_macs_lands_where_asked(criterion):
+    """The tracker follows the window attention's MACs (heads) exactly, as the rewrite counts them."""
+    _, report = check_prune(exported(SWIN), None, criterion=criterion, target_macs=0.7, round_to=8)
     achieved = report.after["macs"] / report.before["macs"]
     assert 0.68 <= achieved <= 0.7

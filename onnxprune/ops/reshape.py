@@ -6,9 +6,10 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..channels import ChannelMap, const_axes, input_map, norm_axis, require
+from ..channels import ChannelMap, RuleError, const_axes, input_map, norm_axis, require
 from ..graph import attr, set_input_constant
-from .shape_values import SHAPE_ARITHMETIC, dims_read, only_channel_slice_bounds, trace_shape_entries
+from .shape_values import (CHANNEL_COUNT, OTHER_DIM, SHAPE_ARITHMETIC, dims_read, only_channel_slice_bounds,
+                           trace_shape_entries)
 from .spec import STRUCTURAL, op
 
 
@@ -66,9 +67,9 @@ def reshape(node, ctx):
     require(target[q] != 0 or (q == a and dst[q] == src[a]), "Reshape copies a dimension into the channel axis")
     require(all(t != 0 or i != a for i, t in enumerate(target) if i != q),
             "Reshape copies the channel count into another axis")
-    require(target[q] != -2, "Reshape takes the channel count from another tensor's shape")
-    if target[q] > 0:   # -1 (and a copied 0) follow the input by themselves
-        _edit_target(node, ctx, q, lambda kept, ids=m.ids, n=target[q]: int(kept(ids).sum()) * n // len(ids))
+    require(target[q] != OTHER_DIM, "Reshape takes the channel count from another tensor's shape")
+    if target[q] > 0 or target[q] == CHANNEL_COUNT:   # -1 (and a copied 0) follow the input by themselves
+        _edit_count(node, ctx, q, target[q], m.ids, lambda kept, ids=m.ids, n=dst[q]: int(kept(ids).sum()) * n // len(ids))
     ctx.out(node.output[0], ChannelMap(q, ids))
 
 
@@ -92,10 +93,26 @@ def _channel_axis_in_output(src, dst, a) -> tuple[int, int]:
     return q, before // int(prefix[q])
 
 
+def _edit_count(node, ctx, position, entry, ids, count) -> None:
+    """`_edit_target`; a run-time channel count it cannot rewrite (timm's `flatten(2)`:
+    Slice(Shape(x), 0, 2) reads the batch and the channels in one piece) counts channels the
+    Shape rule froze, so the channels it sizes here stay whole too, and the map still
+    follows them."""
+    try:
+        _edit_target(node, ctx, position, count)
+    except RuleError:
+        if entry != CHANNEL_COUNT:
+            raise
+        ctx.freeze(ids, f"Reshape {node.name}: Reshape target reads a channel count at run time")
+
+
 def _edit_target(node, ctx, position, count) -> None:
     """Record the rewrite of entry `position` of the Reshape's target to `count(kept)`: in the
-    constant target, or in the constant part of the Concat that computes it (the entries that
-    Shape reads at run time are dimensions pruning does not change: they follow by themselves)."""
+    constant target, or in the part of the Concat that computes it. The entries that Shape
+    reads at run time are dimensions pruning does not change: they follow by themselves. A
+    channel count read at run time (torchvision's Swin: `reshape(B*nW, N, C)` of the heads,
+    C from the stream's shape) counts channels that stay whole, not these: that part of the
+    Concat becomes a constant."""
     source, index, offset = node, 1, 0
     if ctx.const(node.input[1]) is None:
         source = ctx.index.producers.get(node.input[1])
@@ -103,13 +120,14 @@ def _edit_target(node, ctx, position, count) -> None:
                 and len(ctx.consumers.get(node.input[1], [])) == 1,
                 "Reshape target with a literal channel count is computed at run time")
         for index, part in enumerate(source.input):
-            size = len(trace_shape_entries(part, ctx))
-            if position < offset + size:
+            entries = trace_shape_entries(part, ctx)
+            if position < offset + len(entries):
                 break
-            offset += size
-        require(ctx.const(source.input[index]) is not None,
+            offset += len(entries)
+        require(ctx.const(source.input[index]) is not None or entries == [CHANNEL_COUNT],
                 "Reshape target with a literal channel count is computed at run time")
-    value = np.array(ctx.const(source.input[index]), dtype=np.int64)
+    value = ctx.const(source.input[index])
+    value = np.array(np.zeros(ctx.shape(source.input[index])) if value is None else value, dtype=np.int64)
 
     def update(n, model, kept, value=value, at=position - offset, index=index):
         new = value.copy()
@@ -184,7 +202,7 @@ def _split_into_groups(node, ctx, target, rows, a):
     follows interleaves exactly the kept channels. The channels move to output axis a + 1;
     axis a keeps its size g."""
     require(target[a + 1] != 0, "Reshape copies a dimension into the channel axis")
-    require(target[a + 1] != -2, "Reshape takes the channel count from another tensor's shape")
+    require(target[a + 1] != OTHER_DIM, "Reshape takes the channel count from another tensor's shape")
     rows = rows.reshape(rows.shape[0], ctx.shape(node.output[0])[a + 1], -1)
     for r in rows[1:]:
         if not np.array_equal(r, rows[0]):
@@ -192,8 +210,8 @@ def _split_into_groups(node, ctx, target, rows, a):
     for j in range(1, rows.shape[2]):
         ctx.unify(rows[0, :, 0], rows[0, :, j])
     ids = rows[0, :, 0]
-    if target[a + 1] > 0:   # -1 follows the input by itself
-        _edit_target(node, ctx, a + 1, lambda kept, ids=ids: int(kept(ids).sum()))
+    if target[a + 1] > 0 or target[a + 1] == CHANNEL_COUNT:   # -1 follows the input by itself
+        _edit_count(node, ctx, a + 1, target[a + 1], ids, lambda kept, ids=ids: int(kept(ids).sum()))
     ctx.out(node.output[0], ChannelMap(a + 1, ids))
 
 

@@ -7,14 +7,21 @@ from __future__ import annotations
 
 import numpy as np
 import onnx
+from onnx import numpy_helper
 
 from ..channels import norm_axis
 from ..graph import attr
 
 
+# Marker entries of a traced shape vector (real dimensions are never negative):
+OTHER_DIM = -2       # computed from dimensions that pruning leaves alone
+CHANNEL_COUNT = -3   # computed from a channel count read at run time (the Shape rule froze it)
+
+
 def trace_shape_entries(tensor, ctx, depth=0):
-    """Entries of a run-time shape vector: ints for constants, 0-like markers (-2) for values
-    read from another tensor's shape at a non-channel axis. None when not traceable."""
+    """Entries of a run-time shape vector: ints for constants, OTHER_DIM for values computed
+    from other tensors' non-channel dimensions (window counts, padded sizes), CHANNEL_COUNT
+    for values computed from a channel count. None when not traceable."""
     value = ctx.const(tensor)
     if value is not None:
         return [int(v) for v in np.atleast_1d(value)]
@@ -26,16 +33,32 @@ def trace_shape_entries(tensor, ctx, depth=0):
         return None if any(p is None for p in parts) else sum(parts, [])
     if producer.op_type in ("Unsqueeze", "Squeeze", "Cast", "Identity"):
         return trace_shape_entries(producer.input[0], ctx, depth + 1)
-    if producer.op_type in ("Gather", "Slice"):
-        idx = dims_read(producer, ctx)
-        if idx is None:
-            return None
-        shape_node = ctx.index.producers[producer.input[0]]
-        source = ctx.map(shape_node.input[0])
-        if source is not None and source.axis in idx:
-            return None  # reads the channel count: the target would not follow
-        return [-2] * len(idx)
-    return None
+    idx = dims_read(producer, ctx)
+    if idx is not None:
+        source = ctx.map(ctx.index.producers[producer.input[0]].input[0])
+        return [CHANNEL_COUNT if source is not None and d == source.axis else OTHER_DIM for d in idx]
+    # Arithmetic on dimensions (torch's `H // window`, `C // heads`): its value is fixed once
+    # every channel count it reads is frozen, which the Shape rule sees to.
+    value = shape_value(tensor, ctx)
+    if value is None:
+        return None
+    marker = CHANNEL_COUNT if reads_channel_count(tensor, ctx) else OTHER_DIM
+    return [marker] * int(np.size(value))
+
+
+def reads_channel_count(tensor, ctx, depth=0) -> bool:
+    """Whether the shape arithmetic computing `tensor` reads a channel count from a Shape
+    (true too when it reads a whole Shape of a tensor that carries channels)."""
+    node = ctx.index.producers.get(tensor) if depth < 16 else None
+    if node is None:
+        return False
+    if node.op_type == "Shape":
+        return ctx.map(node.input[0]) is not None
+    idx = dims_read(node, ctx)
+    if idx is not None:
+        source = ctx.map(ctx.index.producers[node.input[0]].input[0])
+        return source is not None and source.axis in idx
+    return any(reads_channel_count(t, ctx, depth + 1) for t in node.input if t)
 
 
 def dims_read(node, ctx) -> list[int] | None:
@@ -64,6 +87,9 @@ def dims_read(node, ctx) -> list[int] | None:
 
 SHAPE_ARITHMETIC = ("Gather", "Slice", "Concat", "Unsqueeze", "Squeeze", "Cast", "Identity",
                      "Add", "Sub", "Mul", "Div")
+# Evaluated by shape_value too (torch's F.pad computes its pads with them), but a channel
+# count that reaches them is not a Slice bound: the Shape rule freezes it.
+PAD_ARITHMETIC = ("Mod", "ConstantOfShape", "Reshape", "Transpose")
 
 
 def only_channel_slice_bounds(tensor, source, axis, ctx, depth=0) -> bool:
@@ -103,13 +129,15 @@ def shape_value(tensor, ctx, depth=0):
         dims = np.asarray(ctx.shape(node.input[0]), dtype=np.int64)
         start, end = attr(node, "start", 0), attr(node, "end", len(dims))
         return dims[start:end]
-    if node.op_type not in SHAPE_ARITHMETIC:
+    if node.op_type not in SHAPE_ARITHMETIC + PAD_ARITHMETIC:
         return None
     ins = [shape_value(t, ctx, depth + 1) if t else None for t in node.input]
     op = node.op_type
-    if ins[0] is None or (op in ("Gather", "Add", "Sub", "Mul", "Div") and ins[1] is None):
+    if ins[0] is None or (op in ("Gather", "Add", "Sub", "Mul", "Div", "Mod", "Reshape") and ins[1] is None):
         return None
     x = ins[0]
+    if op in PAD_ARITHMETIC:
+        return _pad_arithmetic(node, x, ins)
     if op in ("Identity", "Cast"):
         return x if op == "Identity" else x.astype(onnx.helper.tensor_dtype_to_np_dtype(attr(node, "to")))
     if op == "Gather":
@@ -142,3 +170,16 @@ def shape_value(tensor, ctx, depth=0):
             index[a] = slice(int(ins[1][k]), int(ins[2][k]), int(steps[k]))
         return x[tuple(index)]
     return None
+
+
+def _pad_arithmetic(node, x, ins):
+    op = node.op_type
+    if op == "Mod":
+        return (np.fmod if attr(node, "fmod", 0) else np.mod)(x, ins[1])
+    if op == "ConstantOfShape":
+        fill = attr(node, "value")
+        fill = np.zeros(1, np.float32) if fill is None else numpy_helper.to_array(fill)
+        return np.full(x.astype(np.int64), fill.reshape(-1)[0], dtype=fill.dtype)
+    if op == "Reshape":
+        return x.reshape([x.shape[i] if t == 0 else int(t) for i, t in enumerate(ins[1])])
+    return np.transpose(x, attr(node, "perm"))

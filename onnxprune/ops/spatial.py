@@ -7,6 +7,7 @@ import onnx
 
 from ..channels import input_map, const_axes, norm_axis, require
 from ..graph import attr, set_input_constant
+from .shape_values import shape_value
 from .spec import STRUCTURAL, op
 
 
@@ -61,7 +62,9 @@ def pad(node, ctx):
     rank = len(ctx.shape(node.input[0]))
     pads = attr(node, "pads")
     if pads is None:
-        value = ctx.const(node.input[1])
+        # torch's F.pad computes pads from the input's shape: evaluated from the static shapes
+        # (they stay fixed: a channel count read on the way is frozen by the Shape rule)
+        value = shape_value(node.input[1], ctx)
         require(value is not None, "pads are computed at run time")
         pads = value.tolist()
     axes = const_axes(node, ctx, 3) if len(node.input) > 3 else None
