@@ -671,6 +671,62 @@ class Gen:
                  kernel_shape=[2, 2], strides=[2, 2], group=2)
         return self.add(y, "ConvTranspose:grouped")
 
+    def tokens(self):
+        """A transformer block on a feature map: Reshape (N, C, H*W) -> Transpose to tokens
+        (N, T, C) [-> a constant token concatenated in front]; attention with q/k/v MatMuls,
+        heads split by Reshape + Transpose (N, h, T, d), Q.K^T, Softmax, .V, heads merged,
+        an output MatMul [+ a residual Add]; an MLP [+ a residual Add]; then back to (N, C, H, W)
+        (dropping the token). Heads and MLP neurons are prunable; the rest follows the maps."""
+        r, b = self.rng, self.b
+        x = self.pick(lambda s: s[2] * s[3] <= 64)
+        if x is None:
+            return None
+        n, c, h, w = self.shape(x)
+        t = h * w
+        y = b.op("Reshape", [x, b.const(np.array([n, c, t], np.int64), "shp")], [(n, c, t)])
+        y = b.op("Transpose", [y], [(n, t, c)], perm=[0, 2, 1])
+        token = r.random() < 0.4
+        if token:
+            y = b.op("Concat", [b.weight((n, 1, c), scale=0.5, prefix="tok"), y], [(n, t + 1, c)], axis=1)
+        tt = t + token
+        heads, d = int(r.integers(1, 4)), int(r.integers(1, 4))
+
+        def proj(z, c_in, c_out):
+            out = b.op("MatMul", [z, b.weight((c_in, c_out), scale=1 / np.sqrt(c_in))], [(n, tt, c_out)])
+            if r.random() < 0.5:
+                out = b.op("Add", [out, b.weight((c_out,), scale=0.2, prefix="b")], [(n, tt, c_out)])
+            return out
+
+        def split(z, last_two_swapped=False):
+            z = b.op("Reshape", [z, b.const(np.array([n, tt, heads, d], np.int64), "shp")], [(n, tt, heads, d)])
+            perm, shape = ([0, 2, 3, 1], (n, heads, d, tt)) if last_two_swapped else ([0, 2, 1, 3], (n, heads, tt, d))
+            return b.op("Transpose", [z], [shape], perm=perm)
+
+        q, k, v = (proj(y, c, heads * d) for _ in range(3))
+        scores = b.op("MatMul", [split(q), split(k, True)], [(n, heads, tt, tt)])
+        scores = b.op("Softmax", [scores], [(n, heads, tt, tt)], axis=-1)
+        ctx = b.op("MatMul", [scores, split(v)], [(n, heads, tt, d)])
+        ctx = b.op("Transpose", [ctx], [(n, tt, heads, d)], perm=[0, 2, 1, 3])
+        ctx = b.op("Reshape", [ctx, b.const(np.array([n, tt, heads * d], np.int64), "shp")], [(n, tt, heads * d)])
+        residual = r.random() < 0.5
+        z = proj(ctx, heads * d, c if residual else self.chan())
+        if residual:
+            z = b.op("Add", [y, z], [(n, tt, c)])
+        c_z = b.shapes[z][2]
+        hidden = self.chan()
+        m = b.op(self.choice(["Relu", "Tanh", "Sigmoid"]), [proj(z, c_z, hidden)], [(n, tt, hidden)])
+        residual = r.random() < 0.5
+        m = proj(m, hidden, c_z if residual else self.chan())
+        if residual:
+            m = b.op("Add", [z, m], [(n, tt, c_z)])
+        c_m = b.shapes[m][2]
+        if token:
+            m = b.op("Slice", [m, b.const(np.array([1], np.int64), "st"), b.const(np.array([tt], np.int64), "en"),
+                               b.const(np.array([1], np.int64), "ax")], [(n, t, c_m)])
+        m = b.op("Transpose", [m], [(n, c_m, t)], perm=[0, 2, 1])
+        m = b.op("Reshape", [m, b.const(np.array([n, c_m, h, w], np.int64), "shp")], [(n, c_m, h, w)])
+        return self.add(m, f"tokens:{heads}x{d}" + (":token" if token else ""))
+
     def head(self):
         """GAP (or ReduceMean) -> Flatten -> Gemm [-> act -> Gemm], or Flatten(C x H x W) -> Gemm."""
         r, b = self.rng, self.b
@@ -709,7 +765,7 @@ BLOCKS = [  # (name, weight)
     # extras
     ("split_merge", 1.5), ("ghost", 0.8), ("broadcast_binary", 1.0), ("const_operand", 1.0), ("norm", 0.6),
     ("matmul_pointwise", 0.6), ("shuffle", 0.3), ("reshape_head", 0.5), ("odd_slice", 0.2),
-    ("grouped_conv_transpose", 0.2),
+    ("grouped_conv_transpose", 0.2), ("tokens", 0.8),
 ]
 
 

@@ -167,6 +167,20 @@ def test_default_tier_covers_the_operator_mix():
     assert {1, 2, 3} <= set(outputs)
 
 
+def test_transformer_blocks_prune_exactly(monkeypatch):
+    """The `tokens` block (token layout, heads split and merged by Reshape + Transpose, Q.K^T
+    and .V, token MLPs, a constant class token, residual Adds) takes 22 or more nodes, more
+    than the default tier's 20: here 40 graphs lean on it, at the long tier's size."""
+    monkeypatch.setattr(fg, "BLOCKS", [("conv_bn_act", 3), ("tokens", 4), ("binary", 1), ("act", 1)])
+    rows = fg.fuzz_seeds(range(1000, 1040), 45)
+    used = [gen for gen, _ in rows if any(o.startswith("tokens") for o in gen.ops)]
+    assert len(used) >= 24
+    assert any(":token" in o for gen in used for o in gen.ops)
+    failures = [f"seed {gen.seed} ratio {ratio} {crit}: [{o.category}] {o.detail[:300]}"
+                for gen, results in rows for ratio, crit, o in results if o.kind == "failure"]
+    assert not failures, "\n".join(failures)
+
+
 def test_conv_attribute_mix():
     """Strides 1/2, pads 0/1/SAME, kernels 1/3, with and without bias all occur."""
     seen = collections.Counter()
