@@ -72,7 +72,8 @@ def _cpu_name() -> str:
 
 @dataclass
 class TimedLayer:
-    """A convolution whose widths the plan changes: `axes` maps 'in', 'out' or 'both'
+    """A convolution, or a MatMul or Gemm with a constant matrix (a transformer's
+    projections and MLPs), whose widths the plan changes: `axes` maps 'in', 'out' or 'both'
     (depthwise) to the channel identities along that axis of its weight."""
     node: object
     input_shape: tuple
@@ -88,7 +89,8 @@ class TimedLayer:
         n = self.node
         attrs = ",".join(f"{a.name}={list(a.ints) or a.i or a.s.decode()}" for a in sorted(n.attribute,
                                                                                            key=lambda a: a.name))
-        return f"Conv {self.dtype} x={list(self.input_shape[1:])} widths={self.full} bias={len(n.input) > 2} {attrs}"
+        x = list(self.input_shape[1:] if n.op_type == "Conv" else self.input_shape)
+        return f"{n.op_type} {self.dtype} x={x} widths={self.full} bias={len(n.input) > 2} {attrs}"
 
     def predict(self, widths: dict) -> float:
         """Milliseconds at kept widths {axis: count} (missing axes whole)."""
@@ -102,14 +104,20 @@ class TimedLayer:
 
 
 def timed_layers(model, couplings, classes) -> list[TimedLayer]:
-    """The convolutions with a channel of `classes` (the prunable ones) on a weight axis."""
+    """The convolutions and constant-matrix MatMul/Gemm layers with a channel of `classes`
+    (the prunable ones) on a weight axis."""
     nodes = model.index().nodes
     axes_of: dict[str, dict] = {}
     for s in couplings.slices:
         node = nodes[s.node]
-        if node.op_type != "Conv" or s.input != 1:
+        if s.input != 1 or node.op_type not in ("Conv", "MatMul", "Gemm") or node.input[1] not in model.inits:
             continue
         w = model.inits[node.input[1]]
+        if node.op_type != "Conv":
+            if w.ndim == 2 and not attr(node, "transA", 0):
+                in_axis = 1 if node.op_type == "Gemm" and attr(node, "transB", 0) else 0
+                axes_of.setdefault(s.node, {})["in" if s.axis == in_axis else "out"] = np.asarray(s.ids)
+            continue
         group = attr(node, "group", 1)
         if group == 1:
             axes_of.setdefault(s.node, {})["in" if s.axis == 1 else "out"] = np.asarray(s.ids)
@@ -209,7 +217,7 @@ def measure_layers(model, couplings, min_keep: float, round_to: int, coupled: st
     layers = [layer for layer in layers if layer.curves]
     if measured:
         table.save()
-    note = (f"latency table: {len(layers)} convolution(s), {measured} width curve(s) measured and "
+    note = (f"latency table: {len(layers)} layer(s), {measured} width curve(s) measured and "
             f"{reused} reused from {table.path} ({table.key}) in {time.perf_counter() - start:.1f} s")
     return layers, note
 
@@ -254,7 +262,9 @@ def nondecreasing(values) -> list[float]:
 
 
 def _layer_model(model, layer: TimedLayer, axis: str, width: int, batch: int):
-    """A one-convolution model: the layer at its input shape with `axis` cut to `width`."""
+    """A one-layer model: the layer at its input shape with `axis` cut to `width`."""
+    if layer.node.op_type != "Conv":
+        return _matrix_layer_model(model, layer, axis, width, batch)
     node = layer.node
     w = model.inits[node.input[1]]
     c_out, c_in = (width, w.shape[1]) if axis == "out" else (w.shape[0], width) if axis == "in" else (width, width)
@@ -278,3 +288,30 @@ def _layer_model(model, layer: TimedLayer, axis: str, width: int, batch: int):
     proto.ir_version = 8
     feeds = {"x": rng.standard_normal(x_shape).astype(w.dtype)}
     return proto, feeds
+
+
+def _matrix_layer_model(model, layer: TimedLayer, axis: str, width: int, batch: int):
+    """A one-MatMul (or Gemm) model: rows of `layer.input_shape` (the leading axis is the
+    batch, or, for a 2-D input, rows that include it) times the weight cut to `width`."""
+    node = layer.node
+    w = model.inits[node.input[1]]
+    trans_b = node.op_type == "Gemm" and attr(node, "transB", 0)
+    k, n = (w.shape[1], w.shape[0]) if trans_b else w.shape
+    k, n = (width, n) if axis == "in" else (k, width)
+    lead = list(layer.input_shape[:-1])
+    lead[0] *= batch
+    x_shape, y_shape = lead + [k], lead + [n]
+    elem = helper.np_dtype_to_tensor_dtype(w.dtype)
+    rng = np.random.default_rng(0)
+    inits = [onnx.numpy_helper.from_array(rng.standard_normal((n, k) if trans_b else (k, n)).astype(w.dtype), "w")]
+    inputs = ["x", "w"]
+    if len(node.input) > 2 and node.input[2]:
+        inits.append(onnx.numpy_helper.from_array(np.zeros(n, w.dtype), "b"))
+        inputs.append("b")
+    op = helper.make_node(node.op_type, inputs, ["y"], name="layer")
+    op.attribute.extend(node.attribute)
+    graph = helper.make_graph([op], "layer", [helper.make_tensor_value_info("x", elem, x_shape)],
+                              [helper.make_tensor_value_info("y", elem, y_shape)], inits)
+    proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    proto.ir_version = 8
+    return proto, {"x": rng.standard_normal(x_shape).astype(w.dtype)}

@@ -315,3 +315,29 @@ def test_with_measured_curves_the_flat_group_is_thinned_first(monkeypatch, table
 def test_corrected_aim_rescales_the_saving(target, predicted, measured, aim):
     from onnxprune.latency_alloc import corrected_aim
     assert corrected_aim(target, predicted, measured) == pytest.approx(aim)
+
+
+def test_transformer_projections_and_mlps_are_timed_and_cut(monkeypatch, table):
+    """A ViT has no convolution to prune: its timed layers are the constant-matrix MatMuls
+    (in_proj, MLP) and Gemms (out_proj), each one-layer model runs at a cut width, and
+    --target-latency prunes it (before, the table was empty and nothing was removed)."""
+    pytest.importorskip("torch")
+    from helpers import exported
+    proto = exported("torchvision_vit")
+    model, couplings = analyze_model(proto)
+    groups = prunable_groups(couplings)
+    layers = timed_layers(model, couplings, np.concatenate([g.classes for g in groups]))
+    kinds = sorted(layer.node.op_type for layer in layers)
+    assert kinds.count("MatMul") == 6 and kinds.count("Gemm") == 2     # in_proj, fc1, fc2; out_proj
+    for layer in layers:
+        for axis, full in layer.full.items():
+            for width in (full, full - 1):
+                m, feeds = latency_model._layer_model(model, layer, axis, width, 2)
+                (y,) = ort.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, feeds)
+                out = width if axis == "out" else layer.full.get("out", model.shapes[layer.node.output[0]][-1])
+                assert y.shape[-1] == out and y.shape[0] == 2 * layer.input_shape[0]
+    monkeypatch.setattr(latency_model, "time_widths", fake_ms(lambda layer: 0.01))
+    monkeypatch.setattr("onnxprune.bench.compare", _fake_compare(lambda k: 0.7, []))
+    _, report = onnxprune.prune(proto, target_latency=0.7, round_to=1, verify=True, timing=TimingOptions(table=table))
+    assert report.after["macs"] < report.before["macs"] and report.oracle.passed
+    assert any(n.startswith("latency table: 8 layer(s)") for n in report.notes)
