@@ -1,6 +1,6 @@
 """`--target-latency` (docs/methods.md §6) against its acceptance bar, on this machine.
 
-    python benchmarks/latency_target.py [--parts zoo batches accuracy] [--size 224]
+    python benchmarks/latency_target.py [--parts zoo batches accuracy ocr vit] [--size 224]
         [--batch-size 112] [--runs 30] [--table /tmp/onnxprune_latency_table.json] [--out benchmarks/results]
 
 zoo: ResNet-50 and MobileNetV2 (models.build, random weights, BN kept, SIZE x SIZE, exported
@@ -20,6 +20,10 @@ evaluation = the 450 test images (models.digits.load_digits_split(16)); default 
 timed in one alternating run with the original; the MAC-pruned accuracy at the
 latency-pruned model's measured latency is interpolated between the two MAC targets that
 bracket it.
+
+vit (not in the default parts): a torchvision-style ViT at vit_b_16's size
+(models/zoo_transformers.py's TorchvisionViT, random weights, SIZE x SIZE, patch 16, width
+768, 12 heads, MLP 3072, 12 blocks), targets 0.7 and 0.5, batch 1, 1 thread, as zoo.
 
 ocr (not in the default parts): PP-OCRv4 recognition at batch 1 (see `part_ocr`), the same
 comparison at `target_latency=0.7` with character accuracy, calibration lines only.
@@ -105,6 +109,40 @@ def part_zoo(args, tmp) -> list[dict]:
         row["within_5pct"] = abs(row["achieved_check"] - 0.5) <= 0.025
         print(f"{name}: target 0.5, achieved {row['achieved_in_prune']:.3f} in prune, {row['achieved_check']:.3f} "
               f"in the check run (load {load_before} -> {row['load_after']})", flush=True)
+        rows.append(row)
+    return rows
+
+
+def vit_model(size: int) -> str:
+    import torch
+    from models.zoo_extra import export
+    from models.zoo_transformers import TorchvisionViT
+    path = os.path.join(CACHE, f"vit_b16_{size}.onnx")
+    if not os.path.exists(path):
+        os.makedirs(CACHE, exist_ok=True)
+        torch.manual_seed(0)
+        model = TorchvisionViT(num_classes=1000, image=size, patch=16, dim=768, depth=12, heads=12,
+                               mlp_dim=3072).eval()
+        onnx.save(export(model, (1, 3, size, size)), path + ".tmp")
+        os.replace(path + ".tmp", path)
+    return path
+
+
+def part_vit(args, tmp) -> list[dict]:
+    rows = []
+    path = vit_model(args.size)
+    for target in (0.7, 0.5):
+        timing = TimingOptions(runs=args.runs, table=args.table)
+        load_before = load()
+        out = os.path.join(tmp, f"vit_{target}.onnx")
+        _, row = prune_to(path, out, target, timing, recover="none")
+        check = bench.compare([path, out], runs=args.runs)
+        row.update(model="vit_b_16 (torchvision-style)", size=args.size, batch=1, threads=1,
+                   **ratios(check[0], check[1]), load_before=load_before, load_after=load())
+        row["within_5pct"] = abs(row["achieved_check"] - target) <= 0.05 * target
+        print(f"vit: target {target}, achieved {row['achieved_in_prune']:.3f} in prune, {row['achieved_check']:.3f} "
+              f"in the check run, MACs {row['mac_fraction']:.3f} (load {load_before} -> {row['load_after']})",
+              flush=True)
         rows.append(row)
     return rows
 
@@ -247,7 +285,7 @@ def markdown(result) -> str:
                      "load"],
                     [[f"{r['model']} {r['size']}² b1", r["target"], _checked(r), f"{r['original_ms']:.1f}",
                       f"{r['pruned_ms']:.1f}", f"{r['mac_fraction']:.3f}", "yes" if r["within_5pct"] else "no",
-                      f"{r['load_before']}→{r['load_after']}"] for r in result.get("zoo", [])])
+                      f"{r['load_before']}→{r['load_after']}"] for r in result.get("zoo", []) + result.get("vit", [])])
     lines += _table(["model", "batch", "target", *checked, "not slower (p10)", "load"],
                     [[f"{r['model']} {r['size']}²", r["batch"], r["target"], _checked(r),
                       "yes" if r["not_slower"] else "**no**", f"{r['load_before']}→{r['load_after']}"]
@@ -270,7 +308,7 @@ def markdown(result) -> str:
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--parts", nargs="+", default=["zoo", "batches", "accuracy"],
-                    choices=["zoo", "batches", "accuracy", "ocr"])
+                    choices=["zoo", "batches", "accuracy", "ocr", "vit"])
     ap.add_argument("--size", type=int, default=224)
     ap.add_argument("--batch-size", type=int, default=112, help="image size of the batch 1/8/32 part")
     ap.add_argument("--runs", type=int, default=30)
@@ -296,7 +334,7 @@ def main(argv=None) -> int:
         for part in args.parts:
             start = time.perf_counter()
             result[part] = {"zoo": part_zoo, "batches": part_batches, "accuracy": part_accuracy,
-                            "ocr": part_ocr}[part](args, tmp)
+                            "ocr": part_ocr, "vit": part_vit}[part](args, tmp)
             result["runs"][part] = {"command": command, "date": time.strftime("%Y-%m-%d %H:%M"),
                                     "elapsed_s": round(time.perf_counter() - start), "environment": environment()}
             dump_json(result, path)
