@@ -290,7 +290,7 @@ def _maxvit_layers(dynamo=False):
     """Per stage (width c): MBConv's (expand conv, SE fc1, SE fc2, project conv) and, per
     partition attention (block, then grid), (to_qkv, merge, mlp fc1, mlp fc2); found by their
     weights' shapes (the dynamo exporter names nodes by count; the classifier's (64, 64) Linear
-    is a Gemm, the attention's are MatMuls)."""
+    is a Gemm, the attention's are MatMuls); with the Conv and MatMul nodes by weight shape."""
     from onnxprune.load import load
     proto = exported(MAXVIT, dynamo)
     model = load(proto)
@@ -307,7 +307,7 @@ def _maxvit_layers(dynamo=False):
         assert len(attention) == 2
         stages.append((c, (expand, fc1, fc2, project), attention))
         cin = c
-    return proto, stages
+    return proto, stages, by_shape
 
 
 @pytest.mark.parametrize("dynamo", EXPORTS)
@@ -318,14 +318,16 @@ def test_maxvit_groups(dynamo):
     (to_qkv's q, k, v rows of a head, chunked on the features, with merge's columns and the
     relative position bias) and an MLP group. The stem and the classifier's Linear -> Tanh ->
     Linear prune too. Each stage's stream is frozen by the block attention's LayerNorm."""
-    proto, stages = _maxvit_layers(dynamo)
+    proto, stages, by_shape = _maxvit_layers(dynamo)
     gs = groups(proto)
     live = _live(gs)
     assert len(live) == 2 + 6 * len(MAXVIT_DIMS) + 1
     for c, (expand, fc1, fc2, project), attention in stages:
         (mid,) = [g for g in live if expand in g.feed_in]
         assert mid.width == 4 * c and sorted(mid.feed_in) == sorted([expand, fc2])
-        assert sorted(mid.feed_out) == sorted([fc1, project]) and len(mid.channelwise) == 3
+        assert sorted(mid.feed_out) == sorted([fc1, project])
+        (depthwise,) = by_shape[(4 * c, 1, 3, 3)]
+        assert depthwise in mid.channelwise      # with its BNs where the exporter keeps them
         (squeeze,) = [g for g in live if g.feed_in == [fc1]]
         assert squeeze.width == c // 4 and squeeze.feed_out == [fc2]
         for qkv, merge, mlp1, mlp2 in attention:
@@ -348,7 +350,7 @@ def test_maxvit_prunes_mbconv_heads_and_mlps_exactly(dynamo, ratio):
     """The oracle holds through the SE gate, the window and grid partitions (the swap of the
     window and grid axes included), the Einsums and the merge Reshape whose features count is
     read at run time."""
-    proto, stages = _maxvit_layers(dynamo)
+    proto, stages, _ = _maxvit_layers(dynamo)
     slim, report = check_prune(proto, ratio)
     for c, (expand, fc1, fc2, project), attention in stages:
         mid = keep(4 * c, ratio)
