@@ -39,17 +39,24 @@ def _live(gs):
     return [g for g in gs if g.frozen is None and g.width > 1]
 
 
-def _blocks(dynamo):
-    """(in_proj MatMul, out_proj Gemm, mlp.0 MatMul, mlp.3 MatMul) of each encoder block, found
-    by their weights' shapes (the dynamo exporter names nodes by count)."""
+def _by_weight_shape(name, dynamo, op_types=("MatMul", "Gemm")):
+    """The export and its `op_types` nodes with a constant weight, by the weight's shape, in
+    graph order (the dynamo exporter names nodes by count, so tests find layers this way)."""
     from onnxprune.load import load
-    proto = exported(NAME, dynamo)
+    proto = exported(name, dynamo)
     model = load(proto)
     by_shape = {}
     for n in model.graph.node:
-        w = model.inits.get(n.input[1]) if len(n.input) > 1 else None
-        if n.op_type in ("MatMul", "Gemm") and w is not None:
+        w = model.inits.get(n.input[1]) if n.op_type in op_types and len(n.input) > 1 else None
+        if w is not None:
             by_shape.setdefault(w.shape, []).append(n.name)
+    return proto, by_shape
+
+
+def _blocks(dynamo):
+    """(in_proj MatMul, out_proj Gemm, mlp.0 MatMul, mlp.3 MatMul) of each encoder block, found
+    by their weights' shapes."""
+    proto, by_shape = _by_weight_shape(NAME, dynamo)
     return proto, list(zip(by_shape[(DIM, 3 * DIM)], by_shape[(DIM, DIM)], by_shape[(DIM, MLP)], by_shape[(MLP, DIM)]))
 
 
@@ -183,15 +190,8 @@ SWIN_DIMS, SWIN_HEADS = (32, 64), (2, 4)
 
 def _swin_blocks(dynamo=False):
     """(qkv, proj, mlp.0, mlp.2) layers of each block, stage by stage, found by their weights'
-    shapes (the dynamo exporter names nodes by count), and patch merging's reduction."""
-    from onnxprune.load import load
-    proto = exported(SWIN, dynamo)
-    model = load(proto)
-    by_shape = {}
-    for n in model.graph.node:
-        w = model.inits.get(n.input[1]) if n.op_type in ("MatMul", "Gemm") else None
-        if w is not None:
-            by_shape.setdefault(w.shape, []).append(n.name)
+    shapes, and patch merging's reduction."""
+    proto, by_shape = _by_weight_shape(SWIN, dynamo)
     blocks = [(c, heads, layers) for c, heads in zip(SWIN_DIMS, SWIN_HEADS)
               for layers in zip(by_shape[(c, 3 * c)], by_shape[(c, c)], by_shape[(c, 4 * c)], by_shape[(4 * c, c)])]
     (reduction,) = by_shape[(4 * SWIN_DIMS[0], SWIN_DIMS[1])]
@@ -289,16 +289,9 @@ def test_maxvit_export_has_torchvision_topology():
 def _maxvit_layers(dynamo=False):
     """Per stage (width c): MBConv's (expand conv, SE fc1, SE fc2, project conv) and, per
     partition attention (block, then grid), (to_qkv, merge, mlp fc1, mlp fc2); found by their
-    weights' shapes (the dynamo exporter names nodes by count; the classifier's (64, 64) Linear
-    is a Gemm, the attention's are MatMuls); with the Conv and MatMul nodes by weight shape."""
-    from onnxprune.load import load
-    proto = exported(MAXVIT, dynamo)
-    model = load(proto)
-    by_shape = {}
-    for n in model.graph.node:
-        w = model.inits.get(n.input[1]) if n.op_type in ("MatMul", "Conv") else None
-        if w is not None:
-            by_shape.setdefault(w.shape, []).append(n.name)
+    weights' shapes (the classifier's (64, 64) Linear is a Gemm, left out; the attention's are
+    MatMuls); with the Conv and MatMul nodes by weight shape."""
+    proto, by_shape = _by_weight_shape(MAXVIT, dynamo, ("MatMul", "Conv"))
     stages, cin = [], MAXVIT_STEM
     for c in MAXVIT_DIMS:
         (expand,), (fc1,), (fc2,), (project,) = (by_shape[s + (1, 1)] for s in ((4 * c, cin), (c // 4, 4 * c),
