@@ -360,6 +360,16 @@ def test_maxvit_prunes_mbconv_heads_and_mlps_exactly(dynamo, ratio):
             assert (removed == removed[:, :1] + np.arange(hd)).all()
 
 
+def test_maxvit_batch_two():
+    """At batch 2 the partitions of both images share the batch axis of (B, G, P*P, C) and of
+    the Einsums: the same groups, still exact."""
+    from models.zoo_extra import build_extra, export
+    module, _ = build_extra(MAXVIT)
+    proto = export(module, (2, 3, 32, 32))
+    assert len(_live(groups(proto))) == 2 + 6 * len(MAXVIT_DIMS) + 1
+    check_prune(proto, 0.5)
+
+
 @pytest.mark.parametrize("criterion", ["l1", "bgsc"])
 def test_maxvit_target_macs_lands_where_asked(criterion):
     """The tracker follows the Einsums' MACs; bgsc's bound goes through the SE gate and the
