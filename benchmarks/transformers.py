@@ -2,11 +2,12 @@
 before and after --ratio 0.3, the masking oracle, pass time, and where --target-macs 0.7
 lands.
 
-    python benchmarks/transformers.py [--models vit vit_fused_qkv torchvision_vit swin] [--dynamo]
+    python benchmarks/transformers.py [--models vit vit_fused_qkv torchvision_vit swin maxvit] [--dynamo]
 
 The models are models/zoo_transformers.py's (random init, small widths; torchvision_vit_b16:
 vit_b_16's sizes on the same definition; swin: torchvision's SwinTransformer topology, 40x40, patch 4,
-dim 32, two stages of two blocks, window 4, heads 2/4), exported by the legacy exporter (opset 17) or with --dynamo by the dynamo exporter (needs onnxscript).
+dim 32, two stages of two blocks, window 4, heads 2/4; maxvit: torchvision's MaxVit topology, 32x32,
+stem 16, two stages (32, 64) of one MBConv + block + grid attention layer, head dim 16, partition 4), exported by the legacy exporter (opset 17) or with --dynamo by the dynamo exporter (needs onnxscript).
 Criterion l1, --round-to 1 for the ratio (it applies exactly), 8 for the MAC target.
 Writes benchmarks/results/transformers[_dynamo].{json,md}.
 """
@@ -21,7 +22,7 @@ from collections import Counter
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-MODELS = ["vit", "vit_fused_qkv", "torchvision_vit", "torchvision_vit_b16", "swin"]
+MODELS = ["vit", "vit_fused_qkv", "torchvision_vit", "torchvision_vit_b16", "swin", "maxvit"]
 
 
 def build(name):

@@ -15,7 +15,7 @@ torch.
   skips, two graph outputs (segmentation map, auxiliary bottleneck head).
 - ``yolo_neck``: YOLOv8-style backbone (C2f with Split), SPPF, PAN neck with Resize and
   Concat, three detection heads feeding three graph outputs.
-- ``vit``, ``vit_fused_qkv``, ``torchvision_vit``, ``swin``: transformers (models/zoo_transformers.py).
+- ``vit``, ``vit_fused_qkv``, ``torchvision_vit``, ``swin``, ``maxvit``: transformers (models/zoo_transformers.py).
 """
 
 import io
@@ -27,10 +27,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .zoo_transformers import swin, torchvision_vit, vit
+from .zoo_transformers import maxvit, swin, torchvision_vit, vit
 
 __all__ = ["EXTRA", "build_extra", "export", "shufflenet_v2", "convnext", "unet", "yolo_neck",
-           "vit", "torchvision_vit", "swin", "channel_shuffle"]
+           "vit", "torchvision_vit", "swin", "maxvit", "channel_shuffle"]
 
 
 def conv_bn(cin, cout, k=1, stride=1, groups=1, act=nn.ReLU):
@@ -258,6 +258,7 @@ EXTRA = {
     "vit_flatten": (lambda: vit(flatten=True), (1, 3, 16, 16)),
     "torchvision_vit": (torchvision_vit, (1, 3, 32, 32)),
     "swin": (swin, (1, 3, 40, 40)),
+    "maxvit": (maxvit, (1, 3, 32, 32)),
 }
 
 

@@ -306,7 +306,7 @@ def test_yolo_neck(ratio, dynamo):
 # =================================================================================================
 # 4. Attention
 # =================================================================================================
-def _attention(fused=False, gather=False, heads_first=False, tokens=6, dim=16, heads=4):
+def _attention(fused=False, gather=False, heads_first=False, einsum=False, tokens=6, dim=16, heads=4):
     b = GraphBuilder()
     hd = dim // heads
     x = b.input("x", [1, tokens, dim])
@@ -333,8 +333,14 @@ def _attention(fused=False, gather=False, heads_first=False, tokens=6, dim=16, h
             reshapes.append(b.last())
             parts.append(b.op("Transpose", [h], perm=perm))
         q, k, v = parts
-    s = b.op("Softmax", [b.op("Mul", [b.op("MatMul", [q, k]), b.floats(hd ** -0.5)])], axis=-1)
-    o = b.op("Transpose", [b.op("MatMul", [s, v])], perm=[1, 2, 0, 3] if heads_first else [0, 2, 1, 3])
+    if einsum:   # torchvision's MaxVit writes both products as Einsum
+        s = b.op("Einsum", [q, k], equation="B H I D, B H D J -> B H I J")
+        s = b.op("Softmax", [b.op("Mul", [s, b.floats(hd ** -0.5)])], axis=-1)
+        o = b.op("Einsum", [s, v], equation="bhij,bhjd->bhid")
+    else:
+        s = b.op("Softmax", [b.op("Mul", [b.op("MatMul", [q, k]), b.floats(hd ** -0.5)])], axis=-1)
+        o = b.op("MatMul", [s, v])
+    o = b.op("Transpose", [o], perm=[1, 2, 0, 3] if heads_first else [0, 2, 1, 3])
     o = b.op("Reshape", [o, b.ints([1, tokens, dim])])
     merge = b.last()
     y = b.op("MatMul", [o, b.weight((dim, dim))])
@@ -343,15 +349,16 @@ def _attention(fused=False, gather=False, heads_first=False, tokens=6, dim=16, h
 
 
 @pytest.mark.parametrize("ratio", RATIOS)
-@pytest.mark.parametrize("form", ["separate", "heads_first", "fused_split", "fused_gather"])
+@pytest.mark.parametrize("form", ["separate", "heads_first", "fused_split", "fused_gather", "einsum"])
 def test_attention_heads_are_pruned_whole(ratio, form):
     """Reshape [1,T,D] -> [1,T,h,hd] splits the features into heads, removed whole; Q.K^T and
     scores.V pair head j of both operands; Reshape back merges them. heads_first: the heads
     are moved in front of the batch ([h,1,T,hd]). fused: one qkv projection, Reshape
     [1,T,3,h,hd], Transpose [3,1,h,T,hd], taken apart on axis 0 (Split+Squeeze or Gather):
-    head j of q, k and v is one class."""
+    head j of q, k and v is one class. einsum: both products as Einsum (the heads index is
+    in both operands and the output), with and without spaces in the equation."""
     proto, n = _attention(fused=form.startswith("fused"), gather=form == "fused_gather",
-                          heads_first=form == "heads_first")
+                          heads_first=form == "heads_first", einsum=form == "einsum")
     gs = groups(proto)
     heads = group_of(gs, n["proj_in"])
     assert heads.frozen is None and heads.width == 4 and heads.feed_out == [n["proj"]]
@@ -381,6 +388,31 @@ def test_attention_contracting_over_channels_is_frozen():
     proto = b.model([att])
     assert any("MatMul of two activations (attention) with channels on a matrix axis" in r
                for r in reasons(groups(proto)))
+
+
+@pytest.mark.parametrize("equation,reason", [
+    ("btc,bsc->bts", "Einsum with channels on an index that is contracted or not in both operands"),
+    ("...c,...c->...", "Einsum other than a product of two operands without ellipsis")])
+def test_einsum_mixing_channels_is_frozen(equation, reason):
+    """Einsum's features on the contracted index (or an equation the rule does not read):
+    frozen, with the reason."""
+    b = GraphBuilder()
+    x = b.input("x", [1, 4, 8])
+    q = b.op("MatMul", [x, b.weight((8, 8))])
+    k = b.op("MatMul", [x, b.weight((8, 8))])
+    att = b.op("Einsum", [q, k], equation=equation)
+    proto = b.model([att])
+    assert any(r.endswith(reason) for r in reasons(groups(proto)))
+
+
+def test_einsum_macs_count_every_index_combination():
+    """btc,bsc->bts: b*t*s*c multiply-accumulates, as MatMul's Q.K^T counts out x K."""
+    from onnxprune.cost import cost
+    b = GraphBuilder()
+    x = b.input("x", [2, 4, 8])
+    y = b.op("Einsum", [x, b.op("Relu", [x])], equation="btc,bsc->bts")
+    model, _ = analyze_model(b.model([y]))
+    assert cost(model).macs_by_node == {b.nodes[-1].name: 2 * 4 * 4 * 8}
 
 
 @pytest.mark.parametrize("ratio", RATIOS)

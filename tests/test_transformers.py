@@ -39,17 +39,24 @@ def _live(gs):
     return [g for g in gs if g.frozen is None and g.width > 1]
 
 
-def _blocks(dynamo):
-    """(in_proj MatMul, out_proj Gemm, mlp.0 MatMul, mlp.3 MatMul) of each encoder block, found
-    by their weights' shapes (the dynamo exporter names nodes by count)."""
+def _by_weight_shape(name, dynamo, op_types=("MatMul", "Gemm")):
+    """The export and its `op_types` nodes with a constant weight, by the weight's shape, in
+    graph order (the dynamo exporter names nodes by count, so tests find layers this way)."""
     from onnxprune.load import load
-    proto = exported(NAME, dynamo)
+    proto = exported(name, dynamo)
     model = load(proto)
     by_shape = {}
     for n in model.graph.node:
-        w = model.inits.get(n.input[1]) if len(n.input) > 1 else None
-        if n.op_type in ("MatMul", "Gemm") and w is not None:
+        w = model.inits.get(n.input[1]) if n.op_type in op_types and len(n.input) > 1 else None
+        if w is not None:
             by_shape.setdefault(w.shape, []).append(n.name)
+    return proto, by_shape
+
+
+def _blocks(dynamo):
+    """(in_proj MatMul, out_proj Gemm, mlp.0 MatMul, mlp.3 MatMul) of each encoder block, found
+    by their weights' shapes."""
+    proto, by_shape = _by_weight_shape(NAME, dynamo)
     return proto, list(zip(by_shape[(DIM, 3 * DIM)], by_shape[(DIM, DIM)], by_shape[(DIM, MLP)], by_shape[(MLP, DIM)]))
 
 
@@ -127,11 +134,11 @@ def test_torchvision_vit_bgsc():
     assert report.after["macs"] <= 0.8 * report.before["macs"]
 
 
-@pytest.mark.parametrize("name", [NAME, "swin"])
+@pytest.mark.parametrize("name", [NAME, "swin", "maxvit"])
 def test_cost_tracker_follows_attention_macs_when_heads_go(name):
     """Q.K^T and scores.V have no weight: their MACs shrink with the heads the output keeps,
     and the tracker the budgets use counts that, as the rewritten model does (the Swin: per
-    window, with the relative position bias)."""
+    window, with the relative position bias; the MaxViT: its Einsums)."""
     from onnxprune.api import analyze_model
     from onnxprune.cost import CostTracker
     from onnxprune.plan import plan_from_classes
@@ -183,15 +190,8 @@ SWIN_DIMS, SWIN_HEADS = (32, 64), (2, 4)
 
 def _swin_blocks(dynamo=False):
     """(qkv, proj, mlp.0, mlp.2) layers of each block, stage by stage, found by their weights'
-    shapes (the dynamo exporter names nodes by count), and patch merging's reduction."""
-    from onnxprune.load import load
-    proto = exported(SWIN, dynamo)
-    model = load(proto)
-    by_shape = {}
-    for n in model.graph.node:
-        w = model.inits.get(n.input[1]) if n.op_type in ("MatMul", "Gemm") else None
-        if w is not None:
-            by_shape.setdefault(w.shape, []).append(n.name)
+    shapes, and patch merging's reduction."""
+    proto, by_shape = _by_weight_shape(SWIN, dynamo)
     blocks = [(c, heads, layers) for c, heads in zip(SWIN_DIMS, SWIN_HEADS)
               for layers in zip(by_shape[(c, 3 * c)], by_shape[(c, c)], by_shape[(c, 4 * c)], by_shape[(4 * c, c)])]
     (reduction,) = by_shape[(4 * SWIN_DIMS[0], SWIN_DIMS[1])]
@@ -267,3 +267,115 @@ def test_swin_target_macs_lands_where_asked(criterion):
     _, report = check_prune(exported(SWIN), None, criterion=criterion, target_macs=0.7, round_to=8)
     achieved = report.after["macs"] / report.before["macs"]
     assert 0.68 <= achieved <= 0.7
+
+
+# -- torchvision-style MaxViT (models/zoo_transformers.py's maxvit) --------------------------------
+MAXVIT, MAXVIT_STEM, MAXVIT_DIMS, MAXVIT_HEAD_DIM = "maxvit", 16, (32, 64), 16
+
+
+def test_maxvit_export_has_torchvision_topology():
+    """The legacy export (checked against torch by `export`): per stage, MBConv's depthwise
+    conv and squeeze-excitation gate (Sigmoid times the map), and two partition attentions,
+    each with two Einsums (scores, values) and the window partition's Transposes of the NCHW
+    map to (B, G, P*P, C) and back."""
+    proto = exported(MAXVIT)
+    assert len(op_names(proto, "Einsum")) == 8
+    assert len([c for c in op_names(proto, "Conv") if _attr(proto, c, "group") not in (None, 1)]) == 2
+    assert len(op_names(proto, "Sigmoid")) == 2 * 2      # per stage, SE's SiLU (x * sigmoid(x)) and its gate
+    perms = [_attr(proto, t, "perm") for t in op_names(proto, "Transpose")]
+    assert perms.count([0, 2, 4, 3, 5, 1]) == 4 and perms.count([0, 5, 1, 3, 2, 4]) == 4
+
+
+def _maxvit_layers(dynamo=False):
+    """Per stage (width c): MBConv's (expand conv, SE fc1, SE fc2, project conv) and, per
+    partition attention (block, then grid), (to_qkv, merge, mlp fc1, mlp fc2); found by their
+    weights' shapes (the classifier's (64, 64) Linear is a Gemm, left out; the attention's are
+    MatMuls); with the Conv and MatMul nodes by weight shape."""
+    proto, by_shape = _by_weight_shape(MAXVIT, dynamo, ("MatMul", "Conv"))
+    stages, cin = [], MAXVIT_STEM
+    for c in MAXVIT_DIMS:
+        (expand,), (fc1,), (fc2,), (project,) = (by_shape[s + (1, 1)] for s in ((4 * c, cin), (c // 4, 4 * c),
+                                                                                 (4 * c, c // 4), (c, 4 * c)))
+        attention = list(zip(by_shape[(c, 3 * c)], by_shape[(c, c)], by_shape[(c, 4 * c)], by_shape[(4 * c, c)]))
+        assert len(attention) == 2
+        stages.append((c, (expand, fc1, fc2, project), attention))
+        cin = c
+    return proto, stages, by_shape
+
+
+@pytest.mark.parametrize("dynamo", EXPORTS)
+def test_maxvit_groups(dynamo):
+    """Per stage: MBConv's expanded channels are one group (the expand conv and the SE gate's
+    fc2 write them, the depthwise conv and its BNs carry them, SE fc1 and the project conv read
+    them), SE's squeezed channels another; block and grid attention each give a heads group
+    (to_qkv's q, k, v rows of a head, chunked on the features, with merge's columns and the
+    relative position bias) and an MLP group. The stem and the classifier's Linear -> Tanh ->
+    Linear prune too. Each stage's stream is frozen by the block attention's LayerNorm."""
+    proto, stages, by_shape = _maxvit_layers(dynamo)
+    gs = groups(proto)
+    live = _live(gs)
+    assert len(live) == 2 + 6 * len(MAXVIT_DIMS) + 1
+    for c, (expand, fc1, fc2, project), attention in stages:
+        (mid,) = [g for g in live if expand in g.feed_in]
+        assert mid.width == 4 * c and sorted(mid.feed_in) == sorted([expand, fc2])
+        assert sorted(mid.feed_out) == sorted([fc1, project])
+        (depthwise,) = by_shape[(4 * c, 1, 3, 3)]
+        assert depthwise in mid.channelwise      # with its BNs where the exporter keeps them
+        (squeeze,) = [g for g in live if g.feed_in == [fc1]]
+        assert squeeze.width == c // 4 and squeeze.feed_out == [fc2]
+        for qkv, merge, mlp1, mlp2 in attention:
+            (heads,) = [g for g in live if g.feed_in == [qkv]]
+            assert heads.width == c // MAXVIT_HEAD_DIM and heads.feed_out == [merge]
+            (mlp,) = [g for g in live if g.feed_in == [mlp1]]
+            assert mlp.width == 4 * c and mlp.feed_out == [mlp2]
+    frozen = [g for g in gs if g.frozen]
+    assert sorted(g.frozen.split(":")[-1].strip() for g in frozen) == [LN_REASON, LN_REASON, "graph input",
+                                                                       "graph output"]
+    streams = sorted((g for g in frozen if g.frozen.endswith(LN_REASON)), key=lambda g: g.width)
+    assert [g.width for g in streams] == list(MAXVIT_DIMS)
+    for g, (c, (_, _, _, project), attention) in zip(streams, stages):
+        assert project in g.feed_in and {merge for _, merge, _, _ in attention} <= set(g.feed_in)
+
+
+@pytest.mark.parametrize("ratio", RATIOS)
+@pytest.mark.parametrize("dynamo", EXPORTS)
+def test_maxvit_prunes_mbconv_heads_and_mlps_exactly(dynamo, ratio):
+    """The oracle holds through the SE gate, the window and grid partitions (the swap of the
+    window and grid axes included), the Einsums and the merge Reshape whose features count is
+    read at run time."""
+    proto, stages, _ = _maxvit_layers(dynamo)
+    slim, report = check_prune(proto, ratio)
+    for c, (expand, fc1, fc2, project), attention in stages:
+        mid = keep(4 * c, ratio)
+        assert param(slim, expand, 1).shape[0] == mid and param(slim, project, 1).shape[1] == mid
+        assert param(slim, fc1, 1).shape == (keep(c // 4, ratio), mid, 1, 1)
+        assert param(slim, fc2, 1).shape == (mid, keep(c // 4, ratio), 1, 1)
+        heads, hd = c // MAXVIT_HEAD_DIM, MAXVIT_HEAD_DIM
+        for qkv, merge, mlp1, mlp2 in attention:
+            k = keep(heads, ratio)
+            assert param(slim, qkv, 1).shape == (c, 3 * k * hd) and param(slim, merge, 1).shape == (k * hd, c)
+            assert param(slim, mlp1, 1).shape == (c, keep(4 * c, ratio))
+            assert param(slim, mlp2, 1).shape == (keep(4 * c, ratio), c)
+            removed = np.asarray(report.plan.removed.get(qkv, [])).reshape(-1, hd)
+            assert (removed == removed[:, :1] + np.arange(hd)).all()
+
+
+def test_maxvit_batch_two():
+    """At batch 2 the partitions of both images share the batch axis of (B, G, P*P, C) and of
+    the Einsums: the same groups, still exact."""
+    from models.zoo_extra import build_extra, export
+    module, _ = build_extra(MAXVIT)
+    proto = export(module, (2, 3, 32, 32))
+    assert len(_live(groups(proto))) == 2 + 6 * len(MAXVIT_DIMS) + 1
+    check_prune(proto, 0.5)
+
+
+@pytest.mark.parametrize("criterion", ["l1", "bgsc"])
+def test_maxvit_target_macs_lands_where_asked(criterion):
+    """The tracker follows the Einsums' MACs; bgsc's bound goes through the SE gate and the
+    Einsums (product of the bounds, noted in the report)."""
+    _, report = check_prune(exported(MAXVIT), None, criterion=criterion, target_macs=0.7, round_to=8)
+    achieved = report.after["macs"] / report.before["macs"]
+    assert 0.68 <= achieved <= 0.7
+    if criterion == "bgsc":
+        assert any("Einsum of two activations" in note for note in report.notes)

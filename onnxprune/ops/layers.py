@@ -1,6 +1,8 @@
 """Layers with weights: Conv, ConvTranspose, Gemm and MatMul consume their input channels
 (the weight's input axis is sliced) and produce new channels (its output axis). Depthwise
-convolutions are channel-wise instead; grouped ones couple channel j of every group."""
+convolutions are channel-wise instead; grouped ones couple channel j of every group.
+Products of two activations (attention's MatMul, and Einsum as torchvision's MaxVit writes
+it) match the heads on a batch axis."""
 from __future__ import annotations
 
 import numpy as np
@@ -31,6 +33,30 @@ def _matmul_macs(node, shapes) -> int:
     return output_elements(node, shapes) * int(shapes[node.input[0]][-1])
 
 
+def _einsum_indices(node):
+    """(operand index strings, output index string) of a two-operand Einsum without
+    ellipsis, spaces removed; None for any other equation."""
+    equation = attr(node, "equation")
+    equation = (equation.decode() if isinstance(equation, bytes) else equation).replace(" ", "")
+    if "->" not in equation or "..." in equation:
+        return None
+    inputs, output = equation.split("->")
+    inputs = inputs.split(",")
+    return (inputs, output) if len(inputs) == 2 == len(node.input) else None
+
+
+def _einsum_macs(node, shapes) -> int:
+    """One multiply-accumulate per combination of all indices (output and contracted)."""
+    indices = _einsum_indices(node)
+    if indices is None:
+        return 0
+    sizes = {}
+    for letters, tensor in zip(indices[0], node.input):
+        for letter, size in zip(letters, shapes[tensor]):
+            sizes[letter] = max(sizes.get(letter, 1), int(size))
+    return int(np.prod(list(sizes.values()), dtype=np.int64))
+
+
 # -- r_b of BGSC for the dense layers (conv_bound.py has the convolutions') -----------------
 def _gemm_transposed_bound(node, model, u_shape, index):
     w = np.abs(model.inits[node.input[1]].astype(np.float64))
@@ -59,6 +85,12 @@ def _matmul_bound(b, node):
     b.note("MatMul of two activations: product of bounds used (no Lipschitz bound)")
     a, c = (t if b.is_activation(t) else b.const(np.abs(b.model.inits[t]), "mm") for t in node.input[:2])
     b.emit("MatMul", [a, c], [node.output[0]])
+
+
+def _einsum_bound(b, node):
+    """As a MatMul of two activations: the same contraction of the two bounds."""
+    b.note("Einsum of two activations: product of bounds used (no Lipschitz bound)")
+    b.emit("Einsum", list(node.input[:2]), [node.output[0]], equation=attr(node, "equation"))
 
 
 # -- which output channel reads which input channel through a non-zero weight -------------
@@ -205,6 +237,12 @@ def _matmul_of_activations(node, ctx, a, b):
     axis = a.axis + len(so) - len(sa)
     require(axis == b.axis + len(so) - len(sb),
             "MatMul of two activations (attention) with channels on different batch axes")
+    _match_heads(node, ctx, a, b, axis)
+
+
+def _match_heads(node, ctx, a, b, axis):
+    """Channels on a batch axis of both operands of a product, matched position by position
+    (a single head is broadcast and couples nothing); the output carries them on `axis`."""
     if len(a.ids) == len(b.ids):
         if len(a.ids) > 1 and a.ids is not b.ids:
             ctx.unify(a.ids, b.ids)
@@ -214,3 +252,20 @@ def _matmul_of_activations(node, ctx, a, b):
                 f"MatMul of two activations (attention) with {len(a.ids)} and {len(b.ids)} heads")
         ids = a.ids if len(a.ids) > 1 else b.ids   # a single head is broadcast: couples nothing
     ctx.out(node.output[0], ChannelMap(axis, ids))
+
+
+@op("Einsum", bound=_einsum_bound, macs=_einsum_macs)
+def einsum(node, ctx):
+    """A two-operand Einsum of activations (torchvision's MaxVit attention,
+    "BGHID,BGHJD->BGHIJ" and "BGHIJ,BGHJD->BGHID"): channels on an index that both operands
+    and the output carry are a batch axis of the product, matched as in MatMul's attention.
+    Channels on an index that is contracted or read by one operand only mix: frozen."""
+    indices = _einsum_indices(node)
+    require(indices is not None, "Einsum other than a product of two operands without ellipsis")
+    (left, right), output = indices
+    a, b = input_map(node, ctx, 0), ctx.map(node.input[1])
+    require(b is not None, "Einsum with a constant operand")
+    letter = left[a.axis]
+    require(right[b.axis] == letter and letter in output,
+            "Einsum with channels on an index that is contracted or not in both operands")
+    _match_heads(node, ctx, a, b, output.index(letter))
