@@ -109,6 +109,18 @@ def test_float16_trained_model_with_a_mac_target():
     assert report.after["macs"] <= 0.6 * report.before["macs"]
 
 
+@pytest.mark.parametrize("name", ["torchvision_vit", "swin", "maxvit"])
+def test_float16_transformers_prune_heads_and_mlps_verified(name):
+    """LayerNorm, attention MatMuls (Einsum in the MaxViT) and the heads' Reshapes in float16."""
+    pytest.importorskip("torch")
+    from helpers import exported
+    proto = to_type(exported(name), TensorProto.FLOAT16)
+    slim, report = prune_verified(proto, ratio=0.5, criterion="l1", scope="local", round_to=1)
+    assert float_types_of(slim) == {TensorProto.FLOAT16} and report.oracle.dtype == "float16"
+    heads = [g for g in report.groups if g["frozen"] is None and g["channels_before"] in (2, 4)]
+    assert heads and all(g["channels_after"] < g["channels_before"] for g in heads)
+
+
 def test_float16_exact_folds_are_computed_and_stored_in_float16():
     b = GraphBuilder(seed=3)  # tests/test_fold.py's net: 1x1 conv and Gemm fold exactly
     x = b.input("x", [1, 3, 8, 8])
