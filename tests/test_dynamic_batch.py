@@ -8,7 +8,8 @@ import hashlib
 import numpy as np
 import pytest
 
-from helpers import check_prune, exported, groups
+import onnxprune
+from helpers import GraphBuilder, check_prune, exported, groups, node, param, tensor
 
 torch = pytest.importorskip("torch")
 
@@ -51,7 +52,7 @@ def test_symbolic_batch_finds_the_static_groups(name):
     assert live and live == _live_groups(static)
 
 
-def _matches_masked_at_batch(proto, slim, report, batch):
+def _matches_masked_at_batch(proto, slim, report, batch, input_name="input"):
     """The pruned model against the masked original (removed channels zeroed at the feed-outs)
     on random inputs at `batch`: the analysis saw batch 1 only."""
     import onnxruntime as ort
@@ -62,7 +63,7 @@ def _matches_masked_at_batch(proto, slim, report, batch):
     masked = masked_original(model, couplings, classes_from_plan(couplings, report.plan)).to_proto()
     shape = [d.dim_value for d in proto.graph.input[0].type.tensor_type.shape.dim][1:]
     x = np.random.default_rng(batch).uniform(-1, 1, (batch, *shape)).astype(np.float32)
-    outs = [ort.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"input": x})
+    outs = [ort.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {input_name: x})
             for m in (masked, slim)]
     assert outs[1][0].shape[0] == batch
     return max_relative_difference(*outs)
@@ -93,16 +94,25 @@ def _has_symbolic_batch_dim(value_info):
 
 def test_symbolic_batch_torchvision_vit_heads_follow_the_batch():
     """nn.MultiheadAttention's (T, B*heads, hd) target multiplies the batch read at run time
-    by the head count: the count is rescaled to the kept heads, the batch still read at run
-    time; batch-only arithmetic (B*T of the merge back) is left as it was."""
+    by the head count: that part becomes B * kept heads (an exact Div and Mul in front of the
+    Concat, the batch still read at run time); the literal heads of (B, heads, T, hd) and the
+    channel count E of the nested (T, B) + (3, E) are rewritten as constants; batch-only
+    arithmetic (the B*T of the merge back) is left as it was."""
     proto = exported("torchvision_vit", dynamic_batch=True)
     slim, _ = check_prune(proto, 0.5)
-    shapes = [n for n in slim.graph.node if n.op_type == "Shape"]
-    assert len(shapes) >= len([n for n in proto.graph.node if n.op_type == "Shape"]) // 2
-    heads_targets = [n for n in slim.graph.node if n.op_type == "Reshape"
-                     and "self_attention/Reshape_3" in n.name]
-    assert len(heads_targets) == 1
-    assert not any(t.name == heads_targets[0].input[1] for t in slim.graph.initializer)   # still run time
+    hd, attention = 48 // 4, "/layers/layers.0/self_attention/"
+    producers = {o: n for n in slim.graph.node for o in n.output}
+    for target in ("Concat_2", "Concat_3", "Concat_4"):        # q, k, v: (T, B*heads, hd)
+        mul = producers[node(slim, attention + target).input[1]]
+        div = producers[mul.input[0]]
+        assert (mul.op_type, div.op_type) == ("Mul", "Div")
+        assert tensor(slim, mul.input[1]).tolist() == [2] and tensor(slim, div.input[1]).tolist() == [4]
+        assert div.input[0] == node(proto, attention + target).input[1]     # B*4 from the batch at run time
+    assert param(slim, attention + "Concat_5", 1).tolist() == [2]
+    assert param(slim, attention + "Concat", 1).tolist() == [2 * hd]
+    # (T*B, E) before out_proj: B*T untouched, the E read from the stream's shape a constant
+    assert node(slim, attention + "Concat_8").input[0] == node(proto, attention + "Concat_8").input[0]
+    assert param(slim, attention + "Concat_8", 1).tolist() == [2 * hd]
 
 
 @pytest.mark.parametrize("dynamo", EXPORTS[1:])
@@ -113,3 +123,40 @@ def test_symbolic_batch_dynamo_torchvision_vit(dynamo):
     slim, report = check_prune(proto, 0.5, fold="none")
     for batch in (1, 3):
         assert _matches_masked_at_batch(proto, slim, report, batch) <= 1e-4
+
+
+# -- the rule on a hand-built graph: nn.MultiheadAttention's layouts, batch N read at run time --
+def _heads_times_batch_net(count):
+    """MatMul -> (T, N, E) -> Reshape to (T, count(N), hd) -> (count(N), T, hd) -> Reshape to
+    (N, heads, T, hd) -> (T, N, heads, hd) -> Reshape to (T, N, E) -> MatMul."""
+    b = GraphBuilder(seed=3)
+    x = b.input("x", ["N", 4, 8])
+    h = b.op("Transpose", [b.op("MatMul", [x, b.weight((8, 8))])], perm=[1, 0, 2])
+    n = b.op("Unsqueeze", [b.op("Gather", [b.op("Shape", [x]), b.ints(0)], axis=0), b.ints([0])])
+    heads = b.op("Reshape", [h, b.op("Concat", [b.ints([4]), count(b, n), b.ints([4])], axis=0)])
+    heads = b.op("Transpose", [heads], perm=[1, 0, 2])
+    split = b.op("Reshape", [heads, b.op("Concat", [n, b.ints([2, 4, 4])], axis=0)])
+    back = b.op("Transpose", [split], perm=[2, 0, 1, 3])
+    back = b.op("Reshape", [back, b.op("Concat", [b.ints([4]), n, b.ints([8])], axis=0)])
+    return b.model([b.op("MatMul", [b.op("Transpose", [back], perm=[1, 0, 2]), b.weight((8, 8))])])
+
+
+def test_batch_times_literal_head_count_is_rewritten():
+    """N*2 heads: two head classes, one removed, the pruned model still reads N at run time."""
+    proto = _heads_times_batch_net(lambda b, n: b.op("Mul", [n, b.ints([2])]))
+    assert [g.width for g in groups(proto) if g.frozen is None] == [2]
+    slim, report = check_prune(proto, 0.5, fold="none")
+    assert report.oracle.batches == (1, 2)
+    for batch in (1, 3):
+        assert _matches_masked_at_batch(proto, slim, report, batch, "x") <= 1e-4
+
+
+def test_other_run_time_arithmetic_on_the_channel_axis_freezes_with_its_reason():
+    """(N*4)/2 is 2N too, but only a literal times the batch is rewritten: no guessing, the
+    channels it sizes freeze and say why; the model is left exact at every batch."""
+    proto = _heads_times_batch_net(lambda b, n: b.op("Div", [b.op("Mul", [n, b.ints([4])]), b.ints([2])]))
+    gs = groups(proto)
+    assert not [g for g in gs if g.frozen is None and g.width > 1]
+    assert any("sizes the channel axis from other dimensions read at run time" in g.frozen for g in gs if g.frozen)
+    _, report = onnxprune.prune(proto, 0.5, verify=True, criterion="l1", round_to=1)
+    assert report.oracle.passed() and report.oracle.batches == (1, 2)

@@ -5,12 +5,17 @@ and Shape (harmless unless the channel count is read)."""
 from __future__ import annotations
 
 import numpy as np
+from onnx import helper
 
 from ..channels import ChannelMap, RuleError, const_axes, input_map, norm_axis, require
 from ..graph import attr, set_input_constant
-from .shape_values import (CHANNEL_COUNT, OTHER_DIM, SHAPE_ARITHMETIC, dims_read, only_channel_slice_bounds,
-                           trace_shape_entries)
+from .shape_values import (CHANNEL_COUNT, OTHER_DIM, SCALED_BATCH, SHAPE_ARITHMETIC, dims_read,
+                           only_channel_slice_bounds, shape_value, trace_shape_entries)
 from .spec import STRUCTURAL, op
+
+
+OTHER_DIM_REASON = ("Reshape sizes the channel axis from other dimensions read at run time (only the "
+                    "batch times a literal count is rewritten)")
 
 
 @op("Flatten", bound=STRUCTURAL)
@@ -67,8 +72,8 @@ def reshape(node, ctx):
     require(target[q] != 0 or (q == a and dst[q] == src[a]), "Reshape copies a dimension into the channel axis")
     require(all(t != 0 or i != a for i, t in enumerate(target) if i != q),
             "Reshape copies the channel count into another axis")
-    require(target[q] != OTHER_DIM, "Reshape takes the channel count from another tensor's shape")
-    if target[q] > 0 or target[q] == CHANNEL_COUNT:   # -1 (and a copied 0) follow the input by themselves
+    require(target[q] != OTHER_DIM, OTHER_DIM_REASON)
+    if _counts_channels(target[q]):   # -1 (and a copied 0) follow the input by themselves
         _edit_count(node, ctx, q, target[q], m.ids, lambda kept, ids=m.ids, n=dst[q]: int(kept(ids).sum()) * n // len(ids))
     ctx.out(node.output[0], ChannelMap(q, ids))
 
@@ -93,6 +98,12 @@ def _channel_axis_in_output(src, dst, a) -> tuple[int, int]:
     return q, before // int(prefix[q])
 
 
+def _counts_channels(entry) -> bool:
+    """A target entry that says how many channels there are: a literal, a channel count read
+    at run time, or the batch times a literal head count."""
+    return entry > 0 or entry in (CHANNEL_COUNT, SCALED_BATCH)
+
+
 def _edit_count(node, ctx, position, entry, ids, count) -> None:
     """`_edit_target`; a run-time channel count it cannot rewrite (timm's `flatten(2)`:
     Slice(Shape(x), 0, 2) reads the batch and the channels in one piece) counts channels the
@@ -112,20 +123,17 @@ def _edit_target(node, ctx, position, count) -> None:
     reads at run time are dimensions pruning does not change: they follow by themselves. A
     channel count read at run time (torchvision's Swin: `reshape(B*nW, N, C)` of the heads,
     C from the stream's shape) counts channels that stay whole, not these: that part of the
-    Concat becomes a constant."""
-    source, index, offset = node, 1, 0
+    Concat becomes a constant. The batch times a head count (B*heads) keeps the batch read at
+    run time and takes the kept count."""
+    source, index, offset, entries = node, 1, 0, None
     if ctx.const(node.input[1]) is None:
-        source = ctx.index.producers.get(node.input[1])
-        require(source is not None and source.op_type == "Concat"
-                and len(ctx.consumers.get(node.input[1], [])) == 1,
+        source, index, offset, entries = _target_part(node.input[1], position, ctx)
+        require(ctx.const(source.input[index]) is not None or entries in ([CHANNEL_COUNT], [SCALED_BATCH]),
                 "Reshape target with a literal channel count is computed at run time")
-        for index, part in enumerate(source.input):
-            entries = trace_shape_entries(part, ctx)
-            if position < offset + len(entries):
-                break
-            offset += len(entries)
-        require(ctx.const(source.input[index]) is not None or entries == [CHANNEL_COUNT],
-                "Reshape target with a literal channel count is computed at run time")
+    if entries == [SCALED_BATCH]:
+        per_batch = np.asarray(shape_value(source.input[index], ctx)).reshape(-1)
+        ctx.edit(source, lambda n, model, kept, index=index: _rescale_batch(n, model, index, per_batch, count(kept)))
+        return
     value = ctx.const(source.input[index])
     value = np.array(np.zeros(ctx.shape(source.input[index])) if value is None else value, dtype=np.int64)
 
@@ -134,6 +142,45 @@ def _edit_target(node, ctx, position, count) -> None:
         new.reshape(-1)[at] = count(kept)
         set_input_constant(n, model, index, new)
     ctx.edit(source, update)
+
+
+def _target_part(tensor, position, ctx):
+    """(Concat, input index, entries in front of that input, its traced entries) of the
+    innermost part of a run-time target that computes entry `position` (Concats nest:
+    nn.MultiheadAttention's (T, B) + (3, E) + ())."""
+    source = ctx.index.producers.get(tensor)
+    require(source is not None and source.op_type == "Concat" and len(ctx.consumers.get(tensor, [])) == 1,
+            "Reshape target with a literal channel count is computed at run time")
+    offset = 0
+    for index, part in enumerate(source.input):
+        entries = trace_shape_entries(part, ctx)
+        if position < offset + len(entries):
+            break
+        offset += len(entries)
+    inner = ctx.index.producers.get(part)
+    if ctx.const(part) is None and inner is not None and inner.op_type == "Concat":
+        source, index, inner_offset, entries = _target_part(part, position - offset, ctx)
+        offset += inner_offset
+    return source, index, offset, entries
+
+
+def _rescale_batch(concat, model, index, per_batch, kept_count) -> None:
+    """Part `index` of `concat` computes B * per_batch at run time: make it B * kept_count
+    with an exact integer Div and Mul inserted in front of the Concat (the product may be
+    shared with other targets, so it is not edited in place)."""
+    if kept_count == int(per_batch[0]):
+        return
+    prefix = f"{concat.name}__{index}"
+    model.inits[f"{prefix}_per_batch"] = per_batch.copy()
+    model.inits[f"{prefix}_kept"] = np.array([kept_count], dtype=per_batch.dtype)
+    nodes = [helper.make_node("Div", [concat.input[index], f"{prefix}_per_batch"], [f"{prefix}_batch"],
+                              name=f"{prefix}_batch"),
+             helper.make_node("Mul", [f"{prefix}_batch", f"{prefix}_kept"], [f"{prefix}_kept_count"],
+                              name=f"{prefix}_kept_count")]
+    at = next(i for i, n in enumerate(model.graph.node) if n.name == concat.name)
+    for i, n in enumerate(nodes):
+        model.graph.node.insert(at + i, n)
+    concat.input[index] = f"{prefix}_kept_count"
 
 
 def _feeds_channel_shuffle(node, ctx, a) -> bool:
@@ -202,7 +249,7 @@ def _split_into_groups(node, ctx, target, rows, a):
     follows interleaves exactly the kept channels. The channels move to output axis a + 1;
     axis a keeps its size g."""
     require(target[a + 1] != 0, "Reshape copies a dimension into the channel axis")
-    require(target[a + 1] != OTHER_DIM, "Reshape takes the channel count from another tensor's shape")
+    require(target[a + 1] != OTHER_DIM, OTHER_DIM_REASON)
     rows = rows.reshape(rows.shape[0], ctx.shape(node.output[0])[a + 1], -1)
     for r in rows[1:]:
         if not np.array_equal(r, rows[0]):
@@ -210,7 +257,7 @@ def _split_into_groups(node, ctx, target, rows, a):
     for j in range(1, rows.shape[2]):
         ctx.unify(rows[0, :, 0], rows[0, :, j])
     ids = rows[0, :, 0]
-    if target[a + 1] > 0 or target[a + 1] == CHANNEL_COUNT:   # -1 follows the input by itself
+    if _counts_channels(target[a + 1]):   # -1 follows the input by itself
         _edit_count(node, ctx, a + 1, target[a + 1], ids, lambda kept, ids=ids: int(kept(ids).sum()))
     ctx.out(node.output[0], ChannelMap(a + 1, ids))
 
@@ -281,6 +328,23 @@ def expand(node, ctx):
             set_input_constant(n, model, 1, new)
         ctx.edit(node, update_shape)
     ctx.out(node.output[0], ChannelMap(axis, m.ids))
+
+
+def expanded_constant(tensor, axis, ctx):
+    """(Expand node, axis of its data) when `tensor` is only a constant broadcast over axes
+    other than `axis` (sizes computed at run time, e.g. from the batch, with 1 at `axis`) and
+    read by one node: cutting the constant on that axis cuts `tensor` the same way."""
+    node = ctx.index.producers.get(tensor)
+    if node is None or node.op_type != "Expand" or len(ctx.consumers.get(tensor, [])) != 1:
+        return None
+    data, rank = ctx.const(node.input[0]), len(ctx.shape(tensor))
+    sizes = trace_shape_entries(node.input[1], ctx)
+    if data is None or sizes is None or axis - (rank - data.ndim) < 0:
+        return None
+    entry = axis - (rank - len(sizes))
+    if entry >= 0 and sizes[entry] != 1:   # any other size repeats or counts the channels
+        return None
+    return node, axis - (rank - data.ndim)
 
 
 @op("Tile", bound=STRUCTURAL)

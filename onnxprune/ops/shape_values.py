@@ -16,6 +16,8 @@ from ..graph import attr
 # Marker entries of a traced shape vector (real dimensions are never negative):
 OTHER_DIM = -2       # computed from dimensions that pruning leaves alone
 CHANNEL_COUNT = -3   # computed from a channel count read at run time (the Shape rule froze it)
+SCALED_BATCH = -4    # a run-time dimension the analysis sees as 1 (the batch) times a literal
+                     # count: nn.MultiheadAttention's B*heads; the count is the kept one's to set
 
 
 def trace_shape_entries(tensor, ctx, depth=0):
@@ -31,8 +33,10 @@ def trace_shape_entries(tensor, ctx, depth=0):
     if producer.op_type == "Concat":
         parts = [trace_shape_entries(t, ctx, depth + 1) for t in producer.input]
         return None if any(p is None for p in parts) else sum(parts, [])
-    if producer.op_type in ("Unsqueeze", "Squeeze", "Cast", "Identity"):
+    if producer.op_type in ("Unsqueeze", "Squeeze", "Cast", "Identity") or _flattens_vector(producer, ctx):
         return trace_shape_entries(producer.input[0], ctx, depth + 1)
+    if producer.op_type == "Where":
+        return _minus_one_as_one(producer, ctx, depth)
     idx = dims_read(producer, ctx)
     if idx is not None:
         source = ctx.map(ctx.index.producers[producer.input[0]].input[0])
@@ -42,8 +46,46 @@ def trace_shape_entries(tensor, ctx, depth=0):
     value = shape_value(tensor, ctx)
     if value is None:
         return None
-    marker = CHANNEL_COUNT if reads_channel_count(tensor, ctx) else OTHER_DIM
-    return [marker] * int(np.size(value))
+    if reads_channel_count(tensor, ctx):
+        return [CHANNEL_COUNT] * int(np.size(value))
+    return [SCALED_BATCH] if _batch_times_count(producer, ctx) else [OTHER_DIM] * int(np.size(value))
+
+
+def _batch_times_count(node, ctx) -> bool:
+    """Mul of one literal and one run-time dimension that is 1 in the analysis (the batch):
+    its value is the literal, and at any batch B it is B times the literal."""
+    if node.op_type != "Mul":
+        return False
+    literals = [ctx.const(t) for t in node.input]
+    if sum(v is not None for v in literals) != 1:
+        return False
+    literal, dim = (literals[0], node.input[1]) if literals[0] is not None else (literals[1], node.input[0])
+    value = shape_value(dim, ctx)
+    return np.size(literal) == 1 and value is not None and np.size(value) == 1 and int(np.reshape(value, -1)[0]) == 1
+
+
+def _flattens_vector(node, ctx) -> bool:
+    """A Reshape of a shape vector to [-1] (torch's expand writes its sizes so)."""
+    if node.op_type != "Reshape" or len(ctx.shape(node.input[0])) != 1:
+        return False
+    target = shape_value(node.input[1], ctx)
+    return target is not None and np.atleast_1d(target).tolist() == [-1]
+
+
+def _minus_one_as_one(node, ctx, depth):
+    """torch's `expand(n, -1, -1)`: Where(Equal(v, -1), 1, v) turns the -1 ("keep this size")
+    of the sizes v into 1, which Expand broadcasts. Real dimensions are never -1, so traced
+    entries pass as they are; None for any other Where."""
+    cond = ctx.index.producers.get(node.input[0])
+    ones = shape_value(node.input[1], ctx)
+    if cond is None or cond.op_type != "Equal" or cond.input[0] != node.input[2] or ones is None \
+            or not (np.asarray(ones) == 1).all():
+        return None
+    minus = shape_value(cond.input[1], ctx)
+    entries = trace_shape_entries(node.input[2], ctx, depth + 1)
+    if minus is None or not (np.asarray(minus) == -1).all() or entries is None:
+        return None
+    return [1 if e == -1 else e for e in entries]
 
 
 def reads_channel_count(tensor, ctx, depth=0) -> bool:
