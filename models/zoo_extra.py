@@ -297,6 +297,8 @@ def export(module, input_shape, dynamo=False, opset=None, check=True, seed=0, op
     convs; optimize=False keeps BatchNormalization, with Shape/Expand/CastLike clutter).
     Checks onnxruntime against torch when `check` (with `dynamic_batch`, at batch 3 too)."""
     module.eval()
+    if dynamo and dynamic_batch:   # torch.export specialises an example batch of 1 to a constant
+        input_shape = (max(2, input_shape[0]), *input_shape[1:])
     x = torch.randn(*input_shape, generator=torch.Generator().manual_seed(seed))
     with torch.no_grad():
         want = module(x)

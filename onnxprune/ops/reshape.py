@@ -9,8 +9,9 @@ from onnx import helper
 
 from ..channels import ChannelMap, RuleError, const_axes, input_map, norm_axis, require
 from ..graph import attr, set_input_constant
-from .shape_values import (CHANNEL_COUNT, OTHER_DIM, SCALED_BATCH, SHAPE_ARITHMETIC, dims_read,
-                           only_channel_slice_bounds, shape_value, trace_shape_entries)
+from .shape_values import (CHANNEL_COUNT, OTHER_DIM, SCALED_BATCH, SHAPE_ARITHMETIC, copied_dims, dims_read,
+                           only_channel_slice_bounds, only_copied_into_reshapes, shape_value,
+                           trace_shape_entries)
 from .spec import STRUCTURAL, op
 
 
@@ -73,7 +74,8 @@ def reshape(node, ctx):
     require(all(t != 0 or i != a for i, t in enumerate(target) if i != q),
             "Reshape copies the channel count into another axis")
     require(target[q] != OTHER_DIM, OTHER_DIM_REASON)
-    if _counts_channels(target[q]):   # -1 (and a copied 0) follow the input by themselves
+    follows = _count_read_follows(node, ctx, q, ids)
+    if _counts_channels(target[q]) and not follows:   # -1 (and a copied 0) follow the input by themselves
         _edit_count(node, ctx, q, target[q], m.ids, lambda kept, ids=m.ids, n=dst[q]: int(kept(ids).sum()) * n // len(ids))
     ctx.out(node.output[0], ChannelMap(q, ids))
 
@@ -96,6 +98,39 @@ def _channel_axis_in_output(src, dst, a) -> tuple[int, int]:
     require(0 <= q < len(dst) and before % prefix[q] == 0 and dst[q] % (before // prefix[q]) == 0,
             "Reshape regroups the axes before the channel axis with the channels")
     return q, before // int(prefix[q])
+
+
+def _count_read_follows(node, ctx, q, ids) -> bool:
+    """Whether entry `q` of the target is the channel count of a tensor carrying exactly `ids`,
+    read at run time and copied unchanged: it then follows the pruned tensor by itself. A
+    channel count copied anywhere else freezes the channels it counts (the Shape rule let it
+    through for this check)."""
+    follows = False
+    for part, offset in _target_leaves(node.input[1], ctx):
+        read = copied_dims(part, ctx)
+        source = ctx.map(read[0]) if read is not None else None
+        for j, dim in enumerate(read[1] if source is not None else []):
+            if dim != source.axis:
+                continue
+            if offset + j == q and np.array_equal(source.ids, ids):
+                follows = True
+            else:
+                ctx.freeze(source.ids, f"Reshape {node.name}: a channel count read at run time sizes other channels")
+    return follows
+
+
+def _target_leaves(tensor, ctx, offset=0, depth=0):
+    """(part, entries in front of it) of a Reshape target computed at run time, nested
+    Concats taken apart; nothing for a constant target."""
+    node = ctx.index.producers.get(tensor)
+    if ctx.const(tensor) is not None or depth > 8:
+        return
+    if node is not None and node.op_type == "Concat":
+        for part in node.input:
+            yield from _target_leaves(part, ctx, offset, depth + 1)
+            offset += len(trace_shape_entries(part, ctx) or [])
+    else:
+        yield tensor, offset
 
 
 def _counts_channels(entry) -> bool:
@@ -257,7 +292,8 @@ def _split_into_groups(node, ctx, target, rows, a):
     for j in range(1, rows.shape[2]):
         ctx.unify(rows[0, :, 0], rows[0, :, j])
     ids = rows[0, :, 0]
-    if _counts_channels(target[a + 1]):   # -1 follows the input by itself
+    follows = _count_read_follows(node, ctx, a + 1, ids)
+    if _counts_channels(target[a + 1]) and not follows:   # -1 follows the input by itself
         _edit_count(node, ctx, a + 1, target[a + 1], ids, lambda kept, ids=ids: int(kept(ids).sum()))
     ctx.out(node.output[0], ChannelMap(a + 1, ids))
 
@@ -373,5 +409,6 @@ def shape(node, ctx):
         # The count may only be used to cut this very tensor along its channels (torch's
         # `chunk`): the Slice rule replaces those bounds by constants, the stale count dies.
         require(user.op_type in SHAPE_ARITHMETIC and all(
-                    only_channel_slice_bounds(o, node.input[0], m.axis, ctx) for o in user.output if o),
+                    only_channel_slice_bounds(o, node.input[0], m.axis, ctx)
+                    or only_copied_into_reshapes(o, node.input[0], ctx) for o in user.output if o),
                 "the channel count is read at run time")

@@ -158,6 +158,51 @@ def only_channel_slice_bounds(tensor, source, axis, ctx, depth=0) -> bool:
     return True
 
 
+COPIES = ("Unsqueeze", "Squeeze", "Cast", "Identity")
+
+
+def copied_dims(tensor, ctx, depth=0):
+    """(tensor whose Shape is read, the dimensions read) when `tensor` is dimensions of a Shape
+    passed on unchanged (Gather or Slice of it, then Unsqueeze/Squeeze/Cast); else None."""
+    node = ctx.index.producers.get(tensor) if depth < 8 else None
+    if node is None:
+        return None
+    if node.op_type in COPIES:
+        return copied_dims(node.input[0], ctx, depth + 1)
+    dims = dims_read(node, ctx)
+    return None if dims is None else (ctx.index.producers[node.input[0]].input[0], dims)
+
+
+def only_copied_into_reshapes(tensor, source, ctx, depth=0) -> bool:
+    """Every use of `tensor` (dimensions read from the Shape of `source`) copies it unchanged into
+    the target of a Reshape of `source`, or of a tensor reshaped or transposed from it (the
+    dynamo exporter's k.transpose(-2, -1) of a symbolic batch reads (B, heads) so): the Reshape
+    rule checks there that a channel count lands on those very channels."""
+    users = ctx.consumers.get(tensor, [])
+    if depth > 16 or not users or tensor in ctx.model.output_names:
+        return False
+    for user, index in users:
+        if user.domain not in ("", "ai.onnx"):
+            return False
+        if user.op_type == "Reshape" and index == 1:
+            if not _reshaped_from(user.input[0], source, ctx):
+                return False
+        elif user.op_type in COPIES + ("Concat",) and (index == 0 or user.op_type == "Concat"):
+            if not all(only_copied_into_reshapes(o, source, ctx, depth + 1) for o in user.output if o):
+                return False
+        else:
+            return False
+    return True
+
+
+def _reshaped_from(tensor, source, ctx, depth=0) -> bool:
+    if tensor == source:
+        return True
+    node = ctx.index.producers.get(tensor) if depth < 16 else None
+    return node is not None and node.op_type in ("Reshape", "Transpose") and \
+        _reshaped_from(node.input[0], source, ctx, depth + 1)
+
+
 def shape_value(tensor, ctx, depth=0):
     """The value of a small integer tensor computed from constants and static shapes by the
     operators of SHAPE_ARITHMETIC (and Shape); None when anything else takes part."""
