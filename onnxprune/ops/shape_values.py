@@ -134,26 +134,35 @@ SHAPE_ARITHMETIC = ("Gather", "Slice", "Concat", "Unsqueeze", "Squeeze", "Cast",
 PAD_ARITHMETIC = ("Mod", "ConstantOfShape", "Reshape", "Transpose")
 
 
-def only_channel_slice_bounds(tensor, source, axis, ctx, depth=0) -> bool:
+def only_channel_slice_bounds(tensor, source, axis, ctx) -> bool:
     """Every use of `tensor` (an integer value computed from the shape of `source`) ends,
     through shape arithmetic, as the start or end of a Slice of `source` along `axis` alone."""
+    def ends(user, index):
+        if user.op_type != "Slice" or index not in (1, 2) or user.input[0] != source:
+            return None
+        axes = ctx.const(user.input[3]) if len(user.input) > 3 and user.input[3] else None
+        return axes is not None and axes.size == 1 and \
+            norm_axis(int(axes.reshape(-1)[0]), len(ctx.shape(source))) == axis
+
+    def passes_on(user, index):
+        return user.op_type in SHAPE_ARITHMETIC and \
+            (index == 0 or user.op_type in ("Concat", "Add", "Sub", "Mul", "Div"))
+    return _every_use_ends(tensor, ctx, ends, passes_on)
+
+
+def _every_use_ends(tensor, ctx, ends, passes_on, depth=0) -> bool:
+    """Every use of `tensor` is accepted by `ends(user, input index)` (True; False rejects it,
+    None is no end), or passed on by `passes_on` to outputs whose every use is."""
     users = ctx.consumers.get(tensor, [])
     if depth > 16 or not users or tensor in ctx.model.output_names:
         return False
     for user, index in users:
         if user.domain not in ("", "ai.onnx"):
             return False
-        if user.op_type == "Slice" and index in (1, 2) and user.input[0] == source:
-            axes = ctx.const(user.input[3]) if len(user.input) > 3 and user.input[3] else None
-            if axes is None or axes.size != 1 or \
-                    norm_axis(int(axes.reshape(-1)[0]), len(ctx.shape(source))) != axis:
-                return False
-        elif user.op_type in SHAPE_ARITHMETIC and (index == 0 or user.op_type in
-                                                    ("Concat", "Add", "Sub", "Mul", "Div")):
-            if not all(only_channel_slice_bounds(o, source, axis, ctx, depth + 1)
-                       for o in user.output if o):
-                return False
-        else:
+        end = ends(user, index)
+        if end is None and passes_on(user, index):
+            end = all(_every_use_ends(o, ctx, ends, passes_on, depth + 1) for o in user.output if o)
+        if not end:
             return False
     return True
 
@@ -173,26 +182,17 @@ def copied_dims(tensor, ctx, depth=0):
     return None if dims is None else (ctx.index.producers[node.input[0]].input[0], dims)
 
 
-def only_copied_into_reshapes(tensor, source, ctx, depth=0) -> bool:
+def only_copied_into_reshapes(tensor, source, ctx) -> bool:
     """Every use of `tensor` (dimensions read from the Shape of `source`) copies it unchanged into
     the target of a Reshape of `source`, or of a tensor reshaped or transposed from it (the
     dynamo exporter's k.transpose(-2, -1) of a symbolic batch reads (B, heads) so): the Reshape
     rule checks there that a channel count lands on those very channels."""
-    users = ctx.consumers.get(tensor, [])
-    if depth > 16 or not users or tensor in ctx.model.output_names:
-        return False
-    for user, index in users:
-        if user.domain not in ("", "ai.onnx"):
-            return False
-        if user.op_type == "Reshape" and index == 1:
-            if not _reshaped_from(user.input[0], source, ctx):
-                return False
-        elif user.op_type in COPIES + ("Concat",) and (index == 0 or user.op_type == "Concat"):
-            if not all(only_copied_into_reshapes(o, source, ctx, depth + 1) for o in user.output if o):
-                return False
-        else:
-            return False
-    return True
+    def ends(user, index):
+        return _reshaped_from(user.input[0], source, ctx) if user.op_type == "Reshape" and index == 1 else None
+
+    def passes_on(user, index):
+        return user.op_type in COPIES + ("Concat",) and (index == 0 or user.op_type == "Concat")
+    return _every_use_ends(tensor, ctx, ends, passes_on)
 
 
 def _reshaped_from(tensor, source, ctx, depth=0) -> bool:
