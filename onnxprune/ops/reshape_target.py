@@ -52,9 +52,9 @@ def counts_channels(entry) -> bool:
 
 
 def edit_count(node, ctx, position, entry, ids, count) -> None:
-    """`_edit_target`; a run-time channel count it cannot rewrite (timm's `flatten(2)`:
-    Slice(Shape(x), 0, 2) reads the batch and the channels in one piece) counts channels the
-    Shape rule froze, so the channels it sizes here stay whole too, and the map still
+    """`_edit_target`; a run-time channel count it cannot rewrite (Slice(Shape(x), 0, 2) reads
+    the batch and the channels in one piece) counts other channels, which count_read_follows
+    or the Shape rule froze, so the channels it sizes here stay whole too, and the map still
     follows them."""
     try:
         _edit_target(node, ctx, position, count)
