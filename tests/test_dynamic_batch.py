@@ -164,3 +164,30 @@ def test_other_run_time_arithmetic_on_the_channel_axis_freezes_with_its_reason()
     assert any("sizes the channel axis from other dimensions read at run time" in g.frozen for g in gs if g.frozen)
     _, report = onnxprune.prune(proto, 0.5, verify=True, criterion="l1", round_to=1)
     assert report.oracle.passed() and report.oracle.batches == (1, 2)
+
+
+def _class_token_net():
+    """MatMul -> Concat on the token axis after torch's expand(n, -1, -1) of a constant token
+    (Expand(token, Where(Equal(v, -1), 1, v)), v = (n, -1, -1), n read at run time) -> MatMul:
+    no LayerNorm, so the token's channels are cut with the MatMul's."""
+    from onnx import TensorProto, helper as onnx_helper
+    b = GraphBuilder(seed=5)
+    x = b.input("x", ["N", 4, 8])
+    h = b.op("MatMul", [x, b.weight((8, 8))])
+    n = b.op("Unsqueeze", [b.op("Gather", [b.op("Shape", [x]), b.ints(0)], axis=0), b.ints([0])])
+    v = b.op("Concat", [n, b.ints([-1]), b.ints([-1])], axis=0)
+    ones = b.op("ConstantOfShape", [b.op("Shape", [v])],
+                value=onnx_helper.make_tensor("one", TensorProto.INT64, [1], [1]))
+    sizes = b.op("Where", [b.op("Equal", [v, b.op("Mul", [ones, b.ints(-1)])]), ones, v])
+    tokens = b.op("Concat", [b.op("Expand", [b.weight((1, 1, 8)), sizes]), h], axis=1)
+    return b.model([b.op("MatMul", [tokens, b.weight((8, 8))])])
+
+
+def test_expanded_class_token_is_cut_with_the_channels():
+    proto = _class_token_net()
+    (live,) = [g for g in groups(proto) if g.frozen is None and g.width > 1]
+    assert live.width == 8 and "Expand" in "".join(live.channelwise)
+    slim, report = check_prune(proto, 0.5, fold="none", recover="none")
+    assert [tuple(t.dims) for t in slim.graph.initializer if len(t.dims) == 3] == [(1, 1, 4)]   # the token, cut
+    for batch in (1, 3):
+        assert _matches_masked_at_batch(proto, slim, report, batch, "x") <= 1e-4
