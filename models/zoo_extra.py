@@ -286,15 +286,20 @@ def build_extra(name, seed=0):
     return _randomize(factory(), seed).eval(), shape
 
 
-def export(module, input_shape, dynamo=False, opset=None, check=True, seed=0, optimize=True):
-    """Export to ONNX with input "input" and outputs "out0", "out1", ...; static shapes.
+def export(module, input_shape, dynamo=False, opset=None, check=True, seed=0, optimize=True,
+           dynamic_batch=False):
+    """Export to ONNX with input "input" and outputs "out0", "out1", ...; static shapes, or
+    with `dynamic_batch` a symbolic batch ("batch", what deployment exports use: the graph
+    then reads the batch at run time).
     Legacy exporter (dynamo=False): TrainingMode.PRESERVE keeps BatchNormalization as its own
     node (the exporter only fuses Conv+BN in EVAL mode); constant folding on, so the shape
     arithmetic of static views becomes constants (what `torch.onnx.export` users get).
     Dynamo exporter: `optimize` as given (its optimiser fuses BatchNormalization into the
     convs; optimize=False keeps BatchNormalization, with Shape/Expand/CastLike clutter).
-    Checks onnxruntime against torch when `check`."""
+    Checks onnxruntime against torch when `check` (with `dynamic_batch`, at batch 3 too)."""
     module.eval()
+    if dynamo and dynamic_batch:   # torch.export specialises an example batch of 1 to a constant
+        input_shape = (max(2, input_shape[0]), *input_shape[1:])
     x = torch.randn(*input_shape, generator=torch.Generator().manual_seed(seed))
     with torch.no_grad():
         want = module(x)
@@ -303,22 +308,33 @@ def export(module, input_shape, dynamo=False, opset=None, check=True, seed=0, op
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         if dynamo:
+            dynamic = {"dynamic_shapes": ({0: torch.export.Dim("batch")},)} if dynamic_batch else {}
             program = torch.onnx.export(module, (x,), dynamo=True, opset_version=opset or 18,
                                         input_names=["input"], output_names=names, verbose=False,
-                                        optimize=optimize)
+                                        optimize=optimize, **dynamic)
             proto = program.model_proto
         else:
             buf = io.BytesIO()
             torch.onnx.export(module, (x,), buf, dynamo=False, opset_version=opset or 17,
                               input_names=["input"], output_names=names,
-                              training=torch.onnx.TrainingMode.PRESERVE, do_constant_folding=True)
+                              training=torch.onnx.TrainingMode.PRESERVE, do_constant_folding=True,
+                              dynamic_axes={t: {0: "batch"} for t in ["input"] + names} if dynamic_batch else None)
             proto = onnx.load_from_string(buf.getvalue())
     if check:
-        import onnxruntime as ort
-        sess = ort.InferenceSession(proto.SerializeToString(), providers=["CPUExecutionProvider"])
-        got = sess.run(None, {sess.get_inputs()[0].name: x.numpy()})
-        for g, w in zip(got, want):
-            err = float(np.abs(g - w.numpy()).max() / max(1.0, float(w.abs().max())))
-            if not err <= 1e-4:
-                raise AssertionError(f"onnxruntime differs from torch: {err:.3g}")
+        _check_against_torch(proto, x, want)
+        if dynamic_batch:
+            x3 = torch.randn(3, *input_shape[1:], generator=torch.Generator().manual_seed(seed + 1))
+            with torch.no_grad():
+                want3 = module(x3)
+            _check_against_torch(proto, x3, list(want3) if isinstance(want3, (tuple, list)) else [want3])
     return proto
+
+
+def _check_against_torch(proto, x, want):
+    import onnxruntime as ort
+    sess = ort.InferenceSession(proto.SerializeToString(), providers=["CPUExecutionProvider"])
+    got = sess.run(None, {sess.get_inputs()[0].name: x.numpy()})
+    for g, w in zip(got, want):
+        err = float(np.abs(g - w.numpy()).max() / max(1.0, float(w.abs().max())))
+        if not err <= 1e-4:
+            raise AssertionError(f"onnxruntime differs from torch at batch {len(x)}: {err:.3g}")

@@ -55,24 +55,24 @@ def reasons(gs):
 
 # -- torch exports of models/zoo_extra.py, once per session ---------------------------------
 @functools.lru_cache(maxsize=None)
-def _export(name, dynamo):
+def _export(name, dynamo, dynamic_batch=False):
     import torch
     from models.zoo_extra import build_extra, export
     torch.set_num_threads(2)
     module, shape = build_extra(name)
     try:
-        return export(module, shape, dynamo=dynamo), None
+        return export(module, shape, dynamo=dynamo, dynamic_batch=dynamic_batch), None
     except Exception as e:  # noqa: BLE001 - recorded as the skip reason
         if not dynamo:
             raise
         return None, f"dynamo export of {name} failed here: {type(e).__name__}: {str(e)[:300]}"
 
 
-def exported(name, dynamo=False):
-    """The legacy (or dynamo) export of a models/zoo_extra.py architecture; a failed dynamo
-    export skips the test with its reason."""
+def exported(name, dynamo=False, dynamic_batch=False):
+    """The legacy (or dynamo) export of a models/zoo_extra.py architecture, with a symbolic
+    batch when `dynamic_batch`; a failed dynamo export skips the test with its reason."""
     import pytest
-    proto, why = _export(name, dynamo)
+    proto, why = _export(name, dynamo, dynamic_batch)
     if proto is None:
         pytest.skip(why)
     return proto

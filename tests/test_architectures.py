@@ -438,14 +438,14 @@ def test_vit(name, dynamo, ratio):
 
 def test_vit_with_flatten2_patch_embedding_legacy_export():
     """timm's x.flatten(2) exports (legacy) as Reshape(x, Concat(Slice(Shape(x), 0, 2), -1)):
-    the target reads the channel count at run time, so the embedding and the stream are frozen
-    by the Shape; the Reshape follows the (frozen) channels to the token layout, so the stream
-    is one group; the MLPs and heads stay prunable."""
+    the target reads the channel count of the very tensor it reshapes, and copies it onto the
+    channel axis, so it follows the pruned tensor by itself; the stream is frozen by its
+    LayerNorm, as in the static export, and the MLPs and heads stay prunable."""
     proto = exported("vit_flatten")
     gs = groups(proto)
-    shape = op_names(proto, "Shape")[0]
-    assert reasons(gs) == [f"Shape {shape}: the channel count is read at run time", "graph input", "graph output"]
-    assert [g.width for g in gs if g.frozen and g.frozen.startswith("Shape")] == [32]
+    assert reasons(gs) == ["LayerNormalization /blocks/blocks.0/norm1/LayerNormalization: LayerNormalization "
+                           "normalises over the channel axis", "graph input", "graph output"]
+    assert [g.width for g in gs if g.frozen and g.frozen.startswith("LayerNorm")] == [32]
     assert sorted(g.width for g in gs if g.frozen is None and g.width > 1) == [4, 4, 128, 128]
     check_prune(proto, 0.5)
 

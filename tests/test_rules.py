@@ -1147,10 +1147,26 @@ def test_shape_gather_of_batch_dim_is_harmless(ratio):
     prune_and_check(proto, ratio)
 
 
-def test_shape_gather_of_channel_dim_is_frozen():
+@pytest.mark.parametrize("ratio", RATIOS)
+def test_shape_gather_of_channel_dim_copied_onto_those_channels_follows_them(ratio):
+    """reshape(x, [1, C, -1]) with C = x.shape[1] read at run time: the count is that of the
+    pruned tensor itself, so it needs no rewrite."""
     proto, c1 = _dynamic_reshape(1)
     g = group_of(groups(proto), c1)
-    assert g.frozen and "channel count is read at run time" in g.frozen
+    assert g.frozen is None and g.width == 8
+    prune_and_check(proto, ratio)
+
+
+def test_shape_gather_of_channel_dim_sizing_another_axis_is_frozen():
+    """reshape(x, [1, 8, C, -1]): the run-time channel count splits the positions, which pruning
+    would change: the channels it counts freeze."""
+    b = GraphBuilder()
+    h, c1 = stem(b, 8, shape=(1, 3, 4, 4))
+    dim = b.op("Unsqueeze", [b.op("Gather", [b.op("Shape", [h]), b.ints(1)], axis=0), b.ints([0])])
+    h = b.op("Reshape", [h, b.op("Concat", [b.ints([1, 8]), dim, b.ints([-1])], axis=0)])
+    proto = b.model([b.gemm(b.op("ReduceMean", [h], axes=[2, 3], keepdims=0), 8, 10)])
+    g = group_of(groups(proto), c1)
+    assert g.frozen and "a channel count read at run time sizes other channels" in g.frozen
 
 
 # =========================================================================================

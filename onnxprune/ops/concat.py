@@ -7,6 +7,7 @@ import numpy as np
 
 from ..channels import CHANNELWISE, ChannelMap, input_map, norm_axis, require
 from ..graph import attr, opset_version, set_attr, set_input_constant
+from .reshape import expanded_constant
 from .shape_values import shape_value
 from .spec import STRUCTURAL, op
 
@@ -35,6 +36,11 @@ def concat(node, ctx):
     ids = next(m.ids for m in maps if m is not None)
     for i, (t, m) in enumerate(zip(node.input, maps)):
         if m is None:
+            # torchvision's class token with a symbolic batch: expand(n, -1, -1) of a constant
+            expanded = expanded_constant(t, channel_axis, ctx)
+            if expanded is not None:
+                ctx.param(expanded[0], 0, expanded[1], ids, CHANNELWISE)
+                continue
             require(ctx.const(t) is not None, "Concat of a computed value along a non-channel axis")
             ctx.param(node, i, channel_axis, ids, CHANNELWISE)
         elif m.ids is not ids:

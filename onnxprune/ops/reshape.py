@@ -1,16 +1,21 @@
 """Reshaping: Flatten and Reshape (flatten C×H×W into features, split heads or shuffle
 groups off the channel axis, merge them back, heads merged with the batch axis; targets
-computed from Shape), Squeeze/Unsqueeze, Transpose, Gather on other axes, Expand, Tile,
-and Shape (harmless unless the channel count is read)."""
+computed from Shape, rewritten by reshape_target.py), Squeeze/Unsqueeze, Transpose, Gather
+on other axes, Expand, Tile, and Shape (harmless unless the channel count is read)."""
 from __future__ import annotations
 
 import numpy as np
 
-from ..channels import ChannelMap, RuleError, const_axes, input_map, norm_axis, require
+from ..channels import ChannelMap, const_axes, input_map, norm_axis, require
 from ..graph import attr, set_input_constant
-from .shape_values import (CHANNEL_COUNT, OTHER_DIM, SHAPE_ARITHMETIC, dims_read, only_channel_slice_bounds,
-                           trace_shape_entries)
+from .reshape_target import count_read_follows, counts_channels, edit_count, static_target
+from .shape_values import (OTHER_DIM, SHAPE_ARITHMETIC, dims_read, only_channel_slice_bounds,
+                           only_copied_into_reshapes, trace_shape_entries)
 from .spec import STRUCTURAL, op
+
+
+OTHER_DIM_REASON = ("Reshape sizes the channel axis from other dimensions read at run time (only the "
+                    "batch times a literal count is rewritten)")
 
 
 @op("Flatten", bound=STRUCTURAL)
@@ -33,7 +38,7 @@ def reshape(node, ctx):
     m = input_map(node, ctx)
     src, dst = ctx.shape(node.input[0]), ctx.shape(node.output[0])
     a, width = m.axis, len(m.ids)
-    target = _static_target(node, ctx)
+    target = static_target(node, ctx)
     q, batch = _channel_axis_in_output(src, dst, a)
     per = dst[q] // batch                   # entries of the new channel axis per batch entry
     src_rest, dst_rest = int(np.prod(src[a + 1:])), int(np.prod(dst[q + 1:]))
@@ -67,9 +72,10 @@ def reshape(node, ctx):
     require(target[q] != 0 or (q == a and dst[q] == src[a]), "Reshape copies a dimension into the channel axis")
     require(all(t != 0 or i != a for i, t in enumerate(target) if i != q),
             "Reshape copies the channel count into another axis")
-    require(target[q] != OTHER_DIM, "Reshape takes the channel count from another tensor's shape")
-    if target[q] > 0 or target[q] == CHANNEL_COUNT:   # -1 (and a copied 0) follow the input by themselves
-        _edit_count(node, ctx, q, target[q], m.ids, lambda kept, ids=m.ids, n=dst[q]: int(kept(ids).sum()) * n // len(ids))
+    require(target[q] != OTHER_DIM, OTHER_DIM_REASON)
+    follows = count_read_follows(node, ctx, q, ids)
+    if counts_channels(target[q]) and not follows:   # -1 (and a copied 0) follow the input by themselves
+        edit_count(node, ctx, q, target[q], m.ids, lambda kept, ids=m.ids, n=dst[q]: int(kept(ids).sum()) * n // len(ids))
     ctx.out(node.output[0], ChannelMap(q, ids))
 
 
@@ -91,49 +97,6 @@ def _channel_axis_in_output(src, dst, a) -> tuple[int, int]:
     require(0 <= q < len(dst) and before % prefix[q] == 0 and dst[q] % (before // prefix[q]) == 0,
             "Reshape regroups the axes before the channel axis with the channels")
     return q, before // int(prefix[q])
-
-
-def _edit_count(node, ctx, position, entry, ids, count) -> None:
-    """`_edit_target`; a run-time channel count it cannot rewrite (timm's `flatten(2)`:
-    Slice(Shape(x), 0, 2) reads the batch and the channels in one piece) counts channels the
-    Shape rule froze, so the channels it sizes here stay whole too, and the map still
-    follows them."""
-    try:
-        _edit_target(node, ctx, position, count)
-    except RuleError:
-        if entry != CHANNEL_COUNT:
-            raise
-        ctx.freeze(ids, f"Reshape {node.name}: Reshape target reads a channel count at run time")
-
-
-def _edit_target(node, ctx, position, count) -> None:
-    """Record the rewrite of entry `position` of the Reshape's target to `count(kept)`: in the
-    constant target, or in the part of the Concat that computes it. The entries that Shape
-    reads at run time are dimensions pruning does not change: they follow by themselves. A
-    channel count read at run time (torchvision's Swin: `reshape(B*nW, N, C)` of the heads,
-    C from the stream's shape) counts channels that stay whole, not these: that part of the
-    Concat becomes a constant."""
-    source, index, offset = node, 1, 0
-    if ctx.const(node.input[1]) is None:
-        source = ctx.index.producers.get(node.input[1])
-        require(source is not None and source.op_type == "Concat"
-                and len(ctx.consumers.get(node.input[1], [])) == 1,
-                "Reshape target with a literal channel count is computed at run time")
-        for index, part in enumerate(source.input):
-            entries = trace_shape_entries(part, ctx)
-            if position < offset + len(entries):
-                break
-            offset += len(entries)
-        require(ctx.const(source.input[index]) is not None or entries == [CHANNEL_COUNT],
-                "Reshape target with a literal channel count is computed at run time")
-    value = ctx.const(source.input[index])
-    value = np.array(np.zeros(ctx.shape(source.input[index])) if value is None else value, dtype=np.int64)
-
-    def update(n, model, kept, value=value, at=position - offset, index=index):
-        new = value.copy()
-        new.reshape(-1)[at] = count(kept)
-        set_input_constant(n, model, index, new)
-    ctx.edit(source, update)
 
 
 def _feeds_channel_shuffle(node, ctx, a) -> bool:
@@ -202,7 +165,7 @@ def _split_into_groups(node, ctx, target, rows, a):
     follows interleaves exactly the kept channels. The channels move to output axis a + 1;
     axis a keeps its size g."""
     require(target[a + 1] != 0, "Reshape copies a dimension into the channel axis")
-    require(target[a + 1] != OTHER_DIM, "Reshape takes the channel count from another tensor's shape")
+    require(target[a + 1] != OTHER_DIM, OTHER_DIM_REASON)
     rows = rows.reshape(rows.shape[0], ctx.shape(node.output[0])[a + 1], -1)
     for r in rows[1:]:
         if not np.array_equal(r, rows[0]):
@@ -210,20 +173,10 @@ def _split_into_groups(node, ctx, target, rows, a):
     for j in range(1, rows.shape[2]):
         ctx.unify(rows[0, :, 0], rows[0, :, j])
     ids = rows[0, :, 0]
-    if target[a + 1] > 0 or target[a + 1] == CHANNEL_COUNT:   # -1 follows the input by itself
-        _edit_count(node, ctx, a + 1, target[a + 1], ids, lambda kept, ids=ids: int(kept(ids).sum()))
+    follows = count_read_follows(node, ctx, a + 1, ids)
+    if counts_channels(target[a + 1]) and not follows:   # -1 follows the input by itself
+        edit_count(node, ctx, a + 1, target[a + 1], ids, lambda kept, ids=ids: int(kept(ids).sum()))
     ctx.out(node.output[0], ChannelMap(a + 1, ids))
-
-
-def _static_target(node, ctx) -> list[int]:
-    """The Reshape target as written: literal entries, with -1 kept as -1. A target computed
-    at run time is accepted when each entry can be traced (Concat of constants and input dims)."""
-    value = ctx.const(node.input[1])
-    if value is not None:
-        return [int(v) for v in value]
-    entries = trace_shape_entries(node.input[1], ctx)
-    require(entries is not None, "Reshape target is computed at run time")
-    return entries
 
 
 @op("Squeeze", "Unsqueeze", bound=STRUCTURAL)
@@ -283,6 +236,23 @@ def expand(node, ctx):
     ctx.out(node.output[0], ChannelMap(axis, m.ids))
 
 
+def expanded_constant(tensor, axis, ctx):
+    """(Expand node, axis of its data) when `tensor` is only a constant broadcast over axes
+    other than `axis` (sizes computed at run time, e.g. from the batch, with 1 at `axis`) and
+    read by one node: cutting the constant on that axis cuts `tensor` the same way."""
+    node = ctx.index.producers.get(tensor)
+    if node is None or node.op_type != "Expand" or len(ctx.consumers.get(tensor, [])) != 1:
+        return None
+    data, rank = ctx.const(node.input[0]), len(ctx.shape(tensor))
+    sizes = trace_shape_entries(node.input[1], ctx)
+    if data is None or sizes is None or axis - (rank - data.ndim) < 0:
+        return None
+    entry = axis - (rank - len(sizes))
+    if entry >= 0 and sizes[entry] != 1:   # any other size repeats or counts the channels
+        return None
+    return node, axis - (rank - data.ndim)
+
+
 @op("Tile", bound=STRUCTURAL)
 def tile(node, ctx):
     m = input_map(node, ctx)
@@ -309,5 +279,6 @@ def shape(node, ctx):
         # The count may only be used to cut this very tensor along its channels (torch's
         # `chunk`): the Slice rule replaces those bounds by constants, the stale count dies.
         require(user.op_type in SHAPE_ARITHMETIC and all(
-                    only_channel_slice_bounds(o, node.input[0], m.axis, ctx) for o in user.output if o),
+                    only_channel_slice_bounds(o, node.input[0], m.axis, ctx)
+                    or only_copied_into_reshapes(o, node.input[0], ctx) for o in user.output if o),
                 "the channel count is read at run time")

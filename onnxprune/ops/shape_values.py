@@ -16,6 +16,8 @@ from ..graph import attr
 # Marker entries of a traced shape vector (real dimensions are never negative):
 OTHER_DIM = -2       # computed from dimensions that pruning leaves alone
 CHANNEL_COUNT = -3   # computed from a channel count read at run time (the Shape rule froze it)
+SCALED_BATCH = -4    # a run-time dimension the analysis sees as 1 (the batch) times a literal
+                     # count: nn.MultiheadAttention's B*heads; the count is the kept one's to set
 
 
 def trace_shape_entries(tensor, ctx, depth=0):
@@ -31,8 +33,10 @@ def trace_shape_entries(tensor, ctx, depth=0):
     if producer.op_type == "Concat":
         parts = [trace_shape_entries(t, ctx, depth + 1) for t in producer.input]
         return None if any(p is None for p in parts) else sum(parts, [])
-    if producer.op_type in ("Unsqueeze", "Squeeze", "Cast", "Identity"):
+    if producer.op_type in ("Unsqueeze", "Squeeze", "Cast", "Identity") or _flattens_vector(producer, ctx):
         return trace_shape_entries(producer.input[0], ctx, depth + 1)
+    if producer.op_type == "Where":
+        return _minus_one_as_one(producer, ctx, depth)
     idx = dims_read(producer, ctx)
     if idx is not None:
         source = ctx.map(ctx.index.producers[producer.input[0]].input[0])
@@ -42,8 +46,46 @@ def trace_shape_entries(tensor, ctx, depth=0):
     value = shape_value(tensor, ctx)
     if value is None:
         return None
-    marker = CHANNEL_COUNT if reads_channel_count(tensor, ctx) else OTHER_DIM
-    return [marker] * int(np.size(value))
+    if reads_channel_count(tensor, ctx):
+        return [CHANNEL_COUNT] * int(np.size(value))
+    return [SCALED_BATCH] if _batch_times_count(producer, ctx) else [OTHER_DIM] * int(np.size(value))
+
+
+def _batch_times_count(node, ctx) -> bool:
+    """Mul of one literal and one run-time dimension that is 1 in the analysis (the batch):
+    its value is the literal, and at any batch B it is B times the literal."""
+    if node.op_type != "Mul":
+        return False
+    literals = [ctx.const(t) for t in node.input]
+    if sum(v is not None for v in literals) != 1:
+        return False
+    literal, dim = (literals[0], node.input[1]) if literals[0] is not None else (literals[1], node.input[0])
+    value = shape_value(dim, ctx)
+    return np.size(literal) == 1 and value is not None and np.size(value) == 1 and int(np.reshape(value, -1)[0]) == 1
+
+
+def _flattens_vector(node, ctx) -> bool:
+    """A Reshape of a shape vector to [-1] (torch's expand writes its sizes so)."""
+    if node.op_type != "Reshape" or len(ctx.shape(node.input[0])) != 1:
+        return False
+    target = shape_value(node.input[1], ctx)
+    return target is not None and np.atleast_1d(target).tolist() == [-1]
+
+
+def _minus_one_as_one(node, ctx, depth):
+    """torch's `expand(n, -1, -1)`: Where(Equal(v, -1), 1, v) turns the -1 ("keep this size")
+    of the sizes v into 1, which Expand broadcasts. Real dimensions are never -1, so traced
+    entries pass as they are; None for any other Where."""
+    cond = ctx.index.producers.get(node.input[0])
+    ones = shape_value(node.input[1], ctx)
+    if cond is None or cond.op_type != "Equal" or cond.input[0] != node.input[2] or ones is None \
+            or not (np.asarray(ones) == 1).all():
+        return None
+    minus = shape_value(cond.input[1], ctx)
+    entries = trace_shape_entries(node.input[2], ctx, depth + 1)
+    if minus is None or not (np.asarray(minus) == -1).all() or entries is None:
+        return None
+    return [1 if e == -1 else e for e in entries]
 
 
 def reads_channel_count(tensor, ctx, depth=0) -> bool:
@@ -92,28 +134,73 @@ SHAPE_ARITHMETIC = ("Gather", "Slice", "Concat", "Unsqueeze", "Squeeze", "Cast",
 PAD_ARITHMETIC = ("Mod", "ConstantOfShape", "Reshape", "Transpose")
 
 
-def only_channel_slice_bounds(tensor, source, axis, ctx, depth=0) -> bool:
+def only_channel_slice_bounds(tensor, source, axis, ctx) -> bool:
     """Every use of `tensor` (an integer value computed from the shape of `source`) ends,
     through shape arithmetic, as the start or end of a Slice of `source` along `axis` alone."""
+    def ends(user, index):
+        if user.op_type != "Slice" or index not in (1, 2) or user.input[0] != source:
+            return None
+        axes = ctx.const(user.input[3]) if len(user.input) > 3 and user.input[3] else None
+        return axes is not None and axes.size == 1 and \
+            norm_axis(int(axes.reshape(-1)[0]), len(ctx.shape(source))) == axis
+
+    def passes_on(user, index):
+        return user.op_type in SHAPE_ARITHMETIC and \
+            (index == 0 or user.op_type in ("Concat", "Add", "Sub", "Mul", "Div"))
+    return _every_use_ends(tensor, ctx, ends, passes_on)
+
+
+def _every_use_ends(tensor, ctx, ends, passes_on, depth=0) -> bool:
+    """Every use of `tensor` is accepted by `ends(user, input index)` (True; False rejects it,
+    None is no end), or passed on by `passes_on` to outputs whose every use is."""
     users = ctx.consumers.get(tensor, [])
     if depth > 16 or not users or tensor in ctx.model.output_names:
         return False
     for user, index in users:
         if user.domain not in ("", "ai.onnx"):
             return False
-        if user.op_type == "Slice" and index in (1, 2) and user.input[0] == source:
-            axes = ctx.const(user.input[3]) if len(user.input) > 3 and user.input[3] else None
-            if axes is None or axes.size != 1 or \
-                    norm_axis(int(axes.reshape(-1)[0]), len(ctx.shape(source))) != axis:
-                return False
-        elif user.op_type in SHAPE_ARITHMETIC and (index == 0 or user.op_type in
-                                                    ("Concat", "Add", "Sub", "Mul", "Div")):
-            if not all(only_channel_slice_bounds(o, source, axis, ctx, depth + 1)
-                       for o in user.output if o):
-                return False
-        else:
+        end = ends(user, index)
+        if end is None and passes_on(user, index):
+            end = all(_every_use_ends(o, ctx, ends, passes_on, depth + 1) for o in user.output if o)
+        if not end:
             return False
     return True
+
+
+COPIES = ("Unsqueeze", "Squeeze", "Cast", "Identity")
+
+
+def copied_dims(tensor, ctx, depth=0):
+    """(tensor whose Shape is read, the dimensions read) when `tensor` is dimensions of a Shape
+    passed on unchanged (Gather or Slice of it, then Unsqueeze/Squeeze/Cast); else None."""
+    node = ctx.index.producers.get(tensor) if depth < 8 else None
+    if node is None:
+        return None
+    if node.op_type in COPIES:
+        return copied_dims(node.input[0], ctx, depth + 1)
+    dims = dims_read(node, ctx)
+    return None if dims is None else (ctx.index.producers[node.input[0]].input[0], dims)
+
+
+def only_copied_into_reshapes(tensor, source, ctx) -> bool:
+    """Every use of `tensor` (dimensions read from the Shape of `source`) copies it unchanged into
+    the target of a Reshape of `source`, or of a tensor reshaped or transposed from it (the
+    dynamo exporter's k.transpose(-2, -1) of a symbolic batch reads (B, heads) so): the Reshape
+    rule checks there that a channel count lands on those very channels."""
+    def ends(user, index):
+        return _reshaped_from(user.input[0], source, ctx) if user.op_type == "Reshape" and index == 1 else None
+
+    def passes_on(user, index):
+        return user.op_type in COPIES + ("Concat",) and (index == 0 or user.op_type == "Concat")
+    return _every_use_ends(tensor, ctx, ends, passes_on)
+
+
+def _reshaped_from(tensor, source, ctx, depth=0) -> bool:
+    if tensor == source:
+        return True
+    node = ctx.index.producers.get(tensor) if depth < 16 else None
+    return node is not None and node.op_type in ("Reshape", "Transpose") and \
+        _reshaped_from(node.input[0], source, ctx, depth + 1)
 
 
 def shape_value(tensor, ctx, depth=0):
