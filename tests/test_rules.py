@@ -1660,3 +1660,23 @@ def test_unnamed_and_duplicate_node_names(ratio):
     proto = b.model([y])
     assert len(prunable(proto)) == 1
     prune_and_check(proto, ratio)
+
+
+@pytest.mark.parametrize("case", ["same", "other"])
+def test_normalize_expands_to_the_shape_of_the_tensor_it_divides(case):
+    """torch's F.normalize(x, dim=-1) (Swin V2's cosine attention) exports as
+    x / Expand(Clip(ReduceL2(x, keepdims)), Shape(x)): the run-time shape is x's own, so the
+    channels stay prunable and the Expand follows them. Expanded to the shape of a tensor
+    with other channels, it couples the two (both cut alike), still exact."""
+    b = GraphBuilder()
+    h, c1 = stem(b, 8, (1, 3, 10, 10))
+    norm = b.op("Clip", [b.op("ReduceL2", [h], axes=[3], keepdims=1), b.floats(1e-12)])
+    other = b.conv(h, 8, 8) if case == "other" else h
+    h = b.op("Div", [other, b.op("Expand", [norm, b.op("Shape", [other])])])
+    y, c2 = head(b, h, 8)
+    proto = b.model([y])
+    assert not any("Expand shape is computed at run time" in (g.frozen or "") for g in groups(proto))
+    (g,) = [g for g in groups(proto) if c1 in g.feed_in]
+    assert g.frozen is None and len(g.feed_in) == (2 if case == "other" else 1)   # coupled with `other`
+    slim, _ = prune_and_check(proto, 0.5)
+    assert param(slim, c2, 1).shape[1] == 4

@@ -225,7 +225,15 @@ def expand(node, ctx):
     axis = m.axis + len(dst) - len(src)
     require(dst[axis] == len(m.ids), "Expand repeats channels")
     target = ctx.const(node.input[1])
-    require(target is not None, "Expand shape is computed at run time")
+    if target is None:   # F.normalize: Expand(norm, Shape(x)), then x / it
+        shaped = _shape_source(node.input[1], ctx)
+        source = ctx.map(shaped) if shaped is not None else None
+        require(source is not None and source.axis == axis and len(source.ids) == len(m.ids),
+                "Expand shape is computed at run time")
+        if source.ids is not m.ids:
+            ctx.unify(source.ids, m.ids)   # the expanded copy has that tensor's shape: same cut
+        ctx.out(node.output[0], ChannelMap(axis, m.ids))
+        return
     position = axis - (len(dst) - len(target))
     if position >= 0 and target[position] == len(m.ids) and len(m.ids) > 1:
         def update_shape(n, model, kept, ids=m.ids, target=target, position=position):
@@ -234,6 +242,17 @@ def expand(node, ctx):
             set_input_constant(n, model, 1, new)
         ctx.edit(node, update_shape)
     ctx.out(node.output[0], ChannelMap(axis, m.ids))
+
+
+def _shape_source(tensor, ctx):
+    """The tensor whose whole shape `tensor` is (Shape, through Cast/Identity), else None."""
+    node = ctx.index.producers.get(tensor)
+    while node is not None and node.op_type in ("Cast", "Identity"):
+        node = ctx.index.producers.get(node.input[0])
+    if node is None or node.op_type != "Shape" or attr(node, "start", 0) != 0 or \
+            attr(node, "end", None) not in (None, len(ctx.shape(node.input[0]))):
+        return None
+    return node.input[0]
 
 
 def expanded_constant(tensor, axis, ctx):
@@ -272,10 +291,12 @@ def shape(node, ctx):
     end = min(rank, norm_axis(end, rank))
     if not start <= m.axis < end:
         return
-    for user, _ in ctx.consumers.get(node.output[0], []):
+    for user, index in ctx.consumers.get(node.output[0], []):
         read = dims_read(user, ctx)
         if read is not None and m.axis not in read:
             continue  # reads other dimensions only (Gather of some, Slice of a range)
+        if user.op_type == "Expand" and index == 1 and ctx.shape(user.output[0]) == ctx.shape(node.input[0]):
+            continue  # broadcast to this tensor's shape: the Expand rule checks it has these channels
         # The count may only be used to cut this very tensor along its channels (torch's
         # `chunk`): the Slice rule replaces those bounds by constants, the stale count dies.
         require(user.op_type in SHAPE_ARITHMETIC and all(
