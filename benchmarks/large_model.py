@@ -1,7 +1,7 @@
 """A model whose initializers exceed 2 GB: build it, prune it, measure peak memory.
 
     python benchmarks/large_model.py [--layers 15] [--width 2048] [--ratio 0.3] [--dir /tmp/onnxprune_large]
-    python benchmarks/large_model.py --kind vit [--layers 32] [--width 1280]
+    python benchmarks/large_model.py --kind vit [--layers 32] [--width 1280] [--torchvision]
 
 `--kind conv` (the default) builds a stack of `layers` 3x3 convolutions of `width` channels
 (random weights, 4x4 spatial, residual Adds every two layers) saved with external data.
@@ -72,14 +72,19 @@ def build(path: str, layers: int, width: int) -> int:
     return size
 
 
-def build_vit(path: str, layers: int, width: int) -> int:
-    """Export a torchvision-style ViT at ViT-H/14 size into one external-data file."""
+def build_vit(path: str, layers: int, width: int, torchvision: bool = False) -> int:
+    """Export a torchvision-style ViT at ViT-H/14 size (or, with `torchvision`, torchvision's
+    own vit_h_14) into one external-data file."""
     import torch
     sys.path.insert(0, ROOT)
     from models.zoo_transformers import TorchvisionViT
     torch.manual_seed(0)
-    model = TorchvisionViT(num_classes=1000, image=224, patch=14, dim=width, depth=layers, heads=16,
-                           mlp_dim=4 * width).eval()
+    if torchvision:
+        import torchvision as tv
+        model = tv.models.vit_h_14(weights=None).eval()
+    else:
+        model = TorchvisionViT(num_classes=1000, image=224, patch=14, dim=width, depth=layers, heads=16,
+                               mlp_dim=4 * width).eval()
     raw = path + ".export"
     os.makedirs(raw, exist_ok=True)
     # not under no_grad nor with frozen parameters: nn.MultiheadAttention would take its fused
@@ -99,6 +104,8 @@ def build_vit(path: str, layers: int, width: int) -> int:
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--kind", choices=("conv", "vit"), default="conv")
+    ap.add_argument("--torchvision", action="store_true",
+                    help="--kind vit: torchvision's own vit_h_14 (needs torchvision, not a dependency)")
     ap.add_argument("--layers", type=int, default=None, help="default: 15 (conv), 32 (vit)")
     ap.add_argument("--width", type=int, default=None, help="default: 2048 (conv), 1280 (vit)")
     ap.add_argument("--ratio", type=float, default=0.3)
@@ -111,7 +118,7 @@ def main():
     os.makedirs(args.dir, exist_ok=True)
     src, dst = os.path.join(args.dir, "big.onnx"), os.path.join(args.dir, "big_pruned.onnx")
     t = time.time()
-    size = (build_vit if vit else build)(src, args.layers, args.width)
+    size = build_vit(src, args.layers, args.width, args.torchvision) if vit else build(src, args.layers, args.width)
     print(f"built {src}: {size / 2**30:.2f} GiB of weights in {time.time() - t:.0f} s", flush=True)
     cmd = ["/usr/bin/time", "-v", sys.executable, "-m", "onnxprune", src, dst, "--ratio", str(args.ratio),
            "--criterion", args.criterion, "--verify"]
@@ -120,14 +127,16 @@ def main():
     peak_kb = int(re.search(r"Maximum resident set size \(kbytes\): (\d+)", run.stderr).group(1))
     wall = re.search(r"Elapsed \(wall clock\) time.*: (.+)", run.stderr).group(1)
     out_size = os.path.getsize(dst + ".data") if os.path.exists(dst + ".data") else None
-    row = {"date": time.strftime("%Y-%m-%d %H:%M"), "kind": args.kind, "layers": args.layers, "width": args.width,
+    kind = args.kind + (" (torchvision vit_h_14)" if args.torchvision else "")
+    row = {"date": time.strftime("%Y-%m-%d %H:%M"), "kind": kind, "layers": args.layers, "width": args.width,
            "ratio": args.ratio, "criterion": args.criterion, "model_bytes": size, "pruned_bytes": out_size,
            "peak_rss_bytes": peak_kb * 1024, "peak_over_model": round(peak_kb * 1024 / size, 3),
            "wall": wall, "exit": run.returncode, "stderr_tail": run.stderr.splitlines()[:3]}
     print(json.dumps(row, indent=1))
     os.makedirs(os.path.join(ROOT, "benchmarks", "results"), exist_ok=True)
     with open(os.path.join(ROOT, "benchmarks", "results",
-                           "large_model_vit.json" if vit else "large_model.json"), "w") as f:
+                           ("large_model_vit_h_14.json" if args.torchvision else "large_model_vit.json")
+                           if vit else "large_model.json"), "w") as f:
         json.dump(row, f, indent=1)
 
 

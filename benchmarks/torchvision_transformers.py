@@ -30,7 +30,8 @@ import onnxprune  # noqa: E402
 from onnxprune.api import analyze_model  # noqa: E402
 
 OUT = os.path.join(ROOT, "benchmarks", "results", "torchvision_transformers")
-LEGACY = ["vit_b_16", "vit_b_32", "swin_t", "swin_v2_t", "maxvit_t"]
+LEGACY = ["vit_b_16", "vit_b_32", "vit_l_16", "vit_l_32", "swin_t", "swin_s", "swin_b", "swin_v2_t", "swin_v2_s",
+          "swin_v2_b", "maxvit_t"]
 DYNAMO = ["vit_b_32", "swin_t", "maxvit_t"]
 
 
