@@ -4,7 +4,7 @@ lands.
 
     python benchmarks/transformers.py [--models vit vit_fused_qkv torchvision_vit swin maxvit] [--dynamo] [--dynamic-batch]
 
-The models are models/zoo_transformers.py's (random init, small widths; torchvision_vit_b16:
+The models are models/zoo_transformers.py's and zoo_hybrids.py's (random init, small widths; torchvision_vit_b16:
 vit_b_16's sizes on the same definition; swin: torchvision's SwinTransformer topology, 40x40, patch 4,
 dim 32, two stages of two blocks, window 4, heads 2/4; maxvit: torchvision's MaxVit topology, 32x32,
 stem 16, two stages (32, 64) of one MBConv + block + grid attention layer, head dim 16, partition 4),

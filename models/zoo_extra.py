@@ -15,7 +15,8 @@ torch.
   skips, two graph outputs (segmentation map, auxiliary bottleneck head).
 - ``yolo_neck``: YOLOv8-style backbone (C2f with Split), SPPF, PAN neck with Resize and
   Concat, three detection heads feeding three graph outputs.
-- ``vit``, ``vit_fused_qkv``, ``torchvision_vit``, ``swin``, ``maxvit``: transformers (models/zoo_transformers.py).
+- ``vit``, ``vit_fused_qkv``, ``torchvision_vit``, ``swin``: transformers (models/zoo_transformers.py);
+  ``maxvit``: a hybrid (models/zoo_hybrids.py).
 """
 
 import io
@@ -27,7 +28,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .zoo_transformers import maxvit, swin, torchvision_vit, vit
+from .zoo_hybrids import maxvit
+from .zoo_transformers import swin, torchvision_vit, vit
 
 __all__ = ["EXTRA", "build_extra", "export", "shufflenet_v2", "convnext", "unet", "yolo_neck",
            "vit", "torchvision_vit", "swin", "maxvit", "channel_shuffle"]

@@ -269,7 +269,7 @@ def test_swin_target_macs_lands_where_asked(criterion):
     assert 0.68 <= achieved <= 0.7
 
 
-# -- torchvision-style MaxViT (models/zoo_transformers.py's maxvit) --------------------------------
+# -- torchvision-style MaxViT (models/zoo_hybrids.py's maxvit) --------------------------------
 MAXVIT, MAXVIT_STEM, MAXVIT_DIMS, MAXVIT_HEAD_DIM = "maxvit", 16, (32, 64), 16
 
 
