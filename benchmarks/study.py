@@ -146,11 +146,13 @@ def speedup_table(rows, keys) -> list[str]:
 
 
 def write_record(results: str, stem: str, record: dict, markdown: str) -> None:
-    """RESULTS/STEM.json (the record) and .md; prints the acceptance line and where they are."""
+    """RESULTS/STEM.json (the record) and .md; prints the acceptance line (when the record
+    has one) and where they are."""
     os.makedirs(results, exist_ok=True)
     with open(os.path.join(results, stem + ".json"), "w") as f:
         json.dump(record, f, indent=1)
     with open(os.path.join(results, stem + ".md"), "w") as f:
         f.write(markdown)
-    print(record["acceptance"])
+    if isinstance(record, dict) and "acceptance" in record:
+        print(record["acceptance"])
     print(f"recorded in {os.path.join(results, stem)}.json and .md")

@@ -23,11 +23,13 @@ import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
+sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
 
 import onnx  # noqa: E402
 
 import onnxprune  # noqa: E402
 from onnxprune.api import analyze_model  # noqa: E402
+from study import write_record  # noqa: E402
 
 OUT = os.path.join(ROOT, "benchmarks", "results", "torchvision_transformers")
 LEGACY = ["vit_b_16", "vit_b_32", "vit_l_16", "vit_l_32", "swin_t", "swin_s", "swin_b", "swin_v2_t", "swin_v2_s",
@@ -117,13 +119,14 @@ def main():
             row.update(study(path))
         print(json.dumps(row), flush=True)
         rows.append(row)
+    met = [r for r in rows if "error" not in r and r["oracle_passed"]
+           and r["macs_after"] <= 0.8 * r["macs_before"] and abs(r["target_0.7"] - 0.7) <= 0.02]
     result = {"date": time.strftime("%Y-%m-%d %H:%M"), "torch": torch.__version__,
-              "torchvision": torchvision.__version__, "onnx": onnx.__version__, "rows": rows}
-    with open(OUT + ".json", "w") as f:
-        json.dump(result, f, indent=1)
-    with open(OUT + ".md", "w") as f:
-        f.write(markdown(rows))
+              "torchvision": torchvision.__version__, "onnx": onnx.__version__, "rows": rows,
+              "acceptance": f"{len(met)} of {len(rows)} exports oracle-exact with MACs <= 0.8 at --ratio 0.3 "
+                            "and --target-macs 0.7 within 0.02"}
     print(markdown(rows))
+    write_record(os.path.dirname(OUT), os.path.basename(OUT), result, markdown(rows))
 
 
 if __name__ == "__main__":

@@ -24,6 +24,9 @@ from collections import Counter
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
+sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
+
+from study import write_record  # noqa: E402
 
 MODELS = ["vit", "vit_fused_qkv", "torchvision_vit", "torchvision_vit_b16", "swin", "maxvit"]
 
@@ -103,12 +106,8 @@ def main():
         print(json.dumps(rows[-1]), flush=True)
     stem = os.path.join(ROOT, "benchmarks", "results", "transformers" + ("_dynamo" if args.dynamo else "")
                         + ("_dynbatch" if args.dynamic_batch else ""))
-    os.makedirs(os.path.dirname(stem), exist_ok=True)
-    with open(stem + ".json", "w") as f:
-        json.dump(rows, f, indent=1)
-    with open(stem + ".md", "w") as f:
-        f.write(_markdown(rows))
     print(_markdown(rows))
+    write_record(os.path.dirname(stem), os.path.basename(stem), rows, _markdown(rows))
 
 
 if __name__ == "__main__":
