@@ -125,8 +125,11 @@ def allocate_greedy(model, couplings, scores: np.ndarray, metric: str, target: f
         if current.get(gi) != p:
             continue  # stale entry: the group's priority changed since it was pushed
         chunk = next_chunk(gi)
-        if (steps[gi] > 1 or start) and overshoots(tracker, metric, target * base, chunk):
-            deferred.add(gi)  # waits while smaller steps of other groups may fit
+        # several classes, or one standing for several channels (an attention head): it may
+        # overshoot and then waits while smaller steps of other groups may fit
+        if (steps[gi] > 1 or start or widths.count[chunk].max() > 1) and \
+                overshoots(tracker, metric, target * base, chunk):
+            deferred.add(gi)
             continue
         apply(gi, chunk)
     if value() > target * base and deferred:

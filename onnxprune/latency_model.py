@@ -262,56 +262,44 @@ def nondecreasing(values) -> list[float]:
 
 
 def _layer_model(model, layer: TimedLayer, axis: str, width: int, batch: int):
-    """A one-layer model: the layer at its input shape with `axis` cut to `width`."""
-    if layer.node.op_type != "Conv":
-        return _matrix_layer_model(model, layer, axis, width, batch)
+    """A one-layer model, random weights: the layer at its input shape with `axis` cut to
+    `width`. (model, feeds)."""
     node = layer.node
     w = model.inits[node.input[1]]
-    c_out, c_in = (width, w.shape[1]) if axis == "out" else (w.shape[0], width) if axis == "in" else (width, width)
-    x_shape = [batch, c_in, *layer.input_shape[2:]]
-    w_shape = [c_out, 1 if axis == "both" else c_in, *w.shape[2:]]
-    elem = helper.np_dtype_to_tensor_dtype(w.dtype)
-    rng = np.random.default_rng(0)
-    inits = [onnx.numpy_helper.from_array(rng.standard_normal(w_shape).astype(w.dtype), "w")]
-    inputs = ["x", "w"]
-    if len(node.input) > 2 and node.input[2]:
-        inits.append(onnx.numpy_helper.from_array(np.zeros(c_out, w.dtype), "b"))
-        inputs.append("b")
-    conv = helper.make_node("Conv", inputs, ["y"], name="layer")
-    conv.attribute.extend(a for a in node.attribute if a.name != "group")
-    if axis == "both":
-        conv.attribute.append(helper.make_attribute("group", width))
-    y_shape = [batch, c_out, *model.shapes[node.output[0]][2:]]
-    graph = helper.make_graph([conv], "layer", [helper.make_tensor_value_info("x", elem, x_shape)],
-                              [helper.make_tensor_value_info("y", elem, y_shape)], inits)
-    proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
-    proto.ir_version = 8
-    feeds = {"x": rng.standard_normal(x_shape).astype(w.dtype)}
-    return proto, feeds
-
-
-def _matrix_layer_model(model, layer: TimedLayer, axis: str, width: int, batch: int):
-    """A one-MatMul (or Gemm) model: rows of `layer.input_shape` (the leading axis is the
-    batch, or, for a 2-D input, rows that include it) times the weight cut to `width`."""
-    node = layer.node
-    w = model.inits[node.input[1]]
+    if node.op_type == "Conv":
+        c_out, c_in = (width, w.shape[1]) if axis == "out" else (w.shape[0], width) if axis == "in" else (width, width)
+        x_shape = [batch, c_in, *layer.input_shape[2:]]
+        w_shape = [c_out, 1 if axis == "both" else c_in, *w.shape[2:]]
+        y_shape = [batch, c_out, *model.shapes[node.output[0]][2:]]
+        attributes = [a for a in node.attribute if a.name != "group"]
+        if axis == "both":
+            attributes.append(helper.make_attribute("group", width))
+        return _one_node_model(node, w.dtype, x_shape, w_shape, y_shape, c_out, attributes)
+    # MatMul or Gemm: rows of the input (the leading axis is the batch, or, for a 2-D input,
+    # rows that include it) times the matrix
     trans_b = node.op_type == "Gemm" and attr(node, "transB", 0)
     k, n = (w.shape[1], w.shape[0]) if trans_b else w.shape
     k, n = (width, n) if axis == "in" else (k, width)
     lead = list(layer.input_shape[:-1])
     lead[0] *= batch
-    x_shape, y_shape = lead + [k], lead + [n]
-    elem = helper.np_dtype_to_tensor_dtype(w.dtype)
+    return _one_node_model(node, w.dtype, lead + [k], [n, k] if trans_b else [k, n], lead + [n], n,
+                           list(node.attribute))
+
+
+def _one_node_model(node, dtype, x_shape, w_shape, y_shape, n_out, attributes):
+    """x -> node's operator(x, w[, a zero bias of n_out when `node` has one]) -> y, random
+    weights, and a random feed."""
+    elem = helper.np_dtype_to_tensor_dtype(dtype)
     rng = np.random.default_rng(0)
-    inits = [onnx.numpy_helper.from_array(rng.standard_normal((n, k) if trans_b else (k, n)).astype(w.dtype), "w")]
+    inits = [onnx.numpy_helper.from_array(rng.standard_normal(w_shape).astype(dtype), "w")]
     inputs = ["x", "w"]
     if len(node.input) > 2 and node.input[2]:
-        inits.append(onnx.numpy_helper.from_array(np.zeros(n, w.dtype), "b"))
+        inits.append(onnx.numpy_helper.from_array(np.zeros(n_out, dtype), "b"))
         inputs.append("b")
-    op = helper.make_node(node.op_type, inputs, ["y"], name="layer")
-    op.attribute.extend(node.attribute)
-    graph = helper.make_graph([op], "layer", [helper.make_tensor_value_info("x", elem, x_shape)],
+    layer = helper.make_node(node.op_type, inputs, ["y"], name="layer")
+    layer.attribute.extend(attributes)
+    graph = helper.make_graph([layer], "layer", [helper.make_tensor_value_info("x", elem, x_shape)],
                               [helper.make_tensor_value_info("y", elem, y_shape)], inits)
     proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
     proto.ir_version = 8
-    return proto, {"x": rng.standard_normal(x_shape).astype(w.dtype)}
+    return proto, {"x": rng.standard_normal(x_shape).astype(dtype)}

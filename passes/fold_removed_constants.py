@@ -23,6 +23,7 @@ import onnx
 from onnxprune.runtime import model_session, random_inputs, run_named, session_from_parts
 
 from onnxprune.channels import FEED_OUT
+from onnxprune.graph import attr
 from onnxprune.masking import layer_dtype, zero_feed_in_filters
 from onnxprune.ops import layer_of
 
@@ -153,7 +154,7 @@ def _nonzero_channels(node, value, weight):
     """The value and weight cut to the input channels that carry a constant: the others are
     zero, and a convolution over all of them would cost a whole run of the network's layers
     (ungrouped Conv and ConvTranspose; other layers are cheap and stay whole)."""
-    group = next((a.i for a in node.attribute if a.name == "group"), 1)
+    group = attr(node, "group", 1)
     axis = {"Conv": 1, "ConvTranspose": 0}.get(node.op_type)
     if axis is None or group != 1 or value.ndim < 2:
         return value, weight

@@ -7,8 +7,7 @@ import numpy as np
 
 from ..channels import CHANNELWISE, ChannelMap, input_map, norm_axis, require
 from ..graph import attr, opset_version, set_attr, set_input_constant
-from .reshape import expanded_constant
-from .shape_values import shape_value
+from .shape_values import shape_value, trace_shape_entries
 from .spec import STRUCTURAL, op
 
 
@@ -46,6 +45,23 @@ def concat(node, ctx):
         elif m.ids is not ids:
             ctx.unify(ids, m.ids)
     ctx.out(node.output[0], ChannelMap(channel_axis, ids))
+
+
+def expanded_constant(tensor, axis, ctx):
+    """(Expand node, axis of its data) when `tensor` is only a constant broadcast over axes
+    other than `axis` (sizes computed at run time, e.g. from the batch, with 1 at `axis`) and
+    read by one node: cutting the constant on that axis cuts `tensor` the same way."""
+    node = ctx.index.producers.get(tensor)
+    if node is None or node.op_type != "Expand" or len(ctx.consumers.get(tensor, [])) != 1:
+        return None
+    data, rank = ctx.const(node.input[0]), len(ctx.shape(tensor))
+    sizes = trace_shape_entries(node.input[1], ctx)
+    if data is None or sizes is None or axis - (rank - data.ndim) < 0:
+        return None
+    entry = axis - (rank - len(sizes))
+    if entry >= 0 and sizes[entry] != 1:   # any other size repeats or counts the channels
+        return None
+    return node, axis - (rank - data.ndim)
 
 
 @op("Split", bound=STRUCTURAL)

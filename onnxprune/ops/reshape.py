@@ -10,7 +10,7 @@ from ..channels import ChannelMap, const_axes, input_map, norm_axis, require
 from ..graph import attr, set_input_constant
 from .reshape_target import count_read_follows, counts_channels, edit_count, static_target
 from .shape_values import (OTHER_DIM, SHAPE_ARITHMETIC, dims_read, only_channel_slice_bounds,
-                           only_copied_into_reshapes, trace_shape_entries)
+                           only_copied_into_reshapes)
 from .spec import STRUCTURAL, op
 
 
@@ -253,23 +253,6 @@ def _shape_source(tensor, ctx):
             attr(node, "end", None) not in (None, len(ctx.shape(node.input[0]))):
         return None
     return node.input[0]
-
-
-def expanded_constant(tensor, axis, ctx):
-    """(Expand node, axis of its data) when `tensor` is only a constant broadcast over axes
-    other than `axis` (sizes computed at run time, e.g. from the batch, with 1 at `axis`) and
-    read by one node: cutting the constant on that axis cuts `tensor` the same way."""
-    node = ctx.index.producers.get(tensor)
-    if node is None or node.op_type != "Expand" or len(ctx.consumers.get(tensor, [])) != 1:
-        return None
-    data, rank = ctx.const(node.input[0]), len(ctx.shape(tensor))
-    sizes = trace_shape_entries(node.input[1], ctx)
-    if data is None or sizes is None or axis - (rank - data.ndim) < 0:
-        return None
-    entry = axis - (rank - len(sizes))
-    if entry >= 0 and sizes[entry] != 1:   # any other size repeats or counts the channels
-        return None
-    return node, axis - (rank - data.ndim)
 
 
 @op("Tile", bound=STRUCTURAL)

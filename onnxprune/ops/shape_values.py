@@ -20,6 +20,10 @@ SCALED_BATCH = -4    # a run-time dimension the analysis sees as 1 (the batch) t
                      # count: nn.MultiheadAttention's B*heads; the count is the kept one's to set
 
 
+# Operators that pass a shape vector on unchanged (as far as the entries go)
+COPIES = ("Unsqueeze", "Squeeze", "Cast", "Identity")
+
+
 def trace_shape_entries(tensor, ctx, depth=0):
     """Entries of a run-time shape vector: ints for constants, OTHER_DIM for values computed
     from other tensors' non-channel dimensions (window counts, padded sizes), CHANNEL_COUNT
@@ -33,7 +37,7 @@ def trace_shape_entries(tensor, ctx, depth=0):
     if producer.op_type == "Concat":
         parts = [trace_shape_entries(t, ctx, depth + 1) for t in producer.input]
         return None if any(p is None for p in parts) else sum(parts, [])
-    if producer.op_type in ("Unsqueeze", "Squeeze", "Cast", "Identity") or _flattens_vector(producer, ctx):
+    if producer.op_type in COPIES or _flattens_vector(producer, ctx):
         return trace_shape_entries(producer.input[0], ctx, depth + 1)
     if producer.op_type == "Where":
         return _minus_one_as_one(producer, ctx, depth)
@@ -165,9 +169,6 @@ def _every_use_ends(tensor, ctx, ends, passes_on, depth=0) -> bool:
         if not end:
             return False
     return True
-
-
-COPIES = ("Unsqueeze", "Squeeze", "Cast", "Identity")
 
 
 def copied_dims(tensor, ctx, depth=0):
