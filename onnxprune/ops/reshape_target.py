@@ -82,9 +82,15 @@ def _edit_target(node, ctx, position, count) -> None:
         ctx.edit(source, lambda n, model, kept, index=index: _rescale_batch(n, model, index, per_batch, count(kept)))
         return
     value = ctx.const(source.input[index])
+    read_at_run_time = value is None
     value = np.array(np.zeros(ctx.shape(source.input[index])) if value is None else value, dtype=np.int64)
+    full = count(lambda ids: np.ones(len(ids), dtype=bool))
 
     def update(n, model, kept, value=value, at=position - offset, index=index):
+        if read_at_run_time and count(kept) == full:
+            # nothing removed: the run-time read stays (the size may be dynamic, PP-OCR's
+            # token count read from the width of the image the model is given)
+            return
         new = value.copy()
         new.reshape(-1)[at] = count(kept)
         set_input_constant(n, model, index, new)
