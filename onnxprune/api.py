@@ -20,7 +20,7 @@ from . import passes
 from .budget import allocate, allocate_target, check_plan_classes, kept_whole_by_rounding, prunable_groups
 from .couplings import analyze
 from .density import allocate_density
-from .latency_alloc import allocate_to_latency
+from .latency_alloc import allocate_budget_for_speed, allocate_to_latency
 from .latency_model import TimingOptions
 from .errors import OnnxPruneError
 from .io import is_large
@@ -76,7 +76,8 @@ def prune(source: str | os.PathLike | onnx.ModelProto, ratio: float | None = Non
           calibration_limit: int | None = None, calibration_preprocess: str | None = None,
           eval_data: object = None, labels_key: str = "labels",
           recover: str = "auto", residual: str = DEFAULT_RESIDUAL, target_latency: float | None = None,
-          timing: TimingOptions | None = None) -> tuple[onnx.ModelProto, Report]:
+          timing: TimingOptions | None = None,
+          speed_weight: float | None = None) -> tuple[onnx.ModelProto, Report]:
     """Prune a model (a path or a ModelProto, never modified). Returns (pruned ModelProto, Report).
 
     Budget, one of (default: ratio 0.3):
@@ -94,9 +95,12 @@ def prune(source: str | os.PathLike | onnx.ModelProto, ratio: float | None = Non
       scope: 'local' (the same fraction in every group) or 'global' (one ranking); default
         'global' for bgsc, 'local' otherwise.
       ranking: with a global scope, 'raw' or 'normalized' scores; default 'normalized' for bgsc.
-      allocator: 'rank', 'density', 'synexp', 'synexp-weighted' or 'sensitivity' (all but
-        'rank' need target_macs or target_params; 'sensitivity' also `calibration`;
-        'synexp-weighted' measures its weights on `calibration` when given).
+      allocator: 'rank', 'density', 'synexp', 'synexp-weighted', 'sensitivity' or 'latency'
+        (all but 'rank' need target_macs or target_params; 'sensitivity' also `calibration`;
+        'synexp-weighted' and 'latency' measure group curves on `calibration` when given;
+        'latency' also times the layers where `timing` says, docs/methods.md §6).
+      speed_weight: with allocator 'latency', a fraction of the latency saved is worth W times
+        the importance the importance-only plan removes (default 128; 0: that plan).
       coupled: 'all', 'only' (coupled groups only) or 'none' (uncoupled groups only).
       residual: 'coupled' (a residual Add's operands keep the same channels) or 'independent'
         (each branch keeps its own; the Add reads a branch that lacks some of the union's
@@ -130,7 +134,7 @@ def prune(source: str | os.PathLike | onnx.ModelProto, ratio: float | None = Non
         input_shapes=input_shapes, fold=fold, verify=verify, tolerance=tolerance, calibration=calibration,
         calibration_limit=calibration_limit, calibration_preprocess=calibration_preprocess,
         eval_data=eval_data, labels_key=labels_key, recover=recover, residual=residual,
-        target_latency=target_latency, timing=timing)
+        target_latency=target_latency, timing=timing, speed_weight=speed_weight)
     proto = slim.to_proto()
     if not checked_in_memory(slim) and not is_large(slim):
         check(proto)
@@ -153,7 +157,7 @@ def prune_model(source: str | os.PathLike | onnx.ModelProto, ratio: float | None
                 calibration_limit: int | None = None, calibration_preprocess: str | None = None,
                 eval_data: object = None, labels_key: str = "labels", recover: str = "auto",
                 check_output: bool = True, residual: str = DEFAULT_RESIDUAL, target_latency: float | None = None,
-                timing: TimingOptions | None = None) -> tuple[Model, Report]:
+                timing: TimingOptions | None = None, speed_weight: float | None = None) -> tuple[Model, Report]:
     """`prune`, returning the pruned `Model` (graph + numpy weights) instead of a proto; the
     arguments are `prune`'s. `check_output=False` leaves the ONNX checker to
     `io.save_model(..., check=True)`, which runs it on the bytes it is about to write (the
@@ -165,7 +169,8 @@ def prune_model(source: str | os.PathLike | onnx.ModelProto, ratio: float | None
                   criterion=criterion, seed=seed, scope=scope, ranking=ranking, allocator=allocator,
                   coupled=coupled, min_keep=min_keep, round_to=round_to, exclude=exclude,
                   input_shapes=input_shapes, fold=fold, verify=verify, tolerance=tolerance,
-                  calibration=calibration, residual=residual, target_latency=target_latency, timing=timing)
+                  calibration=calibration, residual=residual, target_latency=target_latency, timing=timing,
+                  speed_weight=speed_weight)
     check_flag("check_output", check_output)
     check_data_options(recover, calibration_limit, labels_key)
     check_needs_data(s, calibration)
@@ -206,7 +211,7 @@ def plan(source: str | os.PathLike | onnx.ModelProto, ratio: float | None = None
          fold: str = "exact", calibration: object = None, calibration_limit: int | None = None,
          calibration_preprocess: str | None = None, eval_data: object = None,
          residual: str = DEFAULT_RESIDUAL, target_latency: float | None = None,
-         timing: TimingOptions | None = None) -> tuple[Plan, PlanInfo]:
+         timing: TimingOptions | None = None, speed_weight: float | None = None) -> tuple[Plan, PlanInfo]:
     """Score and allocate without rewriting: returns (the Plan that `prune` with the same
     arguments would apply, PlanInfo). The arguments are `prune`'s (`fold` matters here too:
     a MAC or parameter target counts the biases that folding adds; the data criteria, the
@@ -217,7 +222,8 @@ def plan(source: str | os.PathLike | onnx.ModelProto, ratio: float | None = None
                   criterion=criterion, seed=seed, scope=scope, ranking=ranking, allocator=allocator,
                   coupled=coupled, min_keep=min_keep, round_to=round_to, exclude=exclude,
                   input_shapes=input_shapes, fold=fold, verify=False, tolerance=DEFAULT_TOLERANCE,
-                  calibration=calibration, residual=residual, target_latency=target_latency, timing=timing)
+                  calibration=calibration, residual=residual, target_latency=target_latency, timing=timing,
+                  speed_weight=speed_weight)
     check_data_options("auto", calibration_limit, "labels")
     check_needs_data(s, calibration)
     check_source(source)
@@ -262,7 +268,7 @@ def _load(source, s: "Settings", timings: dict):
 def _choice_reads_data(s: "Settings", calibration) -> bool:
     """synexp-weighted and the latency allocator measure group curves on calibration data
     when there is some."""
-    measures = s.allocator == "synexp-weighted" or s.target_latency is not None
+    measures = s.allocator in ("synexp-weighted", "latency") or s.target_latency is not None
     return s.plan is None and (needs_data(s.criterion) or s.allocator == "sensitivity"
                                or (measures and calibration is not None))
 
@@ -303,6 +309,9 @@ def _choose(model, couplings, s: "Settings", timings: dict, data: CalibrationDat
                                                                s.fold != "none", data)
             elif s.allocator in ("synexp", "synexp-weighted"):
                 target, allocator_notes = _allocate_synexp(model, couplings, scores, metric, fraction, s, data, also)
+            elif s.allocator == "latency":   # measured milliseconds per MAC (onnxprune/latency_alloc.py)
+                target, allocator_notes = allocate_budget_for_speed(model, couplings, scores, metric, fraction, s,
+                                                                    data)
             elif s.allocator == "density":
                 target = allocate_density(model, couplings, scores, metric, fraction, s.min_keep, s.round_to,
                                           s.coupled, s.fold != "none")
@@ -403,5 +412,6 @@ def _report_options(s: "Settings", model: Model) -> dict:
             "target_macs": s.target_macs, "target_params": s.target_params, "target_latency": s.target_latency,
             "scope": s.scope,
             "ranking": s.ranking, "allocator": s.allocator, "coupled": s.coupled, "min_keep": s.min_keep,
+            **({"speed_weight": s.speed_weight} if s.allocator == "latency" else {}),
             "round_to": s.round_to, "fold": s.fold, "seed": s.seed, "residual": s.residual,
             "exclude": list(s.exclude), "input_shapes": {k: list(v) for k, v in model.input_shapes.items()}}

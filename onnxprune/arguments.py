@@ -42,8 +42,15 @@ def default_criterion(calibration) -> str:
 # density: PreCrop layer densities decide how many, the criterion which (onnxprune/density.py);
 # sensitivity: fidelity measured on calibration data decides how many (onnxprune/sensitivity.py);
 # synexp: PreCrop's convex program solved continuously, then rounded and repaired (onnxprune/synexp.py);
-# synexp-weighted: the same, each group weighted by its measured sensitivity
-ALLOCATORS = ("rank", "density", "sensitivity", "synexp", "synexp-weighted")
+# synexp-weighted: the same, each group weighted by its measured sensitivity;
+# latency: importance against measured milliseconds per MAC (onnxprune/latency_alloc.py)
+ALLOCATORS = ("rank", "density", "sensitivity", "synexp", "synexp-weighted", "latency")
+# --allocator latency: the fraction of latency saved is worth W times the importance the
+# importance-only plan removes. 128 is the least of 0.5-128 (doubling) at which ResNet-50 and
+# MobileNetV2 at half their MACs ran at least twice as fast in every repeat; on the trained
+# PP-OCRv4 and digits models with calibration data it kept accuracy within about a point of
+# the default allocator (benchmarks/RESULTS.md, "A MAC budget that weighs milliseconds").
+DEFAULT_SPEED_WEIGHT = 128.0
 SCOPES = ("local", "global")
 
 
@@ -69,7 +76,8 @@ class Settings:
     tolerance: float
     residual: str = "coupled"   # DEFAULT_RESIDUAL
     target_latency: float | None = None
-    timing: TimingOptions = TimingOptions()   # where --target-latency measures
+    timing: TimingOptions = TimingOptions()   # where --target-latency and --allocator latency measure
+    speed_weight: float = DEFAULT_SPEED_WEIGHT
 
 
 # How a residual Add treats its operands' channels: "coupled" (one class per stream channel)
@@ -80,7 +88,8 @@ DEFAULT_RESIDUAL = "coupled"
 
 def settings(*, ratio, target_macs, target_params, plan, criterion, seed, scope, ranking, allocator,
               coupled, min_keep, round_to, exclude, input_shapes, fold, verify, tolerance,
-              calibration=None, residual=DEFAULT_RESIDUAL, target_latency=None, timing=None) -> Settings:
+              calibration=None, residual=DEFAULT_RESIDUAL, target_latency=None, timing=None,
+              speed_weight=None) -> Settings:
     ratio = _number("ratio", ratio)
     target_macs, target_params = _number("target_macs", target_macs), _number("target_params", target_params)
     target_latency = _number("target_latency", target_latency)
@@ -115,6 +124,11 @@ def settings(*, ratio, target_macs, target_params, plan, criterion, seed, scope,
     if allocator != "rank" and target_macs is None and target_params is None:
         raise OnnxPruneError(f"--allocator {allocator} needs a cost budget: --target-macs or --target-params"
                              + (" (--target-latency has its own allocator)" if target_latency is not None else ""))
+    if speed_weight is not None and allocator != "latency":
+        raise OnnxPruneError("--speed-weight goes with --allocator latency")
+    speed_weight = _number("speed_weight", speed_weight)
+    if speed_weight is not None and not (math.isfinite(speed_weight) and speed_weight >= 0):
+        raise OnnxPruneError(f"--speed-weight must be a finite number >= 0, got {speed_weight}")
     coupled = _choice("--coupled", coupled, COUPLED) if coupled is not None else DEFAULT_COUPLED.get(criterion, "all")
     round_to = default_round_to() if round_to is None else integer("--round-to", round_to, least=1)
     fold = _choice("--fold", fold, passes.fold_removed_constants.MODES)
@@ -126,7 +140,8 @@ def settings(*, ratio, target_macs, target_params, plan, criterion, seed, scope,
     tolerance = check_tolerance(tolerance)
     return Settings(ratio, target_macs, target_params, plan, criterion, seed, scope, ranking, allocator,
                      coupled, check_min_keep(min_keep), round_to, check_patterns(exclude), check_input_shapes(input_shapes),
-                     fold, verify, tolerance, residual, target_latency, check_timing(timing))
+                     fold, verify, tolerance, residual, target_latency, check_timing(timing),
+                     DEFAULT_SPEED_WEIGHT if speed_weight is None else speed_weight)
 
 
 def check_timing(timing) -> TimingOptions:

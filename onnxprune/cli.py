@@ -166,7 +166,7 @@ def _prune(args) -> int:
 
     cli_files.check_targets(args)
     check_options(args.provider, args.threads, args.batch, args.warmup, args.runs)
-    if args.bench or args.target_latency is not None:  # found out now, not after the model is written
+    if args.bench or args.target_latency is not None or args.allocator == "latency":  # now, not after writing
         require_provider(args.provider)
     _check_latency_table(args)
     input_shapes = cli_files.input_shapes(args.input_shape)
@@ -180,7 +180,7 @@ def _prune(args) -> int:
                          calibration=args.calib, calibration_limit=args.calib_limit,
                          calibration_preprocess=args.calib_preprocess, eval_data=args.eval_data,
                          labels_key=args.labels, recover=args.recover, residual=args.residual,
-                         target_latency=args.target_latency,
+                         target_latency=args.target_latency, speed_weight=args.speed_weight,
                          timing=TimingOptions(args.provider, args.threads, args.batch, args.warmup, args.runs,
                                               args.latency_table),
                          check_output=False)  # save_model checks the bytes it writes
@@ -196,8 +196,8 @@ def _check_latency_table(args) -> None:
     """The latency table is read and rewritten: never one of the files the command reads or writes."""
     if args.latency_table is None:
         return
-    if args.target_latency is None:
-        raise OnnxPruneError("--latency-table goes with --target-latency")
+    if args.target_latency is None and args.allocator != "latency":
+        raise OnnxPruneError("--latency-table goes with --target-latency or --allocator latency")
     for flag, path in (("the input", args.input), ("the output", args.output), ("--report", args.report),
                        ("--plan-out", args.plan_out), ("--plan", args.plan)):
         if path and _same_file(args.latency_table, path):
@@ -318,13 +318,14 @@ def _evaluate(args) -> int:
 
 def _sweep(args) -> int:
     from .bench import check_options, require_provider
+    from .latency_model import TimingOptions
     from .sweep import parse_targets, sweep
     from .sweep_view import require_matplotlib
     targets = parse_targets(args.targets)
     if args.plot:
         require_matplotlib()
     check_options(args.provider, args.threads, args.batch, args.warmup, args.runs)
-    if args.bench:
+    if args.bench or args.allocator == "latency":
         require_provider(args.provider)
     models = _sweep_outputs(args, targets)
     result = sweep(args.input, targets, metric=args.target_kind, calibration=args.calib,
@@ -334,7 +335,8 @@ def _sweep(args) -> int:
                    runs=args.runs, keep_models=bool(models), criterion=args.criterion, seed=args.seed,
                    scope=args.scope, ranking=args.ranking, allocator=args.allocator, coupled=args.coupled,
                    min_keep=args.min_keep, round_to=args.round_to, fold=args.fold, exclude=args.exclude,
-                   residual=args.residual,
+                   residual=args.residual, speed_weight=args.speed_weight,
+                   timing=TimingOptions(args.provider, args.threads, args.batch, args.warmup, args.runs),
                    input_shapes=cli_files.input_shapes(args.input_shape))
     print(result.table())
     cli_files.write([(args.json, result.to_json() if args.json else ""),

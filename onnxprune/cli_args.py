@@ -83,13 +83,17 @@ def selection_options(p):
                    help="global ranking: raw scores (faithful DFPC) or scores divided by their group's "
                         "mean (default for bgsc: normalized)")
     p.add_argument("--allocator", default="rank",
-                   choices=["rank", "density", "sensitivity", "synexp", "synexp-weighted"],
+                   choices=["rank", "density", "sensitivity", "synexp", "synexp-weighted", "latency"],
                    help="with --target-macs/--target-params: 'rank' removes channels in score order; "
                         "'density' sets each group's count from layer densities (PreCrop, greedy), "
                         "'synexp' from the same program solved continuously, 'synexp-weighted' with "
                         "each group weighted by its sensitivity (measured on --calib, else from the "
-                        "scores), 'sensitivity' from output error measured on --calib; the criterion "
-                        "picks the channels")
+                        "scores), 'sensitivity' from output error measured on --calib, 'latency' "
+                        "trades importance against milliseconds per MAC, timed like --target-latency; the "
+                        "criterion picks the channels")
+    p.add_argument("--speed-weight", type=float, metavar="W",
+                   help="--allocator latency: a fraction of the latency saved is worth W times the "
+                        "importance the importance-only plan removes (default 128; 0: that plan)")
     p.add_argument("--coupled", default=None, choices=["all", "only", "none", "last"],
                    help="prune all groups, only coupled ones (several feed-in layers), none of those, "
                         "or coupled ones last (default: per criterion)")

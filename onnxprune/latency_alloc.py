@@ -84,17 +84,60 @@ class LatencyTracker(CostTracker):
 def allocate_latency(model, couplings, scores: np.ndarray, target: float, layers, min_keep: float = 0.1,
                      round_to: int = 1, coupled: str = "all", fold: bool = True,
                      ranking: str = "raw", scope: str = "global", curves=None) -> TargetResult:
-    """The greedy on predicted latency. A step's loss is the rise of the group's measured
-    output-error curve (`curves`, onnxprune/sensitivity.py, with calibration data); without,
-    as the scope and ranking compare scores across groups: the score it removes (global,
-    raw), that score over its group's mean (global, normalized), or the fraction of its
-    group it removes (local: scores are not compared across groups)."""
+    """The greedy on predicted latency: a step's loss is its importance (`step_importance`)."""
     tracker = LatencyTracker(model, couplings, fold, layers)
+    importance = step_importance(couplings, scores, coupled, ranking, scope, curves)
+    return allocate_greedy(model, couplings, scores, "latency", target, min_keep, round_to, coupled, fold,
+                           lambda gi, before, after, _: importance(gi, before, after), tracker=tracker)
+
+
+def allocate_speed_weighted(model, couplings, scores: np.ndarray, metric: str, target: float, layers,
+                            speed_weight: float, min_keep: float = 0.1, round_to: int = 1, coupled: str = "all",
+                            fold: bool = True, ranking: str = "raw", scope: str = "global",
+                            curves=None) -> tuple[TargetResult, float]:
+    """`--allocator latency` under a MAC or parameter budget. First the plan by importance
+    per unit of the metric alone; the importance it removes, I_0, is the unit. Then the
+    greedy again, with a step's loss the importance it removes over I_0 minus `speed_weight`
+    times the predicted latency it saves over the original's: per unit of the metric saved,
+    that prefers the layers that are slow for their MACs (a Lagrangian of importance and
+    latency in which W = 1 trades the importance-only plan's whole loss for the whole
+    latency, and 0 is that plan). Returns (the result, the predicted latency fraction)."""
+    importance = step_importance(couplings, scores, coupled, ranking, scope, curves)
+    groups = {g.index: g for g in prunable_groups(couplings, coupled)}
+    alone = allocate_greedy(model, couplings, scores, metric, target, min_keep, round_to, coupled, fold,
+                            lambda gi, before, after, _: importance(gi, before, after))
+    unit = sum(importance(gi, g.width, g.width - len(alone.removed.intersection(g.classes.tolist())))
+               for gi, g in groups.items())
+    tracker = LatencyTracker(model, couplings, fold, layers)
+    if speed_weight == 0 or unit <= 0:
+        step_loss = (lambda gi, before, after, _: importance(gi, before, after))
+    else:
+        # the greedy takes each group's classes in this order from full width, so a step
+        # from `before` to `after` kept removes this slice of it
+        order = {gi: removal_order([g], scores, "global", "raw").tolist() for gi, g in groups.items()}
+
+        def step_loss(gi, before, after, _):
+            width = groups[gi].width
+            saved_ms = -tracker.preview_latency(order[gi][width - before:width - after])
+            return importance(gi, before, after) / unit - speed_weight * saved_ms / tracker.latency0
+
+    result = allocate_greedy(model, couplings, scores, metric, target, min_keep, round_to, coupled, fold,
+                             step_loss, tracker=tracker)
+    return result, tracker.latency / tracker.latency0 if tracker.latency0 else 1.0
+
+
+def step_importance(couplings, scores: np.ndarray, coupled: str, ranking: str, scope: str, curves=None):
+    """importance(group index, kept before, kept after) of a step.
+    With calibration data, the rise of the group's measured output-error curve (`curves`,
+    onnxprune/sensitivity.py); without, as the scope and ranking compare scores across
+    groups: the score removed (global, raw), that score over its group's mean (global,
+    normalized), or the fraction of its group removed (local: scores are not compared
+    across groups)."""
+    groups = prunable_groups(couplings, coupled)
     if curves is not None:
-        return allocate_greedy(model, couplings, scores, "latency", target, min_keep, round_to, coupled, fold,
-                               lambda gi, before, after, _: curves[gi](after) - curves[gi](before), tracker=tracker)
+        return lambda gi, before, after: curves[gi](after) - curves[gi](before)
     lost = {}
-    for g in prunable_groups(couplings, coupled):
+    for g in groups:
         values = scores[removal_order([g], scores, "global", "raw")].astype(np.float64)
         if scope == "local":
             values = np.full(len(values), 1.0 / len(values))
@@ -102,12 +145,11 @@ def allocate_latency(model, couplings, scores: np.ndarray, target: float, layers
             values = values / max(float(values.mean()), 1e-30)
         lost[g.index] = np.concatenate([[0.0], np.cumsum(values)])
 
-    def step_loss(gi, before, after, _):
+    def importance(gi, before, after):
         width = len(lost[gi]) - 1
         return float(lost[gi][width - after] - lost[gi][width - before])
 
-    return allocate_greedy(model, couplings, scores, "latency", target, min_keep, round_to, coupled, fold,
-                           step_loss, tracker=tracker)
+    return importance
 
 
 def allocate_to_latency(model, couplings, scores: np.ndarray, s, rewritten,
@@ -155,6 +197,26 @@ def allocate_to_latency(model, couplings, scores: np.ndarray, s, rewritten,
     notes = curve_notes + [table_note, note]
     return TargetResult(result.removed, target, "latency", measured, measured <= target * (1 + TOLERANCE),
                         rewrite=result.rewrite), notes
+
+
+def allocate_budget_for_speed(model, couplings, scores: np.ndarray, metric: str, fraction: float, s,
+                              data=None) -> tuple[TargetResult, list[str]]:
+    """`--allocator latency` with `--target-macs` or `--target-params`: the layers' width
+    curves from the latency table (measured where missing), with calibration `data` the
+    groups' measured output-error curves as importance, then `allocate_speed_weighted`."""
+    layers, table_note = measure_layers(model, couplings, s.min_keep, s.round_to, s.coupled, s.timing)
+    curves, notes = None, []
+    if data is not None:
+        curves, note = measured_curves(model, couplings, scores, prunable_groups(couplings, s.coupled), s.min_keep,
+                                       s.round_to, data)
+        notes.append(note)
+    result, predicted = allocate_speed_weighted(model, couplings, scores, metric, fraction, layers, s.speed_weight,
+                                                s.min_keep, s.round_to, s.coupled, s.fold != "none", s.ranking,
+                                                s.scope, curves)
+    notes += [table_note, f"allocator latency, speed weight {s.speed_weight:g}: predicted latency {predicted:.3f} of "
+              f"the original's at {result.achieved:.3f} of its {metric} (the sum of the timed layers; "
+              f"`onnxprune bench` measures the whole model)"]
+    return result, notes
 
 
 def corrected_aim(target: float, predicted: float, measured: float) -> float:

@@ -3,6 +3,7 @@ the latency-tracking greedy, the measured correction, and the options around the
 are faked wherever a test asserts on what the allocator does with them; no test asserts on
 a real timing."""
 import json
+import os
 
 import numpy as np
 import onnx
@@ -231,7 +232,7 @@ def test_real_timing_end_to_end_with_calibration_recovery(table, capsys):
     (["--target-latency", "0.5", "--target-macs", "0.5"], "not allowed with argument"),
     (["--target-latency", "1.5"], "--target-latency must be in (0, 1]"),
     (["--target-latency", "0.5", "--allocator", "density"], "has its own allocator"),
-    (["--latency-table", "t.json"], "--latency-table goes with --target-latency"),
+    (["--latency-table", "t.json"], "--latency-table goes with --target-latency or --allocator latency"),
     (["--target-latency", "0.5", "--latency-table", "IN"], "--latency-table is the input path"),
 ])
 def test_cli_refuses_bad_latency_options_in_one_line(tmp_path, capsys, args, message):
@@ -341,3 +342,61 @@ def test_transformer_projections_and_mlps_are_timed_and_cut(monkeypatch, table):
     _, report = onnxprune.prune(proto, target_latency=0.7, round_to=1, verify=True, timing=TimingOptions(table=table))
     assert report.after["macs"] < report.before["macs"] and report.oracle_passed
     assert any(n.startswith("latency table: 8 layer(s)") for n in report.notes)
+
+
+def _group_touching(couplings, layers, side):
+    """The prunable group whose classes sit on a layer with a side x side input."""
+    return next(g for g in prunable_groups(couplings)
+                if any(lay.input_shape[-1] == side and g.classes[0] in couplings.class_of[ids]
+                       for lay in layers for ids in lay.axes.values()))
+
+
+def test_speed_weight_moves_a_mac_budget_onto_the_layers_slow_for_their_macs(monkeypatch, table):
+    """The small branch (4x4 maps) has 1/64 of the big one's MACs per channel, but on these
+    fake curves it is 100 times slower per channel: with weight 0 the allocator thins the big
+    branch (importance per MAC), with a large weight it takes the small one to its floor first,
+    and both meet the MAC budget."""
+    from onnxprune.latency_alloc import allocate_speed_weighted
+    slow_small = lambda layer: 0.001 if layer.input_shape[-1] == 32 else 0.1   # noqa: E731
+    model, couplings, layers = _tracker_setup(monkeypatch, table, slow_small)
+    scores = np.ones(couplings.n_classes)
+    small = set(_group_touching(couplings, layers, 4).classes.tolist())
+    results = {w: allocate_speed_weighted(model, couplings, scores, "macs", 0.7, layers, w, round_to=1)
+               for w in (0.0, 32.0)}
+    for result, _ in results.values():
+        assert result.metric == "macs" and result.reached and result.achieved <= 0.7 + 1e-9
+    (importance_only, latency0), (speedy, latency32) = results[0.0], results[32.0]
+    assert not small & importance_only.removed
+    assert len(small & speedy.removed) == len(small) - 4   # 32 channels, floor 0.1 -> 4 kept
+    assert latency32 < latency0
+
+
+def test_allocator_latency_through_prune_meets_the_mac_budget_and_says_so(monkeypatch, table):
+    monkeypatch.setattr(latency_model, "time_widths", fake_ms(lambda layer: 0.1))
+    slim, report = onnxprune.prune(two_branches(), target_macs=0.6, allocator="latency", speed_weight=4,
+                                   recover="none", verify=True, timing=TimingOptions(table=table))
+    assert report.oracle_passed and report.after["macs"] <= 0.6 * report.before["macs"]
+    assert report.options["allocator"] == "latency" and report.options["speed_weight"] == 4
+    assert any(n.startswith("allocator latency, speed weight 4: predicted latency ") for n in report.notes)
+
+
+@pytest.mark.parametrize("kw, message", [
+    ({"speed_weight": 2}, "--speed-weight goes with --allocator latency"),
+    ({"allocator": "latency", "speed_weight": -1}, "--speed-weight must be a finite number >= 0"),
+    ({"allocator": "latency", "speed_weight": "fast"}, "speed_weight must be a number"),
+    ({"allocator": "latency", "target_macs": None, "ratio": 0.3}, "--allocator latency needs a cost budget"),
+])
+def test_speed_weight_is_checked_before_any_work(kw, message):
+    args = {"target_macs": 0.6, **kw}
+    with pytest.raises(onnxprune.OnnxPruneError, match=message.replace("(", r"\(")):
+        onnxprune.prune(two_branches(), **args)
+
+
+def test_cli_allocator_latency_prints_the_predicted_latency(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(latency_model, "time_widths", fake_ms(lambda layer: 0.1))
+    src, out, table = (str(tmp_path / n) for n in ("in.onnx", "out.onnx", "t.json"))
+    onnx.save(two_branches(), src)
+    assert main([src, out, "--target-macs", "0.6", "--allocator", "latency", "--latency-table", table,
+                 "--recover", "none"]) == 0
+    assert "allocator latency, speed weight 128: predicted latency" in capsys.readouterr().out
+    assert os.path.exists(table) and onnx.load(out).graph.node
