@@ -23,6 +23,10 @@ threads and batch.
    (`corrected_aim`), the allocation redone and timed again; if that still misses, one
    secant step between the two (aim, measured) points is timed as well. At most three
    allocations are timed; the plan that measured closest to the target is kept. The note says target, achieved and what it cost.
+
+`--allocator latency` with a MAC or parameter budget uses the same curves and tracker for a
+Lagrangian of importance and predicted latency (`allocate_speed_weighted`): at equal MACs,
+the layers that are slow for their MACs go first.
 """
 from __future__ import annotations
 
@@ -160,12 +164,7 @@ def allocate_to_latency(model, couplings, scores: np.ndarray, s, rewritten,
     calibration `data`, each group's importance is its measured output-error curve."""
     options: TimingOptions = s.timing
     start = time.perf_counter()
-    layers, table_note = measure_layers(model, couplings, s.min_keep, s.round_to, s.coupled, options)
-    curves, curve_notes = None, []
-    if data is not None:
-        curves, note = measured_curves(model, couplings, scores, prunable_groups(couplings, s.coupled), s.min_keep,
-                                       s.round_to, data)
-        curve_notes = [note]
+    layers, curves, setup_notes = _layers_and_curves(model, couplings, scores, s, data)
     original = model.to_proto()
 
     def attempt(fraction):
@@ -194,7 +193,7 @@ def allocate_to_latency(model, couplings, scores: np.ndarray, s, rewritten,
     note = (f"target latency {target:g}, achieved {measured:.3f} ({_measured(timings, options)}); predicted "
             f"{result.achieved:.3f} for an aim of {aimed:.3f}; {len(tries)} allocation(s) timed; latency modelling "
             f"and timing took {time.perf_counter() - start:.1f} s")
-    notes = curve_notes + [table_note, note]
+    notes = setup_notes + [note]
     return TargetResult(result.removed, target, "latency", measured, measured <= target * (1 + TOLERANCE),
                         rewrite=result.rewrite), notes
 
@@ -204,19 +203,25 @@ def allocate_budget_for_speed(model, couplings, scores: np.ndarray, metric: str,
     """`--allocator latency` with `--target-macs` or `--target-params`: the layers' width
     curves from the latency table (measured where missing), with calibration `data` the
     groups' measured output-error curves as importance, then `allocate_speed_weighted`."""
-    layers, table_note = measure_layers(model, couplings, s.min_keep, s.round_to, s.coupled, s.timing)
+    layers, curves, notes = _layers_and_curves(model, couplings, scores, s, data)
+    result, predicted = allocate_speed_weighted(model, couplings, scores, metric, fraction, layers, s.speed_weight,
+                                                s.min_keep, s.round_to, s.coupled, s.fold != "none", s.ranking,
+                                                s.scope, curves)
+    notes += [f"allocator latency, speed weight {s.speed_weight:g}: predicted latency {predicted:.3f} of "
+              f"the original's at {result.achieved:.3f} of its {metric} (the sum of the timed layers; "
+              f"`onnxprune bench` measures the whole model)"]
+    return result, notes
+
+
+def _layers_and_curves(model, couplings, scores, s, data):
+    """(timed layers, the groups' measured output-error curves or None without data, notes)."""
     curves, notes = None, []
     if data is not None:
         curves, note = measured_curves(model, couplings, scores, prunable_groups(couplings, s.coupled), s.min_keep,
                                        s.round_to, data)
         notes.append(note)
-    result, predicted = allocate_speed_weighted(model, couplings, scores, metric, fraction, layers, s.speed_weight,
-                                                s.min_keep, s.round_to, s.coupled, s.fold != "none", s.ranking,
-                                                s.scope, curves)
-    notes += [table_note, f"allocator latency, speed weight {s.speed_weight:g}: predicted latency {predicted:.3f} of "
-              f"the original's at {result.achieved:.3f} of its {metric} (the sum of the timed layers; "
-              f"`onnxprune bench` measures the whole model)"]
-    return result, notes
+    layers, table_note = measure_layers(model, couplings, s.min_keep, s.round_to, s.coupled, s.timing)
+    return layers, curves, notes + [table_note]
 
 
 def corrected_aim(target: float, predicted: float, measured: float) -> float:
