@@ -400,3 +400,17 @@ def test_cli_allocator_latency_prints_the_predicted_latency(tmp_path, monkeypatc
                  "--recover", "none"]) == 0
     assert "allocator latency, speed weight 128: predicted latency" in capsys.readouterr().out
     assert os.path.exists(table) and onnx.load(out).graph.node
+
+
+def test_sweep_takes_the_latency_allocator_and_its_weight(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(latency_model, "time_widths", fake_ms(lambda layer: 0.1))
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))   # the default table lands here
+    src = str(tmp_path / "in.onnx")
+    onnx.save(two_branches(), src)
+    assert main(["sweep", src, "--targets", "0.8,0.6", "--allocator", "latency", "--speed-weight", "2",
+                 "--recover", "none", "--json", str(tmp_path / "s.json")]) == 0
+    result = json.loads((tmp_path / "s.json").read_text())
+    rows = result["rows"]
+    assert [r["target"] for r in rows] == [0.8, 0.6] and all(r["macs_fraction"] <= r["target"] for r in rows)
+    assert result["options"]["allocator"] == "latency" and result["options"]["speed_weight"] == 2
+    assert os.path.exists(latency_model.default_table_path())
