@@ -414,3 +414,11 @@ def test_sweep_takes_the_latency_allocator_and_its_weight(tmp_path, monkeypatch,
     assert [r["target"] for r in rows] == [0.8, 0.6] and all(r["macs_fraction"] <= r["target"] for r in rows)
     assert result["options"]["allocator"] == "latency" and result["options"]["speed_weight"] == 2
     assert os.path.exists(latency_model.default_table_path())
+
+
+def test_allocator_latency_meets_a_parameter_budget_too(monkeypatch, table):
+    monkeypatch.setattr(latency_model, "time_widths", fake_ms(lambda layer: 0.1))
+    slim, report = onnxprune.prune(two_branches(), target_params=0.7, allocator="latency", recover="none",
+                                   timing=TimingOptions(table=table))
+    assert report.after["params"] <= 0.7 * report.before["params"]
+    assert any(" of its params (" in n for n in report.notes)
