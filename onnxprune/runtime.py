@@ -170,17 +170,23 @@ _ORT_TYPES = {"tensor(float)": np.float32, "tensor(double)": np.float64, "tensor
               "tensor(uint8)": np.uint8, "tensor(int8)": np.int8}
 
 
-def random_inputs(model: Model, rng: np.random.Generator, sess, batch: int | None = None) -> dict[str, np.ndarray]:
+def random_inputs(model: Model, rng: np.random.Generator, sess, batch: int | None = None,
+                  grow: tuple[int, int] | None = None) -> dict[str, np.ndarray]:
     """Random feeds of the fixed input shapes, typed as the session expects. `batch` replaces
-    the batch dimension of the inputs whose batch is symbolic in the model."""
+    the batch dimension of the inputs whose batch is symbolic in the model; `grow`, (position,
+    factor), multiplies their dimension at that position where it is symbolic too (an
+    image's height or width, a sequence's length)."""
     feeds = {}
     resized = symbolic_batch_inputs(model) if batch is not None else set()
+    grown = symbolic_size_inputs(model) if grow is not None else {}
     for inp in sess.get_inputs():
         if inp.name in model.inits:
             continue  # an initializer listed as an input keeps its own value
         shape = model.input_shapes.get(inp.name) or tuple(d if isinstance(d, int) else 1 for d in inp.shape)
         if inp.name in resized:
             shape = (batch,) + tuple(shape[1:])
+        if inp.name in grown and grow[0] in grown[inp.name]:
+            shape = tuple(d * grow[1] if i == grow[0] else d for i, d in enumerate(shape))
         dtype = _ORT_TYPES.get(inp.type, np.float32)
         if np.issubdtype(dtype, np.floating):
             value = rng.uniform(-1.0, 1.0, shape)
@@ -201,6 +207,18 @@ def symbolic_batch_inputs(model: Model) -> set[str]:
         if inp.name not in model.inits and len(dims) and not (dims[0].HasField("dim_value") and dims[0].dim_value > 0):
             names.add(inp.name)
     return names
+
+
+def symbolic_size_inputs(model: Model) -> dict[str, set[int]]:
+    """{graph input: positions after the first that the model leaves open}: the analysis
+    fixed them (--input-shape), the model claims other sizes."""
+    found = {}
+    for inp in model.graph.input:
+        dims = inp.type.tensor_type.shape.dim
+        open_dims = {i for i, d in enumerate(dims) if i > 0 and not (d.HasField("dim_value") and d.dim_value > 0)}
+        if inp.name not in model.inits and open_dims:
+            found[inp.name] = open_dims
+    return found
 
 
 _NO_KERNEL = re.compile(r"Could not find an implementation for (\w+)\(\d+\) node with name '([^']*)'")

@@ -15,7 +15,8 @@ import onnx
 from .dtypes import float32_model, float_types, is_narrow, narrowest, rounding_floor, to_float32
 from .errors import InternalError
 from .masking import mask_feed_out_inputs
-from .runtime import model_session, ort_reason, quiet, random_inputs, run_named, symbolic_batch_inputs
+from .runtime import (model_session, ort_reason, quiet, random_inputs, run_named, symbolic_batch_inputs,
+                      symbolic_size_inputs)
 
 DEFAULT_TOLERANCE = 1e-4
 
@@ -52,6 +53,11 @@ NOISE_FACTOR = 4.0
 # Where the model's batch is symbolic, the oracle also runs at this batch size (or at 1 when
 # the analysis already used it): the analysis saw one batch size, the model claims any.
 OTHER_BATCH = 2
+# Where other input dimensions are symbolic (an image's height and width, a text line's
+# width), the oracle also runs with them this many times the analysed size: a rewrite that
+# baked an analysed size into the graph fails there (PP-OCRv4's token count, session 8).
+OTHER_SIZE_FACTOR = 2
+ANALYSED = (None, None)   # (batch, size factor) of the run at the analysed shapes
 
 
 def max_relative_difference(a_outputs, b_outputs, floor: float = MAGNITUDE_FLOOR) -> float:
@@ -99,31 +105,50 @@ def masking_oracle(model, couplings, removed_classes, slim, folds=None, samples:
     runs = {"reference": (masked, True), "unoptimized": (masked, False), "slim": (slim, True)}
     if is_narrow(dtype):
         runs["float32"] = (float32_model(masked), True)
-    batches = [None] + ([_other_batch(model)] if symbolic_batch_inputs(model) else [])
-    outputs = _outputs(model, runs, batches, samples, seed)
-    worst, noise, checked, notes = 0.0, 0.0, [], []
-    for batch in batches:
-        ref, pruned = outputs["reference"][batch], outputs["slim"].get(batch)
+    positions = sorted({p for open_dims in symbolic_size_inputs(model).values() for p in open_dims})
+    variants = ([ANALYSED] + ([(_other_batch(model), None)] if symbolic_batch_inputs(model) else [])
+                + [(None, (p, OTHER_SIZE_FACTOR)) for p in positions])
+    outputs = _outputs(model, runs, variants, samples, seed)
+    worst, noise, checked, notes, refused = 0.0, 0.0, [], [], []
+    for variant in variants:
+        ref, pruned = outputs["reference"][variant], outputs["slim"].get(variant)
         if isinstance(ref, Exception):
             # The masks broadcast over every axis but the channels', whose width the layer's
-            # weight fixes: only the original itself can fail here. The model's batch is
-            # symbolic but it runs at the analysed batch only; nothing to compare.
-            notes.append(f"oracle: the original model does not run at batch {batch} ({ort_reason(ref)}); "
-                         f"compared at batch {_batch_of(model, None)} only")
+            # weight fixes: only the original itself can fail here. The model's batch or size
+            # is symbolic but it runs at the analysed shapes only; nothing to compare.
+            said = f"oracle: the original model does not run {_where(model, variant)} ({ort_reason(ref)})"
+            if variant[1] is None:
+                notes.append(f"{said}; compared at batch {_batch_of(model, None)} only")
+            else:   # said below only when no other size ran either
+                refused.append(said)
             continue
-        checked.append(batch)
+        checked.append(variant)
         if isinstance(pruned, Exception):
-            notes.append(f"oracle: the pruned model does not run at batch {batch}, the original does "
+            notes.append(f"oracle: the pruned model does not run {_where(model, variant)}, the original does "
                          f"({ort_reason(pruned)})")
             worst = float("inf")
             continue
         worst = max(worst, _worst(ref, pruned))
         for key in ("unoptimized", "float32"):
-            other = outputs.get(key, {}).get(batch)
+            other = outputs.get(key, {}).get(variant)
             if other is not None and not isinstance(other, Exception):
                 noise = max(noise, _worst(ref, other))
-    batch_sizes = tuple(_batch_of(model, b) for b in checked) if len(batches) > 1 else ()
+    batched = [v for v in variants if v[1] is None]
+    batch_sizes = tuple(_batch_of(model, v[0]) for v in checked if v[1] is None) if len(batched) > 1 else ()
+    grown = [v[1][0] for v in checked if v[1]]
+    if grown:
+        notes.append(f"oracle: also compared with input dimension(s) {grown} at {OTHER_SIZE_FACTOR}x the analysed "
+                     "size (symbolic in the model)")
+    if refused and not grown:
+        notes += [f"{n}; compared at the analysed size only" for n in refused]
     return OracleResult(worst, noise, dtype.name, batch_sizes, notes)
+
+
+def _where(model, variant) -> str:
+    batch, grow = variant
+    if grow:
+        return f"with input dimension {grow[0]} at {grow[1]}x the analysed size"
+    return f"at batch {_batch_of(model, batch)}"
 
 
 def compare_models(reference, other, samples: int = 2, seed: int = 0) -> float:
@@ -141,23 +166,23 @@ def compare_models(reference, other, samples: int = 2, seed: int = 0) -> float:
     return _worst(expected, got)
 
 
-def _outputs(model, runs, batches, samples, seed):
-    """{run: {batch: outputs per sample, or the exception}}, one session at a time (each holds
-    a view of a full set of weights). Only at the analysed batch (None) does a failure of the
-    compared models raise; the float32 replica only measures noise."""
+def _outputs(model, runs, variants, samples, seed):
+    """{run: {(batch, size factor): outputs per sample, or the exception}}, one session at a
+    time (each holds a view of a full set of weights). Only at the analysed shapes does a
+    failure of the compared models raise; the float32 replica only measures noise."""
     rng = np.random.default_rng(seed)
     feeds, outputs = {}, {}
     for key, (which, optimize) in runs.items():
         sess = model_session(which, optimize=optimize)
-        for batch in batches:
-            if batch not in feeds:
-                feeds[batch] = [random_inputs(model, rng, sess, batch) for _ in range(samples)]
-            if isinstance(outputs.get("reference", {}).get(batch), Exception):
+        for variant in variants:
+            if variant not in feeds:
+                feeds[variant] = [random_inputs(model, rng, sess, *variant) for _ in range(samples)]
+            if isinstance(outputs.get("reference", {}).get(variant), Exception):
                 continue
-            got = _run(sess, feeds[batch], to32=key == "float32")
-            if isinstance(got, Exception) and batch is None and key != "float32":
+            got = _run(sess, feeds[variant], to32=key == "float32")
+            if isinstance(got, Exception) and variant == ANALYSED and key != "float32":
                 raise got
-            outputs.setdefault(key, {})[batch] = got
+            outputs.setdefault(key, {})[variant] = got
         del sess
     return outputs
 

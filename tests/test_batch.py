@@ -118,3 +118,32 @@ def test_symbolic_batch_float16(criterion):
     proto = to_type(residual_net(x_shape=(N, 3, 8, 8)), onnx.TensorProto.FLOAT16)
     _, report = prune_verified(proto, criterion=criterion)
     assert report.oracle_passed and report.oracle.batches == (1, 2) and report.oracle.dtype == "float16"
+
+
+def pooled_net():
+    """conv -> relu -> conv -> GlobalAveragePool, height and width symbolic."""
+    b = GraphBuilder(seed=9)
+    h = b.op("Relu", [b.conv(b.input("x", [N, 3, "H", "W"]), 3, 8)])
+    return b.model([b.op("GlobalAveragePool", [b.conv(h, 8, 4)])])
+
+
+def test_symbolic_height_and_width_are_verified_at_another_size():
+    _, report = prune_verified(pooled_net(), input_shapes={"x": (1, 3, 8, 8)})
+    assert report.oracle_passed and report.oracle.batches == (1, 2)
+    assert any(n.startswith("oracle: also compared with input dimension(s) [2, 3] at 2x") for n in report.notes)
+
+
+def test_pruned_model_that_bakes_the_analysed_size_fails_the_oracle():
+    """A rewrite that fixes the analysed height and width (as PP-OCRv4's token count once was)
+    matches at that size and at batch 2; at another size it does not run, while the original does."""
+    model, couplings = analyze_model(pooled_net(), {"x": (1, 3, 8, 8)})
+    removed = allocate(couplings, score(model, couplings, "l1").values, 0.5)
+    slim = rewrite(model, couplings, removed, {})
+    assert masking_oracle(model, couplings, removed, slim).passed()
+    slim.inits["baked_shape"] = np.array([0, 3, 8, 8], dtype=np.int64)
+    first = next(n for n in slim.graph.node if n.op_type == "Conv")
+    slim.graph.node.insert(0, helper.make_node("Reshape", ["x", "baked_shape"], ["x_baked"], name="bake"))
+    first.input[0] = "x_baked"
+    result = masking_oracle(model, couplings, removed, slim)
+    assert not result.passed() and result.max_rel_diff == float("inf")
+    assert any("the pruned model does not run with input dimension 2 at 2x" in n for n in result.notes), result.notes
