@@ -41,9 +41,11 @@ ZOO = {
 }
 
 
-def export_onnx(module, input_shape, path=None, opset=17, keep_bn=True, unshare=False):
+def export_onnx(module, input_shape, path=None, opset=17, keep_bn=True, unshare=False, dynamic_size=False):
     """Trace ``module`` (eval mode) to ONNX with input "input" and output "logits",
-    static shapes.  Returns the ModelProto and also saves it when ``path`` is given.
+    static shapes (``dynamic_size``: batch, height and width symbolic, as a deployment
+    export that takes any image size).  Returns the ModelProto and also saves it when
+    ``path`` is given.
 
     keep_bn=True: TrainingMode.PRESERVE on an eval module skips the exporter's
     conv-BN fusion (it only runs for TrainingMode.EVAL), and constant folding
@@ -59,6 +61,7 @@ def export_onnx(module, input_shape, path=None, opset=17, keep_bn=True, unshare=
             input_names=["input"], output_names=["logits"],
             training=torch.onnx.TrainingMode.PRESERVE if keep_bn else torch.onnx.TrainingMode.EVAL,
             do_constant_folding=not keep_bn,
+            dynamic_axes={"input": {0: "N", 2: "H", 3: "W"}, "logits": {0: "N"}} if dynamic_size else None,
         )
     proto = onnx.load_from_string(buf.getvalue())
     if unshare:  # by default keep the exporter's shared weights: onnxprune must handle them

@@ -147,3 +147,17 @@ def test_pruned_model_that_bakes_the_analysed_size_fails_the_oracle():
     result = masking_oracle(model, couplings, removed, slim)
     assert not result.passed() and result.max_rel_diff == float("inf")
     assert any("the pruned model does not run with input dimension 2 at 2x" in n for n in result.notes), result.notes
+
+
+@pytest.mark.parametrize("name", ["resnet18", "mobilenet_v2", "densenet_small", "googlenet", "regnety_400mf"])
+def test_exports_that_take_any_image_size_are_verified_at_another_size(name):
+    """Zoo models exported with symbolic batch, height and width (torch's dynamic_axes),
+    pruned at their test size: the pruned model matches the masked original at batch 2 and
+    at twice the height and twice the width too."""
+    from models.export import ZOO, build_module, export_onnx
+    module, shape = build_module(name, ZOO[name][1])
+    proto = export_onnx(module, shape, dynamic_size=True)
+    _, report = onnxprune.prune(proto, 0.3, criterion="l1", verify=True, input_shapes={"input": shape})
+    assert report.oracle_passed and report.oracle.batches == (1, 2)
+    assert any(n.startswith("oracle: also compared with input dimension(s) [2, 3] at 2x") for n in report.notes)
+    assert report.after["macs"] < 0.9 * report.before["macs"]
