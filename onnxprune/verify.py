@@ -57,7 +57,7 @@ OTHER_BATCH = 2
 # width), the oracle also runs with them this many times the analysed size: a rewrite that
 # baked an analysed size into the graph fails there (PP-OCRv4's token count, session 8).
 OTHER_SIZE_FACTOR = 2
-ANALYSED = (None, None)   # (batch, size factor) of the run at the analysed shapes
+ANALYSED = (None, None)   # a run's (batch, (position, factor) grown): here the analysed shapes
 
 
 def max_relative_difference(a_outputs, b_outputs, floor: float = MAGNITUDE_FLOOR) -> float:
@@ -99,7 +99,8 @@ class OracleResult:
 def masking_oracle(model, couplings, removed_classes, slim, folds=None, samples: int = 2,
                    seed: int = 0) -> OracleResult:
     """Compare the pruned model (a Model) with the masked original on random inputs in [-1, 1],
-    at the analysed batch size and, where the model's batch is symbolic, at another one."""
+    at the analysed shapes and, where the model leaves them symbolic, at another batch size
+    and with each other open dimension at OTHER_SIZE_FACTOR times its analysed size."""
     masked = masked_original(model, couplings, removed_classes, folds)
     dtype = narrowest(float_types(model))
     runs = {"reference": (masked, True), "unoptimized": (masked, False), "slim": (slim, True)}
