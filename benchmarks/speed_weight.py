@@ -38,6 +38,7 @@ import onnx  # noqa: E402
 
 import onnxprune  # noqa: E402
 from onnxprune import TimingOptions, bench  # noqa: E402
+import accuracy_digits  # noqa: E402
 from accuracy_recovery import dump_json, environment  # noqa: E402
 from latency_target import load, zoo_model  # noqa: E402
 
@@ -153,12 +154,7 @@ def part_digits(args, tmp) -> list[dict]:
 
 
 def accuracy(proto, x, y) -> float:
-    import onnxruntime as ort
-    session = ort.InferenceSession(proto.SerializeToString(), providers=["CPUExecutionProvider"])
-    name, batch = session.get_inputs()[0].name, session.get_inputs()[0].shape[0]
-    step = batch if isinstance(batch, int) else len(x)   # the digits files are exported at batch 1
-    logits = np.concatenate([session.run(None, {name: x[i:i + step]})[0] for i in range(0, len(x), step)])
-    return float((logits.argmax(1) == y).mean())
+    return accuracy_digits.accuracy(proto, x, y) / len(y)
 
 
 def markdown(result) -> str:

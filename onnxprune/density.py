@@ -18,6 +18,7 @@ program, it is the synexp allocator's repair (onnxprune/synexp.py).
 from __future__ import annotations
 
 import heapq
+from typing import NamedTuple
 
 import numpy as np
 
@@ -26,9 +27,15 @@ from .budget import (CostTracker, TargetResult, _base, _delta, _step, class_widt
 from .errors import OnnxPruneError
 
 
-def density_loss(gi, keep_before, keep_after, d_log) -> float:
+class Step(NamedTuple):
+    """What a step loss sees of the step besides its group and counts."""
+    chunk: list        # the channel classes it removes
+    d_log: float       # its change of Σ log p, as the tracker previews it
+
+
+def density_loss(gi, keep_before, keep_after, step: Step) -> float:
     """PreCrop's step loss: the Σ log p a step gives up."""
-    return -d_log
+    return -step.d_log
 
 
 def allocate_density(model, couplings, scores: np.ndarray, metric: str, target: float,
@@ -57,7 +64,7 @@ def allocate_greedy_budgets(model, couplings, scores: np.ndarray, budgets, min_k
 
 def allocate_greedy(model, couplings, scores: np.ndarray, metric: str, target: float, min_keep: float,
                     round_to: int, coupled: str, fold: bool, step_loss, start=None, tracker=None) -> TargetResult:
-    """Take the cheapest step, `step_loss(group index, kept before, kept after, Δ Σ log p)`
+    """Take the cheapest step, `step_loss(group index, kept before, kept after, Step)`
     per unit of the metric saved, until the target is met (the density allocator's loss is
     −Δ Σ log p; the sensitivity allocator's a measured fidelity curve; the latency
     allocator's the scores removed, per millisecond saved on a LatencyTracker). `start(tracker)`
@@ -91,7 +98,7 @@ def allocate_greedy(model, couplings, scores: np.ndarray, metric: str, target: f
             return None
         preview = tracker.preview(chunk)
         saved = -_delta(tracker, metric, chunk, preview)
-        return step_loss(gi, keep[gi], keep[gi] - len(chunk), preview[2]) / saved if saved > 0 else None
+        return step_loss(gi, keep[gi], keep[gi] - len(chunk), Step(chunk, preview[2])) / saved if saved > 0 else None
 
     removed: set[int] = set()
     for gi, k in (start(tracker) if start else {}).items():

@@ -116,13 +116,8 @@ def allocate_speed_weighted(model, couplings, scores: np.ndarray, metric: str, t
     if speed_weight == 0 or unit <= 0:
         step_loss = (lambda gi, before, after, _: importance(gi, before, after))
     else:
-        # the greedy takes each group's classes in this order from full width, so a step
-        # from `before` to `after` kept removes this slice of it
-        order = {gi: removal_order([g], scores, "global", "raw").tolist() for gi, g in groups.items()}
-
-        def step_loss(gi, before, after, _):
-            width = groups[gi].width
-            saved_ms = -tracker.preview_latency(order[gi][width - before:width - after])
+        def step_loss(gi, before, after, step):
+            saved_ms = -tracker.preview_latency(step.chunk)
             return importance(gi, before, after) / unit - speed_weight * saved_ms / tracker.latency0
 
     result = allocate_greedy(model, couplings, scores, metric, target, min_keep, round_to, coupled, fold,

@@ -26,7 +26,7 @@ import numpy as np
 
 from .budget import class_widths, floor_of, group_round_to, prunable_groups
 from .cost import CostTracker
-from .density import allocate_greedy_budgets
+from .density import allocate_greedy_budgets, density_loss
 
 
 @dataclass
@@ -72,8 +72,8 @@ def allocate_synexp(model, couplings, scores: np.ndarray, metric: str, target: f
         return {g.index: round_up(keep[g.index], g.width, floor_of(g.width, min_keep),
                                    group_round_to(g, widths, round_to)) for g in groups}
 
-    def loss(gi, keep_before, keep_after, d_log):
-        return -d_log * _weight(weights, gi)
+    def loss(gi, keep_before, keep_after, step):
+        return density_loss(gi, keep_before, keep_after, step) * _weight(weights, gi)
 
     budgets = [(metric, target)] + ([also] if also is not None else [])
     result, kept = allocate_greedy_budgets(model, couplings, scores, budgets, min_keep, round_to, coupled, fold,
