@@ -12,15 +12,16 @@ import logging
 import os
 import time
 from collections.abc import Mapping, Sequence
+from dataclasses import replace
 
 import numpy as np
 import onnx
 
 from . import passes
-from .budget import allocate, allocate_target, check_plan_classes, kept_whole_by_rounding, prunable_groups
+from .allocation import allocate_budget
+from .budget import check_plan_classes, kept_whole_by_rounding
+from .cost import cost
 from .couplings import analyze
-from .density import allocate_density
-from .latency_alloc import allocate_budget_for_speed, allocate_to_latency
 from .latency_model import TimingOptions
 from .errors import OnnxPruneError
 from .io import is_large
@@ -30,14 +31,13 @@ from .pipeline import REWRITE_PASSES, Step, run_passes
 from .arguments import (DEFAULT_RESIDUAL, Settings, check_data_options, check_flag, check_input_shapes,
                         check_needs_data, check_patterns, check_residual, check_source, settings, type_name)
 from .plan import Plan, classes_from_plan, plan_from_classes
-from .progress import stage
-from .recover import DataOptions, batches_of, calibration_sets, recover_stage
+from .progress import enable as enable_progress, stage
+from .recover import DataOptions, batches_of, calibration_sets, held_out_error, recover_stage
 from .report import PlanInfo, Report, group_table, model_stats
 from .residual import gather_note
 from .runtime import model_session, random_inputs
 from .saliency import CalibrationData, needs_data, score
-from .sensitivity import allocate_sensitivity, group_weights
-from .synexp import allocate_synexp
+from .plan_choice import candidates, choose_plan, trial_recovery, trial_samples
 from .verify import DEFAULT_TOLERANCE, check, masking_oracle
 
 log = logging.getLogger("onnxprune")
@@ -69,7 +69,7 @@ def analyze_model(source: str | os.PathLike | onnx.ModelProto,
 def prune(source: str | os.PathLike | onnx.ModelProto, ratio: float | None = None, *,
           target_macs: float | None = None, target_params: float | None = None, plan: Plan | None = None,
           criterion: str = "auto", seed: int = 0, scope: str | None = None, ranking: str | None = None,
-          allocator: str = "rank", coupled: str | None = None, min_keep: float | str = 0.1,
+          allocator: str | None = None, coupled: str | None = None, min_keep: float | str = 0.1,
           round_to: int | None = None, exclude: Sequence[str] = (),
           input_shapes: Mapping[str, Sequence[int]] | None = None, fold: str = "exact",
           verify: bool = False, tolerance: float = DEFAULT_TOLERANCE, calibration: object = None,
@@ -150,7 +150,7 @@ def checked_in_memory(slim: Model) -> bool:
 def prune_model(source: str | os.PathLike | onnx.ModelProto, ratio: float | None = None, *,
                 target_macs: float | None = None, target_params: float | None = None,
                 plan: Plan | None = None, criterion: str = "auto", seed: int = 0, scope: str | None = None,
-                ranking: str | None = None, allocator: str = "rank", coupled: str | None = None,
+                ranking: str | None = None, allocator: str | None = None, coupled: str | None = None,
                 min_keep: float | str = 0.1, round_to: int | None = None, exclude: Sequence[str] = (),
                 input_shapes: Mapping[str, Sequence[int]] | None = None, fold: str = "exact",
                 verify: bool = False, tolerance: float = DEFAULT_TOLERANCE, calibration: object = None,
@@ -180,7 +180,7 @@ def prune_model(source: str | os.PathLike | onnx.ModelProto, ratio: float | None
     model, couplings = _load(source, s, timings)
     data = DataOptions(calibration, calibration_limit, calibration_preprocess, eval_data, labels_key, recover)
     sets = calibration_sets(model, data, s.seed) if _choice_reads_data(s, calibration) else None
-    removed, target, couplings, score_notes = _choose(model, couplings, s, timings, _score_data(model, sets))
+    s, removed, target, couplings, score_notes = _choose(model, couplings, s, timings, sets, data)
     if target is not None and target.rewrite is not None:   # built and timed by the latency allocator
         slim, folds, fold_stats = target.rewrite
         target.rewrite = None
@@ -205,7 +205,7 @@ def prune_model(source: str | os.PathLike | onnx.ModelProto, ratio: float | None
 
 def plan(source: str | os.PathLike | onnx.ModelProto, ratio: float | None = None, *,
          target_macs: float | None = None, target_params: float | None = None, criterion: str = "auto",
-         seed: int = 0, scope: str | None = None, ranking: str | None = None, allocator: str = "rank",
+         seed: int = 0, scope: str | None = None, ranking: str | None = None, allocator: str | None = None,
          coupled: str | None = None, min_keep: float | str = 0.1, round_to: int | None = None,
          exclude: Sequence[str] = (), input_shapes: Mapping[str, Sequence[int]] | None = None,
          fold: str = "exact", calibration: object = None, calibration_limit: int | None = None,
@@ -232,7 +232,7 @@ def plan(source: str | os.PathLike | onnx.ModelProto, ratio: float | None = None
     model, couplings = _load(source, s, timings)
     data = DataOptions(calibration, calibration_limit, calibration_preprocess, eval_data, "labels", "auto")
     sets = calibration_sets(model, data, s.seed) if _choice_reads_data(s, calibration) else None
-    removed, target, couplings, score_notes = _choose(model, couplings, s, timings, _score_data(model, sets))
+    s, removed, target, couplings, score_notes = _choose(model, couplings, s, timings, sets, data)
     timings["total"] = round(time.perf_counter() - start, 4)
     options = _report_options(s, model)
     info = PlanInfo(options, model_stats(model), group_table(couplings, removed), timings,
@@ -267,9 +267,9 @@ def _load(source, s: "Settings", timings: dict):
 
 def _choice_reads_data(s: "Settings", calibration) -> bool:
     """synexp-weighted and the latency allocator measure group curves on calibration data
-    when there is some."""
+    when there is some; `--allocator auto` measures its candidate plans on it."""
     measures = s.allocator in ("synexp-weighted", "latency") or s.target_latency is not None
-    return s.plan is None and (needs_data(s.criterion) or s.allocator == "sensitivity"
+    return s.plan is None and (needs_data(s.criterion) or s.allocator in ("sensitivity", "auto")
                                or (measures and calibration is not None))
 
 
@@ -278,59 +278,63 @@ def _score_data(model, sets):
     return None if sets is None else CalibrationData(batches_of(model, sets[0]), len(sets[0]))
 
 
-def _choose(model, couplings, s: "Settings", timings: dict, data: CalibrationData | None = None):
-    """Score and allocate: (removed channel classes, TargetResult or None, the couplings with
-    what the criterion could not score frozen, the criterion's and allocator's notes)."""
-    target = None
+def _choose(model, couplings, s: "Settings", timings: dict, sets=None, options: DataOptions | None = None):
+    """Score and allocate: (the settings with `--allocator auto` resolved, removed channel
+    classes, TargetResult or None, the couplings with what the criterion could not score
+    frozen, the criterion's and allocator's notes). `sets`: (calibration, held-out) when
+    the choice reads data; `options`: how the prune recovers (`--allocator auto` tries it)."""
     if s.plan is not None:
         with stage("allocate", timings):
             removed = classes_from_plan(couplings, s.plan)
             check_plan_classes(couplings, removed)
-        return removed, target, couplings, []
+        return s, removed, None, couplings, []
+    data = _score_data(model, sets)
     with stage("score", timings):
         scored = score(model, couplings, s.criterion, s.seed, data)
         couplings = couplings.with_frozen(scored.frozen)   # what the criterion cannot score stays
-        scores = scored.values
-    allocator_notes = []
+    notes = [f"{s.criterion}: {n}" for n in scored.notes]
+
+    def rewrite(removed):
+        return _rewrite(model, couplings, removed, s)
     with stage("allocate", timings):
-        if s.ratio is not None:
-            removed = allocate(couplings, scores, s.ratio, s.scope, s.min_keep, s.round_to, s.ranking,
-                               s.coupled)
-        elif s.target_latency is not None:   # allocates, rewrites and times (onnxprune/latency_alloc.py)
-            target, allocator_notes = allocate_to_latency(
-                model, couplings, scores, s, lambda removed: _rewrite(model, couplings, removed, s), data)
-            removed = target.removed
+        if s.allocator == "auto":   # several allocations, measured (onnxprune/plan_choice.py)
+            trial, how = _trial(model, couplings, s, sets, options)
+            previous = enable_progress(False)   # the trials' own stages run inside this one
+            try:
+                kept, (removed, target, allocator_notes), choice_notes = choose_plan(
+                    candidates(s.coupled, s.ratio is None),
+                    lambda c: allocate_budget(model, couplings, scored.values,
+                                               replace(s, allocator=c.allocator, coupled=c.coupled), data, rewrite),
+                    trial, how)
+            finally:
+                enable_progress(previous)
+            s = replace(s, allocator=kept.allocator, coupled=kept.coupled)
+            allocator_notes = allocator_notes + choice_notes
         else:
-            metric, fraction = ("macs", s.target_macs) if s.target_macs is not None else ("params", s.target_params)
-            also = ("params", s.target_params) if s.target_macs is not None and s.target_params is not None else None
-            if s.allocator == "sensitivity":
-                target, allocator_notes = allocate_sensitivity(model, couplings, scores, metric, fraction,
-                                                               s.min_keep, s.round_to, s.coupled,
-                                                               s.fold != "none", data)
-            elif s.allocator in ("synexp", "synexp-weighted"):
-                target, allocator_notes = _allocate_synexp(model, couplings, scores, metric, fraction, s, data, also)
-            elif s.allocator == "latency":   # measured milliseconds per MAC (onnxprune/latency_alloc.py)
-                target, allocator_notes = allocate_budget_for_speed(model, couplings, scores, metric, fraction, s,
-                                                                    data)
-            elif s.allocator == "density":
-                target = allocate_density(model, couplings, scores, metric, fraction, s.min_keep, s.round_to,
-                                          s.coupled, s.fold != "none")
-            else:
-                target = allocate_target(model, couplings, scores, metric, fraction, s.scope, s.ranking,
-                                         s.min_keep, s.round_to, s.coupled, s.fold != "none")
-            removed = target.removed
+            removed, target, allocator_notes = allocate_budget(model, couplings, scored.values, s, data, rewrite)
         check_plan_classes(couplings, removed)
     log.debug("removing %d of %d channel classes", len(removed), couplings.n_classes)
-    return removed, target, couplings, [f"{s.criterion}: {n}" for n in scored.notes] + allocator_notes
+    return s, removed, target, couplings, notes + allocator_notes
 
 
-def _allocate_synexp(model, couplings, scores, metric: str, fraction: float, s: "Settings", data, also=None):
-    weights, notes = None, []
-    if s.allocator == "synexp-weighted":
-        weights, notes = group_weights(model, couplings, scores, prunable_groups(couplings, s.coupled), s.min_keep,
-                                       s.round_to, data)
-    return allocate_synexp(model, couplings, scores, metric, fraction, s.min_keep, s.round_to, s.coupled,
-                           s.fold != "none", weights, also), notes
+def _trial(model, couplings, s: "Settings", sets, options: DataOptions):
+    """(removed classes -> held-out mean relative error of that plan, rewritten and
+    recovered; what the note says of that recovery). Within the trial budget
+    (onnxprune/plan_choice.py) it is the prune's own recovery on every calibration sample;
+    beyond it, mean compensation on fewer samples, judged on as many held-out ones."""
+    calib, held = sets
+    samples = trial_samples(cost(model).macs, len(calib))
+    methods = trial_recovery(options.recover, samples, len(calib))
+    trial_sets = (calib, held) if samples >= len(calib) else (calib.head(samples), held.head(samples))
+    trial_options = replace(options, recover=methods)
+    original_outputs = {}   # the original's held-out outputs, computed once for every trial
+
+    def trial(removed):
+        slim, folds, _ = _rewrite(model, couplings, removed, s)
+        _, fidelity, _, _ = recover_stage(model, couplings, removed, slim, folds, trial_options, s.seed, {},
+                                          trial_sets, original_outputs)
+        return held_out_error(fidelity)
+    return trial, f"recovery ({methods}) on {len(trial_sets[0])} calibration samples"
 
 
 def _rewrite(model, couplings, removed, s: "Settings", timings: dict | None = None):

@@ -38,13 +38,23 @@ def default_criterion(calibration) -> str:
     synthetic images, `bn-variance` (the only criterion meeting the data-free bar on every
     BN model with `--calib synthetic`, and the best with BN-statistics recovery alone)."""
     return "bn-variance" if calibration is None or is_synthetic(calibration) else "activation"
+
+
+def default_allocator(calibration, plan, target_latency) -> str:
+    """`auto` (onnxprune/plan_choice.py: candidate allocations measured on held-out data)
+    when real calibration data is given and there is an allocation to choose; else `rank`."""
+    real_data = calibration is not None and not is_synthetic(calibration)
+    return "auto" if real_data and plan is None and target_latency is None else "rank"
+
+
 # rank: one ranking of channel classes decides how many each group keeps and which;
 # density: PreCrop layer densities decide how many, the criterion which (onnxprune/density.py);
 # sensitivity: fidelity measured on calibration data decides how many (onnxprune/sensitivity.py);
 # synexp: PreCrop's convex program solved continuously, then rounded and repaired (onnxprune/synexp.py);
 # synexp-weighted: the same, each group weighted by its measured sensitivity;
-# latency: importance against measured milliseconds per MAC (onnxprune/latency_alloc.py)
-ALLOCATORS = ("rank", "density", "sensitivity", "synexp", "synexp-weighted", "latency")
+# latency: importance against measured milliseconds per MAC (onnxprune/latency_alloc.py);
+# auto: rank, rank with streams last and density, the best on held-out data (onnxprune/plan_choice.py)
+ALLOCATORS = ("rank", "density", "sensitivity", "synexp", "synexp-weighted", "latency", "auto")
 # --allocator latency: the fraction of latency saved is worth W times the importance the
 # importance-only plan removes. 128 is the least of 0.5-128 (doubling) at which ResNet-50 and
 # MobileNetV2 at half their MACs ran at least twice as fast in every repeat; on the trained
@@ -117,11 +127,18 @@ def settings(*, ratio, target_macs, target_params, plan, criterion, seed, scope,
     scope = _choice("--scope", scope, SCOPES) if scope is not None else DEFAULT_SCOPE.get(criterion, "local")
     ranking = (_choice("--ranking", ranking, RANKINGS) if ranking is not None
                else DEFAULT_RANKING.get(criterion, "raw"))
-    allocator = _choice("--allocator", allocator, ALLOCATORS)
+    allocator = (_choice("--allocator", allocator, ALLOCATORS) if allocator is not None
+                 else default_allocator(calibration, plan, target_latency))
+    if allocator == "auto" and (calibration is None or is_synthetic(calibration)):
+        raise OnnxPruneError("--allocator auto measures its candidate plans on calibration data: give --calib "
+                             "with real inputs")
+    if allocator == "auto" and target_latency is not None:
+        raise OnnxPruneError("--allocator auto goes with --ratio, --target-macs or --target-params "
+                             "(--target-latency has its own allocator)")
     if both and allocator not in ("synexp", "synexp-weighted"):
         raise OnnxPruneError("--target-macs and --target-params together need --allocator synexp or "
                              "synexp-weighted (its program takes both budgets)")
-    if allocator != "rank" and target_macs is None and target_params is None:
+    if allocator not in ("rank", "auto") and target_macs is None and target_params is None:
         raise OnnxPruneError(f"--allocator {allocator} needs a cost budget: --target-macs or --target-params"
                              + (" (--target-latency has its own allocator)" if target_latency is not None else ""))
     if speed_weight is not None and allocator != "latency":

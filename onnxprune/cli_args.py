@@ -82,9 +82,12 @@ def selection_options(p):
     p.add_argument("--ranking", choices=["raw", "normalized"],
                    help="global ranking: raw scores (faithful DFPC) or scores divided by their group's "
                         "mean (default for bgsc: normalized)")
-    p.add_argument("--allocator", default="rank",
-                   choices=["rank", "density", "sensitivity", "synexp", "synexp-weighted", "latency"],
-                   help="with --target-macs/--target-params: 'rank' removes channels in score order; "
+    p.add_argument("--allocator", default=None,
+                   choices=["rank", "density", "sensitivity", "synexp", "synexp-weighted", "latency", "auto"],
+                   help="'auto' (the default with --calib): rank, rank with residual streams last and "
+                        "(with a cost target) density are each tried, and the plan whose recovered "
+                        "outputs stay closest on held-out data is kept; 'rank' (the default without data) "
+                        "removes channels in score order; with --target-macs/--target-params: "
                         "'density' sets each group's count from layer densities (PreCrop, greedy), "
                         "'synexp' from the same program solved continuously, 'synexp-weighted' with "
                         "each group weighted by its sensitivity (measured on --calib, else from the "

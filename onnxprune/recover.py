@@ -117,14 +117,15 @@ CALIBRATION_BATCH = 32
 
 
 def recover_stage(model, couplings, removed, slim, folds, data: DataOptions, seed: int, timings: dict,
-                  sets=None):
+                  sets=None, original_outputs: dict | None = None):
     """With calibration data: run the recovery passes (after the oracle checked the exact
     rewrite) and measure fidelity on held-out samples, without and with recovery.
-    `sets`: (calibration, held-out) when the score stage has loaded them already.
+    `sets`: (calibration, held-out) when the score stage has loaded them already;
+    `original_outputs`: a dict shared by calls on the same held-out set (compare_models).
     Returns (model, fidelity, fidelity before recovery or None, recovery info).
     Without data, an image model calibrates on synthetic images (`default_calibration`)."""
     if not removed or default_calibration(model, data.calibration, data.recover) is data.calibration:
-        return _recover_stage(model, couplings, removed, slim, folds, data, seed, timings, sets)
+        return _recover_stage(model, couplings, removed, slim, folds, data, seed, timings, sets, original_outputs)
     try:
         out = _recover_stage(model, couplings, removed, slim, folds, replace(data, calibration=SYNTHETIC),
                              seed, timings)
@@ -137,7 +138,7 @@ def recover_stage(model, couplings, removed, slim, folds, data: DataOptions, see
 
 
 def _recover_stage(model, couplings, removed, slim, folds, data: DataOptions, seed: int, timings: dict,
-                   sets=None):
+                   sets=None, original_outputs: dict | None = None):
     methods = parse_methods(default_methods(data.calibration is not None) if data.recover == "auto"
                             else data.recover)
     if data.calibration is None:
@@ -150,7 +151,7 @@ def _recover_stage(model, couplings, removed, slim, folds, data: DataOptions, se
         recovered = [recover(model, slim, couplings, removed, batches_of(model, calib), len(calib), m, folds)
                      for m in tries]
     with stage("evaluate", timings):
-        kept = {}   # the original's outputs: computed once for every comparison
+        kept = {} if original_outputs is None else original_outputs   # the original's outputs, computed once
         before = compare_models(model, slim, held, labels=held.labels, original_outputs=kept) if methods else None
         measured = [compare_models(model, rec, held, labels=held.labels, original_outputs=kept)
                     for rec, _ in recovered]
@@ -159,13 +160,13 @@ def _recover_stage(model, couplings, removed, slim, folds, data: DataOptions, se
             if f is not None:
                 f.notes.append("The held-out samples are synthetic images (1/f noise), not real inputs: "
                                "give --eval-data to measure on real ones.")
-    errors = [np.inf if _error(f) is None else _error(f) for f in measured]
+    errors = [np.inf if held_out_error(f) is None else held_out_error(f) for f in measured]
     best = int(np.argmin(errors))   # the first on ties: the default
     (slim_rec, notes), after = recovered[best], measured[best]
     if best:
         notes = notes + [f"recovery: {', '.join(tries[best])} kept instead of {', '.join(methods)}, which left "
                          f"the held-out outputs further from the original's (mean relative error "
-                         f"{_error(measured[0]):.1%} against {_error(after):.1%})"]
+                         f"{held_out_error(measured[0]):.1%} against {held_out_error(after):.1%})"]
         methods = tries[best]
     if calib.describe()["kind"] == SYNTHETIC:   # which input range they were given, and why
         notes = [f"calibration: {calib.describe()['source']}"] + notes
@@ -182,7 +183,7 @@ def _recover_stage(model, couplings, removed, slim, folds, data: DataOptions, se
     return slim_rec, after, before, info
 
 
-def _error(f) -> float | None:
+def held_out_error(f) -> float | None:
     """Held-out mean relative error, averaged over outputs (None when no output has one)."""
     values = [o.mean_rel_error for o in f.outputs if o.mean_rel_error is not None]
     return float(np.mean(values)) if values else None
@@ -191,9 +192,9 @@ def _error(f) -> float | None:
 def _worse(after, before) -> str | None:
     """'mean relative error a -> b' when recovery raised the held-out outputs' mean relative
     error (averaged over outputs), else None."""
-    if before is None or _error(before) is None or _error(after) is None or _error(after) <= _error(before):
+    if before is None or held_out_error(before) is None or held_out_error(after) is None or held_out_error(after) <= held_out_error(before):
         return None
-    return f"mean relative error {_error(before):.1%} -> {_error(after):.1%}"
+    return f"mean relative error {held_out_error(before):.1%} -> {held_out_error(after):.1%}"
 
 
 def _recover_without_data(model, couplings, removed, slim, folds, data: DataOptions, methods, timings):

@@ -1,0 +1,86 @@
+"""`--allocator auto`, the default with real calibration data: a few allocations are made,
+each is rewritten and recovered on calibration samples, and the plan whose held-out
+outputs stay closest to the original's is kept (docs/methods.md §5.4).
+
+No single allocation suits every model. On the digits ResNets at `--round-to` 8, one
+ranking of `activation` scores over all groups took the last residual stream (the only path
+into the classifier) down to 8 of its 64 channels; the refit model fell from 99.6 % to
+88-92 %. Thinning streams only after the blocks' own channels, or giving each layer the
+count PreCrop's density program gives it, kept 98-100 %. On PP-OCRv4 recognition it is the
+other way round: streams-last cost 49 points of character accuracy at 70 % of the MACs,
+where the single ranking loses 2. So the choice is measured, as `recover="auto"` measures
+its repair: by the held-out mean relative error after recovery.
+
+The candidates, in order (ties keep the first):
+  - `rank`: the criterion's ranking over every group (the allocator without data);
+  - `rank`, coupled "last": residual streams thinned after every other group;
+  - `density` (a cost target only): PreCrop's layer densities set the counts.
+Candidates that give the same plan are tried once; a model without residual streams often
+has two candidates only.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+# A trial recovers as the prune will (`--recover`) on every calibration sample while one
+# pass over them costs at most TRIAL_MACS multiply-accumulates (the digits models; PP-OCRv4
+# recognition at 48 x 320). Bigger models would pay the least-squares refit up to three
+# times more (its row count follows the layers' fan-in, not the samples: 97 s of trials on
+# ResNet-50 at 224 x 224), so their trials run `PROXY_RECOVERY` (mean compensation: one
+# statistics pass) on as many calibration and held-out samples as TRIAL_MACS buys, never
+# under MIN_TRIAL_SAMPLES. On the digits ResNets a trial on 64 samples instead of 205 picked
+# plans 0.4-0.9 points worse; mean compensation never picked the plan that crushed a stream
+# (benchmarks/RESULTS_accuracy.md, session 9).
+TRIAL_MACS = 2.5e11
+MIN_TRIAL_SAMPLES = 64
+PROXY_RECOVERY = "means"
+
+
+def trial_samples(macs_per_sample: float, available: int) -> int:
+    """How many calibration samples each trial recovery runs on."""
+    affordable = int(TRIAL_MACS // max(macs_per_sample, 1))
+    return min(available, max(MIN_TRIAL_SAMPLES, affordable))
+
+
+def trial_recovery(recover: str, samples: int, available: int) -> str:
+    """The recovery a trial runs: the prune's own where the trial affords every sample."""
+    return recover if samples >= available or recover == "none" else PROXY_RECOVERY
+
+
+@dataclass(frozen=True)
+class Candidate:
+    allocator: str
+    coupled: str
+
+    def __str__(self) -> str:
+        return self.allocator + (f" (coupled {self.coupled})" if self.coupled != "all" else "")
+
+
+def candidates(coupled: str, cost_target: bool) -> list[Candidate]:
+    """What `--allocator auto` tries, given the `--coupled` setting (the criterion's default
+    or the user's) and whether the budget is a cost target (density needs one)."""
+    out = [Candidate("rank", coupled), Candidate("rank", "last")]
+    if cost_target:
+        out.append(Candidate("density", coupled))
+    return list(dict.fromkeys(out))
+
+
+def choose_plan(options: list[Candidate], allocate, trial, how: str) -> tuple[Candidate, tuple, list[str]]:
+    """`allocate(candidate)` -> (removed classes, ...); `trial(removed)` -> the held-out mean
+    relative error after recovery, or None where none was measured; `how` says which
+    recovery, on how many samples. Returns (the candidate kept, its allocation, notes)."""
+    plans, seen = [], {}
+    for c in options:
+        allocation = allocate(c)
+        key = frozenset(allocation[0])
+        if key not in seen:   # the same plan under another name is not tried twice
+            seen[key] = c
+            plans.append((c, allocation))
+    if len(plans) == 1:
+        return plans[0][0], plans[0][1], []
+    errors = [trial(allocation[0]) for _, allocation in plans]
+    best = min(range(len(plans)), key=lambda i: math.inf if errors[i] is None else errors[i])
+    shown = "; ".join(f"{c}: {'n/a' if e is None else f'{e:.1%}'}" for (c, _), e in zip(plans, errors))
+    return plans[best][0], plans[best][1], [
+        f"--allocator auto: {plans[best][0]} kept (held-out mean relative error after {how}: {shown})"]

@@ -1,0 +1,130 @@
+"""`--allocator auto` (onnxprune/plan_choice.py): with real calibration data, candidate
+allocations are rewritten, recovered on a few samples and compared on held-out data."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import onnxprune
+from helpers import GraphBuilder
+from onnxprune.arguments import default_allocator
+from onnxprune.plan_choice import Candidate, candidates, choose_plan, trial_recovery, trial_samples
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _allocations(plans):
+    return lambda c: (plans[c], None, [f"allocated {c}"])
+
+
+def test_candidates():
+    assert candidates("all", True) == [Candidate("rank", "all"), Candidate("rank", "last"), Candidate("density", "all")]
+    assert candidates("all", False) == [Candidate("rank", "all"), Candidate("rank", "last")]
+    assert candidates("last", True) == [Candidate("rank", "last"), Candidate("density", "last")]
+
+
+def test_one_plan_under_several_names_runs_no_trial():
+    tried = []
+    opts = candidates("all", True)
+    kept, allocation, notes = choose_plan(opts, _allocations(dict.fromkeys(opts, {1, 2})),
+                                          lambda removed: tried.append(removed), "trials")
+    assert (kept, allocation[0], notes, tried) == (opts[0], {1, 2}, [], [])
+
+
+@pytest.mark.parametrize("errors, kept", [((0.4, 0.1, 0.2), 1), ((0.1, 0.4, 0.2), 0), ((0.3, 0.3, 0.3), 0),
+                                          ((None, 0.3, 0.2), 2), ((None, None, None), 0)])
+def test_the_lower_held_out_error_wins(errors, kept):
+    opts = candidates("all", True)
+    plans = {opts[0]: {1, 2, 3}, opts[1]: {4, 5}, opts[2]: {6}}
+    by_plan = {frozenset(plans[c]): e for c, e in zip(opts, errors)}
+    chosen, allocation, notes = choose_plan(opts, _allocations(plans), lambda removed: by_plan[frozenset(removed)],
+                                           "recovery (lsq) on 32 calibration samples")
+    assert chosen == opts[kept] and allocation == (plans[opts[kept]], None, [f"allocated {opts[kept]}"])
+    assert len(notes) == 1 and notes[0].startswith(f"--allocator auto: {opts[kept]} kept")
+    assert "error after recovery (lsq) on 32 calibration samples: rank: " in notes[0]
+
+
+def test_same_plans_are_tried_once():
+    opts = candidates("all", True)
+    plans = {opts[0]: {1, 2}, opts[1]: {3}, opts[2]: {2, 1}}
+    tried = []
+    chosen, _, _ = choose_plan(opts, _allocations(plans), lambda removed: tried.append(set(removed)) or 0.5, "")
+    assert tried == [{1, 2}, {3}] and chosen == opts[0]
+
+
+def test_auto_is_the_default_with_real_data_only():
+    x = [{"x": np.zeros((4, 3, 8, 8), np.float32)}]
+    assert default_allocator(x, None, None) == "auto"
+    assert default_allocator(None, None, None) == default_allocator("synthetic", None, None) == "rank"
+    assert default_allocator(x, None, 0.5) == "rank"   # --target-latency allocates by its own measurements
+
+
+def test_a_net_without_streams_tries_rank_and_density():
+    """No coupled group: rank and rank-with-streams-last are one plan; density may differ.
+    The kept plan is the one `prune` with that allocator gives."""
+    b = GraphBuilder()
+    x = b.input("x", [1, 3, 8, 8])
+    y = b.conv(b.op("Relu", [b.conv(b.op("Relu", [b.conv(x, 3, 16)]), 16, 16)]), 16, 8)
+    proto = b.model([y])
+    calib = [{"x": np.random.default_rng(0).normal(size=(40, 3, 8, 8)).astype(np.float32)}]
+    _, auto = onnxprune.prune(proto, target_macs=0.6, round_to=1, calibration=calib)
+    assert auto.options["allocator"] in ("rank", "density") and auto.options["coupled"] == "all"
+    _, same = onnxprune.prune(proto, target_macs=0.6, round_to=1, calibration=calib,
+                              allocator=auto.options["allocator"])
+    assert auto.plan.removed == same.plan.removed and auto.plan.removed
+
+
+@pytest.fixture(scope="module")
+def digits():
+    from models.digits import load_digits_split
+    xtr, _, xte, yte = load_digits_split(16)
+    calib = xtr[np.random.default_rng(0).permutation(len(xtr))][:256]
+    return [{"input": calib}], [{"input": xte, "labels": yte}]
+
+
+def test_trained_resnet_keeps_its_streams_where_one_ranking_would_crush_them(digits):
+    """At --round-to 8 one activation ranking takes the digits ResNet's last stream to 8 of
+    64 channels and the refit model to about 90 %; auto measures the candidates and keeps
+    one that does not (about 99 %)."""
+    src = str(ROOT / "models" / "digits_resnet.onnx")
+    calib, test = digits
+    slim, auto = onnxprune.prune(src, target_macs=0.7, round_to=8, calibration=calib, eval_data=test)
+    _, rank = onnxprune.prune(src, target_macs=0.7, round_to=8, calibration=calib, eval_data=test, allocator="rank")
+    assert auto.options["criterion"] == "activation" and (auto.options["allocator"], auto.options["coupled"]) != (
+        "rank", "all")
+    note = next(n for n in auto.notes if n.startswith("--allocator auto"))
+    assert "recovery (auto) on 256 calibration samples" in note   # all of them, as the prune recovers: a small model
+    accuracy = {name: r.fidelity.outputs[0].accuracy_pruned for name, r in (("auto", auto), ("rank", rank))}
+    assert accuracy["auto"] > 0.97 and accuracy["rank"] < 0.95, accuracy
+    _, same = onnxprune.prune(src, target_macs=0.7, round_to=8, calibration=calib, eval_data=test,
+                              allocator=auto.options["allocator"], coupled=auto.options["coupled"])
+    assert same.plan.removed == auto.plan.removed
+    again, _ = onnxprune.apply_plan(src, auto.plan)   # the report's plan replays the structure
+    assert [i.dims for i in again.graph.initializer] == [i.dims for i in slim.graph.initializer]
+
+
+def test_trials_use_every_sample_a_small_model_affords():
+    assert trial_samples(3e6, 205) == 205                # the digits ResNet
+    assert trial_samples(4.1e9, 410) == 64               # ResNet-50 at 224 x 224: the floor
+    assert trial_samples(1e9, 410) == 250 and trial_samples(1e9, 40) == 40
+
+
+def test_trials_beyond_the_budget_recover_by_mean_compensation():
+    assert trial_recovery("auto", 205, 205) == "auto" and trial_recovery("lsq", 64, 410) == "means"
+    assert trial_recovery("none", 64, 410) == "none"
+
+
+def test_a_big_model_is_chosen_by_cheap_trials(monkeypatch):
+    """Beyond the budget the trials run mean compensation on MIN_TRIAL_SAMPLES samples and are
+    judged on as many held-out ones; the note says so."""
+    import onnxprune.plan_choice as plan_choice
+    monkeypatch.setattr(plan_choice, "TRIAL_MACS", 1.0)   # every model is "big"
+    src = str(ROOT / "models" / "digits_resnet.onnx")
+    from models.digits import load_digits_split
+    x = load_digits_split(16)[0][:200]
+    _, report = onnxprune.prune(src, target_macs=0.7, round_to=8, calibration=[{"input": x}])
+    note = next(n for n in report.notes if n.startswith("--allocator auto"))
+    assert "recovery (means) on 64 calibration samples" in note, note
+    assert report.recovery["methods"] == ["lsq"]   # the final recovery is still the prune's own
