@@ -275,7 +275,8 @@ def main():
                     help="'default' (the library's) and/or integers")
     ap.add_argument("--calib", type=int, default=CALIB_N)
     ap.add_argument("--scope", choices=["local", "global"], default=None, help="default: the criterion's")
-    ap.add_argument("--allocator", default="rank", help="rank (default) or sensitivity, density, synexp, ...")
+    ap.add_argument("--allocator", default=None, help="default: the library's (auto with calibration data, else "
+                    "rank); or rank, sensitivity, density, synexp, ...")
     ap.add_argument("--out", default=os.path.join(ROOT, "benchmarks", "results"))
     ap.add_argument("--name", default="ocr_recovery")
     ap.add_argument("--append", action="store_true",
@@ -324,6 +325,9 @@ def main():
                                                     **CRITERIA[crit], **data)
                         entry0["round_to"] = info.options.get("round_to")
                         entry0["plan_s"] = info.timings.get("total")
+                        entry0["allocator_chosen"] = info.options.get("allocator")
+                        entry0["coupled_chosen"] = info.options.get("coupled")
+                        entry0["plan_notes"] = [n for n in info.notes if n.startswith("--allocator auto")]
                     except Exception as e:
                         runs.append({**entry0, "error": f"{type(e).__name__}: {e}"})
                         print(f"  {crit} T={target} r={rt}: plan failed: {e}", flush=True)

@@ -1,7 +1,7 @@
 """Time and peak memory of recovery with calibration data on a big model.
 
     python benchmarks/recovery_cost.py [--model resnet50] [--size 224] [--samples 512 2000]
-        [--target-macs 0.5] [--recover lsq]
+        [--target-macs 0.5] [--recover lsq] [--name recovery_cost]
 
 Exports the model (torch, random init, BN kept) once, then for each sample count runs, in a
 fresh process, `onnxprune.prune(model, target_macs=T, calibration=<N random images>,
@@ -42,7 +42,9 @@ def child(src: str, samples: int, size: int, target: float, recover: str) -> Non
     print(json.dumps({"samples": samples, "wall_s": round(wall, 1), "cpu_s": round(cpu, 1),
                       "load_avg_1min": [round(load0, 1), round(os.getloadavg()[0], 1)],
                       "timings_s": report.timings, "peak_rss_mb": round(peak),
-                      "notes": [n for n in report.notes if "reconstruct" in n or "correct_statistics" in n]}))
+                      "allocator": report.options.get("allocator"), "coupled": report.options.get("coupled"),
+                      "notes": [n for n in report.notes if "reconstruct" in n or "correct_statistics" in n
+                                or n.startswith("--allocator auto")]}))
 
 
 def _cpu() -> float:
@@ -61,6 +63,7 @@ def main() -> None:
     ap.add_argument("--target-macs", type=float, default=0.5)
     ap.add_argument("--recover", default="lsq")
     ap.add_argument("--cache", default="/tmp/onnxprune_compare")
+    ap.add_argument("--name", default="recovery_cost", help="results file name (benchmarks/results/NAME.json)")
     ap.add_argument("--child", nargs=2, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.child:
@@ -81,7 +84,7 @@ def main() -> None:
         else:
             rows.append(json.loads(out.stdout.strip().splitlines()[-1]))
         print(json.dumps(rows[-1]), flush=True)
-    path = os.path.join(ROOT, "benchmarks", "results", "recovery_cost.json")
+    path = os.path.join(ROOT, "benchmarks", "results", args.name + ".json")
     with open(path, "w") as f:
         json.dump({"date": time.strftime("%Y-%m-%d %H:%M"), "command": "python benchmarks/recovery_cost.py "
                    + " ".join(sys.argv[1:]), "model": args.model, "size": args.size,
