@@ -180,8 +180,11 @@ def prune_model(source: str | os.PathLike | onnx.ModelProto, ratio: float | None
     model, couplings = _load(source, s, timings)
     data = DataOptions(calibration, calibration_limit, calibration_preprocess, eval_data, labels_key, recover)
     sets = calibration_sets(model, data, s.seed) if _choice_reads_data(s, calibration) else None
-    s, removed, target, couplings, score_notes = _choose(model, couplings, s, timings, sets, data)
-    if target is not None and target.rewrite is not None:   # built and timed by the latency allocator
+    s, removed, target, couplings, score_notes, trials = _choose(model, couplings, s, timings, sets, data)
+    reused = trials.reuse(removed) if trials is not None else None   # auto's trial of this plan was the recovery
+    if reused is not None:
+        slim, folds, fold_stats = reused[0]
+    elif target is not None and target.rewrite is not None:   # built and timed by the latency allocator
         slim, folds, fold_stats = target.rewrite
         target.rewrite = None
     else:
@@ -190,8 +193,12 @@ def prune_model(source: str | os.PathLike | onnx.ModelProto, ratio: float | None
         if check_output and checked_in_memory(slim):
             check(slim.to_proto().SerializeToString())  # the checker would serialise a proto itself, more slowly
         oracle = run_pruned(model, couplings, removed, slim, folds, s.verify, s.seed)
-    slim, fidelity, unrecovered, recovery = recover_stage(model, couplings, removed, slim, folds, data, s.seed, timings,
-                                                          sets)
+    if reused is not None:
+        (slim, fidelity, unrecovered, recovery), trial_timings = reused[1], reused[2]
+        timings.update(trial_timings)   # inside "allocate" already; listed as the stages they were
+    else:
+        slim, fidelity, unrecovered, recovery = recover_stage(model, couplings, removed, slim, folds, data, s.seed,
+                                                              timings, sets)
     timings["total"] = round(time.perf_counter() - start, 4)
     fold_note = [fold_stats.note()] if removed and s.fold != "none" else []
     notes = (list(model.notes) + score_notes + fold_note + _residual_notes(couplings, removed)
@@ -232,7 +239,7 @@ def plan(source: str | os.PathLike | onnx.ModelProto, ratio: float | None = None
     model, couplings = _load(source, s, timings)
     data = DataOptions(calibration, calibration_limit, calibration_preprocess, eval_data, "labels", "auto")
     sets = calibration_sets(model, data, s.seed) if _choice_reads_data(s, calibration) else None
-    s, removed, target, couplings, score_notes = _choose(model, couplings, s, timings, sets, data)
+    s, removed, target, couplings, score_notes, _ = _choose(model, couplings, s, timings, sets, data)
     timings["total"] = round(time.perf_counter() - start, 4)
     options = _report_options(s, model)
     info = PlanInfo(options, model_stats(model), group_table(couplings, removed), timings,
@@ -281,13 +288,15 @@ def _score_data(model, sets):
 def _choose(model, couplings, s: "Settings", timings: dict, sets=None, options: DataOptions | None = None):
     """Score and allocate: (the settings with `--allocator auto` resolved, removed channel
     classes, TargetResult or None, the couplings with what the criterion could not score
-    frozen, the criterion's and allocator's notes). `sets`: (calibration, held-out) when
-    the choice reads data; `options`: how the prune recovers (`--allocator auto` tries it)."""
+    frozen, the criterion's and allocator's notes, auto's _Trials or None). `sets`:
+    (calibration, held-out) when the choice reads data; `options`: how the prune recovers
+    (`--allocator auto` tries it)."""
+    trials = None
     if s.plan is not None:
         with stage("allocate", timings):
             removed = classes_from_plan(couplings, s.plan)
             check_plan_classes(couplings, removed)
-        return s, removed, None, couplings, []
+        return s, removed, None, couplings, [], trials
     data = _score_data(model, sets)
     with stage("score", timings):
         scored = score(model, couplings, s.criterion, s.seed, data)
@@ -298,14 +307,14 @@ def _choose(model, couplings, s: "Settings", timings: dict, sets=None, options: 
         return _rewrite(model, couplings, removed, s)
     with stage("allocate", timings):
         if s.allocator == "auto":   # several allocations, measured (onnxprune/plan_choice.py)
-            trial, how = _trial(model, couplings, s, sets, options)
+            trials = _Trials(model, couplings, s, sets, options)
             previous = enable_progress(False)   # the trials' own stages run inside this one
             try:
                 kept, (removed, target, allocator_notes), choice_notes = choose_plan(
                     candidates(s.coupled, s.ratio is None),
                     lambda c: allocate_budget(model, couplings, scored.values,
                                                replace(s, allocator=c.allocator, coupled=c.coupled), data, rewrite),
-                    trial, how)
+                    trials, trials.how)
             finally:
                 enable_progress(previous)
             s = replace(s, allocator=kept.allocator, coupled=kept.coupled)
@@ -314,27 +323,44 @@ def _choose(model, couplings, s: "Settings", timings: dict, sets=None, options: 
             removed, target, allocator_notes = allocate_budget(model, couplings, scored.values, s, data, rewrite)
         check_plan_classes(couplings, removed)
     log.debug("removing %d of %d channel classes", len(removed), couplings.n_classes)
-    return s, removed, target, couplings, notes + allocator_notes
+    return s, removed, target, couplings, notes + allocator_notes, trials
 
 
-def _trial(model, couplings, s: "Settings", sets, options: DataOptions):
-    """(removed classes -> held-out mean relative error of that plan, rewritten and
-    recovered; what the note says of that recovery). Within the trial budget
-    (onnxprune/plan_choice.py) it is the prune's own recovery on every calibration sample;
-    beyond it, mean compensation on fewer samples, judged on as many held-out ones."""
-    calib, held = sets
-    samples = trial_samples(cost(model).macs, len(calib))
-    methods = trial_recovery(options.recover, samples, len(calib))
-    trial_sets = (calib, held) if samples >= len(calib) else (calib.head(samples), held.head(samples))
-    trial_options = replace(options, recover=methods)
-    original_outputs = {}   # the original's held-out outputs, computed once for every trial
+class _Trials:
+    """`--allocator auto`'s trials: called with a plan's removed classes, rewrites it,
+    recovers it and returns its held-out mean relative error. Within the trial budget
+    (onnxprune/plan_choice.py) a trial is the prune's own recovery on every calibration
+    sample, so the best trial is kept and `prune` hands it back instead of recovering the
+    chosen plan again; beyond it, a trial is mean compensation on fewer samples, judged on as
+    many held-out ones. `how` says which, for the note."""
 
-    def trial(removed):
-        slim, folds, _ = _rewrite(model, couplings, removed, s)
-        _, fidelity, _, _ = recover_stage(model, couplings, removed, slim, folds, trial_options, s.seed, {},
-                                          trial_sets, original_outputs)
-        return held_out_error(fidelity)
-    return trial, f"recovery ({methods}) on {len(trial_sets[0])} calibration samples"
+    def __init__(self, model, couplings, s: "Settings", sets, options: DataOptions):
+        calib, held = sets
+        samples = trial_samples(cost(model).macs, len(calib))
+        methods = trial_recovery(options.recover, samples, len(calib))
+        self.final = samples >= len(calib) and methods == options.recover   # what prune would run itself
+        self.sets = (calib, held) if samples >= len(calib) else (calib.head(samples), held.head(samples))
+        self.options, self.model, self.couplings, self.s = replace(options, recover=methods), model, couplings, s
+        self.how = f"recovery ({methods}) on {len(self.sets[0])} calibration samples"
+        self.original_outputs = {}   # the original's held-out outputs, computed once for every trial
+        self.best = None             # (error, removed, rewrite, recover_stage's result, its timings)
+
+    def __call__(self, removed):
+        rewritten = _rewrite(self.model, self.couplings, removed, self.s)
+        timings = {}
+        result = recover_stage(self.model, self.couplings, removed, rewritten[0], rewritten[1], self.options,
+                               self.s.seed, timings, self.sets, self.original_outputs)
+        error = held_out_error(result[1])
+        if self.final and error is not None and (self.best is None or error < self.best[0]):
+            self.best = (error, set(removed), rewritten, result, timings)   # ties keep the first, as the choice does
+        return error
+
+    def reuse(self, removed):
+        """(rewrite, recover_stage's result, its timings) of the plan `removed` when its trial
+        was exactly the prune's own recovery; else None."""
+        if self.best is None or self.best[1] != set(removed):
+            return None
+        return self.best[2:]
 
 
 def _rewrite(model, couplings, removed, s: "Settings", timings: dict | None = None):

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import onnx
 import pytest
 
 import onnxprune
@@ -128,3 +129,24 @@ def test_a_big_model_is_chosen_by_cheap_trials(monkeypatch):
     note = next(n for n in report.notes if n.startswith("--allocator auto"))
     assert "recovery (means) on 64 calibration samples" in note, note
     assert report.recovery["methods"] == ["lsq"]   # the final recovery is still the prune's own
+
+
+def test_the_chosen_trial_is_the_recovery(monkeypatch, digits):
+    """Within the trial budget the chosen plan's trial ran the prune's own recovery on the same
+    samples: prune hands that back instead of recovering again, and it is the same result a
+    prune with the chosen allocator gives."""
+    import onnxprune.api as api
+    calls = []
+    real = api.recover_stage
+    monkeypatch.setattr(api, "recover_stage", lambda *a, **k: calls.append(1) or real(*a, **k))
+    src = str(ROOT / "models" / "digits_resnet.onnx")
+    calib, test = digits
+    slim, auto = onnxprune.prune(src, target_macs=0.7, round_to=8, calibration=calib, eval_data=test)
+    trials = len(next(n for n in auto.notes if n.startswith("--allocator auto")).split(";"))
+    assert trials >= 2 and len(calls) == trials    # no recovery after the trials
+    assert "recover" in auto.timings and auto.recovery["methods"] == ["lsq"]
+    again, same = onnxprune.prune(src, target_macs=0.7, round_to=8, calibration=calib, eval_data=test,
+                                  allocator=auto.options["allocator"], coupled=auto.options["coupled"])
+    assert same.fidelity.outputs[0].mean_rel_error == auto.fidelity.outputs[0].mean_rel_error
+    for a, b in zip(slim.graph.initializer, again.graph.initializer):
+        np.testing.assert_array_equal(onnx.numpy_helper.to_array(a), onnx.numpy_helper.to_array(b))
