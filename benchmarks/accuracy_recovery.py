@@ -23,8 +23,9 @@ Every model × target T (fraction of MACs kept) × criterion ∈ {l1, bgsc} × r
 
     R ∈ {none, means, stats, lsq, stats,lsq} with the library default round_to (16 on AVX-512
     CPUs, 8 otherwise), and R = lsq again with round_to=1 (finest steps). recover="auto" (what
-    `--calib` alone gives) is checked to run lsq. Everything else is the library default (scope,
-    ranking, min_keep 0.1, fold exact).
+    `--calib` alone gives) is checked to run lsq. The allocator is `rank` (named: with data the
+    default is now auto, which would choose a plan per method); everything else is the library
+    default (scope, ranking, min_keep 0.1, fold exact).
 
 Optional (--sizes): lsq at T = 0.6 with other calibration sizes (how much data is enough).
 
@@ -66,6 +67,10 @@ DEFAULT_RECOVERY = "lsq"          # recover="auto" with calibration data
 DEFAULT_CRITERION = "l1"          # prune()'s default criterion
 BAR = {0.8: 0.5, 0.7: 0.5, 0.6: 0.5, 0.5: 2.0}   # acceptance: at most this many points below unpruned
 CALIB_SEED = 0
+# every recovery method is compared on one plan per cell: the allocator is named (with data the
+# library's default is auto, which would choose a plan per method; benchmarks/accuracy_defaults.py
+# measures that default)
+ALLOCATOR = "rank"
 
 
 def family(model):
@@ -91,7 +96,7 @@ class Runner:
         path = os.path.join(ROOT, "models", f"{model}.onnx")
         kw = {} if round_to is None else {"round_to": round_to}
         t = time.perf_counter()
-        _, report = onnxprune.prune(path, target_macs=target, criterion=criterion,
+        _, report = onnxprune.prune(path, target_macs=target, criterion=criterion, allocator=ALLOCATOR,
                                     calibration=[{"input": self.calib_pool[:calib]}],
                                     eval_data=self.eval_data, recover=recover, **kw)
         wall = time.perf_counter() - t

@@ -102,10 +102,11 @@ def main():
             for arm, kw in (("datafree", {}), ("calib", {"calibration": calib})):
                 start = time.time()
                 slim, report = onnxprune.prune(path, target_macs=t, **kw)
-                bare, _ = onnxprune.prune(path, target_macs=t, recover="none", **kw)
+                bare, _ = onnxprune.prune(path, plan=report.plan, recover="none")   # the same plan, not repaired
                 row[arm] = {"accuracy": accuracy(slim, x_test, y_test), "none": accuracy(bare, x_test, y_test),
                             "macs": round(report.after["macs"] / report.before["macs"], 4),
                             "recovery": report.recovery.get("methods"), "seconds": round(time.time() - start, 1),
+                            "allocator": report.options.get("allocator"), "coupled": report.options.get("coupled"),
                             "groups": [(g["channels_before"], g["channels_after"]) for g in report.groups
                                        if g["frozen"] is None]}
             rows.append(row)

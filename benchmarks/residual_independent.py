@@ -74,7 +74,7 @@ def accuracy_runs(models, targets):
                 t = time.perf_counter()
                 # recover named: `auto` would also choose its repair on `held`, the test images
                 _, rep = onnxprune.prune(path, target_macs=target, calibration=calib, eval_data=held, residual=mode,
-                                         recover="lsq")
+                                         recover="lsq", allocator="rank")   # the modes on one allocator, not auto's
                 f, u = rep.fidelity.outputs[0], rep.fidelity_unrecovered.outputs[0]
                 row = {"model": model, "target": target, "mode": mode, "criterion": rep.options["criterion"],
                        "acc_original": f.accuracy_original, "calib_none": u.accuracy_pruned,

@@ -46,8 +46,9 @@ COMMAND = "python benchmarks/speed_weight.py"
 
 
 def variants(weights):
-    """(name, prune keyword arguments): the default allocator, then the latency allocator."""
-    return [("rank", {})] + [(f"latency W={w:g}", {"allocator": "latency", "speed_weight": w}) for w in weights]
+    """(name, prune keyword arguments): the default allocator without data (rank; named, since
+    with calibration data the default is auto), then the latency allocator."""
+    return [("rank", {"allocator": "rank"})] + [(f"latency W={w:g}", {"allocator": "latency", "speed_weight": w}) for w in weights]
 
 
 def timed(paths, repeat, **kw) -> list[list[dict]]:
