@@ -311,13 +311,14 @@ def _choose(model, couplings, s: "Settings", timings: dict, sets=None, options: 
             previous = enable_progress(False)   # the trials' own stages run inside this one
             try:
                 kept, (removed, target, allocator_notes), choice_notes = choose_plan(
-                    candidates(s.coupled, s.ratio is None),
+                    candidates(s.coupled, s.ranking, s.ratio is None),
                     lambda c: allocate_budget(model, couplings, scored.values,
-                                               replace(s, allocator=c.allocator, coupled=c.coupled), data, rewrite),
+                                               replace(s, allocator=c.allocator, coupled=c.coupled,
+                                                       ranking=c.ranking or s.ranking), data, rewrite),
                     trials, trials.how)
             finally:
                 enable_progress(previous)
-            s = replace(s, allocator=kept.allocator, coupled=kept.coupled)
+            s = replace(s, allocator=kept.allocator, coupled=kept.coupled, ranking=kept.ranking or s.ranking)
             allocator_notes = allocator_notes + choice_notes
         else:
             removed, target, allocator_notes = allocate_budget(model, couplings, scored.values, s, data, rewrite)

@@ -21,24 +21,29 @@ def _allocations(plans):
 
 
 def test_candidates():
-    assert candidates("all", True) == [Candidate("rank", "all"), Candidate("rank", "last"), Candidate("density", "all")]
-    assert candidates("all", False) == [Candidate("rank", "all"), Candidate("rank", "last")]
-    assert candidates("last", True) == [Candidate("rank", "last"), Candidate("density", "last")]
+    assert candidates("all", "raw", True) == [Candidate("rank", "all"), Candidate("rank", "last"),
+                                              Candidate("rank", "all", "normalized"), Candidate("density", "all")]
+    assert candidates("all", "normalized", False) == [Candidate("rank", "all"), Candidate("rank", "last"),
+                                                      Candidate("rank", "all", "raw")]
+    assert candidates("last", "raw", True) == [Candidate("rank", "last"), Candidate("rank", "last", "normalized"),
+                                               Candidate("density", "last")]
+    assert str(Candidate("rank", "last", "normalized")) == "rank (coupled last) (normalized ranking)"
 
 
 def test_one_plan_under_several_names_runs_no_trial():
     tried = []
-    opts = candidates("all", True)
+    opts = candidates("all", "raw", True)
     kept, allocation, notes = choose_plan(opts, _allocations(dict.fromkeys(opts, {1, 2})),
                                           lambda removed: tried.append(removed), "trials")
     assert (kept, allocation[0], notes, tried) == (opts[0], {1, 2}, [], [])
 
 
-@pytest.mark.parametrize("errors, kept", [((0.4, 0.1, 0.2), 1), ((0.1, 0.4, 0.2), 0), ((0.3, 0.3, 0.3), 0),
-                                          ((None, 0.3, 0.2), 2), ((None, None, None), 0)])
+@pytest.mark.parametrize("errors, kept", [((0.4, 0.1, 0.2, 0.3), 1), ((0.1, 0.4, 0.2, 0.3), 0),
+                                          ((0.3, 0.3, 0.3, 0.3), 0), ((None, 0.3, 0.2, 0.25), 2),
+                                          ((0.5, 0.4, 0.3, 0.05), 3), ((None, None, None, None), 0)])
 def test_the_lower_held_out_error_wins(errors, kept):
-    opts = candidates("all", True)
-    plans = {opts[0]: {1, 2, 3}, opts[1]: {4, 5}, opts[2]: {6}}
+    opts = candidates("all", "raw", True)
+    plans = {opts[0]: {1, 2, 3}, opts[1]: {4, 5}, opts[2]: {6}, opts[3]: {7, 8}}
     by_plan = {frozenset(plans[c]): e for c, e in zip(opts, errors)}
     chosen, allocation, notes = choose_plan(opts, _allocations(plans), lambda removed: by_plan[frozenset(removed)],
                                            "recovery (lsq) on 32 calibration samples")
@@ -48,8 +53,8 @@ def test_the_lower_held_out_error_wins(errors, kept):
 
 
 def test_same_plans_are_tried_once():
-    opts = candidates("all", True)
-    plans = {opts[0]: {1, 2}, opts[1]: {3}, opts[2]: {2, 1}}
+    opts = candidates("all", "raw", True)
+    plans = {opts[0]: {1, 2}, opts[1]: {3}, opts[2]: {2, 1}, opts[3]: {3}}
     tried = []
     chosen, _, _ = choose_plan(opts, _allocations(plans), lambda removed: tried.append(set(removed)) or 0.5, "")
     assert tried == [{1, 2}, {3}] and chosen == opts[0]
@@ -73,7 +78,7 @@ def test_a_net_without_streams_tries_rank_and_density():
     _, auto = onnxprune.prune(proto, target_macs=0.6, round_to=1, calibration=calib)
     assert auto.options["allocator"] in ("rank", "density") and auto.options["coupled"] == "all"
     _, same = onnxprune.prune(proto, target_macs=0.6, round_to=1, calibration=calib,
-                              allocator=auto.options["allocator"])
+                              allocator=auto.options["allocator"], ranking=auto.options["ranking"])
     assert auto.plan.removed == same.plan.removed and auto.plan.removed
 
 
@@ -93,14 +98,15 @@ def test_trained_resnet_keeps_its_streams_where_one_ranking_would_crush_them(dig
     calib, test = digits
     slim, auto = onnxprune.prune(src, target_macs=0.7, round_to=8, calibration=calib, eval_data=test)
     _, rank = onnxprune.prune(src, target_macs=0.7, round_to=8, calibration=calib, eval_data=test, allocator="rank")
-    assert auto.options["criterion"] == "activation" and (auto.options["allocator"], auto.options["coupled"]) != (
-        "rank", "all")
+    chosen = (auto.options["allocator"], auto.options["coupled"], auto.options["ranking"])
+    assert auto.options["criterion"] == "activation" and chosen != ("rank", "all", "raw")
     note = next(n for n in auto.notes if n.startswith("--allocator auto"))
     assert "recovery (auto) on 256 calibration samples" in note   # all of them, as the prune recovers: a small model
     accuracy = {name: r.fidelity.outputs[0].accuracy_pruned for name, r in (("auto", auto), ("rank", rank))}
     assert accuracy["auto"] > 0.97 and accuracy["rank"] < 0.95, accuracy
     _, same = onnxprune.prune(src, target_macs=0.7, round_to=8, calibration=calib, eval_data=test,
-                              allocator=auto.options["allocator"], coupled=auto.options["coupled"])
+                              allocator=auto.options["allocator"], coupled=auto.options["coupled"],
+                              ranking=auto.options["ranking"])
     assert same.plan.removed == auto.plan.removed
     again, _ = onnxprune.apply_plan(src, auto.plan)   # the report's plan replays the structure
     assert [i.dims for i in again.graph.initializer] == [i.dims for i in slim.graph.initializer]
@@ -146,7 +152,8 @@ def test_the_chosen_trial_is_the_recovery(monkeypatch, digits):
     assert trials >= 2 and len(calls) == trials    # no recovery after the trials
     assert "recover" in auto.timings and auto.recovery["methods"] == ["lsq"]
     again, same = onnxprune.prune(src, target_macs=0.7, round_to=8, calibration=calib, eval_data=test,
-                                  allocator=auto.options["allocator"], coupled=auto.options["coupled"])
+                                  allocator=auto.options["allocator"], coupled=auto.options["coupled"],
+                                  ranking=auto.options["ranking"])
     assert same.fidelity.outputs[0].mean_rel_error == auto.fidelity.outputs[0].mean_rel_error
     for a, b in zip(slim.graph.initializer, again.graph.initializer):
         np.testing.assert_array_equal(onnx.numpy_helper.to_array(a), onnx.numpy_helper.to_array(b))
