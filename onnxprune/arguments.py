@@ -53,7 +53,8 @@ def default_allocator(calibration, plan, target_latency) -> str:
 # synexp: PreCrop's convex program solved continuously, then rounded and repaired (onnxprune/synexp.py);
 # synexp-weighted: the same, each group weighted by its measured sensitivity;
 # latency: importance against measured milliseconds per MAC (onnxprune/latency_alloc.py);
-# auto: rank, rank with streams last and density, the best on held-out data (onnxprune/plan_choice.py)
+# auto: rank, rank with streams last, rank with the other ranking and density, the best on held-out
+# data (onnxprune/plan_choice.py)
 ALLOCATORS = ("rank", "density", "sensitivity", "synexp", "synexp-weighted", "latency", "auto")
 # --allocator latency: the fraction of latency saved is worth W times the importance the
 # importance-only plan removes. 128 is the least of 0.5-128 (doubling) at which ResNet-50 and

@@ -84,7 +84,8 @@ def selection_options(p):
                         "mean (default for bgsc: normalized)")
     p.add_argument("--allocator", default=None,
                    choices=["rank", "density", "sensitivity", "synexp", "synexp-weighted", "latency", "auto"],
-                   help="'auto' (the default with --calib): rank, rank with residual streams last and "
+                   help="'auto' (the default with --calib): rank, rank with residual streams last, rank with "
+                        "the other --ranking and "
                         "(with a cost target) density are each tried, and the plan whose recovered "
                         "outputs stay closest on held-out data is kept; 'rank' (the default without data) "
                         "removes channels in score order; with --target-macs/--target-params: "

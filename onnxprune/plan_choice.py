@@ -28,8 +28,8 @@ from dataclasses import dataclass
 
 # A trial recovers as the prune will (`--recover`) on every calibration sample while one
 # pass over them costs at most TRIAL_MACS multiply-accumulates (the digits models; PP-OCRv4
-# recognition at 48 x 320). Bigger models would pay the least-squares refit up to three
-# times more (its row count follows the layers' fan-in, not the samples: 97 s of trials on
+# recognition at 48 x 320). Bigger models would pay the least-squares refit up to four
+# times more (its row count follows the layers' fan-in, not the samples: 97 s for three trials on
 # ResNet-50 at 224 x 224), so their trials run `PROXY_RECOVERY` (mean compensation: one
 # statistics pass) on as many calibration and held-out samples as TRIAL_MACS buys, never
 # under MIN_TRIAL_SAMPLES. On the digits ResNets a trial on 64 samples instead of 205 picked
