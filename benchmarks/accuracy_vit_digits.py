@@ -107,6 +107,7 @@ def main():
                             "macs": round(report.after["macs"] / report.before["macs"], 4),
                             "recovery": report.recovery.get("methods"), "seconds": round(time.time() - start, 1),
                             "allocator": report.options.get("allocator"), "coupled": report.options.get("coupled"),
+                            "ranking": report.options.get("ranking"),
                             "groups": [(g["channels_before"], g["channels_after"]) for g in report.groups
                                        if g["frozen"] is None]}
             rows.append(row)
