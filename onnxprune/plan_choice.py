@@ -77,12 +77,12 @@ def choose_plan(options: list[Candidate], allocate, trial, how: str) -> tuple[Ca
     """`allocate(candidate)` -> (removed classes, ...); `trial(removed)` -> the held-out mean
     relative error after recovery, or None where none was measured; `how` says which
     recovery, on how many samples. Returns (the candidate kept, its allocation, notes)."""
-    plans, seen = [], {}
+    plans, seen = [], set()
     for c in options:
         allocation = allocate(c)
         key = frozenset(allocation[0])
         if key not in seen:   # the same plan under another name is not tried twice
-            seen[key] = c
+            seen.add(key)
             plans.append((c, allocation))
     if len(plans) == 1:
         return plans[0][0], plans[0][1], []
