@@ -20,7 +20,6 @@ import onnx
 from . import passes
 from .allocation import allocate_budget
 from .budget import check_plan_classes, kept_whole_by_rounding
-from .cost import cost
 from .couplings import analyze
 from .latency_model import TimingOptions
 from .errors import OnnxPruneError
@@ -32,12 +31,12 @@ from .arguments import (DEFAULT_RESIDUAL, Settings, check_data_options, check_fl
                         check_needs_data, check_patterns, check_residual, check_source, settings, type_name)
 from .plan import Plan, classes_from_plan, plan_from_classes
 from .progress import enable as enable_progress, stage
-from .recover import DataOptions, batches_of, calibration_sets, held_out_error, recover_stage
+from .recover import DataOptions, batches_of, calibration_sets, recover_stage
 from .report import PlanInfo, Report, group_table, model_stats
 from .residual import gather_note
 from .runtime import model_session, random_inputs
 from .saliency import CalibrationData, needs_data, score
-from .plan_choice import candidates, choose_plan, trial_recovery, trial_samples
+from .plan_choice import Trials, candidates, choose_plan
 from .verify import DEFAULT_TOLERANCE, check, masking_oracle
 
 log = logging.getLogger("onnxprune")
@@ -183,7 +182,7 @@ def prune_model(source: str | os.PathLike | onnx.ModelProto, ratio: float | None
     s, removed, target, couplings, score_notes, trials = _choose(model, couplings, s, timings, sets, data)
     reused = trials.reuse(removed) if trials is not None else None   # auto's trial of this plan was the recovery
     if reused is not None:
-        slim, folds, fold_stats = reused[0]
+        slim, folds, fold_stats = reused.rewritten
     elif target is not None and target.rewrite is not None:   # built and timed by the latency allocator
         slim, folds, fold_stats = target.rewrite
         target.rewrite = None
@@ -194,8 +193,8 @@ def prune_model(source: str | os.PathLike | onnx.ModelProto, ratio: float | None
             check(slim.to_proto().SerializeToString())  # the checker would serialise a proto itself, more slowly
         oracle = run_pruned(model, couplings, removed, slim, folds, s.verify, s.seed)
     if reused is not None:
-        (slim, fidelity, unrecovered, recovery), trial_timings = reused[1], reused[2]
-        timings.update(trial_timings)   # inside "allocate" already; listed as the stages they were
+        slim, fidelity, unrecovered, recovery = reused.recovered
+        timings.update(reused.timings)   # inside "allocate" already; listed as the stages they were
     else:
         slim, fidelity, unrecovered, recovery = recover_stage(model, couplings, removed, slim, folds, data, s.seed,
                                                               timings, sets)
@@ -288,7 +287,7 @@ def _score_data(model, sets):
 def _choose(model, couplings, s: "Settings", timings: dict, sets=None, options: DataOptions | None = None):
     """Score and allocate: (the settings with `--allocator auto` resolved, removed channel
     classes, TargetResult or None, the couplings with what the criterion could not score
-    frozen, the criterion's and allocator's notes, auto's _Trials or None). `sets`:
+    frozen, the criterion's and allocator's notes, auto's Trials or None). `sets`:
     (calibration, held-out) when the choice reads data; `options`: how the prune recovers
     (`--allocator auto` tries it)."""
     trials = None
@@ -307,7 +306,7 @@ def _choose(model, couplings, s: "Settings", timings: dict, sets=None, options: 
         return _rewrite(model, couplings, removed, s)
     with stage("allocate", timings):
         if s.allocator == "auto":   # several allocations, measured (onnxprune/plan_choice.py)
-            trials = _Trials(model, couplings, s, sets, options)
+            trials = Trials(model, couplings, sets, options, rewrite, s.seed)
             previous = enable_progress(False)   # the trials' own stages run inside this one
             try:
                 kept, (removed, target, allocator_notes), choice_notes = choose_plan(
@@ -325,43 +324,6 @@ def _choose(model, couplings, s: "Settings", timings: dict, sets=None, options: 
         check_plan_classes(couplings, removed)
     log.debug("removing %d of %d channel classes", len(removed), couplings.n_classes)
     return s, removed, target, couplings, notes + allocator_notes, trials
-
-
-class _Trials:
-    """`--allocator auto`'s trials: called with a plan's removed classes, rewrites it,
-    recovers it and returns its held-out mean relative error. Within the trial budget
-    (onnxprune/plan_choice.py) a trial is the prune's own recovery on every calibration
-    sample, so the best trial is kept and `prune` hands it back instead of recovering the
-    chosen plan again; beyond it, a trial is mean compensation on fewer samples, judged on as
-    many held-out ones. `how` says which, for the note."""
-
-    def __init__(self, model, couplings, s: "Settings", sets, options: DataOptions):
-        calib, held = sets
-        samples = trial_samples(cost(model).macs, len(calib))
-        methods = trial_recovery(options.recover, samples, len(calib))
-        self.final = samples >= len(calib) and methods == options.recover   # what prune would run itself
-        self.sets = (calib, held) if samples >= len(calib) else (calib.head(samples), held.head(samples))
-        self.options, self.model, self.couplings, self.s = replace(options, recover=methods), model, couplings, s
-        self.how = f"recovery ({methods}) on {len(self.sets[0])} calibration samples"
-        self.original_outputs = {}   # the original's held-out outputs, computed once for every trial
-        self.best = None             # (error, removed, rewrite, recover_stage's result, its timings)
-
-    def __call__(self, removed):
-        rewritten = _rewrite(self.model, self.couplings, removed, self.s)
-        timings = {}
-        result = recover_stage(self.model, self.couplings, removed, rewritten[0], rewritten[1], self.options,
-                               self.s.seed, timings, self.sets, self.original_outputs)
-        error = held_out_error(result[1])
-        if self.final and error is not None and (self.best is None or error < self.best[0]):
-            self.best = (error, set(removed), rewritten, result, timings)   # ties keep the first, as the choice does
-        return error
-
-    def reuse(self, removed):
-        """(rewrite, recover_stage's result, its timings) of the plan `removed` when its trial
-        was exactly the prune's own recovery; else None."""
-        if self.best is None or self.best[1] != set(removed):
-            return None
-        return self.best[2:]
 
 
 def _rewrite(model, couplings, removed, s: "Settings", timings: dict | None = None):

@@ -37,14 +37,18 @@ def default_criterion(calibration) -> str:
     best after least-squares recovery, and the best before it); without data, or with
     synthetic images, `bn-variance` (the only criterion meeting the data-free bar on every
     BN model with `--calib synthetic`, and the best with BN-statistics recovery alone)."""
-    return "bn-variance" if calibration is None or is_synthetic(calibration) else "activation"
+    return "activation" if has_real_data(calibration) else "bn-variance"
+
+
+def has_real_data(calibration) -> bool:
+    """Calibration data that are real inputs: neither none nor synthetic images."""
+    return calibration is not None and not is_synthetic(calibration)
 
 
 def default_allocator(calibration, plan, target_latency) -> str:
     """`auto` (onnxprune/plan_choice.py: candidate allocations measured on held-out data)
     when real calibration data is given and there is an allocation to choose; else `rank`."""
-    real_data = calibration is not None and not is_synthetic(calibration)
-    return "auto" if real_data and plan is None and target_latency is None else "rank"
+    return "auto" if has_real_data(calibration) and plan is None and target_latency is None else "rank"
 
 
 # rank: one ranking of channel classes decides how many each group keeps and which;
@@ -130,7 +134,7 @@ def settings(*, ratio, target_macs, target_params, plan, criterion, seed, scope,
                else DEFAULT_RANKING.get(criterion, "raw"))
     allocator = (_choice("--allocator", allocator, ALLOCATORS) if allocator is not None
                  else default_allocator(calibration, plan, target_latency))
-    if allocator == "auto" and (calibration is None or is_synthetic(calibration)):
+    if allocator == "auto" and not has_real_data(calibration):
         raise OnnxPruneError("--allocator auto measures its candidate plans on calibration data: give --calib "
                              "with real inputs")
     if allocator == "auto" and target_latency is not None:

@@ -24,7 +24,11 @@ has two candidates only.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from typing import NamedTuple
+
+from .cost import cost
+from .recover import DataOptions, held_out_error, recover_stage
 
 # A trial recovers as the prune will (`--recover`) on every calibration sample while one
 # pass over them costs at most TRIAL_MACS multiply-accumulates (the digits models; PP-OCRv4
@@ -91,3 +95,46 @@ def choose_plan(options: list[Candidate], allocate, trial, how: str) -> tuple[Ca
     shown = "; ".join(f"{c}: {'n/a' if e is None else f'{e:.1%}'}" for (c, _), e in zip(plans, errors))
     return plans[best][0], plans[best][1], [
         f"--allocator auto: {plans[best][0]} kept (held-out mean relative error after {how}: {shown})"]
+
+
+class Trial(NamedTuple):
+    error: float
+    removed: frozenset
+    rewritten: tuple   # (pruned Model, folds, fold stats): the exact rewrite
+    recovered: tuple   # recover_stage's (model, fidelity, fidelity before recovery, info)
+    timings: dict
+
+
+class Trials:
+    """The trial `choose_plan` calls: `trials(removed)` rewrites a plan (`rewrite(removed)`),
+    recovers it and returns its held-out mean relative error. Within the budget
+    (`trial_samples`) a trial is the prune's own recovery on every calibration sample, so the
+    best one is kept and `reuse` hands it back instead of recovering the chosen plan again;
+    beyond it, PROXY_RECOVERY on fewer samples, judged on as many held-out ones. `how`
+    says which, for the note."""
+
+    def __init__(self, model, couplings, sets, options: DataOptions, rewrite, seed: int):
+        calib, held = sets
+        samples = trial_samples(cost(model).macs, len(calib))
+        self.final = samples >= len(calib)   # the trial is what prune would run itself
+        methods = trial_recovery(options.recover, samples, len(calib))
+        self.sets = (calib, held) if self.final else (calib.head(samples), held.head(samples))
+        self.model, self.couplings, self.rewrite, self.seed = model, couplings, rewrite, seed
+        self.options = replace(options, recover=methods)
+        self.how = f"recovery ({methods}) on {len(self.sets[0])} calibration samples"
+        self.original_outputs = {}   # the original's held-out outputs, computed once for every trial
+        self.best: Trial | None = None
+
+    def __call__(self, removed) -> float | None:
+        rewritten, timings = self.rewrite(removed), {}
+        recovered = recover_stage(self.model, self.couplings, removed, rewritten[0], rewritten[1], self.options,
+                                  self.seed, timings, self.sets, self.original_outputs)
+        error = held_out_error(recovered[1])
+        if self.final and error is not None and (self.best is None or error < self.best.error):
+            # ties keep the first, as choose_plan does
+            self.best = Trial(error, frozenset(removed), rewritten, recovered, timings)
+        return error
+
+    def reuse(self, removed) -> Trial | None:
+        """The trial of the plan `removed` when it was exactly the prune's own recovery."""
+        return self.best if self.best is not None and self.best.removed == frozenset(removed) else None

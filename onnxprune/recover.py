@@ -160,7 +160,7 @@ def _recover_stage(model, couplings, removed, slim, folds, data: DataOptions, se
             if f is not None:
                 f.notes.append("The held-out samples are synthetic images (1/f noise), not real inputs: "
                                "give --eval-data to measure on real ones.")
-    errors = [np.inf if held_out_error(f) is None else held_out_error(f) for f in measured]
+    errors = [np.inf if (e := held_out_error(f)) is None else e for f in measured]
     best = int(np.argmin(errors))   # the first on ties: the default
     (slim_rec, notes), after = recovered[best], measured[best]
     if best:
@@ -192,9 +192,12 @@ def held_out_error(f) -> float | None:
 def _worse(after, before) -> str | None:
     """'mean relative error a -> b' when recovery raised the held-out outputs' mean relative
     error (averaged over outputs), else None."""
-    if before is None or held_out_error(before) is None or held_out_error(after) is None or held_out_error(after) <= held_out_error(before):
+    if before is None:
         return None
-    return f"mean relative error {held_out_error(before):.1%} -> {held_out_error(after):.1%}"
+    e_before, e_after = held_out_error(before), held_out_error(after)
+    if e_before is None or e_after is None or e_after <= e_before:
+        return None
+    return f"mean relative error {e_before:.1%} -> {e_after:.1%}"
 
 
 def _recover_without_data(model, couplings, removed, slim, folds, data: DataOptions, methods, timings):

@@ -142,9 +142,11 @@ def test_the_chosen_trial_is_the_recovery(monkeypatch, digits):
     samples: prune hands that back instead of recovering again, and it is the same result a
     prune with the chosen allocator gives."""
     import onnxprune.api as api
+    import onnxprune.plan_choice as plan_choice
     calls = []
     real = api.recover_stage
-    monkeypatch.setattr(api, "recover_stage", lambda *a, **k: calls.append(1) or real(*a, **k))
+    for module in (api, plan_choice):   # the prune's own recovery, and the trials'
+        monkeypatch.setattr(module, "recover_stage", lambda *a, **k: calls.append(1) or real(*a, **k))
     src = str(ROOT / "models" / "digits_resnet.onnx")
     calib, test = digits
     slim, auto = onnxprune.prune(src, target_macs=0.7, round_to=8, calibration=calib, eval_data=test)
