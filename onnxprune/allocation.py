@@ -5,7 +5,7 @@ among these in onnxprune/plan_choice.py before this is called)."""
 from __future__ import annotations
 
 from .arguments import Settings
-from .budget import allocate, allocate_target, prunable_groups
+from .budget import allocate, allocate_target, prunable_groups, reach_at_finer_steps
 from .density import allocate_density
 from .latency_alloc import allocate_budget_for_speed, allocate_to_latency
 from .saliency import CalibrationData
@@ -41,7 +41,9 @@ def allocate_budget(model, couplings, scores, s: Settings, data: CalibrationData
     else:
         target = allocate_target(model, couplings, scores, metric, fraction, s.scope, s.ranking,
                                  s.min_keep, s.round_to, s.coupled, s.fold != "none")
-    return target.removed, target, allocator_notes
+    target, finer = reach_at_finer_steps(model, couplings, scores, target, s.scope, s.ranking, s.min_keep,
+                                         s.round_to, s.coupled, s.fold != "none")
+    return target.removed, target, allocator_notes + finer
 
 
 def _synexp(model, couplings, scores, metric: str, fraction: float, s: Settings, data, also=None):

@@ -201,7 +201,7 @@ def prune_model(source: str | os.PathLike | onnx.ModelProto, ratio: float | None
     timings["total"] = round(time.perf_counter() - start, 4)
     fold_note = [fold_stats.note()] if removed and s.fold != "none" else []
     notes = (list(model.notes) + score_notes + fold_note + _residual_notes(couplings, removed)
-             + _budget_notes(couplings, s, target) + recovery.get("notes", []))
+             + _budget_notes(couplings, s, target, removed) + recovery.get("notes", []))
     options = _report_options(s, model)
     report = Report(options, model_stats(model), model_stats(slim), group_table(couplings, removed),
                     timings, oracle, notes, plan_from_classes(couplings, removed, options), s.tolerance,
@@ -243,7 +243,7 @@ def plan(source: str | os.PathLike | onnx.ModelProto, ratio: float | None = None
     options = _report_options(s, model)
     info = PlanInfo(options, model_stats(model), group_table(couplings, removed), timings,
                     list(model.notes) + score_notes + _residual_notes(couplings, removed)
-                    + _budget_notes(couplings, s, target))
+                    + _budget_notes(couplings, s, target, removed))
     return plan_from_classes(couplings, removed, options), info
 
 
@@ -385,17 +385,19 @@ def _residual_notes(couplings, removed) -> list[str]:
     return [note] if note else []
 
 
-def _budget_notes(couplings, s: "Settings", target) -> list[str]:
+def _budget_notes(couplings, s: "Settings", target, removed) -> list[str]:
     notes = []
     if target is not None and target.metric != "latency":   # the latency allocator's note says it, measured
         notes += [f"target {metric} {goal:g}: reached {kept:.4f}" for metric, (goal, kept) in target.earlier.items()]
         notes.append(f"target {target.metric} {target.target:g}: reached {target.achieved:.4f}"
                      + ("" if target.reached else " (not reachable within the group floors)"))
     if s.plan is None:
-        whole = kept_whole_by_rounding(couplings, s.round_to, s.min_keep, s.coupled)
+        # groups cut in finer steps to reach a cost target are in the allocator's note instead
+        whole = [g for g in kept_whole_by_rounding(couplings, s.round_to, s.min_keep, s.coupled)
+                 if not any(c in removed for c in g.classes.tolist())]
         if whole:
             widths = ", ".join(str(g.width) for g in whole[:8]) + (", ..." if len(whole) > 8 else "")
-            notes.append(f"--round-to {s.round_to} keeps {len(whole)} group(s) whole whatever the budget "
+            notes.append(f"--round-to {s.round_to} keeps {len(whole)} group(s) whole "
                          f"(widths {widths}: no smaller multiple fits); --round-to 1 lets them shrink")
     return notes
 

@@ -13,7 +13,7 @@ group's floor (`min_keep`) and never empties a group.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
@@ -238,9 +238,11 @@ class TargetResult:
 
 def allocate_target(model, couplings, scores: np.ndarray, metric: str, target: float,
                     scope: str = "global", ranking: str = "raw", min_keep: float = 0.1,
-                    round_to: int = 1, coupled: str = "all", fold: bool = True) -> TargetResult:
+                    round_to: int = 1, coupled: str = "all", fold: bool = True,
+                    start: frozenset = frozenset()) -> TargetResult:
     """Remove classes in ranking order until `metric` ('macs' or 'params') is at most
-    `target` times the original; the last removal is the one that crosses the target."""
+    `target` times the original; the last removal is the one that crosses the target.
+    `start`: classes already removed (a plan to continue, see `reach_at_finer_steps`)."""
     if not 0 < target <= 1:
         raise OnnxPruneError(f"--target-{metric} must be in (0, 1], got {target}")
     _check_options(scope, ranking, round_to)
@@ -251,12 +253,16 @@ def allocate_target(model, couplings, scores: np.ndarray, metric: str, target: f
     def value():
         return tracker.macs if metric == "macs" else tracker.params
 
-    keep = {g.index: g.width for g in groups}
+    removed: set[int] = set()
+    for c in sorted(start):
+        if c not in tracker.removed:   # a derived class may already have gone with its source
+            tracker.remove(c)
+        removed.add(c)
+    keep = {g.index: g.width - sum(1 for c in g.classes.tolist() if c in removed) for g in groups}
     floors = {g.index: floor_of(g.width, min_keep) for g in groups}
     in_group = {g.index: removal_order([g], scores, "global", "raw").tolist() for g in groups}
     widths = class_widths(couplings)
     steps = {g.index: group_round_to(g, widths, round_to) for g in groups}
-    removed: set[int] = set()
 
     def next_chunk(gi):
         step = _step(keep[gi], steps[gi])
@@ -304,6 +310,33 @@ def allocate_target(model, couplings, scores: np.ndarray, metric: str, target: f
             deferred.clear()
     achieved = value() / base if base else 1.0
     return TargetResult(removed, target, metric, achieved, achieved <= target + 1e-12)
+
+
+def reach_at_finer_steps(model, couplings, scores: np.ndarray, result: TargetResult, scope: str = "global",
+                         ranking: str = "raw", min_keep: float = 0.1, round_to: int = 1,
+                         coupled: str = "all", fold: bool = True) -> tuple[TargetResult, list[str]]:
+    """A cost target is a limit and `round_to` a preference: where the rounded steps stop
+    above the target (every 16-wide group of the digits ResNets at 16 keeps 0.526 of the
+    MACs, against a target of 0.5), the plan goes on in halved steps, in ranking order,
+    until the target is met or the floors stop it. The groups that end off the rounding
+    are named in the note: they may leave onnxruntime's blocked kernels."""
+    step = round_to
+    while not result.reached and step > 1 and result.metric in ("macs", "params"):
+        step //= 2
+        result = replace(allocate_target(model, couplings, scores, result.metric, result.target, scope, ranking,
+                                         min_keep, step, coupled, fold, frozenset(result.removed)),
+                         earlier=result.earlier)
+    if step == round_to:
+        return result, []
+    widths = class_widths(couplings)
+    off = []
+    for g in prunable_groups(couplings, coupled):
+        kept = sum(1 for c in g.classes.tolist() if c not in result.removed)
+        if kept < g.width and kept % group_round_to(g, widths, round_to):
+            off.append(f"{kept}/{g.width}")
+    return result, [f"--round-to {round_to} cannot reach target {result.metric} {result.target:g}; "
+                    f"continued in steps of {step}: {len(off)} group(s) off the rounding (kept "
+                    + ", ".join(off[:8]) + (", ..." if len(off) > 8 else "") + ")"]
 
 
 # A step may take the metric below the target by this fraction of the original before

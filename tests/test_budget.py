@@ -287,3 +287,24 @@ def test_attention_heads_round_by_the_channels_they_stand_for(name, head_dim, hi
     _, report = onnxprune.prune(proto, ratio=0.5, round_to=round_to, criterion="l1")
     kept = sorted(r["channels_after"] for r in report.groups if r["frozen"] is None and r["channels_before"] == 4)
     assert kept == [4 - 4 // 2 // step * step] * 2
+
+
+def test_a_cost_target_the_rounding_cannot_reach_is_met_in_finer_steps():
+    # every group is 16 wide: at round_to 16 none can shrink, so the target used to be
+    # missed (1.0 of the MACs kept). It is a limit: the plan goes on in steps of 8.
+    _, report = prune_and_check(resnet_like(width=16), criterion="l1", target_macs=0.5, round_to=16)
+    assert report.after["macs"] / report.before["macs"] <= 0.5 + 1e-9
+    (note,) = [n for n in report.notes if "cannot reach" in n]
+    assert note.startswith("--round-to 16 cannot reach target macs 0.5; continued in steps of 8")
+    kept = [row for row in report.groups if row["channels_after"] < row["channels_before"]]
+    assert kept and all(row["channels_after"] % 8 == 0 for row in kept)
+    assert not any("not reachable" in n for n in report.notes)
+
+
+def test_a_reachable_target_keeps_the_rounding():
+    _, report = onnxprune.prune(resnet_like(width=32), target_macs=0.5, round_to=16, criterion="l1",
+                                recover="none")
+    assert report.after["macs"] / report.before["macs"] <= 0.5 + 1e-9
+    assert not any("cannot reach" in n for n in report.notes)
+    cut = [row for row in report.groups if row["channels_after"] < row["channels_before"]]
+    assert cut and all(row["channels_after"] % 16 == 0 for row in cut)
