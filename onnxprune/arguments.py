@@ -45,10 +45,11 @@ def has_real_data(calibration) -> bool:
     return calibration is not None and not is_synthetic(calibration)
 
 
-def default_allocator(calibration, plan, target_latency) -> str:
-    """`auto` (onnxprune/plan_choice.py: candidate allocations measured on held-out data)
-    when real calibration data is given and there is an allocation to choose; else `rank`."""
-    return "auto" if has_real_data(calibration) and plan is None and target_latency is None else "rank"
+def default_allocator(plan, target_latency) -> str:
+    """`auto` (onnxprune/plan_choice.py: candidate allocations measured on held-out data,
+    real or synthetic) where there is an allocation to choose; else `rank`. Without anything
+    to measure on, the prune resolves `auto` to `rank` (api.resolve_auto)."""
+    return "auto" if plan is None and target_latency is None else "rank"
 
 
 # rank: one ranking of channel classes decides how many each group keeps and which;
@@ -133,10 +134,7 @@ def settings(*, ratio, target_macs, target_params, plan, criterion, seed, scope,
     ranking = (_choice("--ranking", ranking, RANKINGS) if ranking is not None
                else DEFAULT_RANKING.get(criterion, "raw"))
     allocator = (_choice("--allocator", allocator, ALLOCATORS) if allocator is not None
-                 else default_allocator(calibration, plan, target_latency))
-    if allocator == "auto" and not has_real_data(calibration):
-        raise OnnxPruneError("--allocator auto measures its candidate plans on calibration data: give --calib "
-                             "with real inputs")
+                 else default_allocator(plan, target_latency))
     if allocator == "auto" and target_latency is not None:
         raise OnnxPruneError("--allocator auto goes with --ratio, --target-macs or --target-params "
                              "(--target-latency has its own allocator)")

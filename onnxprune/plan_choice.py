@@ -29,6 +29,7 @@ from typing import NamedTuple
 
 from .cost import cost
 from .recover import DataOptions, held_out_error, recover_stage
+from .synthetic import is_synthetic
 
 # A trial recovers as the prune will (`--recover`) on every calibration sample while one
 # pass over them costs at most TRIAL_MACS multiply-accumulates (the digits models; PP-OCRv4
@@ -121,7 +122,8 @@ class Trials:
         self.sets = (calib, held) if self.final else (calib.head(samples), held.head(samples))
         self.model, self.couplings, self.rewrite, self.seed = model, couplings, rewrite, seed
         self.options = replace(options, recover=methods)
-        self.how = f"recovery ({methods}) on {len(self.sets[0])} calibration samples"
+        kind = "synthetic " if is_synthetic(options.calibration) else ""
+        self.how = f"recovery ({methods}) on {len(self.sets[0])} {kind}calibration samples"
         self.original_outputs = {}   # the original's held-out outputs, computed once for every trial
         self.best: Trial | None = None
 

@@ -83,6 +83,13 @@ def default_calibration(model, calibration, recover: str):
     return calibration
 
 
+def default_data(model, data: "DataOptions") -> "DataOptions":
+    """`data` with the calibration the recovery will use: without calibration data, an
+    image model's synthetic images (`default_calibration`)."""
+    calibration = default_calibration(model, data.calibration, data.recover)
+    return data if calibration is data.calibration else replace(data, calibration=calibration)
+
+
 # With real calibration data, `auto` also tries mean compensation and keeps whichever
 # leaves the held-out outputs closer to the original's. On the digits models lsq wins by far
 # (means alone: 45-70 %); on PP-OCRv4 recognition lsq fits the convolutions' pre-activation

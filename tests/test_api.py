@@ -70,8 +70,6 @@ BAD_ARGUMENTS = [
                               "'bn-variance', 'fluctuation', 'heatmap', 'l1', 'l2', 'lsq-aware', 'random']"),
     ({"scope": "everywhere"}, "--scope must be one of ('local', 'global'), got 'everywhere'"),
     ({"coupled": "some"}, "--coupled must be one of ('all', 'only', 'none', 'last'), got 'some'"),
-    ({"allocator": "auto"}, "--allocator auto measures its candidate plans on calibration data: give --calib "
-                            "with real inputs"),
     ({"fold": "maybe"}, "--fold must be one of ('none', 'exact', 'approx'), got 'maybe'"),
     ({"verify": "yes"}, "verify must be True or False, got 'yes'"),
     ({"tolerance": "1e-4"}, "tolerance must be a number, got '1e-4' (str)"),

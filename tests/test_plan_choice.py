@@ -1,5 +1,6 @@
-"""`--allocator auto` (onnxprune/plan_choice.py): with real calibration data, candidate
-allocations are rewritten, recovered on a few samples and compared on held-out data."""
+"""`--allocator auto` (onnxprune/plan_choice.py): candidate allocations are rewritten,
+recovered on calibration samples (real, or without data synthetic images) and compared on
+held-out ones."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -60,11 +61,66 @@ def test_same_plans_are_tried_once():
     assert tried == [{1, 2}, {3}] and chosen == opts[0]
 
 
-def test_auto_is_the_default_with_real_data_only():
-    x = [{"x": np.zeros((4, 3, 8, 8), np.float32)}]
-    assert default_allocator(x, None, None) == "auto"
-    assert default_allocator(None, None, None) == default_allocator("synthetic", None, None) == "rank"
-    assert default_allocator(x, None, 0.5) == "rank"   # --target-latency allocates by its own measurements
+def test_auto_is_the_default_where_there_is_an_allocation_to_choose():
+    assert default_allocator(None, None) == "auto"
+    assert default_allocator(None, 0.5) == "rank"   # --target-latency allocates by its own measurements
+
+
+def _image_net():
+    b = GraphBuilder(seed=3)
+    x = b.input("x", [1, 3, 8, 8])
+    s = b.op("Relu", [b.bn(b.conv(x, 3, 16), 16)])
+    h = b.bn(b.conv(b.op("Relu", [b.bn(b.conv(s, 16, 16), 16)]), 16, 16), 16)
+    s = b.op("Relu", [b.op("Add", [s, h])])
+    return b.model([b.conv(b.op("Relu", [b.bn(b.conv(s, 16, 32), 32)]), 32, 8)])
+
+
+@pytest.mark.synthetic_default
+def test_without_data_auto_measures_the_plans_on_synthetic_images():
+    _, report = onnxprune.prune(_image_net(), target_macs=0.6, round_to=1)
+    note = next(n for n in report.notes if n.startswith("--allocator auto"))
+    assert "synthetic calibration samples" in note and note.count(":") >= 3   # at least two plans measured
+    assert report.recovery["methods"] == ["lsq"] and any(n.startswith("no calibration data") for n in report.notes)
+    kept = report.options
+    _, same = onnxprune.prune(_image_net(), target_macs=0.6, round_to=1, allocator=kept["allocator"],
+                              coupled=kept["coupled"], ranking=kept["ranking"])
+    assert same.plan.removed == report.plan.removed
+    plan, _ = onnxprune.plan(_image_net(), target_macs=0.6, round_to=1)   # plan() chooses the same way
+    assert plan.removed == report.plan.removed
+
+
+@pytest.mark.synthetic_default
+def test_without_anything_to_measure_on_the_default_is_rank():
+    # --recover stats: no synthetic calibration, so nothing to judge plans on
+    _, report = onnxprune.prune(_image_net(), target_macs=0.6, round_to=1, recover="stats")
+    assert report.options["allocator"] == "rank" and not any("--allocator auto" in n for n in report.notes)
+    with pytest.raises(onnxprune.OnnxPruneError, match="--allocator auto measures its candidate plans"):
+        onnxprune.prune(_image_net(), target_macs=0.6, allocator="auto", recover="stats")
+    b = GraphBuilder()   # not an image model: synthetic images cannot feed it
+    x = b.input("x", [1, 12])
+    h = b.op("Relu", [b.op("Gemm", [x, b.weight((16, 12)), b.weight((16,))], transB=1)])
+    proto = b.model([b.op("Gemm", [h, b.weight((4, 16)), b.weight((4,))], transB=1)])
+    _, report = onnxprune.prune(proto, target_macs=0.6, round_to=1)
+    assert report.options["allocator"] == "rank"
+    with pytest.raises(onnxprune.OnnxPruneError, match="--allocator auto measures its candidate plans"):
+        onnxprune.prune(proto, target_macs=0.6, allocator="auto")
+
+
+@pytest.mark.synthetic_default
+def test_a_failing_data_free_choice_falls_back_to_rank(monkeypatch):
+    """The data-free default must not break a prune that works without it."""
+    import onnxprune.api as api
+    _, rank = onnxprune.prune(_image_net(), target_macs=0.6, round_to=1, allocator="rank")
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("synthetic run failed")
+    monkeypatch.setattr(api, "calibration_sets", broken)
+    _, report = onnxprune.prune(_image_net(), target_macs=0.6, round_to=1)
+    assert report.options["allocator"] == "rank" and report.plan.removed == rank.plan.removed
+    assert any(n.startswith("--allocator auto on synthetic images could not run (synthetic run failed)")
+               for n in report.notes)
+    with pytest.raises(RuntimeError):   # with data the user gave, a failure is not hidden
+        onnxprune.prune(_image_net(), target_macs=0.6, round_to=1, calibration="synthetic", allocator="auto")
 
 
 def test_a_net_without_streams_tries_rank_and_density():
