@@ -36,7 +36,7 @@ from .report import PlanInfo, Report, group_table, model_stats
 from .residual import gather_note
 from .runtime import model_session, random_inputs
 from .saliency import CalibrationData, needs_data, score
-from .plan_choice import Trials, candidates, choose_plan
+from .plan_choice import Trials, candidates, choose_plan, with_finer_steps
 from .verify import DEFAULT_TOLERANCE, check, masking_oracle
 
 log = logging.getLogger("onnxprune")
@@ -349,16 +349,21 @@ def _choose(model, couplings, s: "Settings", timings: dict, sets=None, options: 
         if s.allocator == "auto":   # several allocations, measured (onnxprune/plan_choice.py)
             trials = Trials(model, couplings, sets, options, rewrite, s.seed)
             previous = enable_progress(False)   # the trials' own stages run inside this one
+            def settings_of(c):
+                return replace(s, allocator=c.allocator, coupled=c.coupled, ranking=c.ranking or s.ranking,
+                               round_to=c.round_to or s.round_to)
+
+            def allocate(c):
+                return allocate_budget(model, couplings, scored.values, settings_of(c), data, rewrite)
             try:
-                kept, (removed, target, allocator_notes), choice_notes = choose_plan(
-                    candidates(s.coupled, s.ranking, s.ratio is None),
-                    lambda c: allocate_budget(model, couplings, scored.values,
-                                               replace(s, allocator=c.allocator, coupled=c.coupled,
-                                                       ranking=c.ranking or s.ranking), data, rewrite),
-                    trials, trials.how)
+                options = candidates(s.coupled, s.ranking, s.ratio is None)
+                first_target = allocate(options[0])[1]
+                options = with_finer_steps(options, first_target and first_target.finest_step)
+                kept, (removed, target, allocator_notes), choice_notes = choose_plan(options, allocate, trials,
+                                                                                     trials.how)
             finally:
                 enable_progress(previous)
-            s = replace(s, allocator=kept.allocator, coupled=kept.coupled, ranking=kept.ranking or s.ranking)
+            s = settings_of(kept)
             allocator_notes = allocator_notes + choice_notes
         else:
             removed, target, allocator_notes = allocate_budget(model, couplings, scored.values, s, data, rewrite)

@@ -234,6 +234,8 @@ class TargetResult:
     # (pruned Model, folds, fold stats) of this plan when the allocator built them to time it
     # (--target-latency), so that prune does not rewrite the same plan again
     rewrite: tuple | None = None
+    # the step the plan went down to where `round_to` could not reach the target (reach_at_finer_steps)
+    finest_step: int | None = None
 
 
 def allocate_target(model, couplings, scores: np.ndarray, metric: str, target: float,
@@ -328,6 +330,7 @@ def reach_at_finer_steps(model, couplings, scores: np.ndarray, result: TargetRes
                          earlier=result.earlier)
     if step == round_to:
         return result, []
+    result = replace(result, finest_step=step)
     widths = class_widths(couplings)
     off = []
     for g in prunable_groups(couplings, coupled):

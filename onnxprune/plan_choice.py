@@ -61,10 +61,12 @@ class Candidate:
     allocator: str
     coupled: str
     ranking: str | None = None   # None: the settings' own
+    round_to: int | None = None   # None: the settings' own
 
     def __str__(self) -> str:
         return (self.allocator + (f" (coupled {self.coupled})" if self.coupled != "all" else "")
-                + (f" ({self.ranking} ranking)" if self.ranking else ""))
+                + (f" ({self.ranking} ranking)" if self.ranking else "")
+                + (f" (round-to {self.round_to})" if self.round_to else ""))
 
 
 def candidates(coupled: str, ranking: str, cost_target: bool) -> list[Candidate]:
@@ -76,6 +78,14 @@ def candidates(coupled: str, ranking: str, cost_target: bool) -> list[Candidate]
     if cost_target:
         out.append(Candidate("density", coupled))
     return list(dict.fromkeys(out))
+
+
+def with_finer_steps(options: list[Candidate], finest_step: int | None) -> list[Candidate]:
+    """Where the rounding cannot reach the target, the first plan went on in finer steps
+    (budget.reach_at_finer_steps) and is off the rounding anyway; then each candidate is also
+    tried whole at that step. On the digits ResNets at T 0.5 and `--round-to` 16, continuing
+    the rounded plans cut the seed-0 model to 93.8 %; the plans made at 8 keep about 99 %."""
+    return options + [replace(c, round_to=finest_step) for c in options] if finest_step else options
 
 
 def choose_plan(options: list[Candidate], allocate, trial, how: str) -> tuple[Candidate, tuple, list[str]]:
