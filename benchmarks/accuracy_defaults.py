@@ -11,7 +11,8 @@ AVX-512 machines, 8 elsewhere), on the trained digits models.
   data; `--allocator rank` gives the default before session 9). T = 0.8, 0.7, 0.6, 0.5.
   Bar: within 0.5 points of the unpruned test accuracy at 0.8, 0.7 and 0.6, within 2 at 0.5.
 - datafree: `onnxprune.prune(path, target_macs=T, round_to=R)`, no data at all, on the
-  BN-kept and the BN-folded exports. T = 0.8, 0.7. Bar: BN kept >= 97 % at 0.8 and >= 95 %
+  BN-kept and the BN-folded exports (auto measures its plans on synthetic images; `--allocator
+  rank` gives the default before session 10). T = 0.8, 0.7. Bar: BN kept >= 97 % at 0.8 and >= 95 %
   at 0.7; BN folded >= 90 % at 0.8.
 
 Both are scored afterwards on the 450 labelled TEST images with `onnxprune.fidelity.evaluate`:
@@ -112,8 +113,8 @@ def main(argv=None):
     ap.add_argument("--parts", nargs="+", choices=["data", "datafree"], default=["data", "datafree"])
     ap.add_argument("--models", nargs="+", default=DATA_MODELS, help="BN-kept names; datafree adds '_folded'")
     ap.add_argument("--calib", type=int, default=256)
-    ap.add_argument("--allocator", default=None, help="data part: instead of the default (auto with data), "
-                    "e.g. rank: the default before session 9")
+    ap.add_argument("--allocator", default=None, help="instead of the default (auto), e.g. rank: the default "
+                    "with data before session 9, without data before session 10")
     ap.add_argument("--out", default=os.path.join(ROOT, "benchmarks", "results"))
     ap.add_argument("--name", default="accuracy_defaults")
     args = ap.parse_args(argv)
@@ -128,8 +129,7 @@ def main(argv=None):
             for rt in args.round_to:
                 for t in DATA_TARGETS if part == "data" else DATAFREE_TARGETS:
                     row = {"part": part, "model": model, "folded": folded, "round_to": rt, "target": t,
-                           **run(path, t, rt, calibration if part == "data" else None, test,
-                                 args.allocator if part == "data" else None)}
+                           **run(path, t, rt, calibration if part == "data" else None, test, args.allocator)}
                     row["met"] = met(row)
                     rows.append(row)
                     print(json.dumps(row), flush=True)

@@ -94,8 +94,10 @@ def prune(source: str | os.PathLike | onnx.ModelProto, ratio: float | None = Non
       scope: 'local' (the same fraction in every group) or 'global' (one ranking); default
         'global' for bgsc, 'local' otherwise.
       ranking: with a global scope, 'raw' or 'normalized' scores; default 'normalized' for bgsc.
-      allocator: 'rank', 'density', 'synexp', 'synexp-weighted', 'sensitivity' or 'latency'
-        (all but 'rank' need target_macs or target_params; 'sensitivity' also `calibration`;
+      allocator: 'auto' (default: candidate plans measured on held-out calibration samples, or
+        without `calibration` on the synthetic images of the default recovery; 'rank' where
+        there is nothing to measure on), 'rank', 'density', 'synexp', 'synexp-weighted',
+        'sensitivity' or 'latency' (all but 'auto' and 'rank' need target_macs or target_params; 'sensitivity' also `calibration`;
         'synexp-weighted' and 'latency' measure group curves on `calibration` when given;
         'latency' also times the layers where `timing` says, docs/methods.md §6).
       speed_weight: with allocator 'latency', a fraction of the latency saved is worth W times

@@ -84,10 +84,11 @@ def selection_options(p):
                         "mean (default for bgsc: normalized)")
     p.add_argument("--allocator", default=None,
                    choices=["rank", "density", "sensitivity", "synexp", "synexp-weighted", "latency", "auto"],
-                   help="'auto' (the default with --calib): rank, rank with residual streams last, rank with "
+                   help="'auto' (the default): rank, rank with residual streams last, rank with "
                         "the other --ranking and "
                         "(with a cost target) density are each tried, and the plan whose recovered "
-                        "outputs stay closest on held-out data is kept; 'rank' (the default without data) "
+                        "outputs stay closest on held-out data (without --calib: synthetic images) is kept; "
+                        "'rank' (the default where there is nothing to measure on) "
                         "removes channels in score order; with --target-macs/--target-params: "
                         "'density' sets each group's count from layer densities (PreCrop, greedy), "
                         "'synexp' from the same program solved continuously, 'synexp-weighted' with "
