@@ -357,8 +357,12 @@ def _choose(model, couplings, s: "Settings", timings: dict, sets=None, options: 
                 return replace(s, allocator=c.allocator, coupled=c.coupled, ranking=c.ranking or s.ranking,
                                round_to=c.round_to or s.round_to)
 
-            def allocate(c):
-                return allocate_budget(model, couplings, scored.values, settings_of(c), data, rewrite)
+            allocations = {}
+
+            def allocate(c):   # each candidate's plan is made once
+                if c not in allocations:
+                    allocations[c] = allocate_budget(model, couplings, scored.values, settings_of(c), data, rewrite)
+                return allocations[c]
             try:
                 options = candidates(s.coupled, s.ranking, s.ratio is None)
                 first_target = allocate(options[0])[1]

@@ -127,18 +127,20 @@ def recover_stage(model, couplings, removed, slim, folds, data: DataOptions, see
                   sets=None, original_outputs: dict | None = None):
     """With calibration data: run the recovery passes (after the oracle checked the exact
     rewrite) and measure fidelity on held-out samples, without and with recovery.
-    `sets`: (calibration, held-out) when the score stage has loaded them already;
+    `sets`: (calibration, held-out) when the score stage has loaded them already (without
+    data: the synthetic ones, when `--allocator auto` chose on them);
     `original_outputs`: a dict shared by calls on the same held-out set (compare_models).
     Returns (model, fidelity, fidelity before recovery or None, recovery info).
     Without data, an image model calibrates on synthetic images (`default_calibration`)."""
-    if not removed or default_calibration(model, data.calibration, data.recover) is data.calibration:
+    synthetic = default_data(model, data)
+    if not removed or synthetic is data:
         return _recover_stage(model, couplings, removed, slim, folds, data, seed, timings, sets, original_outputs)
     try:
-        out = _recover_stage(model, couplings, removed, slim, folds, replace(data, calibration=SYNTHETIC),
-                             seed, timings)
+        out = _recover_stage(model, couplings, removed, slim, folds, synthetic, seed, timings, sets,
+                             original_outputs)
         out[3]["notes"].insert(0, DEFAULT_SYNTHETIC_NOTE)
     except Exception as e:   # our default must not break a prune that works without it: say so, fall back
-        out = _recover_stage(model, couplings, removed, slim, folds, data, seed, timings, sets)
+        out = _recover_stage(model, couplings, removed, slim, folds, data, seed, timings)
         out[3].setdefault("notes", []).insert(0, "recovery on synthetic images could not run "
                                               f"({str(e).strip().splitlines()[0][:200]}); BN statistics only")
     return out

@@ -220,6 +220,27 @@ def test_a_big_model_is_chosen_by_cheap_trials(monkeypatch):
     assert report.recovery["methods"] == ["lsq"]   # the final recovery is still the prune's own
 
 
+@pytest.mark.synthetic_default
+def test_a_big_model_without_data_recovers_on_the_synthetic_images_that_chose(monkeypatch):
+    """Beyond the trial budget, without data: cheap trials on synthetic images choose, and the
+    final recovery reuses those images instead of making them again. The result is the prune
+    with the chosen options, which makes its own."""
+    import onnxprune.plan_choice as plan_choice
+    import onnxprune.recover as recover
+    monkeypatch.setattr(plan_choice, "TRIAL_MACS", 1.0)
+    made, real_sets = [], recover.calibration_sets
+    monkeypatch.setattr(recover, "calibration_sets", lambda *a, **k: made.append(1) or real_sets(*a, **k))
+    slim, report = onnxprune.prune(_image_net(), target_macs=0.6, round_to=1)
+    note = next(n for n in report.notes if n.startswith("--allocator auto"))
+    assert "recovery (means) on 64 synthetic calibration samples" in note, note
+    assert report.recovery["methods"] == ["lsq"] and made == []   # the choice's images, not new ones
+    kept = report.options
+    again, _ = onnxprune.prune(_image_net(), target_macs=0.6, round_to=1, allocator=kept["allocator"],
+                               coupled=kept["coupled"], ranking=kept["ranking"])
+    assert made == [1]
+    assert [i.raw_data for i in slim.graph.initializer] == [i.raw_data for i in again.graph.initializer]
+
+
 def test_the_chosen_trial_is_the_recovery(monkeypatch, digits):
     """Within the trial budget the chosen plan's trial ran the prune's own recovery on the same
     samples: prune hands that back instead of recovering again, and it is the same result a
