@@ -34,7 +34,8 @@ DEFAULT_COUPLED = {"bn-variance": "last"}
 def default_criterion(calibration) -> str:
     """What `criterion="auto"` picks, by measurement on the trained digits models
     (benchmarks/RESULTS_accuracy.md): with real calibration data, `activation` (best or tied
-    best after least-squares recovery, and the best before it); without data, or with
+    best after least-squares recovery, and the best before it; still the best on twelve
+    trained files in session 11, benchmarks/recovery_choices.py); without data, or with
     synthetic images, `bn-variance` (the only criterion meeting the data-free bar on every
     BN model with `--calib synthetic`, and the best with BN-statistics recovery alone)."""
     return "activation" if has_real_data(calibration) else "bn-variance"
