@@ -428,7 +428,10 @@ def test_model_onnxruntime_rejects_prints_one_line(tmp_path):
 # The CLI runs in a subprocess in which one function of the save stops (touches a marker
 # file, then sleeps) so that the test can send a signal at that very point.
 STOPPER = r"""
-import os, sys, time
+import os, signal, sys, time
+# Ctrl-C as in a terminal: a job started in the background by a shell inherits SIGINT
+# ignored, and Python then installs no KeyboardInterrupt handler.
+signal.signal(signal.SIGINT, signal.default_int_handler)
 import onnxprune.io, onnxprune.verify
 from onnxprune import cli
 module, name, marker, seconds = sys.argv[1:5]
