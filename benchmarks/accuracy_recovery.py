@@ -444,6 +444,16 @@ def dump_json(result: dict, path: str) -> None:
         f.write("\n")
 
 
+def record(result: dict, name: str, text: str) -> None:
+    """benchmarks/results/<name>.json (the result) and .md (`text`, also printed)."""
+    out = os.path.join(ROOT, "benchmarks", "results", name)
+    os.makedirs(os.path.dirname(out), exist_ok=True)
+    dump_json(result, out + ".json")
+    with open(out + ".md", "w") as f:
+        f.write(text)
+    print(text)
+
+
 def write(result, out):
     md = markdown(result)
     with open(os.path.join(out, "accuracy_recovery.md"), "w") as f:

@@ -26,7 +26,6 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
 
-import numpy as np  # noqa: E402
 import onnx  # noqa: E402
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
@@ -35,7 +34,7 @@ from onnx import numpy_helper  # noqa: E402
 import onnxprune  # noqa: E402
 from onnxprune.fidelity import evaluate  # noqa: E402
 from accuracy_criteria import digits_data, digits_model_path  # noqa: E402
-from accuracy_recovery import BAR, dump_json, environment  # noqa: E402
+from accuracy_recovery import BAR, environment, record  # noqa: E402
 
 # The five cells the default misses (sessions 10-11) and fifteen it meets, at the rounding shown.
 CELLS = (["resnet:0.6:16", "resnet_s1:0.6:16", "resnet_s3:0.6:16", "resnet_s2:0.6:8", "resnet_s3:0.8:8"]
@@ -168,12 +167,7 @@ def main(argv=None):
     result = {"command": "python benchmarks/distill_probe.py " + " ".join(argv or sys.argv[1:]),
               "date": time.strftime("%Y-%m-%d %H:%M"), "steps": args.steps, "lr": args.lr,
               **environment(), "torch": torch.__version__, "rows": rows}
-    out = os.path.join(ROOT, "benchmarks", "results", args.name)
-    dump_json(result, out + ".json")
-    text = markdown(result)
-    with open(out + ".md", "w") as f:
-        f.write(text)
-    print(text)
+    record(result, args.name, markdown(result))
 
 
 if __name__ == "__main__":

@@ -37,11 +37,10 @@ from onnxprune.fidelity import evaluate  # noqa: E402
 from onnxprune.recover import held_out_error  # noqa: E402
 from accuracy_criteria import digits_data, digits_model_path  # noqa: E402
 from accuracy_defaults import DATA_MODELS  # noqa: E402
-from accuracy_recovery import BAR, dump_json, environment  # noqa: E402
+from accuracy_recovery import BAR, environment, record  # noqa: E402
 
 CRITERIA = ["activation", "lsq-aware", "fluctuation", "l1", "bgsc"]
 RIDGES = [1e-3, 1e-2, 1e-1]
-RESULTS = os.path.join(ROOT, "benchmarks", "results")
 
 
 def run(path, target, round_to, calibration, test, **options) -> dict:
@@ -127,13 +126,7 @@ def main(argv=None):
                         print(json.dumps(row), flush=True)
     result = {"command": "python benchmarks/recovery_choices.py " + " ".join(argv or sys.argv[1:]),
               "date": time.strftime("%Y-%m-%d %H:%M"), **environment(), "rows": rows}
-    out = os.path.join(RESULTS, args.name)
-    os.makedirs(RESULTS, exist_ok=True)
-    dump_json(result, out + ".json")
-    text = markdown(result)
-    with open(out + ".md", "w") as f:
-        f.write(text)
-    print(text)
+    record(result, args.name, markdown(result))
 
 
 if __name__ == "__main__":
