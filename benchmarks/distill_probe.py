@@ -1,7 +1,8 @@
 """A probe, not a library feature: would end-to-end fitting after the least-squares recovery
 close the with-data cells that layer-wise recovery leaves just under the bar?
 
-    python benchmarks/distill_probe.py [--steps 300] [--lr 1e-3] [--cells resnet:0.6:16 ...]
+    python benchmarks/distill_probe.py [--steps 300] [--lr 1e-3] [--seed 0] [--cells resnet:0.6:16 ...]
+                                       [--name distill_probe]
 
 Each cell is pruned by the library default with 256 unlabelled TRAIN images (allocator auto,
 recovery lsq), then every weight of the pruned file is fitted for STEPS Adam steps (batch 64)
@@ -144,6 +145,7 @@ def main(argv=None):
     ap.add_argument("--cells", nargs="+", default=CELLS, help="model:T:round_to, model without 'digits_'")
     ap.add_argument("--steps", type=int, default=300)
     ap.add_argument("--lr", type=float, default=1e-3)
+    ap.add_argument("--seed", type=int, default=0, help="seeds the mini-batch order")
     ap.add_argument("--name", default="distill_probe")
     args = ap.parse_args(argv)
     torch.set_num_threads(2)
@@ -155,7 +157,7 @@ def main(argv=None):
         path = digits_model_path("digits_" + model)
         slim, _ = onnxprune.prune(path, target_macs=float(target), round_to=int(round_to), calibration=calibration)
         start = time.perf_counter()
-        fitted = distill(slim, onnx.load(path), x, args.steps, args.lr)
+        fitted = distill(slim, onnx.load(path), x, args.steps, args.lr, args.seed)
         seconds = time.perf_counter() - start
         before, after = evaluate(path, slim, test).outputs[0], evaluate(path, fitted, test).outputs[0]
         row = {"model": "digits_" + model, "target": float(target), "round_to": int(round_to),
@@ -165,7 +167,7 @@ def main(argv=None):
         rows.append(row)
         print(json.dumps(row), flush=True)
     result = {"command": "python benchmarks/distill_probe.py " + " ".join(argv or sys.argv[1:]),
-              "date": time.strftime("%Y-%m-%d %H:%M"), "steps": args.steps, "lr": args.lr,
+              "date": time.strftime("%Y-%m-%d %H:%M"), "steps": args.steps, "lr": args.lr, "seed": args.seed,
               **environment(), "torch": torch.__version__, "rows": rows}
     record(result, args.name, markdown(result))
 
