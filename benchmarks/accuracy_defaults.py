@@ -44,6 +44,7 @@ sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
 import onnxprune  # noqa: E402
 from onnxprune.budget import default_round_to  # noqa: E402
 from onnxprune.fidelity import evaluate  # noqa: E402
+from onnxprune.recover import held_out_error  # noqa: E402
 from accuracy_criteria import digits_data, digits_model_path  # noqa: E402
 from accuracy_datafree import BARS as DATAFREE_BARS  # noqa: E402
 from accuracy_recovery import BAR  # noqa: E402
@@ -60,12 +61,14 @@ def required(model: str) -> bool:
     return re.sub(r"_s\d+$", "", model) in REQUIRED
 
 
-def run(path, target, round_to, calibration, test, allocator=None) -> dict:
+def run(path, target, round_to, calibration, test, **options) -> dict:
+    """One default prune (`options`: any other prune option), scored on `test` afterwards."""
     t = time.perf_counter()
     slim, report = onnxprune.prune(path, target_macs=target, round_to=round_to, calibration=calibration,
-                                   allocator=allocator)
+                                   **options)
     out = evaluate(path, slim, test).outputs[0]
     return {"accuracy": out.accuracy_pruned, "unpruned": out.accuracy_original,
+            "held_out_error": held_out_error(report.fidelity),
             "macs": report.after["macs"] / report.before["macs"], "seconds": round(time.perf_counter() - t, 1),
             "options": {k: report.options.get(k) for k in ("criterion", "scope", "ranking", "coupled",
                                                            "allocator", "round_to")},
@@ -142,7 +145,7 @@ def main(argv=None):
             for rt in args.round_to:
                 for t in DATA_TARGETS if part == "data" else DATAFREE_TARGETS:
                     row = {"part": part, "model": model, "folded": folded, "round_to": rt, "target": t,
-                           **run(path, t, rt, calibration if part == "data" else None, test, args.allocator)}
+                           **run(path, t, rt, calibration if part == "data" else None, test, allocator=args.allocator)}
                     row["met"] = met(row)
                     rows.append(row)
                     print(json.dumps(row), flush=True)

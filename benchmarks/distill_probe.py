@@ -7,7 +7,8 @@ close the with-data cells that layer-wise recovery leaves just under the bar?
 Each cell is pruned by the library default with 256 unlabelled TRAIN images (allocator auto,
 recovery lsq), then every weight of the pruned file is fitted for STEPS Adam steps (batch 64)
 so that its logits match the original's on the first 205 of those images (mean squared
-error; no labels), the four fifths the library itself fits on. The pruned ONNX graph is run
+error; no labels): as many as the library fits on, not the same ones (its held-out fifth is
+drawn at random), and never a TEST image. The pruned ONNX graph is run
 in torch by a small interpreter of the ops the digits models use (Conv, BatchNormalization
 in inference form with its statistics fixed, Relu, Clip, Add, GlobalAveragePool, Flatten,
 Gemm, Constant); any other op stops the probe. Both files are scored on the 450 labelled
@@ -41,7 +42,7 @@ from accuracy_recovery import BAR, environment, record  # noqa: E402
 CELLS = (["resnet:0.6:16", "resnet_s1:0.6:16", "resnet_s3:0.6:16", "resnet_s2:0.6:8", "resnet_s3:0.8:8"]
          + [f"{m}:{t}:16" for m in ("resnet", "resnet_s1", "mobilenet", "mobilenet_s1", "mobilenet_s2")
             for t in (0.8, 0.7, 0.5)])
-FIT_SAMPLES = 205   # the library's calibration part of 256 (a fifth held out)
+FIT_SAMPLES = 205   # as many as the library's calibration part of 256 (a fifth held out)
 
 
 def _attr(node, name, default=None):

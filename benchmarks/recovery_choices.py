@@ -31,25 +31,24 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
 
-import onnxprune  # noqa: E402
 import onnxprune.passes.reconstruct as reconstruct  # noqa: E402
-from onnxprune.fidelity import evaluate  # noqa: E402
-from onnxprune.recover import held_out_error  # noqa: E402
 from accuracy_criteria import digits_data, digits_model_path  # noqa: E402
-from accuracy_defaults import DATA_MODELS  # noqa: E402
+from accuracy_defaults import DATA_MODELS, run as defaults_run  # noqa: E402
 from accuracy_recovery import BAR, environment, record  # noqa: E402
 
 CRITERIA = ["activation", "lsq-aware", "fluctuation", "l1", "bgsc"]
 RIDGES = [1e-3, 1e-2, 1e-1]
 
 
-def run(path, target, round_to, calibration, test, **options) -> dict:
-    slim, report = onnxprune.prune(path, target_macs=target, round_to=round_to, calibration=calibration,
-                                   **options)
-    out = evaluate(path, slim, test).outputs[0]
-    return {"accuracy": 100 * out.accuracy_pruned, "unpruned": 100 * out.accuracy_original,
-            "held_out_error": held_out_error(report.fidelity),
-            "macs": report.after["macs"] / report.before["macs"]}
+def run(path, target, round_to, calibration, test, ridge, **options) -> dict:
+    """accuracy_defaults.run with the refit's ridge set for the run; accuracies in %."""
+    default_ridge, reconstruct.RIDGE = reconstruct.RIDGE, ridge
+    try:
+        r = defaults_run(path, target, round_to, calibration, test, **options)
+    finally:
+        reconstruct.RIDGE = default_ridge
+    return {"accuracy": 100 * r["accuracy"], "unpruned": 100 * r["unpruned"],
+            "held_out_error": r["held_out_error"], "macs": r["macs"]}
 
 
 def meets(row) -> bool:
@@ -57,9 +56,10 @@ def meets(row) -> bool:
 
 
 def variants(study):
+    """(name, ridge, prune options) of each variant."""
     if study == "criteria":
-        return [(c, {"criterion": c}) for c in CRITERIA]
-    return [(f"ridge {r:g}", {"ridge": r}) for r in RIDGES]
+        return [(c, reconstruct.RIDGE, {"criterion": c}) for c in CRITERIA]
+    return [(f"ridge {r:g}", r, {}) for r in RIDGES]
 
 
 def summary(rows, study) -> list[str]:
@@ -69,7 +69,7 @@ def summary(rows, study) -> list[str]:
     for r in rows:
         if r["study"] == study:
             cells.setdefault((r["round_to"], r["model"], r["target"]), {})[r["variant"]] = r
-    names = [v for v, _ in variants(study)]
+    names = [v for v, _, _ in variants(study)]
     full = [c for c in cells.values() if all(n in c for n in names)]
     if not full:
         return []
@@ -109,18 +109,14 @@ def main(argv=None):
     ap.add_argument("--name", default="recovery_choices", help="output file name in benchmarks/results")
     args = ap.parse_args(argv)
     calibration, test, _ = digits_data(256)
-    rows, default_ridge = [], reconstruct.RIDGE
+    rows = []
     for study in args.study:
         for rt in args.round_to:
             for model in args.models:
                 path = digits_model_path(model)
                 for t in args.targets:
-                    for name, options in variants(study):
-                        reconstruct.RIDGE = options.pop("ridge", default_ridge)
-                        try:
-                            row = run(path, t, rt, calibration, test, **options)
-                        finally:
-                            reconstruct.RIDGE = default_ridge
+                    for name, ridge, options in variants(study):
+                        row = run(path, t, rt, calibration, test, ridge, **options)
                         row.update(study=study, variant=name, model=model, round_to=rt, target=t)
                         rows.append(row)
                         print(json.dumps(row), flush=True)
