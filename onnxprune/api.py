@@ -123,10 +123,12 @@ def prune(source: str | os.PathLike | onnx.ModelProto, ratio: float | None = Non
       calibration_preprocess: preprocessing of an image folder (onnxprune/calibration.py).
       eval_data: held-out samples for the fidelity report (same forms as calibration).
       labels_key: the npz key of integer labels (adds accuracy to the fidelity report).
-      recover: recovery methods after the exact rewrite: 'none' or a comma list of 'means',
-        'stats', 'lsq' (run in that order); 'auto' is 'lsq' with calibration; without, 'lsq' on
-        synthetic images for an image model (onnxprune/recover.py `default_calibration`), else
-        'stats'. 'stats' is the fast data-free path.
+      recover: recovery methods after the exact rewrite: 'none' or a comma list of 'merge',
+        'means', 'stats', 'lsq', 'fit' (run in that order; 'fit' needs torch); 'auto' is
+        'lsq,fit' with calibration (the fit kept where the held-out outputs say it helps and
+        where it can run: onnxprune/recover.py `auto_fit`); without, 'lsq' on synthetic images
+        for an image model (`default_calibration`), else 'stats'. 'stats' is the fast
+        data-free path.
     Bad arguments raise OnnxPruneError before any work. For models beyond protobuf's 2 GB,
     use `prune_model` and `onnxprune.io.save_model`, which never build the whole proto."""
     slim, report = prune_model(

@@ -162,10 +162,12 @@ def data_options(p):
     g.add_argument("--labels", default="labels", metavar="KEY",
                    help="npz key of integer labels: the fidelity report adds accuracy (default: labels)")
     g.add_argument("--recover", default="auto", metavar="METHODS",
-                   help="after the exact rewrite: 'none' or a comma list of merge, means, stats, lsq (neuron "
-                        "merging, mean compensation, statistics correction, least-squares refit); default 'auto': "
-                        "lsq with --calib; without, lsq on synthetic images for an image model (range read "
-                        "from its first BatchNormalization), stats otherwise; 'stats' is the fast data-free path")
+                   help="after the exact rewrite: 'none' or a comma list of merge, means, stats, lsq, fit (neuron "
+                        "merging, mean compensation, statistics correction, least-squares refit, end-to-end fit "
+                        "to the original's outputs, which needs torch: pip install 'onnxprune[fit]'); default "
+                        "'auto': lsq,fit with --calib (the fit kept where it brings the held-out outputs closer); "
+                        "without, lsq on synthetic images for an image model (range read from its first "
+                        "BatchNormalization), stats otherwise; 'stats' is the fast data-free path")
 
 
 def evaluate_arguments(p):

@@ -35,9 +35,10 @@ class Step:
 LOAD_PASSES = (passes.inline_functions, passes.name_nodes, passes.constants_to_initializers,
                passes.bypass_identity, passes.fold_constants, passes.infer_shapes)
 # Win back fidelity after the exact rewrite, in this order (each skips itself without data
-# where it needs data): neuron merging, mean compensation, statistics correction, least-squares refit.
+# where it needs data): neuron merging, mean compensation, statistics correction, least-squares
+# refit, end-to-end fit to the original's outputs.
 RECOVERY_PASSES = {"merge": passes.merge_neurons, "means": passes.compensate_means, "stats": passes.correct_statistics,
-                   "lsq": passes.reconstruct}
+                   "lsq": passes.reconstruct, "fit": passes.fit_outputs}
 # Turn a plan into a smaller model.
 REWRITE_PASSES = (passes.slice_initializers, passes.update_attributes, passes.scatter_residual,
                   passes.fold_removed_constants,

@@ -28,6 +28,7 @@ from dataclasses import dataclass, replace
 from typing import NamedTuple
 
 from .cost import cost
+from .passes import fit_outputs
 from .recover import DataOptions, held_out_error, recover_stage
 from .synthetic import is_synthetic
 
@@ -127,11 +128,15 @@ class Trials:
     def __init__(self, model, couplings, sets, options: DataOptions, rewrite, seed: int):
         calib, held = sets
         samples = trial_samples(cost(model).macs, len(calib))
-        self.final = samples >= len(calib)   # the trial is what prune would run itself
         methods = trial_recovery(options.recover, samples, len(calib))
-        self.sets = (calib, held) if self.final else (calib.head(samples), held.head(samples))
+        # trials never run the end-to-end fit (it runs once, on the plan kept): where the
+        # prune would run it, a trial is not the prune's own recovery
+        fits = options.recover == "auto" and not is_synthetic(options.calibration) and \
+            fit_outputs.cannot_fit(model, len(calib)) is None
+        self.final = samples >= len(calib) and not fits   # the trial is what prune would run itself
+        self.sets = (calib, held) if samples >= len(calib) else (calib.head(samples), held.head(samples))
         self.model, self.couplings, self.rewrite, self.seed = model, couplings, rewrite, seed
-        self.options = replace(options, recover=methods)
+        self.options = replace(options, recover=methods, end_to_end=False)
         kind = "synthetic " if is_synthetic(options.calibration) else ""
         self.how = f"recovery ({methods}) on {len(self.sets[0])} {kind}calibration samples"
         self.original_outputs = {}   # the original's held-out outputs, computed once for every trial

@@ -15,7 +15,7 @@ from .calibration import CalibrationSet, load_calibration
 from .errors import OnnxPruneError
 from .fidelity import compare_models
 from .io import is_large
-from .passes import remove_dead_nodes
+from .passes import fit_outputs, remove_dead_nodes
 from .passes.fold_removed_constants import add_to_bias
 from .pipeline import RECOVERY_PASSES, Step, run_passes
 from .progress import stage
@@ -101,10 +101,26 @@ AUTO_ALTERNATIVE = "means"
 def default_methods(with_data: bool) -> str:
     """What `recover="auto"` runs. With calibration data, the least-squares refit: on the
     trained digits models it kept 98-99.8 % accuracy where plain pruning kept ~10 %, far
-    ahead of statistics correction and mean compensation (benchmarks/RESULTS_accuracy.md).
-    Without data, statistics correction from the BatchNormalization statistics (a no-op on
-    models without BN): 0.10-0.45 -> 0.90-0.98 at 80 % of the MACs on the same models."""
-    return "lsq" if with_data else "stats"
+    ahead of statistics correction and mean compensation (benchmarks/RESULTS_accuracy.md);
+    then the end-to-end fit where it can run (`auto_fit`). Without data, statistics
+    correction from the BatchNormalization statistics (a no-op on models without BN):
+    0.10-0.45 -> 0.90-0.98 at 80 % of the MACs on the same models."""
+    return "lsq,fit" if with_data else "stats"
+
+
+def auto_fit(methods: tuple, model, samples: int, synthetic: bool, allowed: bool = True):
+    """`recover="auto"`'s methods without the end-to-end fit where it does not run: on
+    synthetic images (not measured there), where the caller does not allow it (the trials of
+    `--allocator auto`: the fit runs once, on the plan kept), and where it cannot run
+    (`fit_outputs.cannot_fit`: no torch, an operator torch lacks, over its budget), which
+    the returned note says. Returns (methods, note or None)."""
+    if "fit" not in methods:
+        return methods, None
+    without = tuple(m for m in methods if m != "fit")
+    if synthetic or not allowed:
+        return without, None
+    reason = fit_outputs.cannot_fit(model, samples)
+    return (methods, None) if reason is None else (without, f"fit_outputs: not run ({reason})")
 
 
 # -- the recover stage of prune ------------------------------------------------------
@@ -117,6 +133,7 @@ class DataOptions:
     eval_data: object
     labels_key: str
     recover: str
+    end_to_end: bool = True   # auto may run the end-to-end fit (plan_choice's trials say False)
 
 
 # Samples per onnxruntime run while collecting statistics.
@@ -154,11 +171,16 @@ def _recover_stage(model, couplings, removed, slim, folds, data: DataOptions, se
         return _recover_without_data(model, couplings, removed, slim, folds, data, methods, timings)
     with stage("recover", timings):
         calib, held = sets or calibration_sets(model, data, seed)
+        fit_note = None
+        if data.recover == "auto":
+            methods, fit_note = auto_fit(methods, model, len(calib), calib.describe()["kind"] == SYNTHETIC,
+                                         data.end_to_end)
         tries = [methods]
         if data.recover == "auto" and calib.describe()["kind"] != SYNTHETIC:
             tries.append(parse_methods(AUTO_ALTERNATIVE))
-        recovered = [recover(model, slim, couplings, removed, batches_of(model, calib), len(calib), m, folds)
-                     for m in tries]
+        if data.recover == "auto" and "fit" in methods:   # auto keeps the fit only where it helps
+            tries.append(tuple(m for m in methods if m != "fit"))
+        recovered = _recover_all(model, slim, couplings, removed, batches_of(model, calib), len(calib), tries, folds)
     with stage("evaluate", timings):
         kept = {} if original_outputs is None else original_outputs   # the original's outputs, computed once
         before = compare_models(model, slim, held, labels=held.labels, original_outputs=kept) if methods else None
@@ -172,6 +194,8 @@ def _recover_stage(model, couplings, removed, slim, folds, data: DataOptions, se
     errors = [np.inf if (e := held_out_error(f)) is None else e for f in measured]
     best = int(np.argmin(errors))   # the first on ties: the default
     (slim_rec, notes), after = recovered[best], measured[best]
+    if fit_note:
+        notes = notes + [fit_note]
     if best:
         notes = notes + [f"recovery: {', '.join(tries[best])} kept instead of {', '.join(methods)}, which left "
                          f"the held-out outputs further from the original's (mean relative error "
@@ -190,6 +214,24 @@ def _recover_stage(model, couplings, removed, slim, folds, data: DataOptions, se
     if worse:
         info["notes"].append(f"recovery ({', '.join(methods)}) made the held-out outputs worse ({worse})")
     return slim_rec, after, before, info
+
+
+def _recover_all(model, slim, couplings, removed, batches, size: int, tries: list, folds) -> list:
+    """`recover` for each method tuple of `tries`. The end-to-end fit starts from the other
+    methods' result, so `lsq,fit` and `lsq` share one refit."""
+    done = {}
+
+    def run(methods):
+        if methods not in done:
+            base = tuple(m for m in methods if m != "fit")
+            if base == methods or not base:
+                done[methods] = recover(model, slim, couplings, removed, batches, size, methods, folds)
+            else:
+                first, notes = run(base)
+                fitted, more = recover(model, first, couplings, removed, batches, size, ("fit",), folds)
+                done[methods] = (fitted, notes + more)
+        return done[methods]
+    return [run(m) for m in tries]
 
 
 def held_out_error(f) -> float | None:

@@ -49,14 +49,16 @@ def test_dependencies_are_what_the_library_imports(wheel):
     assert base == ["numpy", "onnx", "onnxruntime", "scipy"]
     torch = [r for r in requires if r.startswith("torch") and "extra == \"test\"" in r]
     assert torch and "==" not in torch[0].split(";")[0], torch
+    assert any(r.startswith("torch") and "extra == \"fit\"" in r for r in requires), requires
     sources = "\n".join(p.read_text() for p in list((ROOT / "onnxprune").rglob("*.py")) + list((ROOT / "passes").glob("*.py")))
     for dep in base:
         assert re.search(rf"^\s*(import|from) {dep}\b", sources, re.M), dep
     # and the converse: every third-party import is declared, or optional with a one-line
-    # refusal when missing (Pillow for image folders, matplotlib for --plot)
+    # refusal or note when missing (Pillow for image folders, matplotlib for --plot, torch
+    # for the end-to-end fit)
     imported = {m for m in re.findall(r"^\s*(?:import|from) ([A-Za-z_]\w*)\b[\w.]* *(?:import|$|as)", sources, re.M)
                 if m not in sys.stdlib_module_names and m != "onnxprune"}
-    assert imported - {"PIL", "matplotlib"} == set(base), imported
+    assert imported - {"PIL", "matplotlib", "torch"} == set(base), imported
 
 
 def test_a_users_own_passes_and_models_folders_do_not_shadow_onnxprune(tmp_path):

@@ -178,7 +178,8 @@ def digits_data(tmp_path_factory):
 
 def test_calibration_recovers_the_trained_digits_resnet(digits_data):
     """Plain pruning of the trained digits ResNet to 60 % of its MACs leaves ~10 % accuracy;
-    least squares on 256 unlabelled training images brings it back near the original's."""
+    least squares and the end-to-end fit on 256 unlabelled training images bring it back near
+    the original's."""
     src = ROOT / "models" / "digits_resnet.onnx"
     _, plain = onnxprune.prune(str(src), target_macs=0.6, calibration=str(digits_data / "calib.npz"),
                                eval_data=str(digits_data / "test.npz"), recover="none")
@@ -189,7 +190,7 @@ def test_calibration_recovers_the_trained_digits_resnet(digits_data):
     assert out.accuracy_original > 0.99 and out.accuracy_pruned > 0.95, fixed.fidelity.summary()
     assert fixed.fidelity_unrecovered.outputs[0].accuracy_pruned < 0.5
     assert fixed.oracle_passed          # the oracle judged the exact rewrite, before recovery
-    assert fixed.recovery["methods"] == ["lsq"] and fixed.recovery["calibration"]["samples"] == 256
+    assert fixed.recovery["methods"] == ["lsq", "fit"] and fixed.recovery["calibration"]["samples"] == 256
     assert fixed.to_dict()["fidelity"]["outputs"][0]["top1_agreement"] > 0.95
 
 
@@ -200,7 +201,7 @@ def test_cli_prune_with_calibration_and_evaluate(digits_data, tmp_path):
                         digits_data / "calib.npz", "--report", rep], capture_output=True, text=True, env=env,
                        cwd=ROOT, timeout=300)
     assert p.returncode == 0, p.stderr
-    assert "With recovery (lsq)" in p.stdout and "top-1 agreement" in p.stdout
+    assert "With recovery (lsq, fit)" in p.stdout and "top-1 agreement" in p.stdout
     report = json.loads(rep.read_text())
     assert report["recovery"]["calibration"]["samples"] == 205      # a fifth held out
     assert report["recovery"]["evaluation"]["samples"] == 51
@@ -247,7 +248,7 @@ def test_auto_recovery_that_makes_held_out_outputs_worse_is_not_handed_back(monk
     proto, calib, same = _drifting_case()
     bare, bare_report = onnxprune.prune(proto, 0.5, recover="none", **same)
     slim, report = onnxprune.prune(proto, 0.5, calibration=calib, **same)
-    assert report.recovery["rejected"]["methods"] == ["lsq"] and report.recovery["methods"] == []
+    assert report.recovery["rejected"]["methods"] == ["lsq", "fit"] and report.recovery["methods"] == []
     assert any("made the held-out outputs worse" in n for n in report.notes), report.notes
     assert report.fidelity.max_rel_error == pytest.approx(bare_report.fidelity.max_rel_error)
     assert {i.name: i.raw_data for i in slim.graph.initializer} == {i.name: i.raw_data for i in bare.graph.initializer}
