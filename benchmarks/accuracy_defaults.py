@@ -8,7 +8,9 @@ AVX-512 machines, 8 elsewhere), on the trained digits models.
 - data: `onnxprune.prune(path, target_macs=T, calibration=[{"input": x}], round_to=R)` with 256
   unlabelled TRAIN images and nothing else, as `--calib data.npz` gives: the library holds out
   a fifth of them for its own checks and for `--allocator auto`'s choice (the default with
-  data; `--allocator rank` gives the default before session 9). T = 0.8, 0.7, 0.6, 0.5.
+  data; `--allocator rank` gives the default before session 9). T = 0.8, 0.7, 0.6, 0.5. The
+  default recovery with data ends with the end-to-end fit where torch is installed (session
+  12; the results' "torch" says whether it was): without torch it is least squares alone.
   Bar: within 0.5 points of the unpruned test accuracy at 0.8, 0.7 and 0.6, within 2 at 0.5.
 - datafree: `onnxprune.prune(path, target_macs=T, round_to=R)`, no data at all, on the
   BN-kept and the BN-folded exports (auto measures its plans on synthetic images; `--allocator
@@ -47,7 +49,7 @@ from onnxprune.fidelity import evaluate  # noqa: E402
 from onnxprune.recover import held_out_error  # noqa: E402
 from accuracy_criteria import digits_data, digits_model_path  # noqa: E402
 from accuracy_datafree import BARS as DATAFREE_BARS  # noqa: E402
-from accuracy_recovery import BAR  # noqa: E402
+from accuracy_recovery import BAR, environment  # noqa: E402
 
 DATA_MODELS = ["digits_resnet", "digits_resnet_s1", "digits_mobilenet", "digits_mobilenet_s1",
                "digits_vgg", "digits_vgg_s1", "digits_densenet", "digits_densenet_s1"]
@@ -151,7 +153,8 @@ def main(argv=None):
                     print(json.dumps(row), flush=True)
     result = {"command": "python benchmarks/accuracy_defaults.py " + " ".join(argv or sys.argv[1:]),
               "date": time.strftime("%Y-%m-%d %H:%M"), "machine": f"{platform.machine()}, {os.cpu_count()} cores",
-              "default_round_to": default_round_to(), "onnxprune": onnxprune.__version__, "rows": rows}
+              "default_round_to": default_round_to(), "onnxprune": onnxprune.__version__,
+              "torch": environment()["torch"], "rows": rows}
     os.makedirs(args.out, exist_ok=True)
     with open(os.path.join(args.out, args.name + ".json"), "w") as f:
         json.dump(result, f, indent=1)

@@ -434,8 +434,14 @@ def main(argv=None):
 
 def environment() -> dict:
     """The versions and machine a study ran with (shared by the digits studies)."""
+    try:   # the default recovery with data fits end to end only where torch is installed
+        import torch
+        torch_version = torch.__version__
+    except ImportError:
+        torch_version = None
     return {"python": platform.python_version(), "onnx": onnx.__version__, "onnxruntime": ort.__version__,
-            "numpy": np.__version__, "onnxprune": getattr(onnxprune, "__version__", "?"), "cpus": os.cpu_count()}
+            "numpy": np.__version__, "onnxprune": getattr(onnxprune, "__version__", "?"), "cpus": os.cpu_count(),
+            "torch": torch_version}
 
 
 def dump_json(result: dict, path: str) -> None:

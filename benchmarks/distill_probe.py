@@ -1,5 +1,7 @@
-"""A probe, not a library feature: would end-to-end fitting after the least-squares recovery
-close the with-data cells that layer-wise recovery leaves just under the bar?
+"""The probe that led to the end-to-end fit: would end-to-end fitting after the least-squares
+recovery close the with-data cells that layer-wise recovery leaves just under the bar? (It is
+now a library pass, passes/fit_outputs.py; this script keeps the measurement that led there
+and prunes with recover="lsq", the refit alone.)
 
     python benchmarks/distill_probe.py [--steps 300] [--lr 1e-3] [--seed 0] [--cells resnet:0.6:16 ...]
                                        [--name distill_probe]
@@ -12,7 +14,7 @@ drawn at random), and never a TEST image. The pruned ONNX graph is run
 in torch by a small interpreter of the ops the digits models use (Conv, BatchNormalization
 in inference form with its statistics fixed, Relu, Clip, Add, GlobalAveragePool, Flatten,
 Gemm, Constant); any other op stops the probe. Both files are scored on the 450 labelled
-TEST images. torch comes with the test extra; the library does not use it.
+TEST images. torch comes with the test extra.
 
 Writes benchmarks/results/distill_probe.{json,md}.
 """
@@ -156,7 +158,8 @@ def main(argv=None):
     for cell in args.cells:
         model, target, round_to = cell.split(":")
         path = digits_model_path("digits_" + model)
-        slim, _ = onnxprune.prune(path, target_macs=float(target), round_to=int(round_to), calibration=calibration)
+        slim, _ = onnxprune.prune(path, target_macs=float(target), round_to=int(round_to), calibration=calibration,
+                                  recover="lsq")   # the refit alone: what the default was before the fit
         start = time.perf_counter()
         fitted = distill(slim, onnx.load(path), x, args.steps, args.lr, args.seed)
         seconds = time.perf_counter() - start
@@ -169,7 +172,7 @@ def main(argv=None):
         print(json.dumps(row), flush=True)
     result = {"command": "python benchmarks/distill_probe.py " + " ".join(argv or sys.argv[1:]),
               "date": time.strftime("%Y-%m-%d %H:%M"), "steps": args.steps, "lr": args.lr, "seed": args.seed,
-              **environment(), "torch": torch.__version__, "rows": rows}
+              **environment(), "rows": rows}
     record(result, args.name, markdown(result))
 
 
