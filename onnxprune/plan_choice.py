@@ -138,7 +138,8 @@ class Trials:
         self.model, self.couplings, self.rewrite, self.seed = model, couplings, rewrite, seed
         self.options = replace(options, recover=methods, end_to_end=False)
         kind = "synthetic " if is_synthetic(options.calibration) else ""
-        self.how = f"recovery ({methods}) on {len(self.sets[0])} {kind}calibration samples"
+        shown = f"{methods} without the fit" if fits and methods == "auto" else methods
+        self.how = f"recovery ({shown}) on {len(self.sets[0])} {kind}calibration samples"
         self.original_outputs = {}   # the original's held-out outputs, computed once for every trial
         self.best: Trial | None = None
 
