@@ -284,3 +284,36 @@ def test_a_diverging_fit_leaves_the_weights_as_they_were(monkeypatch):
     slim, report = onnxprune.prune(proto, 0.5, calibration=calib, recover="lsq,fit", **same)
     assert "fit_outputs: the fit diverged; the weights are left as they were" in report.notes, report.notes
     assert [i.raw_data for i in slim.graph.initializer] == [i.raw_data for i in lsq.graph.initializer]
+
+
+def _fit_notes(proto, calib, **options):
+    _, report = onnxprune.prune(proto, 0.5, calibration=calib, recover="lsq,fit", criterion="l1", round_to=1,
+                                **options)
+    return [n for n in report.notes if n.startswith("fit_outputs")]
+
+
+def test_a_form_the_executor_does_not_take_is_not_fitted():
+    """Conv with auto_pad is in the executor's table but not in every form: found by running."""
+    proto, calib, _ = _tiny_trained_case()
+    conv = next(n for n in proto.graph.node if n.op_type == "Conv")
+    del conv.attribute[:]
+    conv.attribute.extend([helper.make_attribute("kernel_shape", [3, 3]), helper.make_attribute("auto_pad", "SAME_UPPER")])
+    assert _fit_notes(proto, calib) == ["fit_outputs: not run (torch could not run the graph: Conv with auto_pad)"]
+
+
+def test_a_graph_whose_batch_is_written_into_a_reshape_is_not_fitted():
+    """The fit runs mini-batches; a Reshape to a fixed batch of 1 cannot take them."""
+    b = GraphBuilder(seed=3)
+    x = b.input("x", [1, 1, 8, 8])
+    h = b.op("Relu", [b.bn(b.conv(x, 1, 16), 16)])
+    h = b.op("Reshape", [b.op("GlobalAveragePool", [b.op("Relu", [b.bn(b.conv(h, 16, 16), 16)])]), b.ints([1, 16])])
+    proto = b.model([b.gemm(h, 16, 4)])
+    calib = {"x": np.random.default_rng(0).standard_normal((96, 1, 8, 8)).astype(np.float32)}
+    notes = _fit_notes(proto, calib)
+    assert len(notes) == 1 and notes[0].startswith("fit_outputs: not run (torch could not run the graph:"), notes
+
+
+def test_an_executor_that_disagrees_with_onnxruntime_is_not_trusted(monkeypatch):
+    proto, calib, _ = _tiny_trained_case()
+    monkeypatch.setitem(torch_graph.KERNELS, "Relu", lambda torch, node, a: a[0])   # a wrong kernel
+    assert _fit_notes(proto, calib) == ["fit_outputs: not run (the torch graph does not reproduce onnxruntime's outputs)"]
