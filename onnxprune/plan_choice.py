@@ -28,8 +28,7 @@ from dataclasses import dataclass, replace
 from typing import NamedTuple
 
 from .cost import cost
-from .passes import fit_outputs
-from .recover import DataOptions, held_out_error, recover_stage
+from .recover import DataOptions, held_out_error, recover_stage, why_auto_does_not_fit
 from .synthetic import is_synthetic
 
 # A trial recovers as the prune will (`--recover`) on every calibration sample while one
@@ -131,8 +130,8 @@ class Trials:
         methods = trial_recovery(options.recover, samples, len(calib))
         # trials never run the end-to-end fit (it runs once, on the plan kept): where the
         # prune would run it, a trial is not the prune's own recovery
-        fits = options.recover == "auto" and not is_synthetic(options.calibration) and \
-            fit_outputs.cannot_fit(model, len(calib)) is None
+        fits = options.recover == "auto" and \
+            why_auto_does_not_fit(model, len(calib), is_synthetic(options.calibration)) is None
         self.final = samples >= len(calib) and not fits   # the trial is what prune would run itself
         self.sets = (calib, held) if samples >= len(calib) else (calib.head(samples), held.head(samples))
         self.model, self.couplings, self.rewrite, self.seed = model, couplings, rewrite, seed

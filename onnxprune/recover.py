@@ -108,19 +108,23 @@ def default_methods(with_data: bool) -> str:
     return "lsq,fit" if with_data else "stats"
 
 
+def why_auto_does_not_fit(model, samples: int, synthetic: bool) -> str | None:
+    """Why `recover="auto"` leaves the end-to-end fit out ("" on synthetic images: not
+    measured there, nothing to report); None where it runs it."""
+    return "" if synthetic else fit_outputs.cannot_fit(model, samples)
+
+
 def auto_fit(methods: tuple, model, samples: int, synthetic: bool, allowed: bool = True):
-    """`recover="auto"`'s methods without the end-to-end fit where it does not run: on
-    synthetic images (not measured there), where the caller does not allow it (the trials of
-    `--allocator auto`: the fit runs once, on the plan kept), and where it cannot run
-    (`fit_outputs.cannot_fit`: no torch, an operator torch lacks, over its budget), which
-    the returned note says. Returns (methods, note or None)."""
+    """`recover="auto"`'s methods without the end-to-end fit where it does not run
+    (`why_auto_does_not_fit`: synthetic images, no torch, an operator torch lacks, over its
+    budget; the returned note says which) or where the caller does not allow it (the trials
+    of `--allocator auto`: the fit runs once, on the plan kept). Returns (methods, note or None)."""
     if "fit" not in methods:
         return methods, None
-    without = tuple(m for m in methods if m != "fit")
-    if synthetic or not allowed:
-        return without, None
-    reason = fit_outputs.cannot_fit(model, samples)
-    return (methods, None) if reason is None else (without, f"fit_outputs: not run ({reason})")
+    reason = why_auto_does_not_fit(model, samples, synthetic) if allowed else ""
+    if reason is None:
+        return methods, None
+    return tuple(m for m in methods if m != "fit"), (f"fit_outputs: not run ({reason})" if reason else None)
 
 
 # -- the recover stage of prune ------------------------------------------------------

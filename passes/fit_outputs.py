@@ -66,9 +66,10 @@ def run(model, step) -> None:
 
 
 def fit_batch(model) -> int:
-    """The mini-batch the budget affords for `model` (0: less than MIN_BATCH)."""
-    macs = max(cost(model).macs / max(_batch_of(model), 1), 1)
-    batch = min(BATCH, int(FIT_MACS // (3 * macs * STEPS)))
+    """The mini-batch the budget affords for `model` (0: less than MIN_BATCH). Its MACs are
+    those of one sample where the file fixes a batch of 1, as exporters mostly do (as
+    plan_choice.trial_samples reads them)."""
+    batch = min(BATCH, int(FIT_MACS // (3 * max(cost(model).macs, 1) * STEPS)))
     return batch if batch >= MIN_BATCH else 0
 
 
@@ -85,11 +86,6 @@ def cannot_fit(model, samples: int) -> str | None:
     if samples < MIN_SAMPLES:
         return f"{samples} calibration samples, fewer than {MIN_SAMPLES}"
     return None
-
-
-def _batch_of(model) -> int:
-    dims = [model.input_shapes.get(name, model.shapes.get(name, ())) for name in model.input_names]
-    return int(dims[0][0]) if dims and dims[0] and isinstance(dims[0][0], (int, np.integer)) else 1
 
 
 def _collect(model, step):
